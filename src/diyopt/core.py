@@ -1,0 +1,191 @@
+"""The contract: an optimizer is a pair of pure functions over dicts of tensors.
+
+    state = optimizer.init(params)
+    updates, state = optimizer.update(grads, state, params)
+    params = apply_updates(params, updates)          # params[k] + updates[k]
+
+``params``, ``grads`` and ``updates`` are ordered ``dict[str, Tensor]`` with the same keys (the shape of
+``nn.Module.named_parameters()``). ``state`` is a tree of tuples, NamedTuples and dicts whose leaves are
+tensors -- the step count included -- so it can be saved, compiled and vmapped. Nothing lives in closures
+except the hyperparameters an optimizer was built with.
+
+A user's own per-tensor rule becomes an :class:`Optimizer` through :func:`elementwise`; small transforms
+compose with :func:`chain`, optax-style.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Mapping, NamedTuple
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+State = Any
+
+
+class Optimizer(NamedTuple):
+    """A gradient transformation: ``init(params) -> state`` and ``update(grads, state, params)``.
+
+    Attributes:
+      init: builds the initial state (tensors only) for ``params``.
+      update: ``(grads, state, params) -> (updates, new_state)``; pure, never mutates its inputs.
+        ``updates`` are *added* to the params by :func:`apply_updates`.
+      hyperparams: the settings it was built with (``{"lr": 1e-3, ...}``), empty for bare transforms.
+      build: ``build(**hyperparams) -> Optimizer``, to rebuild it with other settings -- how ``to_torch``
+        honours per-group ``lr`` and how the fast engines pass hyperparameters as tensors.
+      flattenable: True when the update depends only on the values, not on how they are split into named
+        tensors (per-element rules, global norms). The fit loop may then run it on one flat buffer.
+    """
+
+    init: Callable[[Params], State]
+    update: Callable[[Params, State, Params | None], tuple[Params, State]]
+    hyperparams: Mapping[str, Any] | None = None
+    build: Callable[..., "Optimizer"] | None = None
+    flattenable: bool = False
+
+    def replace_hyperparams(self, **changes: Any) -> "Optimizer":
+        """The same optimizer built with some hyperparameters changed (floats or tensors)."""
+        if self.build is None:
+            raise TypeError("this optimizer was not built by a configurable factory; it cannot be rebuilt")
+        unknown = set(changes) - set(self.hyperparams or {})
+        if unknown:
+            raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(self.hyperparams or {})}")
+        return self.build(**{**(self.hyperparams or {}), **changes})
+
+
+def configurable(factory: Callable[..., Optimizer]) -> Callable[..., Optimizer]:
+    """Decorate an optimizer factory so what it returns remembers its settings and how to rebuild.
+
+    The returned optimizer's ``hyperparams`` are the factory's arguments, defaults filled in.
+    """
+    sig = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def make(*args: Any, **kwargs: Any) -> Optimizer:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        opt = factory(*bound.args, **bound.kwargs)
+        return opt._replace(hyperparams=dict(bound.arguments), build=make)
+
+    make.signature = sig  # type: ignore[attr-defined]
+    return make
+
+
+def apply_updates(params: Params, updates: Params) -> Params:
+    """``params[k] + updates[k]`` for every name, keeping each parameter's dtype."""
+    return {k: p + updates[k].to(p.dtype) for k, p in params.items()}
+
+
+def chain(*transforms: Optimizer) -> Optimizer:
+    """Run transforms in order; each one's updates are the next one's input.
+
+    The state is a tuple with one entry per transform.
+    Example: ``adam = chain(scale_by_adam(), scale_by_lr(1e-3))``.
+    """
+
+    def init(params: Params) -> tuple:
+        return tuple(t.init(params) for t in transforms)
+
+    def update(grads: Params, state: tuple, params: Params | None = None) -> tuple[Params, tuple]:
+        new_state = []
+        for t, s in zip(transforms, state):
+            grads, s = t.update(grads, s, params)
+            new_state.append(s)
+        return grads, tuple(new_state)
+
+    return Optimizer(init, update, flattenable=all(t.flattenable for t in transforms))
+
+
+class elementwise:
+    """Turn a per-tensor pure rule into an optimizer factory.
+
+    The rule is ``rule(grad, state, param, *, **hyperparams) -> (update, new_state)`` for one tensor;
+    its keyword-only arguments with defaults are the hyperparameters. The per-tensor state starts as
+    ``()`` unless an init is declared, with ``@rule.init`` or ``elementwise(rule, init=...)``: ``init(param)``
+    (it may also take any of the hyperparameters as keywords).
+
+    Example -- the seed's ``a = a - eta * a.grad``::
+
+        @diyopt.elementwise
+        def gradient_descent(grad, state, param, *, lr=1e-3):
+            return -lr * grad, state
+
+        opt = gradient_descent(lr=1e-2)        # an Optimizer
+    """
+
+    def __init__(self, rule: Callable, init: Callable | None = None):
+        functools.update_wrapper(self, rule)
+        self.rule = rule
+        self._init = init
+        sig = inspect.signature(rule)
+        self.defaults = {n: p.default for n, p in sig.parameters.items()
+                         if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        missing = [n for n, d in self.defaults.items() if d is inspect.Parameter.empty]
+        if missing:
+            raise TypeError(f"{rule.__name__}: hyperparameters need defaults, missing for {missing}")
+
+    def init(self, fn: Callable) -> Callable:
+        """Decorator: declare the per-tensor initial state, ``init(param) -> state``."""
+        self._init = fn
+        return fn
+
+    def __call__(self, **hyperparams: Any) -> Optimizer:
+        unknown = set(hyperparams) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{self.__name__}() got unknown hyperparameter(s) {sorted(unknown)}; "
+                            f"known: {sorted(self.defaults)}")
+        hyper = {**self.defaults, **hyperparams}
+        rule, init_one = self.rule, self._init
+        if init_one is None:
+            init_kwargs: dict = {}
+        else:
+            accepted = inspect.signature(init_one).parameters
+            init_kwargs = {k: v for k, v in hyper.items() if k in accepted}
+
+        def init(params: Params) -> dict:
+            if init_one is None:
+                return {k: () for k in params}
+            return {k: init_one(p, **init_kwargs) for k, p in params.items()}
+
+        def update(grads: Params, state: dict, params: Params | None = None) -> tuple[Params, dict]:
+            updates, new_state = {}, {}
+            for k, g in grads.items():
+                updates[k], new_state[k] = rule(g, state[k], None if params is None else params[k], **hyper)
+            return updates, new_state
+
+        return Optimizer(init, update, hyper, self, flattenable=True)
+
+    def __repr__(self) -> str:
+        return f"elementwise({self.__name__})"
+
+
+# ---------------------------------------------------------------- dict-of-tensor helpers
+
+
+def as_params(params: Any) -> Params:
+    """Accept a dict of tensors or an ``nn.Module``; return an ordered dict of detached tensors."""
+    if isinstance(params, torch.nn.Module):
+        return {k: v.detach().clone() for k, v in params.named_parameters()}
+    if isinstance(params, Mapping):
+        out = {}
+        for k, v in params.items():
+            if not isinstance(v, Tensor):
+                raise TypeError(f"parameter {k!r} must be a Tensor, got {type(v).__name__}")
+            if not v.is_floating_point():
+                raise TypeError(f"parameter {k!r} must be floating point, got {v.dtype}")
+            out[str(k)] = v.detach().clone()
+        if not out:
+            raise ValueError("params is empty: give at least one tensor to optimize")
+        return out
+    raise TypeError(f"params must be a dict of tensors or an nn.Module, got {type(params).__name__}")
+
+
+def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
+    """Apply ``fn`` to every tensor leaf of a state tree (tuples, NamedTuples, dicts, lists)."""
+    return torch.utils._pytree.tree_map(lambda x: fn(x) if isinstance(x, Tensor) else x, tree)
+
+
+def tree_leaves(tree: Any) -> list:
+    return torch.utils._pytree.tree_leaves(tree)

@@ -1,0 +1,1 @@
+def plot_loss(*a, **k): raise NotImplementedError
