@@ -1,1 +1,78 @@
-def plot_loss(*a, **k): raise NotImplementedError
+"""Matplotlib figures: the seed's five, and loss curves for any Result.
+
+Headless machines get the Agg backend (no display needed). Every function returns the Axes it drew
+on, and the ``save_*`` helpers write a PNG and close the figure.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def _axes(ax=None):
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.8))
+    return ax
+
+
+def _numpy(t):
+    return t.detach().cpu().double().numpy() if isinstance(t, Tensor) else t
+
+
+def plot_data(x: Tensor, y: Tensor, ax=None):
+    """The seed's ``sample.png``: the data as a scatter, axes ``x`` / ``y``."""
+    ax = _axes(ax)
+    ax.scatter(_numpy(x), _numpy(y), s=12)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    return ax
+
+
+def plot_loss(losses: Tensor, ax=None, label: str | None = None, logy: bool = True):
+    """Loss per epoch, log y-axis, axes ``epoch`` / ``loss`` (the seed's ``*_loss.png``)."""
+    ax = _axes(ax)
+    ax.plot(range(len(losses)), _numpy(losses), label=label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if label:
+        ax.legend()
+    return ax
+
+
+def plot_line_fit(x: Tensor, y: Tensor, a: float, b: float, label: str, ax=None):
+    """The data and the fitted line ``y = a x + b`` with legend ``label`` (``Adam.png``, ``original.png``)."""
+    ax = plot_data(x, y, ax)
+    xs = torch.linspace(float(x.min()), float(x.max()), 100, dtype=torch.float64)
+    ax.plot(xs.numpy(), (a * xs + b).numpy(), color="tab:red", label=label)
+    ax.legend()
+    return ax
+
+
+def plot_losses(curves: Iterable[tuple[str, Tensor]], ax=None, logy: bool = True):
+    """Several loss curves on one axes (``compare_loss.png``)."""
+    ax = _axes(ax)
+    for label, losses in curves:
+        plot_loss(losses, ax=ax, label=label, logy=logy)
+    return ax
+
+
+def save(ax, path: str | Path) -> Path:
+    """Write the figure holding ``ax`` as a PNG and close it."""
+    path = Path(path)
+    fig = ax.figure
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,4 @@
+import os
+
+# Figures are written headless in tests.
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,86 @@
+"""The contract: elementwise rules, chain, apply_updates, configurable factories, the public surface."""
+import pytest
+import torch
+
+import diyopt
+from diyopt import transforms as T
+
+
+def test_every_public_name_imports():
+    for name in diyopt.__all__:
+        assert getattr(diyopt, name) is not None, name
+
+
+def test_elementwise_user_rule_with_init_is_momentum():
+    @diyopt.elementwise
+    def heavy_ball(grad, state, param, *, lr=0.1, momentum=0.9):
+        buf = momentum * state + grad
+        return -lr * buf, buf
+
+    @heavy_ball.init
+    def _(param):
+        return torch.zeros_like(param)
+
+    opt = heavy_ball(lr=0.05)
+    assert opt.hyperparams == {"lr": 0.05, "momentum": 0.9}
+    params = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    ref = torch.optim.SGD([w := params["w"].clone().requires_grad_()], lr=0.05, momentum=0.9)
+    state = opt.init(params)
+    for _ in range(30):
+        grads = {"w": 2 * params["w"]}
+        updates, state = opt.update(grads, state, params)
+        params = diyopt.apply_updates(params, updates)
+        ref.zero_grad()
+        (w ** 2).sum().backward()
+        ref.step()
+    torch.testing.assert_close(params["w"], w.detach(), rtol=1e-13, atol=1e-15)
+
+
+def test_elementwise_rejects_unknown_hyperparameters_and_missing_defaults():
+    with pytest.raises(TypeError, match="unknown hyperparameter"):
+        diyopt.optim.gradient_descent(learning_rate=0.1)
+    with pytest.raises(TypeError, match="need defaults"):
+        diyopt.elementwise(lambda grad, state, param, *, lr: (grad, state))
+
+
+def test_update_is_pure():
+    params = {"w": torch.randn(4, dtype=torch.float64)}
+    grads = {"w": torch.randn(4, dtype=torch.float64)}
+    opt = diyopt.optim.adam(lr=0.1)
+    state = opt.init(params)
+    before = (params["w"].clone(), grads["w"].clone(), [t.clone() for t in diyopt.core.tree_leaves(state)])
+    u1, s1 = opt.update(grads, state, params)
+    u2, s2 = opt.update(grads, state, params)
+    torch.testing.assert_close(u1, u2, rtol=0, atol=0)
+    assert torch.equal(params["w"], before[0]) and torch.equal(grads["w"], before[1])
+    for a, b in zip(diyopt.core.tree_leaves(state), before[2]):
+        assert torch.equal(a, b)
+
+
+def test_chain_order_and_replace_hyperparams():
+    g = {"w": torch.tensor([2.0])}
+    opt = diyopt.chain(T.scale(3.0), T.scale_by_lr(0.5))
+    u, _ = opt.update(g, opt.init(g), g)
+    assert u["w"].item() == -3.0
+    adam = diyopt.optim.adam(lr=1e-3)
+    faster = adam.replace_hyperparams(lr=1e-1)
+    assert faster.hyperparams["lr"] == 1e-1 and faster.hyperparams["betas"] == (0.9, 0.999)
+    with pytest.raises(TypeError, match="unknown hyperparameter"):
+        adam.replace_hyperparams(learning_rate=1.0)
+
+
+def test_schedule_as_lr():
+    g = {"w": torch.ones(1, dtype=torch.float64)}
+    opt = diyopt.chain(T.scale_by_lr(lambda count: 0.1 * (count + 1)))
+    state = opt.init(g)
+    seen = []
+    for _ in range(3):
+        u, state = opt.update(g, state, g)
+        seen.append(u["w"].item())
+    assert seen == pytest.approx([-0.1, -0.2, -0.3])
+
+
+def test_apply_updates_keeps_dtype():
+    p = {"w": torch.ones(2, dtype=torch.float32)}
+    out = diyopt.apply_updates(p, {"w": torch.ones(2, dtype=torch.float64)})
+    assert out["w"].dtype == torch.float32 and out["w"].tolist() == [2.0, 2.0]
