@@ -70,11 +70,208 @@ def add_demo(sub) -> None:
     p.set_defaults(run=run)
 
 
+# ---------------------------------------------------------------- diyopt fit
+
+
+def add_fit(sub) -> None:
+    p = sub.add_parser("fit", help="one fit of a problem with an optimizer spec; checkpoints, resume, "
+                       "divergence guard; writes result.json and losses.csv",
+                       description="Fit --problem with --optimizer for --steps updates and write "
+                       "OUT/result.json and OUT/losses.csv (complete or not at all). Exit 2 on bad input, "
+                       "3 when the fit diverged (the last finite params are written). Runs under torchrun "
+                       "too: the data is sharded by rank, rank 0 writes.")
+    p.add_argument("--problem", required=True, help="problem name (diyopt list problems)")
+    p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam:lr=1e-2 or my_rule.py:name")
+    p.add_argument("--steps", type=positive_int, required=True, help="number of updates")
+    p.add_argument("--out", required=True, help="output folder for result.json and losses.csv")
+    p.add_argument("--loss", help="loss name for problems that take one (line): l2_norm, mse, sse, ...")
+    p.add_argument("--seed", type=int, default=0, help="seed for the data and RNGs (default: 0)")
+    p.add_argument("--data", help="a CSV file with columns x, y to fit the line to (with --problem line)")
+    p.add_argument("--checkpoint", help="checkpoint file, saved atomically every --checkpoint-every updates")
+    p.add_argument("--checkpoint-every", type=positive_int, help="updates between checkpoints (default: 100)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    p.add_argument("--engine", choices=["eager", "compiled"], default="eager", help="default: eager")
+    p.add_argument("--on-nonfinite", choices=["stop", "raise", "skip"], default="stop",
+                   help="what a nan/inf loss or gradient does (default: stop, exit 3)")
+
+    def run(args) -> int:
+        from .runs import run_fit
+
+        return run_fit(args)
+
+    p.set_defaults(run=run)
+
+
+# ---------------------------------------------------------------- diyopt compare / report
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="optimizers side by side on problems from the same starts: figures, "
+                       "table.csv/.md, settings.json",
+                       description="Run every optimizer from the same --seeds starting points (seed 0 = the "
+                       "problem's standard start, others perturbed) and write figures (loss vs step with a "
+                       "band over seeds, loss vs time, paths on 2-D problems), table.csv, table.md and "
+                       "settings.json to --out. With several --problem, one sub-folder each plus "
+                       "Dolan-More performance profiles. Optimizers are separated by commas; a piece that "
+                       "starts with key= continues the previous spec: 'sgd,adam:lr=1e-2,betas=0.8/0.99,"
+                       "my.py:rule' is three optimizers. --optimizers may also be repeated.")
+    p.add_argument("--problem", action="append", required=True,
+                   help="problem name, with arguments after ':' (rosenbrock:dim=4); repeat for several")
+    p.add_argument("--optimizers", action="append", required=True,
+                   help="comma-separated optimizer specs (see above); repeatable")
+    p.add_argument("--seeds", type=positive_int, default=5, help="starting points per optimizer (default: 5)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
+    p.add_argument("--tol", type=positive_float, default=1e-6,
+                   help="converged when loss - f* <= tol * (loss0 - f*) (default: 1e-6)")
+    p.add_argument("--out", required=True, help="output folder (replaced if it holds an earlier comparison)")
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html")
+
+    def run(args) -> int:
+        from .compare import compare_all, save_all, split_specs
+
+        specs = [s for text in args.optimizers for s in split_specs(text)]
+        comparisons = compare_all(args.problem, specs, seeds=args.seeds, steps=args.steps, tol=args.tol)
+        if len(comparisons) == 1:
+            comparisons[0].save(args.out)
+        else:
+            save_all(comparisons, args.out)
+        for c in comparisons:
+            print(f"## {c.problem.name}\n")
+            print(c.to_markdown())
+        if args.report:
+            from .report import write_report
+
+            print(f"report: {write_report(args.out)}")
+        print(f"figures, table.csv, table.md and settings.json in {args.out}")
+        return 0
+
+    p.set_defaults(run=run)
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page from a `diyopt compare` folder",
+                       description="Write one HTML file with the figures embedded, the tables, and the "
+                       "settings and versions of the comparison in DIR.")
+    p.add_argument("dir", metavar="DIR", help="a folder written by `diyopt compare --out DIR`")
+    p.add_argument("--out", help="the HTML file to write (default: DIR/report.html)")
+    p.add_argument("--title", help="page title (default: from the problems)")
+
+    def run(args) -> int:
+        from .report import write_report
+
+        print(write_report(args.dir, args.out, title=args.title))
+        return 0
+
+    p.set_defaults(run=run)
+
+
+# ---------------------------------------------------------------- diyopt list / diyopt check
+
+
+def _optimizer_names() -> list[str]:
+    from . import optim
+
+    return optim.names()
+
+
+def _loss_names() -> list[str]:
+    from . import losses
+
+    return losses.names()
+
+
+# What ``diyopt list KIND`` can list: one line per kind, ``kind -> function returning the names``.
+LISTABLE: dict[str, Callable[[], list[str]]] = {
+    "optimizers": _optimizer_names,
+    "losses": _loss_names,
+    "problems": lambda: _problem_names(),
+}
+
+
+def _problem_names() -> list[str]:
+    """The registered problems, then ``nist:NAME`` for each NIST StRD file found (``diyopt.nist.nist_dir``)."""
+    from . import nist, problems
+
+    return problems.names() + [f"nist:{f.stem}" for f in sorted(nist.nist_dir().glob("*.dat"))]
+
+
+def add_list(sub) -> None:
+    p = sub.add_parser("list", help="list the built-in optimizers, losses, ...",
+                       description="Print the registered names of one kind, one per line.")
+    p.add_argument("kind", metavar="KIND", choices=sorted(LISTABLE),
+                   help=f"what to list: {', '.join(sorted(LISTABLE))}")
+
+    def run(args) -> int:
+        print("\n".join(LISTABLE[args.kind]()))
+        return 0
+
+    p.set_defaults(run=run)
+
+
+def add_check(sub) -> None:
+    p = sub.add_parser("check", help="conformance checks for an optimizer (yours or a built-in one)",
+                       description="Run diyopt's conformance checks on an optimizer and print a pass/fail table "
+                       "with reasons. SPEC is a built-in name with settings (adam:lr=1e-2,betas=0.8/0.99) or "
+                       "FILE.py:NAME[:key=value,...] for your own rule. Exit code 0 when every check passes, "
+                       "1 when any fails, 2 on bad input.")
+    p.add_argument("spec", metavar="SPEC", help="adam, adam:lr=1e-2, my_rules.py:signum:lr=0.1, ...")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate for the convergence checks (default: the optimizer's own)")
+    p.add_argument("--budget", type=positive_int, default=None,
+                   help="most steps for the parabola and Rosenbrock checks (default: 20000)")
+
+    def run(args) -> int:
+        from .check import check
+        from .optim import get
+
+        report = check(get(args.spec), lr=args.lr, **({} if args.budget is None else {"budget": args.budget}))
+        print(f"diyopt check {args.spec}")
+        print(report.table())
+        return 0 if report.passed else 1
+
+    p.set_defaults(run=run)
+
+
+# ---------------------------------------------------------------- diyopt sweep
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="a grid of hyperparameters x seeds as one vectorized run: sweep.csv and "
+                       "a plot of final loss against each hyperparameter",
+                       description="Run every combination of --grid values and --seeds starting points as one "
+                       "vectorized computation (torch.func.vmap over runs) and write OUT/sweep.csv (one row per "
+                       "run: hyperparameters, seed, final loss, steps to --tol, diverged, final params) and "
+                       "OUT/sweep.png. Seed s starts at the problem's start + N(0,1) noise drawn with seed s.")
+    p.add_argument("--problem", required=True, help="problem name, with arguments after ':' (rosenbrock:dim=4)")
+    p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam or my_rule.py:name")
+    p.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                   help="values of one hyperparameter (tuples as 0.9/0.999); repeat for more")
+    p.add_argument("--seeds", type=positive_int, default=None, help="starting points per setting (seeds 0..N-1)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
+    p.add_argument("--tol", type=float, default=None, help="report the steps until the loss first reaches TOL")
+    p.add_argument("--engine", choices=["vmap", "compiled"], default="vmap", help="default: vmap (no compile)")
+    p.add_argument("--out", required=True, help="output folder")
+
+    def run(args) -> int:
+        from .batched import run_sweep_cli
+
+        return run_sweep_cli(args)
+
+    p.set_defaults(run=run)
+
+
 # ---------------------------------------------------------------- entry point
 
 # One line per subcommand; each add_* function owns its arguments and handler.
 COMMANDS: list[Callable] = [
+    add_fit,
     add_demo,
+    add_compare,
+    add_report,
+    add_list,
+    add_check,
+    add_sweep,
 ]
 
 

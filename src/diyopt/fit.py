@@ -6,12 +6,19 @@ The loss recorded at step ``i`` is the loss *before* update ``i``, as the seed r
 Speed: no ``.item()`` per step (losses are kept as tensors and stacked once), and when the optimizer is
 ``flattenable`` and all params share a dtype and device, the params live in one flat buffer with named
 views, so the optimizer runs a handful of ops per step instead of a handful per tensor.
+
+Reliability (see ``fit``'s arguments): a divergence guard (one reduction and one sync per step, off with
+``on_nonfinite="ignore"``), atomic checkpoints with exact resume (:mod:`diyopt.checkpoint`), a first-step
+check that the rule's updates match the params, and gradients all-reduced under ``torch.distributed``
+(:mod:`diyopt.distributed`).
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -71,7 +78,10 @@ def _short(t: Tensor) -> str:
 
 def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimizer: Any, steps: int,
         *, optimizer_kwargs: Mapping[str, Any] | None = None, engine: str = "eager",
-        callback: Callable[[int, Tensor, Params], Any] | None = None, **options: Any) -> Result:
+        callback: Callable[[int, Tensor, Params], Any] | None = None, on_nonfinite: str = "stop",
+        checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+        resume: bool = False, settings: Mapping[str, Any] | None = None,
+        distributed: bool | str | None = None, **options: Any) -> Result:
     """Minimize ``loss_fn(params)`` for ``steps`` updates.
 
     Args:
@@ -84,6 +94,20 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
       callback: ``callback(step, loss, params)`` after each update (``loss`` from before it, ``params``
         after it); returning ``True`` stops the fit
         (``stop_reason="callback"``). Costs a Python call per step: leave it out for speed.
+      on_nonfinite: the divergence guard, what to do when the loss or a gradient is nan or inf at a step:
+        ``"stop"`` (default) ends the fit there with ``stop_reason="diverged"`` and the last finite params,
+        ``info["diverged"] = {"step", "what": "loss"|"grad", "param", "loss"}``; ``"raise"`` raises
+        :class:`DivergedError`; ``"skip"`` leaves params and state as they were for that step (the steps
+        are listed in ``info["skipped"]``); ``"ignore"`` turns the check off (one bool per step saved).
+      checkpoint: a file to save the run to every ``checkpoint_every`` updates (default 100), at the end
+        and on divergence, atomically (see :mod:`diyopt.checkpoint`). An existing file is refused unless
+        ``resume=True``, which continues from it bit for bit -- if its settings match; ``settings``
+        (problem, loss, seed, ...) joins the optimizer's hyperparameters and ``steps`` in that check.
+      distributed: under an initialized ``torch.distributed`` process group (``torchrun``), each rank's
+        ``loss_fn`` sees its shard of the data and loss and gradients are all-reduced each step:
+        ``"mean"`` (default; mean losses such as ``mse`` over equal shards), ``"sum"`` (``sse``) or
+        ``"norm"`` (``l2_norm``: sqrt of the summed squares). ``False`` turns it off. Only rank 0 writes
+        checkpoints. See :mod:`diyopt.distributed`.
 
     Returns:
       A :class:`Result`.
@@ -102,7 +126,13 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
     params = as_params(params)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         kwargs = {**(optimizer_kwargs or {}), **options}
-        return _fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback)
+        if checkpoint is not None or distributed:
+            raise ValueError("checkpoint= and distributed= need a diyopt optimizer; for a torch.optim class "
+                             "wrap its diyopt twin, or use DistributedDataParallel and state_dict()")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                             f"got {on_nonfinite!r}")
+        return _fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback, on_nonfinite)
     if isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError("pass the torch.optim class and its arguments, not an instance: "
                         f"fit(loss_fn, params, torch.optim.{type(optimizer).__name__}, steps, lr=...)")
@@ -111,15 +141,39 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
                         f"got {type(optimizer).__name__}")
     if optimizer_kwargs:
         optimizer = optimizer.replace_hyperparams(**optimizer_kwargs)
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                         f"got {on_nonfinite!r}")
+    reliability = dict(on_nonfinite=on_nonfinite, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                       resume=resume, settings=settings, distributed=distributed)
     if engine == "compiled":
         from .engines import fit_compiled
 
-        return fit_compiled(loss_fn, params, optimizer, steps, callback=callback, **options)
+        return fit_compiled(loss_fn, params, optimizer, steps, callback=callback,
+                            **_supported_options(fit_compiled, reliability), **options)
     if engine != "eager":
         raise ValueError(f"unknown engine {engine!r}; known: 'eager', 'compiled'")
     if options:
         raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(options)}")
-    return _fit_eager(loss_fn, params, optimizer, steps, callback)
+    return _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability)
+
+
+_DEFAULTS = dict(on_nonfinite="stop", checkpoint=None, checkpoint_every=None, resume=False, settings=None,
+                 distributed=None)
+
+
+def _supported_options(engine_fn: Callable, options: dict) -> dict:
+    """The reliability options an engine accepts; one it lacks must be at its default, or we say so."""
+    import inspect
+
+    accepted = inspect.signature(engine_fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return options
+    for k, v in options.items():
+        if k not in accepted and v is not _DEFAULTS[k] and v != _DEFAULTS[k]:
+            raise ValueError(f"engine {engine_fn.__module__}.{engine_fn.__name__} does not support {k}= yet; "
+                             "use engine='eager'")
+    return {k: v for k, v in options.items() if k in accepted}
 
 
 def _check_steps(steps: Any) -> int:
@@ -131,30 +185,196 @@ def _check_steps(steps: Any) -> int:
 # ---------------------------------------------------------------- the eager engine (source of truth)
 
 
-def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int, callback) -> Result:
+def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int, callback,
+               on_nonfinite: str = "stop", checkpoint=None, checkpoint_every=None, resume: bool = False,
+               settings=None, distributed=None) -> Result:
     layout = FlatLayout.maybe(params) if optimizer.flattenable else None
     # The optimizer sees either the named tensors or one flat tensor under a single key.
     current = {"flat": layout.flatten(params)} if layout else params
     view = layout.unflatten if layout else (lambda p: p)
     state = optimizer.init(current)
+    reduce = None
+    if distributed is not False:
+        from .distributed import grad_reducer
+
+        reduce = grad_reducer(distributed)
+    saver = None
     losses: list[Tensor] = []
-    stop_reason = "steps"
+    if checkpoint is not None:
+        saver = _Saver(checkpoint, checkpoint_every, optimizer, steps, params, on_nonfinite, settings,
+                       reduce)
+        if resume and saver.exists():
+            named, state, losses = saver.resume(params, state)
+            current = {"flat": layout.flatten(named)} if layout else named
+        elif saver.exists():
+            raise FileExistsError(f"checkpoint {checkpoint} exists: resume from it (resume=True, --resume) "
+                                  "or choose another file")
+    guard = on_nonfinite != "ignore"
+    first = len(losses)
+    checked = False
+    stop_reason, info, skipped = "steps", {}, []
     start = time.perf_counter()
-    for step in range(steps):
+    for step in range(first, steps):
         leaves = {k: v.detach().requires_grad_() for k, v in current.items()}
         loss = loss_fn(view(leaves))
-        if step == 0:
+        if step == first:
             check_loss_value(loss)
         grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True,
                                                       materialize_grads=True)))
-        losses.append(loss.detach())
+        if reduce is not None:
+            loss, grads = reduce(loss, grads)
+        value = loss.detach()
+        if guard and not _maybe_finite(value, grads) and (event := nonfinite_event(step, value, view(grads))):
+            if on_nonfinite == "skip":
+                losses.append(value)
+                skipped.append(step)
+                continue
+            stop_reason, info["diverged"] = "diverged", event
+            if saver is not None:
+                saver.save(view(current), state, losses)
+            if on_nonfinite == "raise":
+                raise DivergedError(event)
+            break
+        losses.append(value)
         updates, state = optimizer.update(grads, state, current)
+        if not checked:
+            check_updates(updates, current, optimizer, layout)
+            checked = True
         current = {k: v + updates[k] for k, v in current.items()}
         if callback is not None and callback(step, losses[-1], view(current)):
             stop_reason = "callback"
             break
+        if saver is not None and (step + 1) % saver.every == 0:
+            saver.save(view(current), state, losses)
     seconds = time.perf_counter() - start
-    return Result(view(current), torch.stack(losses), len(losses), seconds, stop_reason, state)
+    if saver is not None and stop_reason != "diverged" and saver.saved_at != len(losses):
+        saver.save(view(current), state, losses)
+    if skipped:
+        info["skipped"] = skipped
+    history = torch.stack(losses) if losses else torch.empty(0)
+    return Result(view(current), history, len(losses), seconds, stop_reason, state, info=info)
+
+
+# ---------------------------------------------------------------- the divergence guard
+
+
+NONFINITE_POLICIES = ("stop", "raise", "skip", "ignore")
+
+
+class DivergedError(FloatingPointError):
+    """A fit met a non-finite loss or gradient with ``on_nonfinite="raise"``; ``.event`` says where."""
+
+    def __init__(self, event: dict):
+        self.event = event
+        super().__init__(describe_nonfinite(event))
+
+
+def _maybe_finite(loss: Tensor, grads: Params) -> bool:
+    """The guard's per-step check, kept cheap: a sum is finite when every term is, so the loss and the sum
+    of all gradient elements being finite means all are -- unless the sum overflowed, which the exact
+    check in :func:`nonfinite_event` then clears. One reduction and two reads of finished values (both
+    reads wait on the same queue on a GPU: one sync); ``isfinite(...).all()`` costs several times more."""
+    if len(grads) == 1:
+        total = next(iter(grads.values())).sum()
+    else:
+        total = sum(g.sum() for g in grads.values())
+    return math.isfinite(float(loss)) and math.isfinite(float(total))
+
+
+def nonfinite_event(step: int, loss: Tensor, grads: Params) -> dict | None:
+    """Where a step went non-finite: ``{"step", "what": "loss"|"grad", "param", "loss"}``, or None if
+    everything is finite after all (an overflowed sum in the cheap check).
+
+    ``param`` is the first parameter (in order) with a non-finite gradient, or None. Runs only on the
+    failure path, so it may look at every tensor.
+    """
+    bad = [k for k, g in grads.items() if not bool(torch.isfinite(g).all())]
+    finite_loss = bool(torch.isfinite(loss))
+    if finite_loss and not bad:
+        return None
+    return {"step": step, "what": "grad" if finite_loss else "loss", "param": bad[0] if bad else None,
+            "loss": float(loss.detach())}
+
+
+def describe_nonfinite(event: dict) -> str:
+    where = f" (gradient of parameter {event['param']!r} not finite)" if event.get("param") else ""
+    return f"diverged: non-finite {event['what']} at step {event['step']}{where}"
+
+
+# ---------------------------------------------------------------- checks that run once, on the first step
+
+
+def check_updates(updates: Any, params: Params, optimizer: Optimizer, layout: "FlatLayout | None") -> None:
+    """Updates must be tensors with each param's shape and dtype; name the param that breaks it."""
+    try:
+        _check_updates(updates, params)
+    except (TypeError, ValueError):
+        if layout is None:
+            raise
+        # The loop ran the rule on one flat buffer; run it once on the named params to name the culprit.
+        named = layout.unflatten(params)
+        zeros = {k: torch.zeros_like(v) for k, v in named.items()}
+        _check_updates(optimizer.update(zeros, optimizer.init(named), named)[0], named)
+        raise
+
+
+def _check_updates(updates: Any, params: Params) -> None:
+    if not isinstance(updates, Mapping) or list(updates) != list(params):
+        got = list(updates) if isinstance(updates, Mapping) else type(updates).__name__
+        raise TypeError(f"the update rule must return a dict of updates for {list(params)}, got {got}")
+    for k, p in params.items():
+        u = updates[k]
+        if not isinstance(u, Tensor):
+            raise TypeError(f"the update for parameter {k!r} must be a Tensor, got {type(u).__name__}")
+        if u.shape != p.shape:
+            raise ValueError(f"the update for parameter {k!r} has shape {tuple(u.shape)}, "
+                             f"expected the parameter's shape {tuple(p.shape)}")
+        if u.dtype != p.dtype:
+            raise TypeError(f"the update for parameter {k!r} has dtype {u.dtype}, expected the "
+                            f"parameter's dtype {p.dtype}")
+
+
+# ---------------------------------------------------------------- checkpoints from the loop
+
+
+class _Saver:
+    """Saves the loop's state by parameter name; resumes it after checking the settings fingerprint."""
+
+    def __init__(self, path, every, optimizer, steps, params, on_nonfinite, settings, reduce):
+        from . import checkpoint as ckpt
+
+        if every is None:
+            every = 100
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
+        self.path, self.every, self.ckpt = Path(path), every, ckpt
+        extra = dict(settings or {})
+        if reduce is not None:
+            extra["world_size"] = reduce.world_size
+        self.fingerprint = ckpt.fingerprint(optimizer, steps, params, on_nonfinite=on_nonfinite, **extra)
+        self.writer = reduce is None or reduce.rank == 0  # rank 0 writes, every rank reads
+        self.saved_at = -1
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def resume(self, params: Params, state: Any) -> tuple[Params, Any, list[Tensor]]:
+        payload = self.ckpt.load(self.path)
+        self.ckpt.check_fingerprint(payload["fingerprint"], self.fingerprint, self.path)
+        named = self.ckpt.restore_params(payload, params, self.path)
+        state = self.ckpt.restore_state(payload, state, self.path)
+        device = next(iter(params.values())).device
+        losses = list(payload["losses"].to(device).unbind())
+        self.ckpt.restore_rng(payload["rng"])
+        self.saved_at = len(losses)
+        return named, state, losses
+
+    def save(self, params: Params, state: Any, losses: list[Tensor]) -> None:
+        self.saved_at = len(losses)
+        if self.writer:
+            history = torch.stack(losses) if losses else torch.empty(0)
+            self.ckpt.save(self.path, params=params, state=state, step=len(losses), losses=history,
+                           fingerprint=self.fingerprint)
 
 
 def check_loss_value(loss: Any) -> None:
@@ -195,10 +415,13 @@ class FlatLayout:
 # ---------------------------------------------------------------- torch.optim classes, used as they are
 
 
-def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, steps: int, callback) -> Result:
+def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, steps: int, callback,
+                     on_nonfinite: str = "stop") -> Result:
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     opt = cls(list(leaves.values()), **kwargs)
     first = [True]
+    now = [0]
+    guard = on_nonfinite != "ignore"
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -207,19 +430,46 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
             check_loss_value(loss)
             first[0] = False
         loss.backward()
+        if guard:
+            # The guard runs inside the closure, before step() changes anything: raising here leaves
+            # params and optimizer state as they were (LBFGS may already have moved within its step).
+            value, grads = loss.detach(), {k: v.grad for k, v in leaves.items() if v.grad is not None}
+            if not _maybe_finite(value, grads) and (event := nonfinite_event(now[0], value, grads)):
+                raise _NonFiniteStep(event, value)
         return loss
 
     losses: list[Tensor] = []
-    stop_reason = "steps"
+    stop_reason, info, skipped = "steps", {"optimizer": cls.__name__}, []
     start = time.perf_counter()
     for step in range(steps):
+        now[0] = step
         # step(closure) evaluates the loss at the current params first, so the recorded loss is the
         # seed's: before the update (for LBFGS, the first of its evaluations).
-        losses.append(opt.step(closure).detach())
+        try:
+            losses.append(opt.step(closure).detach())
+        except _NonFiniteStep as bad:
+            if on_nonfinite == "skip":
+                losses.append(bad.value)
+                skipped.append(step)
+                continue
+            if on_nonfinite == "raise":
+                raise DivergedError(bad.event) from None
+            stop_reason, info["diverged"] = "diverged", bad.event
+            break
         if callback is not None and callback(step, losses[-1], leaves):
             stop_reason = "callback"
             break
     seconds = time.perf_counter() - start
+    if skipped:
+        info["skipped"] = skipped
     final = {k: v.detach().clone() for k, v in leaves.items()}
-    return Result(final, torch.stack(losses), len(losses), seconds, stop_reason, opt.state_dict(),
-                  info={"optimizer": cls.__name__})
+    history = torch.stack(losses) if losses else torch.empty(0)
+    return Result(final, history, len(losses), seconds, stop_reason, opt.state_dict(), info=info)
+
+
+class _NonFiniteStep(Exception):
+    """Raised from the closure to stop torch's step() before it applies a non-finite update."""
+
+    def __init__(self, event: dict, value: Tensor):
+        super().__init__(event)
+        self.event, self.value = event, value

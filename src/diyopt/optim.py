@@ -1,12 +1,17 @@
 """Named optimizers, each a short :func:`~diyopt.core.chain` of transforms.
 
-Each takes torch.optim's argument names and defaults for the same algorithm, and validates them here,
-in one layer, with torch's wording (``Invalid learning rate: -1``).
+Each takes torch.optim's argument names and defaults for the same algorithm (``maximize`` is
+keyword-only everywhere), and validates them here, in one layer, with torch's wording
+(``Invalid learning rate: -1``). Values are checked only when they are Python numbers: a tensor
+hyperparameter (the compiled and batched engines sweep them) is taken as given. Any ``lr`` may be a
+schedule ``step -> value`` (see :mod:`diyopt.schedules`), except Rprop's, which is an initial step size.
+
+``names()`` lists the registry; ``_OPTIMIZERS`` maps each name to its factory.
 """
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor
 
@@ -32,19 +37,41 @@ def check_eps(eps: Any) -> None:
 
 
 def check_betas(betas: Any) -> None:
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     for i, b in enumerate(betas):
         if _is_number(b) and not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
 
 
 def check_weight_decay(weight_decay: Any) -> None:
-    if _is_number(weight_decay) and not weight_decay >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    check_nonnegative("weight_decay", weight_decay)
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """torch's ``Invalid momentum value: -1`` for any argument that must be >= 0."""
+    if _is_number(value) and not value >= 0.0:
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
+def _check(value: Any, ok: Callable[[float], bool], message: str) -> None:
+    if _is_number(value) and not ok(value):
+        raise ValueError(message)
 
 
 def nonzero(x: Any) -> bool:
     """Whether a term must be built: a tensor hyperparameter (swept, compiled) may be nonzero at run time."""
     return isinstance(x, Tensor) or x != 0
+
+
+def _maximize(maximize: bool) -> list[Optimizer]:
+    """torch's ``maximize``: ascend, by negating the gradient before anything else sees it."""
+    return [T.scale(-1.0)] if maximize else []
+
+
+def _coupled_decay(weight_decay: Any) -> list[Optimizer]:
+    """torch's default (L2) weight decay: ``grad += weight_decay * param`` before the scaling."""
+    return [T.add_decayed_weights(weight_decay)] if nonzero(weight_decay) else []
 
 
 # ---------------------------------------------------------------- the seed's own rule
@@ -56,7 +83,110 @@ def gradient_descent(grad, state, param, *, lr=1e-3):
     return -lr * grad, state
 
 
+# ---------------------------------------------------------------- SGD
+
+
+@configurable
+def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False) -> Optimizer:
+    """SGD with momentum, equal to ``torch.optim.SGD``: ``chain(decay, trace, scale_by_lr)``."""
+    check_lr(lr)
+    check_nonnegative("momentum", momentum)
+    check_weight_decay(weight_decay)
+    if nesterov and ((_is_number(momentum) and momentum <= 0) or (_is_number(dampening) and dampening != 0)):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    return chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        *([T.trace(decay=momentum, dampening=dampening, nesterov=nesterov)] if nonzero(momentum) else []),
+        T.scale_by_lr(lr),
+    )
+
+
+# ---------------------------------------------------------------- Adagrad, RMSprop, Adadelta
+
+
+@configurable
+def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
+            maximize=False) -> Optimizer:
+    """Adagrad, equal to ``torch.optim.Adagrad``; ``lr_decay`` makes the step ``lr / (1 + t lr_decay)``."""
+    check_lr(lr)
+    check_nonnegative("lr_decay", lr_decay)
+    check_weight_decay(weight_decay)
+    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+    check_eps(eps)
+    return chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        T.scale_by_adagrad(eps=eps, initial_accumulator_value=initial_accumulator_value),
+        T.scale_by_lr(_inverse_time_decay(lr, lr_decay) if nonzero(lr_decay) else lr),
+    )
+
+
+def _inverse_time_decay(lr, lr_decay) -> Callable:
+    """Adagrad's ``lr_t = lr / (1 + t lr_decay)``, t = 0, 1, ...; ``lr`` itself may be a schedule."""
+    if callable(lr) and not isinstance(lr, Tensor):
+        return lambda count: lr(count) / (1 + count * lr_decay)
+    return lambda count: lr / (1 + count * lr_decay)
+
+
+@configurable
+def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
+            maximize=False) -> Optimizer:
+    """RMSprop, equal to ``torch.optim.RMSprop``: ``chain(decay, scale_by_rms, trace, scale_by_lr)``."""
+    check_lr(lr)
+    check_eps(eps)
+    check_nonnegative("momentum", momentum)
+    check_weight_decay(weight_decay)
+    check_nonnegative("alpha", alpha)
+    return chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        T.scale_by_rms(alpha=alpha, eps=eps, centered=centered),
+        # torch's buffer starts at zero, so its first value is the scaled gradient: trace's rule.
+        *([T.trace(decay=momentum)] if nonzero(momentum) else []),
+        T.scale_by_lr(lr),
+    )
+
+
+@configurable
+def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False) -> Optimizer:
+    """Adadelta, equal to ``torch.optim.Adadelta``."""
+    check_lr(lr)
+    _check(rho, lambda r: 0.0 <= r <= 1.0, f"Invalid rho value: {rho}")
+    check_eps(eps)
+    check_weight_decay(weight_decay)
+    return chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        T.scale_by_adadelta(rho=rho, eps=eps),
+        T.scale_by_lr(lr),
+    )
+
+
 # ---------------------------------------------------------------- Adam family
+
+
+def _check_adam_like(lr, betas, eps, weight_decay) -> None:
+    check_lr(lr)
+    check_eps(eps)
+    check_betas(betas)
+    check_weight_decay(weight_decay)
+
+
+def _adam_like(direction: Optimizer, weight_decay, decoupled: bool, maximize: bool, lr) -> Optimizer:
+    """``chain([negate], [coupled decay], direction, [decoupled decay], scale_by_lr)``.
+
+    Decoupled decay after the direction makes the step ``param -= lr * (d_t + wd * param)``, which is
+    torch's ``param *= 1 - lr * wd; param -= lr * d_t``.
+    """
+    decay = [T.add_decayed_weights(weight_decay)] if nonzero(weight_decay) else []
+    return chain(
+        *_maximize(maximize),
+        *([] if decoupled else decay),
+        direction,
+        *(decay if decoupled else []),
+        T.scale_by_lr(lr),
+    )
 
 
 @configurable
@@ -66,15 +196,106 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
 
     ``chain([negate if maximize], [coupled decay], scale_by_adam, [decoupled decay], scale_by_lr)``.
     """
+    _check_adam_like(lr, betas, eps, weight_decay)
+    direction = T.scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad)
+    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr)
+
+
+@configurable
+def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *, maximize=False) -> Optimizer:
+    """AdamW (Loshchilov & Hutter, 2019), equal to ``torch.optim.AdamW``: Adam with decoupled weight decay."""
+    return adam(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True)
+
+
+@configurable
+def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False) -> Optimizer:
+    """Adamax, equal to ``torch.optim.Adamax``."""
+    _check_adam_like(lr, betas, eps, weight_decay)
+    return _adam_like(T.scale_by_adamax(b1=betas[0], b2=betas[1], eps=eps), weight_decay, False, maximize, lr)
+
+
+@configurable
+def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+          decoupled_weight_decay=False, *, maximize=False) -> Optimizer:
+    """NAdam, equal to ``torch.optim.NAdam`` (decoupled_weight_decay=True is torch's NAdamW)."""
+    _check_adam_like(lr, betas, eps, weight_decay)
+    check_nonnegative("momentum_decay", momentum_decay)
+    direction = T.scale_by_nadam(b1=betas[0], b2=betas[1], eps=eps, momentum_decay=momentum_decay)
+    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr)
+
+
+@configurable
+def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *,
+          maximize=False) -> Optimizer:
+    """RAdam, equal to ``torch.optim.RAdam`` (decoupled_weight_decay=True is torch's RAdamW)."""
+    _check_adam_like(lr, betas, eps, weight_decay)
+    direction = T.scale_by_radam(b1=betas[0], b2=betas[1], eps=eps)
+    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr)
+
+
+# ---------------------------------------------------------------- sign methods
+
+
+@configurable
+def rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False) -> Optimizer:
+    """Rprop, equal to ``torch.optim.Rprop``; ``lr`` is the initial per-element step size."""
     check_lr(lr)
-    check_eps(eps)
+    if callable(lr) and not isinstance(lr, Tensor):
+        raise TypeError("rprop's lr is its initial step size and cannot be a schedule")
+    etaminus, etaplus = etas
+    if _is_number(etaminus) and _is_number(etaplus) and not 0.0 < etaminus < 1.0 < etaplus:
+        raise ValueError(f"Invalid eta values: {etaminus}, {etaplus}")
+    lo, hi = step_sizes
+    if _is_number(lo) and _is_number(hi) and not 0.0 <= lo <= hi:
+        raise ValueError(f"Invalid step_sizes values: {lo}, {hi}")
+    return chain(
+        *_maximize(maximize),
+        T.scale_by_rprop(lr=lr, etaminus=etaminus, etaplus=etaplus, step_size_min=lo, step_size_max=hi),
+    )
+
+
+@configurable
+def lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False) -> Optimizer:
+    """Lion (Chen et al., 2023, Algorithm 2) with the paper's defaults; torch.optim has no Lion.
+
+    ``param -= lr * (sign(b1 m + (1-b1) g) + weight_decay * param)``; ``m = b2 m + (1-b2) g``.
+    """
+    check_lr(lr)
     check_betas(betas)
     check_weight_decay(weight_decay)
-    decay = nonzero(weight_decay)
-    return chain(
-        *([T.scale(-1.0)] if maximize else []),
-        *([T.add_decayed_weights(weight_decay)] if decay and not decoupled_weight_decay else []),
-        T.scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad),
-        *([T.add_decayed_weights(weight_decay)] if decay and decoupled_weight_decay else []),
-        T.scale_by_lr(lr),
-    )
+    return _adam_like(T.scale_by_lion(b1=betas[0], b2=betas[1]), weight_decay, True, maximize, lr)
+
+
+# ---------------------------------------------------------------- registry
+
+
+_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "adadelta": adadelta,
+    "adagrad": adagrad,
+    "adam": adam,
+    "adamax": adamax,
+    "adamw": adamw,
+    "gradient_descent": gradient_descent,
+    "lion": lion,
+    "nadam": nadam,
+    "radam": radam,
+    "rmsprop": rmsprop,
+    "rprop": rprop,
+    "sgd": sgd,
+}
+
+
+def names() -> list[str]:
+    """The names of the built-in optimizers, sorted."""
+    return sorted(_OPTIMIZERS)
+
+
+def get(spec: str) -> Optimizer:
+    """An optimizer from a spec: ``get("adam:lr=1e-2,betas=0.8/0.99")``, ``get("my_rules.py:signum:lr=0.1")``.
+
+    Syntax: ``NAME[:key=value,...]`` or ``FILE.py:NAME[:key=value,...]``; values are numbers, ``true`` /
+    ``false``, ``none``, or tuples joined by ``/``. See :mod:`diyopt.specs`.
+    """
+    from .specs import get as from_spec
+
+    return from_spec(spec)

@@ -76,3 +76,43 @@ def save(ax, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_sweep(result, path: str | Path | None = None):
+    """Final loss against each swept hyperparameter, one panel each, every run a dot (``diyopt sweep``).
+
+    Diverged runs are drawn as red crosses at the top of their panel. Returns the figure, or the path when
+    ``path`` is given (the figure is then saved and closed).
+    """
+    import math
+
+    swept = [k for k in result.rows[0] if k not in ("run", "seed", "final_loss", "steps_to_tol", "diverged")]
+    keys = swept or ["run"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    finite = [r["final_loss"] for r in result.rows if math.isfinite(r["final_loss"])]
+    top = max(finite) * 2 if finite else 1.0
+    for ax, key in zip(axes[0], keys):
+        def x_of(r):
+            v = r[key]
+            return v[0] if isinstance(v, tuple) else v
+
+        ok = [r for r in result.rows if not r["diverged"]]
+        bad = [r for r in result.rows if r["diverged"]]
+        ax.scatter([x_of(r) for r in ok], [r["final_loss"] for r in ok], s=14, alpha=0.7)
+        if bad:
+            ax.scatter([x_of(r) for r in bad], [top] * len(bad), marker="x", color="tab:red", label="diverged")
+            ax.legend()
+        values = [x_of(r) for r in result.rows]
+        if key != "run" and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_xscale("log")
+        if finite and min(finite) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel(key if not isinstance(result.rows[0][key], tuple) else f"{key}[0]")
+        ax.set_ylabel("final loss")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

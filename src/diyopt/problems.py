@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -46,6 +48,23 @@ class Problem:
         return min(float((flat - torch.cat([m[k].reshape(-1).double() for k in m])).norm()) for m in minima)
 
 
+@dataclass
+class NistProblem(Problem):
+    """A NIST StRD problem: a :class:`Problem` with NIST's starts and certified values.
+
+    Attributes (besides :class:`Problem`'s):
+      starts: ``{"start1": params, "start2": params}`` (``params0`` is Start 1).
+      certified, certified_std: the certified parameters and their standard deviations, by name
+        (``b1 ... bk``; ``B0 ...`` for the linear files).
+      certified_rss: the certified residual sum of squares.
+    """
+
+    starts: dict[str, Params] = field(default_factory=dict)
+    certified: Params = field(default_factory=dict)
+    certified_std: Params = field(default_factory=dict)
+    certified_rss: float = math.nan
+
+
 _PROBLEMS: dict[str, Callable[..., Problem]] = {}
 
 
@@ -64,7 +83,10 @@ def names() -> list[str]:
 
 
 def get(name: str, **kwargs: Any) -> Problem:
-    """A problem by name; ``kwargs`` go to its factory. Unknown names suggest the closest."""
+    """A problem by name; ``kwargs`` go to its factory. Unknown names suggest the closest.
+    ``"nist:NAME"`` is the NIST StRD dataset NAME (``get("nist", path_or_name=NAME)``)."""
+    if name.startswith("nist:"):
+        return _PROBLEMS["nist"](name[5:], **kwargs)
     try:
         factory = _PROBLEMS[name]
     except KeyError:
@@ -102,7 +124,9 @@ def line(n: int = 100, a: float = -1.0, b: float = 1.0, sigma: float = 0.1, seed
 def rosenbrock(dim: int = 2, a: float = 1.0, b: float = 100.0) -> Problem:
     r"""Rosenbrock: :math:`\sum_i b (x_{i+1} - x_i^2)^2 + (a - x_i)^2`, minimum 0 at ``x = (a, a^2, ...)``.
 
-    The standard start is ``(-1.2, 1, -1.2, 1, ...)``.
+    The standard start is ``(-1.2, 1, -1.2, 1, ...)``. From ``dim >= 4`` the chained function also has a
+    local minimum near ``(-1, 1, ..., 1)`` (value 3.9866 for ``dim=10``, where Newton from the standard
+    start lands; L-BFGS and Levenberg-Marquardt on the residual form reach the global one).
     """
     if dim < 2:
         raise ValueError(f"rosenbrock needs dim >= 2, got {dim}")
@@ -115,5 +139,235 @@ def rosenbrock(dim: int = 2, a: float = 1.0, b: float = 100.0) -> Problem:
     solution = torch.full((dim,), a, dtype=torch.float64)
     if a != 1.0:  # x_i = a, x_{i+1} = a^2 only chains for dim 2
         solution[1] = a * a
-    return Problem("rosenbrock", {"x": start}, loss, {"x": solution}, 0.0,
+    def residual(p: Params) -> Tensor:  # loss = sum(residual**2), for least-squares solvers
+        x = p["x"]
+        return torch.cat([b ** 0.5 * (x[1:] - x[:-1] ** 2), a - x[:-1]])
+
+    return Problem("rosenbrock", {"x": start}, loss, {"x": solution}, 0.0, residual,
                    info={"description": f"Rosenbrock, a={a}, b={b}, {dim}-D"})
+
+
+def _xy(x: float, y: float) -> Params:
+    return {"xy": _f64(x, y)}
+
+
+def _two_d(name: str, f: Callable[[Tensor, Tensor], Tensor], start: tuple, minima: list[tuple],
+           description: str, residual: Callable[[Tensor, Tensor], Tensor] | None = None) -> Problem:
+    """A 2-D test function ``f(x, y)`` on params ``{"xy": tensor([x, y])}`` with known minima (value 0)."""
+    sols = [_xy(*m) for m in minima]
+    return Problem(name, _xy(*start), lambda p: f(p["xy"][0], p["xy"][1]), sols[0], 0.0,
+                   (lambda p: residual(p["xy"][0], p["xy"][1])) if residual else None,
+                   info={"description": description, "minima": sols})
+
+
+@register("beale")
+def beale() -> Problem:
+    r"""Beale: :math:`(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2`, minimum 0 at
+    ``(3, 0.5)``; standard start ``(1, 1)`` (Moré, Garbow, Hillstrom 1981)."""
+    res = lambda x, y: torch.stack([1.5 - x + x * y, 2.25 - x + x * y ** 2, 2.625 - x + x * y ** 3])
+    return _two_d("beale", lambda x, y: res(x, y).square().sum(), (1.0, 1.0), [(3.0, 0.5)],
+                  "Beale's function, minimum 0 at (3, 0.5)", res)
+
+
+@register("booth")
+def booth() -> Problem:
+    r"""Booth: :math:`(x + 2y - 7)^2 + (2x + y - 5)^2`, minimum 0 at ``(1, 3)``; start ``(0, 0)``."""
+    res = lambda x, y: torch.stack([x + 2 * y - 7, 2 * x + y - 5])
+    return _two_d("booth", lambda x, y: res(x, y).square().sum(), (0.0, 0.0), [(1.0, 3.0)],
+                  "Booth's function, minimum 0 at (1, 3)", res)
+
+
+@register("himmelblau")
+def himmelblau(start: tuple[float, float] = (0.0, 0.0)) -> Problem:
+    r"""Himmelblau: :math:`(x^2 + y - 11)^2 + (x + y^2 - 7)^2`, four minima of value 0 (all in
+    ``info["minima"]``): ``(3, 2)`` and three irrational ones, the roots of ``x^2 + y = 11, x + y^2 = 7``
+    polished here by Newton's method on that system to float64 accuracy. Standard start ``(0, 0)``."""
+    res = lambda x, y: torch.stack([x ** 2 + y - 11, x + y ** 2 - 7])
+    rough = [(3.0, 2.0), (-2.805118, 3.131312), (-3.779310, -3.283186), (3.584428, -1.848126)]
+    minima = []
+    for m in rough:
+        z = _f64(*m)
+        for _ in range(8):
+            z = z - torch.linalg.solve(torch.func.jacfwd(lambda v: res(v[0], v[1]))(z), res(z[0], z[1]))
+        minima.append((float(z[0]), float(z[1])))
+    return _two_d("himmelblau", lambda x, y: res(x, y).square().sum(), start, minima,
+                  "Himmelblau's function, four minima of value 0", res)
+
+
+@register("quadratic")
+def quadratic(dim: int = 10, cond: float = 100.0, seed: int = 0) -> Problem:
+    r"""An ill-conditioned quadratic :math:`\frac12 (x - x^*)^\top A (x - x^*)`, minimum 0 at :math:`x^*`.
+
+    :math:`A = Q \operatorname{diag}(\lambda) Q^\top` with eigenvalues log-spaced from 1 to ``cond`` (so
+    ``cond`` is A's condition number), ``Q`` a random orthogonal matrix and :math:`x^* \sim N(0, I)` drawn
+    with ``seed``; start ``x = 0``.
+    """
+    if dim < 1 or not cond >= 1:
+        raise ValueError(f"quadratic needs dim >= 1 and cond >= 1, got dim={dim}, cond={cond}")
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    eig = torch.logspace(0, math.log10(cond), dim, dtype=torch.float64)
+    a = (q * eig) @ q.T
+    x_star = torch.randn(dim, generator=g, dtype=torch.float64)
+
+    def loss(p: Params) -> Tensor:
+        d = p["x"] - x_star
+        return 0.5 * d @ (a @ d)
+
+    chol = torch.linalg.cholesky(a)  # loss = 0.5 ||L^T (x - x*)||^2
+    return Problem("quadratic", {"x": torch.zeros(dim, dtype=torch.float64)}, loss, {"x": x_star}, 0.0,
+                   lambda p: 0.5 ** 0.5 * chol.T @ (p["x"] - x_star),
+                   info={"description": f"quadratic, {dim}-D, condition number {cond:g}", "A": a, "cond": cond})
+
+
+@register("polynomial")
+def polynomial(degree: int = 3, n: int = 50, sigma: float = 0.1, seed: int = 0,
+               coef: list[float] | None = None) -> Problem:
+    r"""Fit a degree-``degree`` polynomial :math:`\sum_k c_k x^k` to noisy samples on ``[-1, 1]`` (mean
+    squared error). The solution is the exact least-squares fit, from ``lstsq`` on the Vandermonde matrix."""
+    if degree < 0 or n <= degree:
+        raise ValueError(f"polynomial needs degree >= 0 and n > degree, got degree={degree}, n={n}")
+    g = torch.Generator().manual_seed(seed)
+    true = torch.tensor(coef, dtype=torch.float64) if coef is not None else \
+        torch.randn(degree + 1, generator=g, dtype=torch.float64)
+    if true.numel() != degree + 1:
+        raise ValueError(f"coef needs degree + 1 = {degree + 1} values, got {true.numel()}")
+    x = 2 * torch.rand(n, generator=g, dtype=torch.float64) - 1
+    vander = _vander(x, degree)  # columns 1, x, x^2, ...
+    y = vander @ true + sigma * torch.randn(n, generator=g, dtype=torch.float64)
+    best = torch.linalg.lstsq(vander, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    residual = lambda p: _vander(x, degree) @ p["c"] - y
+    loss = lambda p: residual(p).square().mean()
+    return Problem("polynomial", {"c": torch.zeros(degree + 1, dtype=torch.float64)}, loss, {"c": best},
+                   float(loss({"c": best})), residual,
+                   info={"description": f"degree-{degree} polynomial, {n} noisy points", "x": x, "y": y,
+                         "true": true})
+
+
+def _vander(x: Tensor, degree: int) -> Tensor:
+    """Columns 1, x, ..., x^degree (``torch.linalg.vander`` refuses degree 0)."""
+    return x.unsqueeze(1) ** torch.arange(degree + 1, dtype=x.dtype)
+
+
+@register("logistic")
+def logistic(n: int = 200, dim: int = 2, separable: bool = False, seed: int = 0, l2: float = 0.0) -> Problem:
+    r"""Logistic regression on synthetic data: mean :math:`\log(1 + e^{-s_i (w^\top x_i + b)})
+    + \frac{l2}{2}\|w\|^2`, labels :math:`s_i = \pm 1`.
+
+    Features are :math:`N(0, I)`; labels are the sign of a random linear score (``separable=True``: the
+    loss has no minimizer, its infimum 0 is approached as :math:`\|w\| \to \infty`) or drawn from the
+    logistic model itself (not separable: a unique minimizer, computed here by :func:`diyopt.newton` to
+    a gradient below 1e-12).
+    """
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    w_true = torch.randn(dim, generator=g, dtype=torch.float64)
+    score = features @ w_true + 0.5
+    if separable:
+        labels = torch.where(score > 0, 1.0, -1.0).double()
+    else:
+        labels = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(score), 1.0, -1.0)
+    return _logistic_problem("logistic", features, labels, l2, separable and l2 == 0,
+                             f"logistic regression, {n} points in {dim}-D, "
+                             f"{'separable' if separable else 'not separable'}")
+
+
+def _logistic_problem(name: str, features: Tensor, labels: Tensor, l2: float, no_minimizer: bool,
+                      description: str) -> Problem:
+    def loss(p: Params) -> Tensor:
+        margin = labels * (features @ p["w"] + p["b"])
+        return torch.nn.functional.softplus(-margin).mean() + 0.5 * l2 * p["w"].square().sum()
+
+    params0 = {"w": torch.zeros(features.shape[1], dtype=torch.float64), "b": torch.zeros((), dtype=torch.float64)}
+    solution = optimum = None
+    if no_minimizer:
+        optimum = 0.0
+    else:
+        from .solvers import newton
+
+        fit = newton(loss, params0, gtol=1e-12)
+        solution, optimum = fit.params, fit.final_loss
+    return Problem(name, params0, loss, solution, optimum,
+                   info={"description": description, "features": features, "labels": labels, "l2": l2})
+
+
+@register("breast_cancer")
+def breast_cancer(hidden: int = 0, l2: float = 1e-2, seed: int = 0) -> Problem:
+    """Real data with no download: scikit-learn's bundled Wisconsin breast-cancer set (569 x 30, features
+    standardized). ``hidden=0``: L2-regularized logistic regression, solution by :func:`diyopt.newton`;
+    ``hidden>0``: a one-hidden-layer tanh MLP (no known solution). Needs ``pip install diyopt[data]``."""
+    try:
+        from sklearn.datasets import load_breast_cancer
+    except ImportError:
+        raise ImportError("the breast_cancer problem needs scikit-learn: pip install 'diyopt[data]'") from None
+    data = load_breast_cancer()
+    features = torch.tensor(data.data, dtype=torch.float64)
+    features = (features - features.mean(0)) / features.std(0)
+    labels = torch.tensor(data.target, dtype=torch.float64) * 2 - 1
+    if hidden == 0:
+        return _logistic_problem("breast_cancer", features, labels, l2, False,
+                                 "breast cancer (sklearn), logistic regression")
+    g = torch.Generator().manual_seed(seed)
+    d = features.shape[1]
+    params0 = {"w1": torch.randn(d, hidden, generator=g, dtype=torch.float64) / d ** 0.5,
+               "b1": torch.zeros(hidden, dtype=torch.float64),
+               "w2": torch.randn(hidden, generator=g, dtype=torch.float64) / hidden ** 0.5,
+               "b2": torch.zeros((), dtype=torch.float64)}
+
+    def loss(p: Params) -> Tensor:
+        margin = labels * (torch.tanh(features @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"])
+        return torch.nn.functional.softplus(-margin).mean() + 0.5 * l2 * (p["w1"].square().sum() + p["w2"].square().sum())
+
+    return Problem("breast_cancer", params0, loss,
+                   info={"description": f"breast cancer (sklearn), MLP 30-{hidden}-1", "features": features,
+                         "labels": labels, "l2": l2})
+
+
+@register("csv")
+def csv(path: str, model: str = "line", loss: str = "mse", x: str = "x", y: str = "y",
+        p0: dict[str, float] | None = None) -> Problem:
+    """A user's data file (columns ``x`` and ``y``) with a model and a loss.
+
+    ``model`` is ``"line"`` (``a*x + b``), ``"poly:K"`` (``c[0] + c[1] x + ... + c[K] x^K``) or an
+    expression in ``x`` such as ``"a*exp(-k*x) + c"`` (names other than ``x``, ``pi`` and ``exp log sin
+    cos arctan sqrt`` are parameters, starting at ``p0`` or 1). ``loss`` is any name in
+    :mod:`diyopt.losses`. For ``line`` and ``poly:K`` with ``mse``/``sse`` the solution is the
+    least-squares fit.
+    """
+    from . import losses
+    from .data import load_csv
+    from .nist import _FUNCTIONS, _compile
+
+    xs, ys = load_csv(path, x=x, y=y)
+    loss_on_pred = losses.get(loss)
+    if model == "line" or model.startswith("poly:"):
+        try:
+            degree = 1 if model == "line" else int(model.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"model 'poly:K' needs an integer degree K, got {model!r}") from None
+        vander = _vander(xs, degree)
+        predict = lambda p: vander @ p["c"]
+        params0 = {"c": torch.zeros(degree + 1, dtype=torch.float64)}
+        best = torch.linalg.lstsq(vander, ys.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        solution = {"c": best} if loss in ("mse", "sse", "l2_norm") else None
+    else:
+        code = _compile(model, f"model {model!r}")
+        names_ = [n for n in code.co_names if n not in _FUNCTIONS and n not in ("x", "pi")]
+        if not names_:
+            raise ValueError(f"model {model!r} has no parameters")
+        start = p0 or {}
+        params0 = {n: torch.tensor(float(start.get(n, 1.0)), dtype=torch.float64) for n in names_}
+        predict = lambda p: eval(code, {"__builtins__": {}}, {**_FUNCTIONS, "pi": math.pi, "x": xs, **p})
+        solution = None
+    optimum = float(loss_on_pred(predict(solution), ys)) if solution is not None else None
+    return Problem(f"csv:{Path(path).name}", params0, lambda p: loss_on_pred(predict(p), ys), solution,
+                   optimum, lambda p: predict(p) - ys,
+                   info={"description": f"{path}: y = {model}, loss {loss}", "x": xs, "y": ys, "model": model})
+
+
+@register("nist")
+def nist(path_or_name: str = "Misra1a"):
+    """A NIST StRD dataset by name (``"Misra1a"``) or path: see :func:`diyopt.nist.problem`."""
+    from .nist import problem
+
+    return problem(path_or_name)

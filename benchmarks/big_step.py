@@ -1,0 +1,108 @@
+"""B3: one optimizer step on 10M float32 parameters in 80 tensors, a user's Adam compiled vs torch's fused.
+
+Sizes [1_000_000]*8 + [250_000]*8 + [1000]*64 (as ../shared/anchors/optax_seed.py). Prints, in this run:
+  - torch.optim.Adam(fused=True) and (foreach=True) steps,
+  - the user's Adam from examples/my_adam.py (an ``elementwise`` rule in a file, not diyopt's built-in)
+    through ``diyopt.engines.compiled_update`` (update + apply, compiled, in place), ratio to fused (goal
+    <= 1.1x),
+  - the same rule through ``diyopt.to_torch(..., compiled=True)`` (a real torch.optim.Optimizer),
+  - achieved memory bandwidth: Adam reads p, g, m, v and writes p, m, v (7 x 4 bytes per parameter); a
+    plain ``copy_`` moving the same number of bytes is the physical limit here,
+  - JAX + optax (jit, donated buffers) when JAX is installed.
+Run: python benchmarks/big_step.py [--reps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+import torch
+
+import diyopt
+from common import ROOT, best_of, jax_or_none, machine, row
+from diyopt.engines import compiled_update, tensor_hyperparams
+
+SIZES = [1_000_000] * 8 + [250_000] * 8 + [1000] * 64
+
+
+def load_user_adam():
+    spec = importlib.util.spec_from_file_location("my_adam", ROOT / "examples" / "my_adam.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["my_adam"] = mod  # torch.compile looks the rule's globals up by module name
+    spec.loader.exec_module(mod)
+    return mod.my_adam
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+    n = sum(SIZES)
+    print(f"B3 one Adam step, {n / 1e6:.1f}M float32 params in {len(SIZES)} tensors -- {machine()}")
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in SIZES]
+    grads = [torch.randn(s, generator=gen) for s in SIZES]
+
+    results = {}
+    for name, kwargs in [("torch.optim.Adam(fused=True)", {"fused": True}),
+                         ("torch.optim.Adam(foreach=True)", {"foreach": True})]:
+        ps = [p.clone().requires_grad_() for p in init]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        opt = torch.optim.Adam(ps, lr=1e-3, **kwargs)
+        results[name] = best_of(opt.step, reps=args.reps, warmup=2)
+    fused = results["torch.optim.Adam(fused=True)"]
+    for name, t in results.items():
+        print(row(name, t * 1e3, "ms", f"{t / fused:.2f}x fused"))
+
+    my_adam = load_user_adam()
+    params = {f"p{i}": p.clone() for i, p in enumerate(init)}
+    named_grads = {f"p{i}": g for i, g in enumerate(grads)}
+    opt = tensor_hyperparams(my_adam(lr=1e-3), init[0])
+    state = opt.init(params)
+    step_ = compiled_update(opt)
+    t_user = best_of(lambda: step_(params, named_grads, state), reps=args.reps, warmup=2)
+    print(row("user Adam (examples/my_adam.py), compiled_update", t_user * 1e3, "ms",
+              f"{t_user / fused:.2f}x fused (goal <= 1.1x)"))
+
+    ps = [p.clone().requires_grad_() for p in init]
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    topt = diyopt.to_torch(my_adam(lr=1e-3), ps, compiled=True)
+    t_to_torch = best_of(topt.step, reps=args.reps, warmup=2)
+    print(row("user Adam via to_torch(compiled=True)", t_to_torch * 1e3, "ms", f"{t_to_torch / fused:.2f}x fused"))
+
+    moved = 7 * 4 * n  # bytes: read p, g, m, v; write p, m, v
+    src = torch.randn(moved // 8, generator=gen)
+    dst = torch.empty_like(src)
+    t_copy = best_of(lambda: dst.copy_(src), reps=args.reps, warmup=2)  # reads + writes `moved` bytes
+    print(row(f"plain copy_ of the same {moved / 1e6:.0f} MB moved", t_copy * 1e3, "ms",
+              f"{moved / t_copy / 1e9:.1f} GB/s"))
+    for name, t in [("fused", fused), ("user Adam compiled", t_user)]:
+        print(row(f"  achieved bandwidth, {name}", moved / t / 1e9, "GB/s", f"{t_copy / t:.0%} of copy"))
+
+    jx = jax_or_none()
+    if jx is not None:
+        jax, jnp, optax = jx
+        jp = [jax.random.normal(jax.random.PRNGKey(i), (s,), dtype=jnp.float32) for i, s in enumerate(SIZES)]
+        jg = [jax.random.normal(jax.random.PRNGKey(1000 + i), (s,), dtype=jnp.float32) for i, s in enumerate(SIZES)]
+        big = optax.adam(1e-3)
+
+        def big_step(p, s):
+            u, s = big.update(jg, s, p)
+            return optax.apply_updates(p, u), s
+
+        jstep = jax.jit(big_step, donate_argnums=(0, 1))
+        holder = [jp, big.init(jp)]
+
+        def run():
+            holder[0], holder[1] = jstep(holder[0], holder[1])
+            jax.block_until_ready(holder[0])
+
+        t_jax = best_of(run, reps=args.reps, warmup=2)
+        print(row("JAX + optax (jit, donated)", t_jax * 1e3, "ms", f"user Adam compiled / JAX = {t_user / t_jax:.2f}x"))
+
+
+if __name__ == "__main__":
+    main()

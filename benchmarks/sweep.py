@@ -1,0 +1,101 @@
+"""B2: 1,000 seed fits x 4,000 steps (Adam, lr=1e-3, N=100, float64) as one batched run.
+
+Prints, in this run:
+  - looping single eager fits (``diyopt.fit``, the eager engine): timed on ``--eager-fits`` fits and
+    extrapolated linearly to all runs -- an honest estimate, since each fit is independent and costs
+    the same; said so in the output,
+  - ``diyopt.sweep(..., engine="compiled")`` (vmap over runs, compiled, chunked) and ``engine="vmap"``
+    (eager vmap, timed on ``--vmap-steps`` steps and extrapolated), with the speed-up over the loop
+    (goal >= 100x),
+  - JAX + optax (jit + vmap over runs of a lax.scan fit) when JAX is installed, and diyopt's ratio to it
+    (goal <= 2x).
+Starts: seed s is (a, b) = (0, 0) + N(0, 1) drawn with seed s, as ``diyopt.sweep`` documents.
+Run: python benchmarks/sweep.py [--runs 1000] [--steps 4000]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import diyopt
+from common import best_of, jax_or_none, machine, row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--eager-fits", type=int, default=3)
+    ap.add_argument("--vmap-steps", type=int, default=200)
+    ap.add_argument("--chunk", type=int, default=8)
+    args = ap.parse_args()
+    runs, steps = args.runs, args.steps
+    fit_steps = runs * steps
+    print(f"B2 sweep: {runs} seed fits x {steps} steps (Adam lr=1e-3, N=100, float64) -- {machine()}")
+    x, y = diyopt.data.make_line(seed=0)
+    loss = lambda p: diyopt.losses.l2_norm(p["a"] * x + p["b"], y)  # noqa: E731
+    p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
+    opt = diyopt.optim.adam(lr=1e-3)
+
+    def start(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return {k: v + torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in p0.items()}
+
+    t = time.perf_counter()
+    for s in range(args.eager_fits):
+        diyopt.fit(loss, start(s), opt, steps)
+    per_fit = (time.perf_counter() - t) / args.eager_fits
+    loop_s = per_fit * runs
+    print(row(f"loop of single eager fits (timed {args.eager_fits}, extrapolated)", loop_s, "s",
+              f"{loop_s / fit_steps * 1e6:.3g} us per fit-step"))
+
+    # eager vmap, on fewer steps, extrapolated
+    short = diyopt.sweep(loss, p0, opt, args.vmap_steps, seeds=runs, chunk=args.chunk)
+    vmap_s = short.seconds * steps / args.vmap_steps
+    print(row(f"diyopt.sweep engine='vmap' ({args.vmap_steps} steps, extrapolated)", vmap_s, "s",
+              f"{loop_s / vmap_s:.0f}x loop; {vmap_s / fit_steps * 1e6:.3g} us per fit-step"))
+
+    sweep = diyopt.sweep(loss, p0, opt, steps, seeds=runs, engine="compiled", chunk=args.chunk)
+    again = diyopt.sweep(loss, p0, opt, steps, seeds=runs, engine="compiled", chunk=args.chunk)
+    comp_s = min(sweep.seconds, again.seconds)
+    print(row(f"diyopt.sweep engine='compiled' (chunk={args.chunk}), warm", comp_s, "s",
+              f"{loop_s / comp_s:.0f}x loop (goal >= 100x); {comp_s / fit_steps * 1e6:.3g} us per fit-step"))
+    print(row("  compile_seconds (first sweep in this process)", sweep.compile_seconds, "s"))
+    single = diyopt.fit(loss, start(7), opt, steps)
+    err = float(((sweep.losses[7] - single.losses).abs() / single.losses).max())
+    print(f"  check: run 7 vs a single eager fit from seed 7: max relative loss difference {err:.2g}")
+
+    jx = jax_or_none()
+    if jx is None:
+        print("JAX/optax not installed: skipping the vmap reference")
+        return
+    jax, jnp, optax = jx
+    xj, yj = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
+    jopt = optax.adam(1e-3)
+
+    def jloss(p):
+        return jnp.linalg.norm(yj - (p["a"] * xj + p["b"]))
+
+    def jfit(p):
+        def step(carry, _):
+            p, s = carry
+            value, g = jax.value_and_grad(jloss)(p)
+            u, s = jopt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), value
+        (p, _), values = jax.lax.scan(step, (p, jopt.init(p)), None, length=steps)
+        return p, values
+
+    starts = np.random.RandomState(0).randn(runs, 2)
+    P = {"a": jnp.asarray(starts[:, 0]), "b": jnp.asarray(starts[:, 1])}
+    jsweep = jax.jit(jax.vmap(jfit))
+    jax_s = best_of(lambda: jax.block_until_ready(jsweep(P)), reps=3)
+    print(row("JAX + optax (jit + vmap of lax.scan)", jax_s, "s",
+              f"diyopt compiled / JAX = {comp_s / jax_s:.2f}x (goal <= 2x); "
+              f"{jax_s / fit_steps * 1e6:.3g} us per fit-step"))
+
+
+if __name__ == "__main__":
+    main()

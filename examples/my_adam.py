@@ -1,0 +1,36 @@
+"""A user's own Adam, written as plain per-tensor math -- not diyopt's built-in.
+
+    from my_adam import my_adam
+    opt = my_adam(lr=1e-3)                 # a diyopt Optimizer
+    diyopt.fit(loss, params, opt, 4000, engine="compiled")
+
+Also usable from the command line as a spec: ``examples/my_adam.py:my_adam:lr=1e-2``.
+"""
+from typing import NamedTuple
+
+import torch
+
+import diyopt
+
+
+class MyAdamState(NamedTuple):
+    t: torch.Tensor  # steps taken (0-dim)
+    m: torch.Tensor  # first moment
+    v: torch.Tensor  # second moment
+
+
+@diyopt.elementwise
+def my_adam(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  update = -lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)."""
+    t = state.t + 1
+    m = b1 * state.m + (1 - b1) * grad
+    v = b2 * state.v + (1 - b2) * grad * grad
+    m_hat = m / (1 - b1 ** t)
+    v_hat = v / (1 - b2 ** t)
+    return -lr * m_hat / (v_hat.sqrt() + eps), MyAdamState(t, m, v)
+
+
+@my_adam.init
+def _(param):
+    return MyAdamState(torch.zeros((), dtype=param.dtype, device=param.device),
+                       torch.zeros_like(param), torch.zeros_like(param))

@@ -1,0 +1,332 @@
+"""Per-tensor adaptive scalings: the direction of Adam, RMSprop, Adagrad, Adadelta, Adamax, NAdam, RAdam,
+Rprop and Lion, each an :func:`~diyopt.core.elementwise` rule with a ``NamedTuple`` state of tensors.
+
+Public through ``diyopt.transforms`` (``diyopt.transforms.scale_by_adam``); this module only keeps
+``transforms.py`` short. The state fields carry torch.optim's state names (``exp_avg``, ``square_avg``,
+``acc_delta``, ``sum``, ``exp_inf``, ``mu_product``, ``prev``, ``step_size``, ``step``) so a state can be
+read side by side with ``torch.optim.X().state``.
+
+Rules follow torch's single-tensor loops operation for operation, so that float64 runs agree to rounding.
+Hyperparameters may be Python numbers or tensors (the compiled and batched engines pass tensors), so no
+rule branches in Python on a hyperparameter's value; the structural flags (``amsgrad``, ``centered``)
+are Python booleans. Most rules return a direction that ``scale_by_lr(lr)`` turns into a descent step;
+Rprop returns the step itself, as its step sizes *are* its learning rates.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .core import elementwise
+
+
+def _addcmul(acc: Tensor, t1: Tensor, t2: Tensor, value) -> Tensor:
+    """``acc + value * t1 * t2``; torch.addcmul's ``value`` must be a Python number (a tensor there calls
+    ``.item()``, which breaks torch.compile's graph and vmap), so tensor hyperparameters take plain ops."""
+    if isinstance(value, Tensor):
+        return acc + value * t1 * t2
+    return torch.addcmul(acc, t1, t2, value=value)
+
+
+def _zero_step(param: Tensor) -> Tensor:
+    """The step count: a 0-dim tensor in the param's dtype, so it compiles and vmaps with the rest."""
+    return torch.zeros((), dtype=param.dtype, device=param.device)
+
+
+# ---------------------------------------------------------------- Adam
+
+
+class AdamState(NamedTuple):
+    step: Tensor            # updates taken so far (0-dim, the param's dtype)
+    exp_avg: Tensor         # first moment m_t
+    exp_avg_sq: Tensor      # second moment v_t
+    max_exp_avg_sq: Tensor  # running max of v_t (AMSGrad); empty when amsgrad is off
+
+
+@elementwise
+def scale_by_adam(grad, state: AdamState, param, *, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False):
+    r"""Adam's direction (Kingma & Ba, 2015), as torch.optim.Adam computes it.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\\
+        u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon},
+        \quad \hat v_t = v_t \text{ or } \max_{s\le t} v_s \text{ (AMSGrad)}.
+
+    Followed by ``scale_by_lr(lr)`` this is Adam: ``param -= lr * u_t``.
+    """
+    step = state.step + 1
+    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
+    bias_correction1 = 1 - b1 ** step
+    bias_correction2_sqrt = (1 - b2 ** step).sqrt()
+    max_exp_avg_sq = state.max_exp_avg_sq
+    if amsgrad:
+        max_exp_avg_sq = torch.maximum(max_exp_avg_sq, exp_avg_sq)
+        denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    else:
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    return exp_avg / denom / bias_correction1, AdamState(step, exp_avg, exp_avg_sq, max_exp_avg_sq)
+
+
+@scale_by_adam.init
+def _(param, *, amsgrad=False):
+    zeros = torch.zeros_like(param)
+    return AdamState(_zero_step(param), zeros, zeros.clone(),
+                     zeros.clone() if amsgrad else param.new_empty(0))
+
+
+# ---------------------------------------------------------------- RMSprop
+
+
+class RmsState(NamedTuple):
+    step: Tensor        # updates taken so far
+    square_avg: Tensor  # EMA of g^2
+    grad_avg: Tensor    # EMA of g (centered only; empty otherwise)
+
+
+@elementwise
+def scale_by_rms(grad, state: RmsState, param, *, alpha=0.99, eps=1e-8, centered=False):
+    r"""RMSprop's direction (Hinton, 2012), as torch.optim.RMSprop computes it.
+
+    .. math::
+        s_t = \alpha s_{t-1} + (1-\alpha) g_t^2,\quad \bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t,\\
+        u_t = g_t / (\sqrt{s_t - [\bar g_t^2 \text{ if centered}]} + \epsilon).
+
+    No bias correction: the averages start at zero, as in torch.
+    """
+    square_avg = _addcmul(state.square_avg * alpha, grad, grad, 1 - alpha)
+    grad_avg = state.grad_avg
+    if centered:
+        grad_avg = torch.lerp(grad_avg, grad, 1 - alpha)
+        avg = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1).sqrt()
+    else:
+        avg = square_avg.sqrt()
+    return grad / (avg + eps), RmsState(state.step + 1, square_avg, grad_avg)
+
+
+@scale_by_rms.init
+def _(param, *, centered=False):
+    return RmsState(_zero_step(param), torch.zeros_like(param),
+                    torch.zeros_like(param) if centered else param.new_empty(0))
+
+
+# ---------------------------------------------------------------- Adagrad
+
+
+class AdagradState(NamedTuple):
+    step: Tensor  # updates taken so far
+    sum: Tensor   # running sum of g^2, from initial_accumulator_value
+
+
+@elementwise
+def scale_by_adagrad(grad, state: AdagradState, param, *, eps=1e-10, initial_accumulator_value=0.0):
+    r"""Adagrad's direction (Duchi et al., 2011): :math:`S_t = S_{t-1} + g_t^2,\ u_t = g_t/(\sqrt{S_t}+\epsilon)`.
+
+    ``S_0 = initial_accumulator_value``. torch's ``lr_decay`` is a schedule on the learning rate,
+    ``lr / (1 + t lr_decay)`` (see ``diyopt.optim.adagrad``).
+    """
+    total = torch.addcmul(state.sum, grad, grad)
+    return grad / (total.sqrt() + eps), AdagradState(state.step + 1, total)
+
+
+@scale_by_adagrad.init
+def _(param, *, initial_accumulator_value=0.0):
+    return AdagradState(_zero_step(param), torch.zeros_like(param) + initial_accumulator_value)
+
+
+# ---------------------------------------------------------------- Adadelta
+
+
+class AdadeltaState(NamedTuple):
+    step: Tensor        # updates taken so far
+    square_avg: Tensor  # EMA of g^2
+    acc_delta: Tensor   # EMA of the squared updates
+
+
+@elementwise
+def scale_by_adadelta(grad, state: AdadeltaState, param, *, rho=0.9, eps=1e-6):
+    r"""Adadelta's direction (Zeiler, 2012), as torch.optim.Adadelta computes it.
+
+    .. math::
+        s_t = \rho s_{t-1} + (1-\rho) g_t^2,\quad
+        u_t = \frac{\sqrt{a_{t-1}+\epsilon}}{\sqrt{s_t+\epsilon}}\, g_t,\quad
+        a_t = \rho a_{t-1} + (1-\rho) u_t^2.
+
+    torch then steps ``param -= lr * u_t`` (lr defaults to 1).
+    """
+    square_avg = _addcmul(state.square_avg * rho, grad, grad, 1 - rho)
+    std = (square_avg + eps).sqrt()
+    delta = (state.acc_delta + eps).sqrt() / std * grad
+    acc_delta = _addcmul(state.acc_delta * rho, delta, delta, 1 - rho)
+    return delta, AdadeltaState(state.step + 1, square_avg, acc_delta)
+
+
+@scale_by_adadelta.init
+def _(param):
+    return AdadeltaState(_zero_step(param), torch.zeros_like(param), torch.zeros_like(param))
+
+
+# ---------------------------------------------------------------- Adamax
+
+
+class AdamaxState(NamedTuple):
+    step: Tensor     # updates taken so far
+    exp_avg: Tensor  # first moment m_t
+    exp_inf: Tensor  # exponentially weighted infinity norm u_t
+
+
+@elementwise
+def scale_by_adamax(grad, state: AdamaxState, param, *, b1=0.9, b2=0.999, eps=1e-8):
+    r"""Adamax's direction (Kingma & Ba, 2015, sec. 7), as torch.optim.Adamax computes it.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon),\quad
+        d_t = \frac{m_t}{(1-\beta_1^t)\, u_t}.
+    """
+    step = state.step + 1
+    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    exp_inf = torch.maximum(state.exp_inf * b2, grad.abs() + eps)
+    return exp_avg / exp_inf / (1 - b1 ** step), AdamaxState(step, exp_avg, exp_inf)
+
+
+@scale_by_adamax.init
+def _(param):
+    return AdamaxState(_zero_step(param), torch.zeros_like(param), torch.zeros_like(param))
+
+
+# ---------------------------------------------------------------- NAdam
+
+
+class NadamState(NamedTuple):
+    step: Tensor        # updates taken so far
+    exp_avg: Tensor     # first moment m_t
+    exp_avg_sq: Tensor  # second moment v_t
+    mu_product: Tensor  # prod_{s<=t} mu_s (0-dim), starts at 1
+
+
+@elementwise
+def scale_by_nadam(grad, state: NadamState, param, *, b1=0.9, b2=0.999, eps=1e-8, momentum_decay=4e-3):
+    r"""NAdam's direction (Dozat, 2016) with torch's momentum schedule.
+
+    .. math::
+        \mu_t = \beta_1 (1 - \tfrac12 0.96^{t\psi}),\quad m_t, v_t \text{ as in Adam},\quad
+        d_t = \frac{1}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}\Big(\frac{1-\mu_t}{1-\prod_{s\le t}\mu_s} g_t
+        + \frac{\mu_{t+1}}{1-\prod_{s\le t+1}\mu_s} m_t\Big),
+
+    with :math:`\psi` = ``momentum_decay``.
+    """
+    step = state.step + 1
+    mu = b1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = state.mu_product * mu
+    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
+    denom = (exp_avg_sq / (1 - b2 ** step)).sqrt() + eps
+    direction = (grad / denom * ((1.0 - mu) / (1.0 - mu_product))
+                 + exp_avg / denom * (mu_next / (1.0 - mu_product * mu_next)))
+    return direction, NadamState(step, exp_avg, exp_avg_sq, mu_product)
+
+
+@scale_by_nadam.init
+def _(param):
+    return NadamState(_zero_step(param), torch.zeros_like(param), torch.zeros_like(param),
+                      torch.ones((), dtype=param.dtype, device=param.device))
+
+
+# ---------------------------------------------------------------- RAdam
+
+
+class RadamState(NamedTuple):
+    step: Tensor        # updates taken so far
+    exp_avg: Tensor     # first moment m_t
+    exp_avg_sq: Tensor  # second moment v_t
+
+
+@elementwise
+def scale_by_radam(grad, state: RadamState, param, *, b1=0.9, b2=0.999, eps=1e-8):
+    r"""RAdam's direction (Liu et al., 2020): Adam rectified while the variance estimate is unreliable.
+
+    .. math::
+        \rho_\infty = \frac{2}{1-\beta_2} - 1,\quad \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1-\beta_2^t},\\
+        d_t = \frac{m_t}{1-\beta_1^t} \cdot \begin{cases}
+          r_t \sqrt{1-\beta_2^t} / (\sqrt{v_t}+\epsilon) & \rho_t > 5 \\ 1 & \text{otherwise}\end{cases},\quad
+        r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}.
+    """
+    step = state.step + 1
+    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
+    bias_correction2 = 1 - b2 ** step
+    corrected = exp_avg / (1 - b1 ** step)
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * step * (b2 ** step) / bias_correction2
+    # Clamped so the unused branch of the `where` holds no NaN (rho_t < 4 early on).
+    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).clamp(min=0).sqrt()
+    adaptive = bias_correction2 ** 0.5 / (exp_avg_sq.sqrt() + eps)
+    direction = torch.where(rho_t > 5.0, corrected * adaptive * rect, corrected)
+    return direction, RadamState(step, exp_avg, exp_avg_sq)
+
+
+@scale_by_radam.init
+def _(param):
+    return RadamState(_zero_step(param), torch.zeros_like(param), torch.zeros_like(param))
+
+
+# ---------------------------------------------------------------- Rprop
+
+
+class RpropState(NamedTuple):
+    step: Tensor       # updates taken so far
+    prev: Tensor       # the previous (masked) gradient
+    step_size: Tensor  # per-element step size, starts at lr
+
+
+@elementwise
+def scale_by_rprop(grad, state: RpropState, param, *, lr=1e-2, etaminus=0.5, etaplus=1.2,
+                   step_size_min=1e-6, step_size_max=50.0):
+    r"""Rprop's step (Riedmiller & Braun, 1993), as torch.optim.Rprop computes it -- a full update.
+
+    Per element: if :math:`g_t g_{t-1} > 0` the step size grows by ``etaplus``, if ``< 0`` it shrinks by
+    ``etaminus`` and the gradient is zeroed (no move, and no sign memory for the next step), else it
+    stays; it is clamped to ``[step_size_min, step_size_max]``; ``update = -sign(g_t) * step_size``.
+    ``lr`` is only the initial step size.
+    """
+    sign = (grad * state.prev).sign()
+    one = torch.ones_like(grad)  # where() on two Python scalars would return the default dtype
+    factor = torch.where(sign > 0, one * etaplus, torch.where(sign < 0, one * etaminus, one))
+    step_size = (state.step_size * factor).clamp(step_size_min, step_size_max)
+    grad = torch.where(sign < 0, torch.zeros_like(grad), grad)
+    return -grad.sign() * step_size, RpropState(state.step + 1, grad, step_size)
+
+
+@scale_by_rprop.init
+def _(param, *, lr=1e-2):
+    return RpropState(_zero_step(param), torch.zeros_like(param), torch.zeros_like(param) + lr)
+
+
+# ---------------------------------------------------------------- Lion
+
+
+class LionState(NamedTuple):
+    step: Tensor     # updates taken so far
+    exp_avg: Tensor  # momentum m_t
+
+
+@elementwise
+def scale_by_lion(grad, state: LionState, param, *, b1=0.9, b2=0.99):
+    r"""Lion's direction (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms", Alg. 2).
+
+    .. math::
+        d_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t),\quad
+        m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t.
+
+    Lion is then ``chain(scale_by_lion, add_decayed_weights(wd), scale_by_lr(lr))``.
+    """
+    direction = torch.lerp(state.exp_avg, grad, 1 - b1).sign()
+    return direction, LionState(state.step + 1, torch.lerp(state.exp_avg, grad, 1 - b2))
+
+
+@scale_by_lion.init
+def _(param):
+    return LionState(_zero_step(param), torch.zeros_like(param))

@@ -1,0 +1,403 @@
+"""The batched engine: ``diyopt.sweep`` runs a grid of hyperparameters x seeds as one computation.
+
+Every run is the eager step of ``fit`` for one set of settings; ``torch.func.vmap`` maps that step over a
+leading *run* axis, so params, optimizer state and the swept hyperparameters (per-run 0-dim tensors inside
+the map) all carry that axis and 1,000 runs cost a handful of large tensor ops per step instead of 1,000
+small ones. Run ``k`` equals ``fit`` with run ``k``'s settings, up to rounding.
+
+What a seed means: run ``k`` with seed ``s`` starts at ``init(s)`` when ``init`` is given, else at
+``params + N(0, 1)`` noise drawn with ``torch.Generator().manual_seed(s)`` (in parameter order, each
+tensor's shape) -- with zero ``params`` that is the seed document's ``torch.randn`` start. Without
+``seeds`` every run starts at ``params``.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .core import Optimizer, Params, as_params
+from .engines import more_graphs
+from .fit import FlatLayout, check_loss_value
+
+ENGINES = ("vmap", "compiled")
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` returns.
+
+    Attributes:
+      rows: one dict per run: the swept hyperparameters, ``seed``, ``final_loss`` (the loss at the final
+        params), ``steps_to_tol`` (first step whose recorded loss is ``<= tol``, else None), ``diverged``
+        (a non-finite loss at some step), ``run`` (its index).
+      losses: ``(runs, steps)`` tensor, every run's loss curve (``losses[k, i]`` before update ``i``).
+      params: the final params, ``dict[str, Tensor]`` with a leading run axis.
+      seconds: wall time of the runs (compilation excluded); compile_seconds: the first call's extra time.
+      info: engine, batch size, number of batches.
+    """
+
+    rows: list[dict]
+    losses: Tensor
+    params: Params
+    seconds: float
+    compile_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def best(self) -> dict:
+        """The row with the lowest finite final loss."""
+        finite = [r for r in self.rows if math.isfinite(r["final_loss"])]
+        if not finite:
+            raise ValueError("every run diverged: there is no best run")
+        return min(finite, key=lambda r: r["final_loss"])
+
+    def run_params(self, k: int) -> Params:
+        """Run ``k``'s final params."""
+        return {n: v[k] for n, v in self.params.items()}
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """One line per run; parameters with at most 8 elements get a column per element (``a[0]``)."""
+        small = {n: v for n, v in self.params.items() if v[0].numel() <= 8}
+        columns = list(self.rows[0]) + [f"{n}[{i}]" for n, v in small.items() for i in range(v[0].numel())]
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for k, row in enumerate(self.rows):
+                values = [_cell(row[c]) for c in row]
+                values += [repr(float(x)) for v in small.values() for x in v[k].reshape(-1)]
+                writer.writerow(values)
+
+    def __repr__(self) -> str:
+        diverged = sum(r["diverged"] for r in self.rows)
+        return (f"SweepResult(runs={len(self.rows)}, steps={self.losses.shape[1]}, diverged={diverged}, "
+                f"seconds={self.seconds:.3g})")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, tuple):
+        return "/".join(repr(x) for x in v)
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module,
+          optimizer: Optimizer, steps: int, *, grid: Mapping[str, Sequence[Any]] | None = None,
+          seeds: Sequence[int] | int | None = None, init: Callable[[int], Params] | None = None,
+          tol: float | None = None, engine: str = "vmap", batch_size: int | None = None,
+          memory_bytes: int | None = None, chunk: int = 8) -> SweepResult:
+    """Run every combination of ``grid`` x ``seeds`` as one vectorized fit.
+
+    Args:
+      loss_fn, params, optimizer, steps: as in :func:`diyopt.fit`; ``optimizer`` is a diyopt optimizer
+        built by a factory (``diyopt.optim.adam()``, a user's ``elementwise`` rule), so it can be rebuilt
+        with per-run hyperparameters.
+      grid: ``{hyperparameter: [values]}``, e.g. ``{"lr": [1e-3, 1e-2], "betas": [(0.9, 0.999)]}``; runs
+        are the Cartesian product, in the order given (the last key varies fastest), then the seeds.
+      seeds: a list of seeds or a count ``n`` (seeds ``0..n-1``); see the module docstring for their meaning.
+      init: ``init(seed) -> params``, the starting point of a seed's runs.
+      tol: a loss level; each row's ``steps_to_tol`` counts the updates before the loss first reached it.
+      engine: ``"vmap"`` (eager ``torch.func.vmap``) or ``"compiled"`` (the vmapped steps compiled; batches
+        are padded to one size so one graph serves all of them).
+      chunk: steps per vmapped (or compiled) call; the leftover steps run in one eager call.
+      batch_size / memory_bytes: runs per vectorized batch; by default as many as fit in ``memory_bytes``
+        (default: a quarter of the machine's memory, or of the GPU's free memory), estimated from the
+        bytes one run allocates in a step.
+
+    Returns:
+      A :class:`SweepResult`: a row per run, the ``(runs, steps)`` loss curves and the final params.
+      Runs whose loss goes non-finite are marked ``diverged``; they do not stop the others.
+    """
+    from .fit import _check_steps
+
+    steps = _check_steps(steps)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(map(repr, ENGINES))}")
+    if not isinstance(optimizer, Optimizer) or optimizer.build is None:
+        raise TypeError("sweep needs a diyopt optimizer built by a factory (diyopt.optim.adam(...), an "
+                        f"elementwise rule called with its settings), got {type(optimizer).__name__}")
+    params = as_params(params)
+    grid = dict(grid or {})
+    unknown = set(grid) - set(optimizer.hyperparams or {})
+    if unknown:
+        raise ValueError(f"grid names unknown hyperparameter(s) {sorted(unknown)}; "
+                         f"known: {sorted(optimizer.hyperparams or {})}")
+    for k, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ValueError(f"grid[{k!r}] must be a non-empty list of values, got {values!r}")
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"seeds must be a positive count or a list of seeds, got {seeds}")
+        seeds = list(range(seeds))
+    seed_list = list(seeds) if seeds is not None else [None]
+    if init is not None and seeds is None:
+        raise ValueError("init(seed) needs seeds=[...]")
+
+    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    runs = [(s, seed) for s in settings for seed in seed_list]
+    starts = {seed: _start(params, seed, init) for seed in seed_list}
+    # Check the loss once, eagerly, with fit's messages.
+    first = starts[seed_list[0]]
+    check_loss_value(loss_fn({k: v.detach().requires_grad_() for k, v in first.items()}))
+
+    layout = FlatLayout.maybe(first) if optimizer.flattenable else None
+    view = layout.unflatten if layout else (lambda p: p)
+    pack = (lambda p: {"flat": layout.flatten(p)}) if layout else (lambda p: dict(p))
+    ref = next(iter(first.values()))
+    if batch_size is None:
+        per_run = _bytes_per_run(loss_fn, pack(first), view, optimizer, steps)
+        budget = memory_bytes or _default_memory(ref.device)
+        batch_size = max(1, min(len(runs), budget // max(per_run, 1)))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = min(batch_size, len(runs))
+
+    chunk = min(chunk, steps)
+    steps_fn = _vmapped_steps(loss_fn, view, optimizer)
+    compiled = None
+    if engine == "compiled":
+        cpp = ref.device.type == "cpu"  # Inductor's C++ wrapper: no Python call per kernel (see engines)
+        compiled = torch.compile(lambda h, c, s: steps_fn(h, c, s, chunk), fullgraph=True,
+                                 options={"cpp_wrapper": True} if cpp else None)
+
+    all_losses, finals, rows = [], [], []
+    seconds = compile_seconds = 0.0
+    for lo in range(0, len(runs), batch_size):
+        batch = runs[lo:lo + batch_size]
+        padded = batch + [batch[-1]] * (batch_size - len(batch)) if compiled is not None else batch
+        hyper = {k: _stack_values([s[k] for s, _ in padded], ref) for k in sorted(grid)}
+        current = _stack([pack(starts[seed]) for _, seed in padded])
+        state = torch.func.vmap(lambda h, c: _rebuild(optimizer, h).init(c))(hyper, current)
+        # vmap returns what the init did not batch as expanded views: materialize them, so the compiled
+        # step sees the same strides on every call (else it compiles a second graph).
+        state = torch.utils._pytree.tree_map(lambda t: t.contiguous() if isinstance(t, Tensor) else t, state)
+        t0 = time.perf_counter()
+        curve, current, state, first_call = _run(steps_fn, compiled, hyper, current, state, steps, chunk)
+        if lo == 0 and compiled is not None:
+            compile_seconds = first_call
+        seconds += time.perf_counter() - t0
+        n = len(batch)
+        final = {k: v[:n] for k, v in current.items()}
+        final_loss = torch.func.vmap(lambda c: loss_fn(view(c)))(final).detach()
+        all_losses.append(curve[:n])
+        finals.append(final)
+        for (s, seed), c, fl in zip(batch, curve[:n], final_loss):
+            rows.append(_row(len(rows), s, seed, c, fl, tol))
+    seconds -= compile_seconds
+    losses = torch.cat(all_losses)
+    final_params = view({k: torch.cat([f[k] for f in finals]) for k in finals[0]}) if layout is None else \
+        _unflatten_runs(layout, torch.cat([f["flat"] for f in finals]))
+    info = {"engine": engine, "batch_size": batch_size, "batches": math.ceil(len(runs) / batch_size),
+            "tol": tol}
+    return SweepResult(rows, losses, final_params, seconds, compile_seconds, info)
+
+
+# ---------------------------------------------------------------- the vmapped step
+
+
+def _rebuild(optimizer: Optimizer, hyper: Mapping[str, Any]) -> Optimizer:
+    return optimizer.replace_hyperparams(**hyper) if hyper else optimizer
+
+
+def _vmapped_steps(loss_fn: Callable, view: Callable, optimizer: Optimizer) -> Callable:
+    """``steps(hyper, current, state, count) -> (current, state, losses)``: ``count`` steps of every run.
+
+    The map is over runs: inside it each run sees its own 0-dim hyperparameters, so the optimizer is
+    rebuilt there (once per call, not per step) and the steps are ``fit``'s eager step for that run.
+    ``losses`` is ``(runs, count)``.
+    """
+    grad_and_value = torch.func.grad_and_value(lambda current: loss_fn(view(current)))
+
+    def one_run(hyper: dict, current: Params, state: Any, count: int):
+        update = _rebuild(optimizer, hyper).update
+        losses = []
+        for _ in range(count):
+            grads, loss = grad_and_value(current)
+            updates, state = update(grads, state, current)
+            current = {k: v + updates[k] for k, v in current.items()}
+            losses.append(loss.detach())
+        return current, state, torch.stack(losses)
+
+    def steps(hyper: dict, current: Params, state: Any, count: int):
+        return torch.func.vmap(lambda h, c, s: one_run(h, c, s, count))(hyper, current, state)
+
+    return steps
+
+
+def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, steps: int, chunk: int):
+    """Whole chunks (compiled when asked), then the leftover steps eagerly (the same math).
+
+    Returns the ``(runs, steps)`` losses, the final params and state, and the first call's extra time.
+    """
+    curves = []
+    first_call = per_call = 0.0
+    calls = steps // chunk
+    start = None
+    for i in range(calls):
+        t0 = time.perf_counter()
+        if compiled is not None:
+            with more_graphs():
+                current, state, c = compiled(hyper, current, state)
+        else:
+            current, state, c = steps_fn(hyper, current, state, chunk)
+        if i == 0:
+            first_call = time.perf_counter() - t0
+            start = time.perf_counter()
+        curves.append(c)
+    if calls > 1:
+        per_call = (time.perf_counter() - start) / (calls - 1)
+    if steps > calls * chunk:
+        current, state, c = steps_fn(hyper, current, state, steps - calls * chunk)
+        curves.append(c)
+    return torch.cat(curves, 1), current, state, max(first_call - per_call, 0.0)
+
+
+# ---------------------------------------------------------------- runs: starts, hyperparameters, rows
+
+
+def _start(params: Params, seed: int | None, init: Callable | None) -> Params:
+    if seed is None:
+        return params
+    if init is not None:
+        start = as_params(init(seed))
+        if list(start) != list(params) or any(start[k].shape != params[k].shape for k in params):
+            raise ValueError(f"init({seed}) must return the same names and shapes as params: "
+                             f"{ {k: tuple(v.shape) for k, v in params.items()} }")
+        return start
+    gen = torch.Generator().manual_seed(int(seed))
+    return {k: p + torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for k, p in params.items()}
+
+
+def _stack_values(values: list, ref: Tensor):
+    """Per-run hyperparameter values as a run-axis tensor (a tuple of them for tuple values like betas)."""
+    def column(vs):
+        return torch.tensor([float(v) for v in vs], dtype=ref.dtype, device=ref.device)
+
+    if isinstance(values[0], (tuple, list)):
+        return tuple(column([v[i] for v in values]) for i in range(len(values[0])))
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise TypeError(f"grid values must be numbers or tuples of numbers, got {values[0]!r}")
+    return column(values)
+
+
+def _stack(trees: list[Params]) -> Params:
+    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
+
+
+def _unflatten_runs(layout: FlatLayout, flat: Tensor) -> Params:
+    chunks = flat.split(layout.sizes, dim=1)
+    return {n: c.reshape(flat.shape[0], *s) for n, c, s in zip(layout.names, chunks, layout.shapes)}
+
+
+def _row(k: int, setting: dict, seed, curve: Tensor, final_loss: Tensor, tol: float | None) -> dict:
+    row = {"run": k}
+    row.update({name: _plain(v) for name, v in setting.items()})
+    row["seed"] = seed
+    row["final_loss"] = float(final_loss)
+    reached = (curve <= tol).nonzero() if tol is not None else None
+    row["steps_to_tol"] = int(reached[0, 0]) if reached is not None and len(reached) else None
+    row["diverged"] = not bool(torch.isfinite(curve).all() and torch.isfinite(final_loss))
+    return row
+
+
+def _plain(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+# ---------------------------------------------------------------- memory: how many runs per batch
+
+
+class _CountBytes(TorchDispatchMode):
+    """Sum the bytes of every tensor an op returns: an upper bound on what one step keeps alive."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, Tensor):
+                self.bytes += t.numel() * t.element_size()
+        return out
+
+
+def _bytes_per_run(loss_fn, current: Params, view, optimizer: Optimizer, steps: int) -> int:
+    """Bytes one run needs: what one eager step allocates, its state, and its loss curve."""
+    grad_and_value = torch.func.grad_and_value(lambda c: loss_fn(view(c)))
+    state = optimizer.init(current)
+    with _CountBytes() as counter:
+        grads, loss = grad_and_value(current)
+        optimizer.update(grads, state, current)
+    state_bytes = sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(state)
+                      if isinstance(t, Tensor))
+    return counter.bytes + 2 * state_bytes + steps * loss.element_size()
+
+
+def _default_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+# ---------------------------------------------------------------- diyopt sweep (the command line)
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list]:
+    """``["lr=1e-3,1e-2", "betas=0.9/0.999,0.8/0.99"]`` -> ``{"lr": [...], "betas": [(0.9, 0.999), ...]}``."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not values.strip():
+            raise ValueError(f"--grid takes NAME=V1,V2,... (tuples as A/B), got {item!r}")
+        parsed = []
+        for v in values.split(","):
+            try:
+                parts = tuple(float(x) for x in v.split("/"))
+            except ValueError:
+                raise ValueError(f"--grid {key}: expected numbers, got {v!r}") from None
+            parsed.append(parts if len(parts) > 1 else parts[0])
+        grid[key] = parsed
+    return grid
+
+
+def run_sweep_cli(args: Any) -> int:
+    """``diyopt sweep``: the table (sweep.csv), a figure of final loss against each swept hyperparameter."""
+    from pathlib import Path
+
+    from .compare import _as_problem
+    from .plots import plot_sweep
+
+    problem = _as_problem(args.problem)
+    from .optim import get
+
+    optimizer = get(args.optimizer)
+    grid = parse_grid(args.grid or [])
+    result = sweep(problem.loss, problem.params0, optimizer, args.steps, grid=grid,
+                   seeds=args.seeds, tol=args.tol, engine=args.engine)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_csv(out / "sweep.csv")
+    figure = plot_sweep(result, out / "sweep.png")
+    diverged = sum(r["diverged"] for r in result.rows)
+    best = result.best()
+    print(f"{len(result)} runs x {args.steps} steps in {result.seconds:.3g} s "
+          f"({result.info['batches']} batch(es), engine {args.engine}); {diverged} diverged")
+    print("best: " + ", ".join(f"{k}={_cell(v)}" for k, v in best.items() if k not in ("run", "diverged")))
+    print(f"table: {out / 'sweep.csv'}; figure: {figure}")
+    return 0

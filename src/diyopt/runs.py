@@ -1,0 +1,164 @@
+"""``diyopt fit``: one fit from the command line, with checkpoints, a divergence guard and safe outputs.
+
+    diyopt fit --problem line --optimizer adam:lr=1e-2 --steps 4000 --out runs/a \\
+               [--loss mse] [--seed 0] [--data my.csv] [--checkpoint runs/a.pt --checkpoint-every 100] \\
+               [--resume] [--deterministic] [--engine eager|compiled] [--on-nonfinite stop|raise|skip]
+
+writes ``OUT/result.json`` (final params, final loss, steps, stop_reason, settings) and ``OUT/losses.csv``
+(``step,loss``, one row per step, floats written exactly). Outputs go to a temp folder that replaces
+``OUT`` only when complete, so a failure or a kill never leaves half an output. Bad input: one line, exit
+2; a fit that diverged: its last finite params are written, exit 3. Under ``torchrun`` the line data is
+sharded across ranks and rank 0 writes.
+"""
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import data, losses, problems
+from . import distributed as dd
+from .checkpoint import atomic_folder
+from .fit import DivergedError, describe_nonfinite, fit
+from .problems import Problem
+
+
+def run_fit(args: Any) -> int:
+    """The handler of ``diyopt fit``; returns the exit code."""
+    import sys
+
+    from .cli import EXIT_DIVERGED
+
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(args.seed)
+    optimizer = optimizer_from_spec(args.optimizer)  # parse every input before any work or output
+    problem, reduction = build_problem(args)
+    settings = {"problem": args.problem, "optimizer_spec": args.optimizer, "loss": args.loss,
+                "seed": args.seed, "data": args.data, "engine": args.engine}
+    checkpoint = args.checkpoint
+    if args.checkpoint_every is not None and checkpoint is None:
+        raise ValueError("--checkpoint-every needs --checkpoint FILE")
+    if args.resume and checkpoint is None:
+        raise ValueError("--resume needs --checkpoint FILE")
+    writer = dd.is_main()
+    try:
+        with (atomic_folder(args.out) if writer else _nowhere()) as tmp:
+            result = fit(problem.loss, problem.params0, optimizer, args.steps, engine=args.engine,
+                         on_nonfinite=args.on_nonfinite, checkpoint=checkpoint,
+                         checkpoint_every=args.checkpoint_every, resume=args.resume, settings=settings,
+                         distributed=reduction)
+            if writer:
+                write_outputs(tmp, result, settings | {"steps": args.steps})
+    except DivergedError as e:  # on_nonfinite="raise": no outputs, the checkpoint has the last finite params
+        print(f"diyopt: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if result.stop_reason == "diverged":
+        print(f"diyopt: {describe_nonfinite(result.info['diverged'])}; the last finite params are in "
+              f"{args.out}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if writer:
+        print(f"{result!r}\nresult.json and losses.csv in {args.out}")
+    return 0
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def optimizer_from_spec(spec: str):
+    """``diyopt.optim.get(spec)`` -- the registry's spec syntax (``adam:lr=1e-2``, ``file.py:name``)."""
+    from . import optim
+
+    return optim.get(spec)
+
+
+def build_problem(args: Any) -> tuple[Problem, str | None]:
+    """The problem, its data sharded when running under torchrun, and the reduction its loss needs."""
+    name = args.problem
+    if name not in problems.names():
+        raise ValueError(losses.unknown_name("problem", name, problems.names()))
+    loss_name = args.loss
+    if loss_name is not None and not _is_file_spec(loss_name):
+        losses.get(loss_name)  # unknown names fail here, with a suggestion
+    if args.data is not None or dd.active() or _is_file_spec(loss_name):
+        if name != "line":
+            raise ValueError(f"--data and torchrun work with --problem line, not {name!r}")
+        return _line_problem(args, loss_name or "l2_norm")
+    kwargs = {}
+    accepted = _factory_parameters(name)
+    for key, value in (("loss", loss_name), ("seed", args.seed)):
+        if key in accepted:
+            kwargs[key] = value if value is not None else accepted[key].default
+        elif key == "loss" and value is not None:
+            raise ValueError(f"problem {name!r} has its own loss; --loss applies to: line")
+    return problems.get(name, **kwargs), None
+
+
+def _factory_parameters(name: str) -> dict:
+    factory = getattr(problems, "_PROBLEMS", {}).get(name)
+    return dict(inspect.signature(factory).parameters) if factory else {}
+
+
+def _line_problem(args: Any, loss_name: str) -> tuple[Problem, str | None]:
+    """The line ``y = a x + b`` on the seed's data or a CSV file, on this rank's shard of the rows."""
+    x, y = data.load_csv(args.data) if args.data else data.make_line(seed=args.seed)
+    reduction = None
+    if dd.active():
+        reduction = None if _is_file_spec(loss_name) else dd.REDUCTION.get(loss_name)
+        if reduction is None:
+            raise ValueError(f"loss {loss_name!r} does not decompose across ranks; use one of "
+                             f"{', '.join(sorted(dd.REDUCTION))}")
+        x, y = dd.shard(x, y, even=reduction == "mean")
+    loss_on_pred = load_from_file(loss_name) if _is_file_spec(loss_name) else losses.get(loss_name)
+    zero = torch.zeros(1, dtype=torch.float64)
+    return Problem("line", {"a": zero, "b": zero.clone()}, lambda p: loss_on_pred(p["a"] * x + p["b"], y),
+                   info={"x": x, "y": y, "loss": loss_name}), reduction
+
+
+def _is_file_spec(spec: str | None) -> bool:
+    return bool(spec) and ".py:" in spec
+
+
+def load_from_file(spec: str) -> Any:
+    """``path/to/file.py:name`` -> that object, by the spec registry's loader (errors name file and line)."""
+    from .specs import getattr_from_file
+
+    path, _, name = spec.rpartition(":")
+    return getattr_from_file(path, name)
+
+
+def write_outputs(folder, result, settings: dict) -> None:
+    """``result.json`` and ``losses.csv``; floats as Python's shortest exact repr (they round-trip)."""
+    summary = {
+        "params": {k: v.detach().cpu().double().reshape(-1).tolist() for k, v in result.params.items()},
+        "shapes": {k: list(v.shape) for k, v in result.params.items()},
+        "final_loss": result.final_loss,
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "seconds": result.seconds,
+        "settings": {k: v for k, v in settings.items() if v is not None},
+        "info": {k: v for k, v in result.info.items() if k in ("diverged", "skipped")},
+    }
+    (folder / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    with open(folder / "losses.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["step", "loss"])
+        out.writerows((i, repr(v)) for i, v in enumerate(result.losses.double().tolist()))
+
+
+class _nowhere:
+    """Ranks other than 0 write nothing."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

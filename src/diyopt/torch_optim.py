@@ -1,0 +1,319 @@
+"""``to_torch``: any diyopt :class:`~diyopt.core.Optimizer` as a real ``torch.optim.Optimizer``.
+
+    opt = diyopt.to_torch(diyopt.optim.adam(lr=1e-3), model)
+    for x, y in batches:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+What it keeps from torch: ``param_groups`` (per-group ``lr`` and any other hyperparameter of the diyopt
+optimizer, so ``torch.optim.lr_scheduler`` works), ``state_dict()`` / ``load_state_dict()`` (portable by
+position, loadable into a fresh instance), step pre/post hooks (the base class wraps ``step``), params whose
+``grad`` is None skipped for that step.
+
+How the state is kept: the diyopt state is a tree (tuples, NamedTuples, dicts) whose per-parameter leaves sit
+under the parameter's name. Each leaf is stored in ``self.state[param]`` under a readable name -- the field
+names on its path, e.g. Adam's ``step`` / ``exp_avg`` / ``exp_avg_sq`` / ``max_exp_avg_sq``, torch's own
+names -- or the dotted full path where field names alone would collide. Leaves that belong to no parameter
+(a schedule's counter) live in ``self.state["group<i>"]``, a key torch's ``state_dict`` carries as is.
+``self.state`` is the only copy: every step rebuilds the tree from it, so a loaded state dict is used as is.
+
+Engines: the default runs the optimizer's pure ``update`` eagerly (the reference). ``compiled=True``
+compiles each group's step -- update, state write-back and the parameter update -- with ``torch.compile``,
+which fuses the whole rule into one pass over memory and writes state and params in place: the fast path
+for big models (see ``benchmarks/to_torch_step.py``). The learning rate is passed as a tensor there, so a
+scheduler changing it does not recompile.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from .core import Optimizer
+
+
+def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False) -> "TorchOptimizer":
+    """Wrap ``optimizer`` as a ``torch.optim.Optimizer`` over ``params_or_module``.
+
+    Args:
+      optimizer: any diyopt :class:`~diyopt.core.Optimizer` (a named one, a ``chain``, a user's
+        ``elementwise`` rule). Its ``hyperparams`` become the groups' defaults.
+      params_or_module: an ``nn.Module``, a dict ``name -> tensor``, an iterable of tensors or of
+        ``(name, tensor)`` pairs, or a list of param-group dicts as torch takes them
+        (``[{"params": ..., "lr": 1e-2}, ...]``). Names are what the diyopt optimizer sees (a module's
+        ``named_parameters`` names; positions ``"0"``, ``"1"``, ... for bare tensors).
+      compiled: run each group's step through ``torch.compile``: one fused pass over memory, in place --
+        faster than ``torch.optim.Adam(foreach=True)`` on big models, but the first step compiles (about a
+        minute or more for an 80-tensor model on 2 CPU cores). Leave it off for small models and tests.
+
+    Returns:
+      A :class:`TorchOptimizer`.
+    """
+    return TorchOptimizer(optimizer, params_or_module, compiled=compiled)
+
+
+class TorchOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` running a diyopt optimizer; see :func:`to_torch`."""
+
+    def __init__(self, optimizer: Optimizer, params: Any, *, compiled: bool = False):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a diyopt Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.compiled = compiled
+        self._hyper_keys = tuple(optimizer.hyperparams or {})
+        self._group_opts: dict[int, tuple[tuple, Optimizer, tuple]] = {}
+        self._lr_tensors: dict[int, Tensor] = {}
+        self._layouts: dict[tuple, _Layout] = {}
+        self._compiled_steps: dict[tuple, Any] = {}
+        super().__init__(_named_groups(params), dict(optimizer.hyperparams or {}))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.optimizer.build is None:
+            extra = sorted(k for k in param_group if k not in ("params", "param_names"))
+            if extra:
+                raise TypeError(f"param group sets {extra}, but this optimizer has no hyperparameters to "
+                                "override (it was not built by a configurable factory)")
+        if "param_names" not in param_group:  # a group added later, after construction
+            start = sum(len(g["params"]) for g in self.param_groups)
+            param_group = {**param_group, "params": _named_list(param_group["params"], start)}
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every group; returns ``closure()``'s loss when a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, group in enumerate(self.param_groups):
+            self._step_group(i, group)
+        return loss
+
+    # ------------------------------------------------------------ one group
+
+    def _step_group(self, i: int, group: dict) -> None:
+        names, params, grads = [], [], []
+        for name, p in zip(group["param_names"], group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self.optimizer).__name__} does not support sparse gradients")
+            names.append(name)
+            params.append(p)
+            grads.append(p.grad)
+        if not params:
+            return
+        opt, structure = self._group_optimizer(i, group)
+        layout = self._layout(i, opt, structure, names, params)
+        if self.compiled:
+            self._compiled_step(i, group, opt, layout, names, params, grads)
+            return
+        leaves = layout.read(self.state, params, i)
+        state = pytree.tree_unflatten(leaves, layout.spec)
+        updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)))
+        new_leaves, spec = pytree.tree_flatten(new_state)
+        if spec != layout.spec:  # the rule changed its state's shape (e.g. () at init, (m,) after)
+            layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
+        layout.write(self.state, params, i, new_leaves)
+        torch._foreach_add_(params, [updates[n].to(p.dtype) for n, p in zip(names, params)])
+
+    def _group_optimizer(self, i: int, group: dict) -> tuple[Optimizer, tuple]:
+        """The diyopt optimizer with this group's hyperparameters (rebuilt only when they changed)."""
+        values = tuple(group[k] for k in self._hyper_keys)
+        if self.compiled and isinstance(group.get("lr"), (int, float)):
+            # the compiled step takes the lr as a tensor input: a scheduler changing it rebuilds nothing
+            values = tuple(None if k == "lr" else v for k, v in zip(self._hyper_keys, values))
+        cached = self._group_opts.get(i)
+        if cached is not None and _same(cached[0], values):
+            return cached[1], cached[2]
+        own = self.optimizer.hyperparams or {}
+        changes = {k: v for k, v in zip(self._hyper_keys, values) if not (v is None and k == "lr")}
+        if all(_same((own[k],), (v,)) for k, v in changes.items()):
+            opt = self.optimizer
+        else:
+            opt = self.optimizer.replace_hyperparams(**changes)
+        structure = _structure_key(values)
+        self._group_opts[i] = (values, opt, structure)
+        return opt, structure
+
+    def _layout(self, i: int, opt: Optimizer, structure: tuple, names: list, params: list) -> "_Layout":
+        """Where each leaf of the state tree lives; fills in the state of params seen the first time."""
+        key = (i, tuple(names), structure)
+        layout = self._layouts.get(key)
+        gkey = f"group{i}"
+        missing = layout is None or any(not self.state[p] for p in params) or (
+            layout.has_global and gkey not in self.state)
+        if missing:
+            fresh = opt.init(dict(zip(names, params)))
+            if layout is None:
+                layout = self._layouts[key] = _Layout.of(fresh, names)
+            layout.fill_missing(self.state, params, i, pytree.tree_leaves(fresh))
+        return layout
+
+    # ------------------------------------------------------------ the compiled engine
+
+    def _compiled_step(self, i, group, opt, layout, names, params, grads) -> None:
+        lr = group.get("lr")
+        tensor_lr = isinstance(lr, (int, float))
+        if tensor_lr:
+            t = self._lr_tensors.get(i)
+            if t is None:
+                t = self._lr_tensors[i] = torch.tensor(float(lr), dtype=params[0].dtype, device=params[0].device)
+            t.fill_(float(lr))
+        leaves = layout.read(self.state, params, i)
+        # 0-dim tensors go in as 1-element views: torch.compile (2.13, CPU) drops in-place writes to 0-dim inputs
+        scalars = tuple(isinstance(x, Tensor) and x.dim() == 0 for x in leaves)
+        key = (i, tuple(names), id(opt), scalars)
+        fn = self._compiled_steps.get(key)
+        if fn is None:
+            step = _make_group_step(opt, names, layout.spec, tensor_lr, scalars)
+            fn = self._compiled_steps[key] = torch.compile(step)
+        fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
+
+
+def _make_group_step(opt: Optimizer, names: list, spec, tensor_lr: bool, scalars: tuple):
+    """The whole step of one group as one function of tensors, writing state and params in place.
+
+    With ``tensor_lr`` the optimizer is rebuilt inside the traced function with the lr tensor input, so
+    the lr reaches every place the factory uses it (``scale_by_lr`` negates it when built).
+    """
+
+    def group_step(params: list, grads: list, leaves: list, lr: Tensor | None) -> None:
+        o = opt.replace_hyperparams(lr=lr) if tensor_lr else opt
+        state = pytree.tree_unflatten([x.view(()) if s else x for x, s in zip(leaves, scalars)], spec)
+        updates, new_state = o.update(dict(zip(names, grads)), state, dict(zip(names, params)))
+        for old, new in zip(leaves, pytree.tree_leaves(new_state)):
+            if isinstance(old, Tensor):
+                old.copy_(new.reshape(old.shape))
+        for n, p in zip(names, params):
+            p.add_(updates[n].to(p.dtype))
+
+    return group_step
+
+
+# ---------------------------------------------------------------- the state tree <-> self.state
+
+
+class _Layout:
+    """The state tree's spec and, per leaf, ``(param index or None, readable name)``."""
+
+    def __init__(self, spec, slots: list[tuple[int | None, str]]):
+        self.spec = spec
+        self.slots = slots
+        self.has_global = any(j is None for j, _ in slots)
+
+    @classmethod
+    def of(cls, tree: Any, names: list[str]) -> "_Layout":
+        index = {n: j for j, n in enumerate(names)}
+        paths, spec = pytree.tree_flatten_with_path(tree)
+        raw = []
+        for path, _ in paths:
+            owner, parts = None, []
+            for k in path:
+                if owner is None and isinstance(k, pytree.MappingKey) and k.key in index:
+                    owner = index[k.key]
+                    continue
+                parts.append(k)
+            raw.append((owner, parts))
+        slots = []
+        for owner, parts in raw:
+            short = ".".join(str(k.name if isinstance(k, pytree.GetAttrKey) else k.key)
+                             for k in parts if not isinstance(k, pytree.SequenceKey))
+            clash = sum(1 for o, p in raw if o == owner and _short(p) == short) > 1
+            full = ".".join(_part(k) for k in parts) or "value"
+            slots.append((owner, full if clash or not short else short))
+        return cls(spec, slots)
+
+    def read(self, store, params: list, i: int) -> list:
+        gkey = f"group{i}"
+        return [store[gkey][name] if j is None else store[params[j]][name] for j, name in self.slots]
+
+    def write(self, store, params: list, i: int, leaves: list) -> None:
+        gkey = f"group{i}"
+        for (j, name), leaf in zip(self.slots, leaves):
+            if j is None:
+                store.setdefault(gkey, {})[name] = leaf
+            else:
+                store[params[j]][name] = leaf
+
+    def fill_missing(self, store, params: list, i: int, leaves: list) -> None:
+        gkey = f"group{i}"
+        for (j, name), leaf in zip(self.slots, leaves):
+            target = store.setdefault(gkey, {}) if j is None else store[params[j]]
+            target.setdefault(name, leaf)
+
+
+def _part(k) -> str:
+    if isinstance(k, pytree.GetAttrKey):
+        return k.name
+    if isinstance(k, pytree.MappingKey):
+        return str(k.key)
+    return str(getattr(k, "idx", k))
+
+
+def _short(parts) -> str:
+    return ".".join(_part(k) for k in parts if not isinstance(k, pytree.SequenceKey))
+
+
+# ---------------------------------------------------------------- params and groups
+
+
+def _named_groups(params: Any) -> list[dict]:
+    """torch's param-group list, every group with ``(name, tensor)`` pairs so the names reach diyopt."""
+    if isinstance(params, torch.nn.Module):
+        return [{"params": list(params.named_parameters())}]
+    if isinstance(params, Tensor):
+        return [{"params": [("0", params)]}]
+    if isinstance(params, Mapping):
+        return [{"params": [(str(k), v) for k, v in params.items()]}]
+    items = list(params)
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    if all(isinstance(g, Mapping) for g in items):
+        groups, start = [], 0
+        for g in items:
+            if "params" not in g:
+                raise ValueError("each param group must have a 'params' entry")
+            named = _named_list(g["params"], start)
+            start += len(named)
+            groups.append({**g, "params": named})
+        return groups
+    return [{"params": _named_list(items, 0)}]
+
+
+def _named_list(params: Any, start: int) -> list[tuple[str, Tensor]]:
+    if isinstance(params, torch.nn.Module):
+        return list(params.named_parameters())
+    if isinstance(params, Tensor):
+        params = [params]
+    if isinstance(params, Mapping):
+        return [(str(k), v) for k, v in params.items()]
+    return [(str(p[0]), p[1]) if isinstance(p, tuple) else (str(start + j), p) for j, p in enumerate(params)]
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Hyperparameter values equal (tensors by identity: an in-place change is seen through the closure)."""
+    for x, y in zip(a, b):
+        if x is y:
+            continue
+        if isinstance(x, Tensor) or isinstance(y, Tensor) or x != y:
+            return False
+    return True
+
+
+def _structure_key(values: tuple) -> tuple:
+    """What may change the state's shape: flags and which numbers are zero (``nonzero`` builds a term)."""
+    out = []
+    for v in values:
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, (int, float)):
+            out.append(v != 0)
+        elif isinstance(v, tuple):
+            out.append(_structure_key(v))
+        else:
+            out.append(type(v).__name__)
+    return tuple(out)

@@ -1,0 +1,196 @@
+"""The conformance kit: passes for every built-in optimizer and the seed's rule written as a user file, and
+fails, for the right reason, on planted broken rules. Plus ``check_loss`` and the CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import diyopt
+from diyopt.check import FAIL, INFO, PASS, SKIP
+
+# The learning rate each built-in gets for the convergence checks (parabola, Rosenbrock from (-1.2, 1), to
+# 3e-2 within the default budget of 20,000 steps); the other checks use the optimizer's defaults.
+CONVERGENCE_LR = {
+    "adadelta": 0.1, "adagrad": 0.1, "adam": 1e-2, "adamax": 3e-2, "adamw": 1e-2, "gradient_descent": 1e-3,
+    "lion": 3e-3, "nadam": 1e-2, "radam": 3e-3, "rmsprop": 3e-3, "rprop": 1e-2, "sgd": 1e-3,
+}
+ALL_CHECKS = ["downhill", "uphill (maximize)", "parabola", "rosenbrock", "pure: inputs", "pure: repeatable",
+              "state: tensors only", "dtype", "to_torch round trip", "no autograd graph"]
+
+
+def test_every_builtin_has_a_convergence_lr():
+    assert sorted(CONVERGENCE_LR) == diyopt.optim.names()
+
+
+@pytest.mark.parametrize("name", sorted(CONVERGENCE_LR))
+def test_every_builtin_optimizer_passes(name):
+    report = diyopt.check(getattr(diyopt.optim, name)(), lr=CONVERGENCE_LR[name])
+    assert [r.name for r in report.results] == ALL_CHECKS
+    assert report.passed, report.table()
+    expected_uphill = SKIP if name == "gradient_descent" else PASS
+    assert report["uphill (maximize)"].status == expected_uphill
+    assert "steps" in report["rosenbrock"].detail
+
+
+# ---------------------------------------------------------------- planted broken rules
+
+
+def closure_state_rule():
+    calls = {"n": 0}
+
+    @diyopt.elementwise
+    def decaying(grad, state, param, *, lr=1e-2):
+        calls["n"] += 1  # state hidden in a closure: the step size depends on how often update ran
+        return -lr * grad / calls["n"] ** 0.5, state
+
+    return decaying()
+
+
+@diyopt.elementwise
+def mutating(grad, state, param, *, lr=1e-2):
+    return grad.mul_(-lr), state  # writes into the caller's gradient
+
+
+GRAPH_LR = torch.tensor(1e-2, requires_grad=True)
+
+
+@diyopt.elementwise
+def keeps_graph(grad, state, param, *, lr=GRAPH_LR, momentum=0.9):
+    buf = momentum * state + lr * grad  # lr requires grad: buf's graph grows every step
+    return -buf, buf
+
+
+@keeps_graph.init
+def _(param):
+    return torch.zeros_like(param)
+
+
+@diyopt.elementwise
+def changes_dtype(grad, state, param, *, lr=1e-3):
+    return (-lr * grad).double(), state
+
+
+@diyopt.elementwise
+def python_counter(grad, state, param, *, lr=1e-3):
+    return -lr * grad, state + 1
+
+
+@python_counter.init
+def _(param):
+    return 0
+
+
+@diyopt.elementwise
+def ignores_maximize(grad, state, param, *, lr=1e-3, maximize=False):
+    return -lr * grad, state
+
+
+@pytest.mark.parametrize("opt, failing, reason", [
+    (closure_state_rule(), "pure: repeatable", "state hides outside the state tree"),
+    (mutating(), "pure: inputs", "update mutated its input grads"),
+    (keeps_graph(), "no autograd graph", "has grad_fn .* an autograd graph is kept"),
+    (changes_dtype(), "dtype", "torch.float32 params gave a torch.float64 update"),
+    (python_counter(), "state: tensors only", r"state\['.*'\] is a int \(\d+\)"),
+    (ignores_maximize(), "uphill (maximize)", "maximize=True did not go uphill"),
+], ids=["closure-state", "mutates-input", "keeps-graph", "changes-dtype", "python-int-state", "no-maximize"])
+def test_planted_broken_rules_fail_for_the_right_reason(opt, failing, reason):
+    report = diyopt.check(opt, budget=300)
+    assert not report.passed
+    assert report[failing].status == FAIL, report.table()
+    assert __import__("re").search(reason, report[failing].detail), report[failing].detail
+    # the purity/dtype/graph checks do not depend on convergence: the planted defect is named where it is
+    assert report["downhill"].status in (PASS, FAIL)
+
+
+def test_a_convergence_failure_reports_the_budget():
+    report = diyopt.check(diyopt.optim.gradient_descent(), lr=1e-6, budget=50)
+    assert report["parabola"].status == FAIL
+    assert "not within 0.03 of the optimum after 50 steps at lr=1e-06" in report["parabola"].detail
+    assert "FAILED" in report.table()
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_check_loss_on_a_good_loss():
+    x, y = diyopt.data.make_line(seed=0)
+    p = {"a": torch.tensor([0.3]), "b": torch.tensor([-0.2])}
+    report = diyopt.check_loss(lambda q: diyopt.losses.l2_norm(q["a"] * x + q["b"], y), p)
+    assert report.passed, report.table()
+    assert [r.status for r in report.results] == [PASS, PASS, INFO]
+    assert "returns nan" in report["NaN input"].detail
+
+
+class WrongSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x * x).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x  # should be 2 * x
+
+
+def test_check_loss_catches_a_wrong_gradient_and_states_nan_handling():
+    p = {"x": torch.tensor([0.5, -1.5])}
+    report = diyopt.check_loss(lambda q: WrongSquare.apply(q["x"]), p)
+    assert report["gradient"].status == FAIL
+    assert "differs from finite differences" in report["gradient"].detail
+    swallowing = diyopt.check_loss(lambda q: torch.nan_to_num(q["x"]).square().sum(), p)
+    assert swallowing["gradient"].status == PASS
+    assert "returns 0.0" not in swallowing["NaN input"].detail and "finite value" in swallowing["NaN input"].detail
+    vector = diyopt.check_loss(lambda q: q["x"] ** 2, p)
+    assert vector["scalar output"].status == FAIL and "must return a scalar" in vector["scalar output"].detail
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "diyopt.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+SEED_FILE = textwrap.dedent("""
+    import diyopt
+
+
+    @diyopt.elementwise
+    def gradient_descent(grad, state, param, *, lr=1e-3):
+        return -lr * grad, state
+
+
+    @diyopt.elementwise
+    def impure(grad, state, param, *, lr=1e-3):
+        return grad.mul_(-lr), state
+""")
+
+
+def test_cli_check_user_file(tmp_path):
+    (tmp_path / "seed_rule.py").write_text(SEED_FILE)
+    good = run_cli("check", "seed_rule.py:gradient_descent:lr=1.5e-3", cwd=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "all checks passed" in good.stdout and "rosenbrock" in good.stdout
+    bad = run_cli("check", "seed_rule.py:impure", "--budget", "200", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "update mutated its input grads" in bad.stdout and "FAILED" in bad.stdout
+    unknown = run_cli("check", "seed_rule.py:gradient_decent", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.count("\n") == 1 and "did you mean 'gradient_descent'" in unknown.stderr
+
+
+def test_cli_list():
+    out = run_cli("list", "optimizers")
+    assert out.returncode == 0
+    assert out.stdout.split() == diyopt.optim.names()
+    losses = run_cli("list", "losses")
+    assert losses.stdout.split() == diyopt.losses.names()
+    bad = run_cli("list", "optimisers")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

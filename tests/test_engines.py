@@ -1,0 +1,275 @@
+"""The fast engines against the eager engine (the source of truth), in float64.
+
+- compiled (``fit(..., engine="compiled")``): equal to eager for every built-in optimizer and a user rule;
+  no recompilation across a 1,000-step cosine schedule or a new lr.
+- batched (``diyopt.sweep``): run k equals ``fit`` with run k's settings, for every row of the optimizer
+  table and a user rule; divergent runs are marked.
+
+Compiling is slow on a small CPU, so the compiled tests use tiny graphs (2 steps per call) and one graph
+per optimizer; the batched tests run eagerly under vmap and cover every table setting.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import diyopt
+from diyopt.engines import compiled_update, tensor_hyperparams
+from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases
+
+RTOL = 1e-12
+
+
+def problem():
+    """A small nonlinear least squares in float64 with two named params of different shapes."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    target = torch.randn(12, generator=gen, dtype=torch.float64)
+
+    def loss(p):
+        pred = torch.tanh(a @ p["w"]) + p["b"]
+        return ((pred - target) ** 2).mean() + 0.1 * (p["w"] ** 4).sum()
+
+    params = {"w": 0.5 * torch.randn(3, generator=gen, dtype=torch.float64),
+              "b": torch.zeros(1, dtype=torch.float64)}
+    return loss, params
+
+
+@diyopt.elementwise
+def my_momentum(grad, state, param, *, lr=1e-2, beta=0.9):
+    """A user's rule: heavy-ball momentum with a velocity state."""
+    velocity = beta * state + grad
+    return -lr * velocity, velocity
+
+
+@my_momentum.init
+def _(param):
+    return torch.zeros_like(param)
+
+
+def assert_close(actual, expected, what):
+    scale = expected.abs().clamp_min(1e-300)
+    err = float(((actual - expected).abs() / scale).max())
+    assert err <= RTOL, f"{what}: relative difference {err:.3g} > {RTOL}"
+
+
+def assert_same_fit(result, reference):
+    assert result.steps == reference.steps
+    assert_close(result.losses, reference.losses, "losses")
+    for k in reference.params:
+        assert_close(result.params[k], reference.params[k], f"param {k}")
+
+
+def unique_graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+# ---------------------------------------------------------------- compiled engine
+
+
+def default_cases():
+    return [(name, cls, rows[0]) for name, cls, rows in OPTIMIZERS_UNDER_TEST]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", default_cases(), ids=case_id)
+def test_compiled_equals_eager(case):
+    name, _, kwargs = case
+    loss, params = problem()
+    opt = getattr(diyopt.optim, name)(**kwargs)
+    # 7 steps in chunks of 2: three compiled calls and one leftover eager step.
+    compiled = diyopt.fit(loss, params, opt, 7, engine="compiled", chunk=2)
+    assert_same_fit(compiled, diyopt.fit(loss, params, opt, 7))
+    assert compiled.info["chunk"] == 2
+
+
+def test_compiled_user_rule_equals_eager_and_reuses_graph_for_new_lr():
+    loss, params = problem()
+    before = unique_graphs()
+    for lr in (1e-2, 3e-2):
+        opt = my_momentum(lr=lr, beta=0.8)
+        compiled = diyopt.fit(loss, params, opt, 9, engine="compiled", chunk=3)
+        assert_same_fit(compiled, diyopt.fit(loss, params, opt, 9))
+    # lr (and beta) are tensor inputs of the graph: the second lr reuses the first graph.
+    assert unique_graphs() - before == 1
+
+
+def test_no_recompilation_over_a_cosine_schedule():
+    loss, params = problem()
+    steps, lr0 = 1000, 0.05
+
+    opt = diyopt.optim.sgd(lr=diyopt.schedules.cosine_decay(lr0, steps), momentum=0.5)
+    before = unique_graphs()
+    compiled = diyopt.fit(loss, params, opt, steps, engine="compiled", chunk=1)
+    assert unique_graphs() - before == 1  # one graph for all 1,000 step counts
+    reference = diyopt.fit(loss, params, opt, steps)
+    assert_same_fit(compiled, reference)
+    # the schedule really ran: a constant lr0 ends elsewhere
+    constant = diyopt.fit(loss, params, diyopt.optim.sgd(lr=lr0, momentum=0.5), steps)
+    assert not torch.allclose(constant.losses, reference.losses, rtol=1e-6, atol=0)
+
+
+def test_compiled_stops_at_divergence_like_eager():
+    def loss(p):
+        return (p["x"] ** 4).sum()
+
+    params = {"x": torch.tensor([3.0], dtype=torch.float64)}
+    opt = diyopt.optim.gradient_descent(lr=1.0)  # x -> x - 4x^3 blows up to inf within a few steps
+    compiled = diyopt.fit(loss, params, opt, 40, engine="compiled", chunk=4)
+    eager = diyopt.fit(loss, params, opt, 40)
+    assert eager.stop_reason == compiled.stop_reason == "diverged"
+    assert compiled.info["diverged"]["step"] == eager.info["diverged"]["step"]
+    assert_same_fit(compiled, eager)
+
+
+def test_compiled_update_in_place_equals_eager_update():
+    gen = torch.Generator().manual_seed(1)
+    params = {f"p{i}": torch.randn(n, generator=gen, dtype=torch.float64) for i, n in enumerate((5, 7, 1))}
+    grads = [{k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
+             for _ in range(3)]
+    opt = tensor_hyperparams(diyopt.optim.adam(lr=1e-2, weight_decay=0.1), params["p0"])
+    ref_params, ref_state = dict(params), opt.init(params)
+    for g in grads:
+        updates, ref_state = opt.update(g, ref_state, ref_params)
+        ref_params = diyopt.apply_updates(ref_params, updates)
+    live = {k: v.clone() for k, v in params.items()}
+    state = opt.init(live)
+    step_ = compiled_update(opt, backend="aot_eager")
+    for g in grads:
+        step_(live, g, state)
+    for k in params:
+        assert_close(live[k], ref_params[k], k)
+    leaves = torch.utils._pytree.tree_leaves
+    for got, want in zip(leaves(state), leaves(ref_state)):
+        if want.numel():
+            assert_close(got, want, "state")
+
+
+def test_compiled_engine_rejects_unsupported_options():
+    loss, params = problem()
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        diyopt.fit(loss, params, diyopt.optim.adam(), 3, engine="compiled", on_nonfinite="skip")
+    with pytest.raises(ValueError, match="chunk must be a positive integer"):
+        diyopt.fit(loss, params, diyopt.optim.adam(), 3, engine="compiled", chunk=0)
+
+
+# ---------------------------------------------------------------- batched engine
+
+
+def start(params, seed):
+    """What the docs say a seed means: params + N(0, 1) from torch.Generator().manual_seed(seed)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("case", cases(), ids=case_id)
+def test_batched_run_equals_single_fit(case):
+    name, _, kwargs = case
+    loss, params = problem()
+    factory = getattr(diyopt.optim, name)
+    opt = factory(**kwargs)
+    lr = kwargs.get("lr", opt.hyperparams["lr"])
+    grid = {"lr": [lr, 0.5 * lr]}
+    result = diyopt.sweep(loss, params, opt, 6, grid=grid, seeds=[3, 4])
+    assert result.losses.shape == (4, 6)
+    for k, row in enumerate(result.rows):
+        single = diyopt.fit(loss, start(params, row["seed"]), opt.replace_hyperparams(lr=row["lr"]), 6)
+        assert_close(result.losses[k], single.losses, f"run {k} losses")
+        for n in params:
+            assert_close(result.params[n][k], single.params[n], f"run {k} param {n}")
+        assert math.isclose(row["final_loss"], float(loss(single.params)), rel_tol=RTOL)
+
+
+def test_batched_user_rule_sweeps_two_hyperparameters_and_splits_batches():
+    loss, params = problem()
+    grid = {"lr": [1e-2, 2e-2, 5e-2], "beta": [0.5, 0.9]}
+    result = diyopt.sweep(loss, params, my_momentum(), 5, grid=grid, batch_size=4)  # 6 runs: batches 4 + 2
+    assert result.info["batches"] == 2 and len(result) == 6
+    assert [(r["lr"], r["beta"]) for r in result.rows] == [(a, b) for a in grid["lr"] for b in grid["beta"]]
+    for k, row in enumerate(result.rows):
+        single = diyopt.fit(loss, params, my_momentum(lr=row["lr"], beta=row["beta"]), 5)
+        assert_close(result.losses[k], single.losses, f"run {k}")
+
+
+def test_batched_marks_divergent_runs_and_steps_to_tol(tmp_path):
+    def loss(p):
+        return (p["x"] ** 4).sum()
+
+    params = {"x": torch.tensor([0.5], dtype=torch.float64)}
+    result = diyopt.sweep(loss, params, diyopt.optim.gradient_descent(), 30,
+                          grid={"lr": [0.1, 100.0]}, tol=0.01)
+    small, huge = result.rows
+    assert not small["diverged"] and huge["diverged"]
+    assert math.isnan(huge["final_loss"]) or math.isinf(huge["final_loss"])
+    # steps_to_tol: the first recorded loss <= tol, recomputed from the eager fit's history
+    eager = diyopt.fit(loss, params, diyopt.optim.gradient_descent(lr=0.1), 30)
+    assert small["steps_to_tol"] == int((eager.losses <= 0.01).nonzero()[0, 0])
+    assert result.best() is small
+    path = tmp_path / "sweep.csv"
+    result.to_csv(path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "run,lr,seed,final_loss,steps_to_tol,diverged,x[0]" and len(lines) == 3
+
+
+def test_batched_init_callable_and_memory_split():
+    loss, params = problem()
+
+    def init(seed):
+        gen = torch.Generator().manual_seed(100 + seed)
+        return {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+
+    # a budget of ~one run's bytes forces one run per batch
+    result = diyopt.sweep(loss, params, diyopt.optim.adam(lr=1e-2), 4, seeds=[0, 1, 2], init=init,
+                          memory_bytes=1)
+    assert result.info["batches"] == 3
+    for k in range(3):
+        single = diyopt.fit(loss, init(k), diyopt.optim.adam(lr=1e-2), 4)
+        assert_close(result.losses[k], single.losses, f"seed {k}")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"grid": {"nope": [1]}}, ValueError, "unknown hyperparameter"),
+    ({"grid": {"lr": []}}, ValueError, "non-empty list"),
+    ({"seeds": 0}, ValueError, "seeds must be a positive"),
+    ({"engine": "jit"}, ValueError, "unknown engine"),
+    ({"init": lambda s: {}}, ValueError, "init\\(seed\\) needs seeds"),
+])
+def test_sweep_bad_input(kwargs, error, match):
+    loss, params = problem()
+    with pytest.raises(error, match=match):
+        diyopt.sweep(loss, params, diyopt.optim.adam(), 3, **kwargs)
+
+
+@pytest.mark.slow
+def test_compiled_sweep_equals_vmap_sweep_with_padding():
+    loss, params = problem()
+    grid = {"lr": [1e-2, 2e-2, 4e-2]}
+    # 3 runs in batches of 2: the last batch is padded so one graph serves both; 7 steps = 3 chunks + 1
+    compiled = diyopt.sweep(loss, params, diyopt.optim.adam(), 7, grid=grid, engine="compiled", chunk=2,
+                            batch_size=2)
+    eager = diyopt.sweep(loss, params, diyopt.optim.adam(), 7, grid=grid)
+    assert_close(compiled.losses, eager.losses, "losses")
+    for n in params:
+        assert_close(compiled.params[n], eager.params[n], n)
+
+
+def test_sweep_cli_writes_table_and_figure(tmp_path, capsys):
+    from diyopt.cli import main
+
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--problem", "line", "--optimizer", "adam", "--grid", "lr=1e-2,1e-1",
+                 "--seeds", "2", "--steps", "30", "--out", str(out)])
+    assert code == 0
+    lines = (out / "sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("run,lr,seed,final_loss") and len(lines) == 5
+    assert (out / "sweep.png").stat().st_size > 0
+    # the table's final loss of run 3 (lr=0.1, seed 1) is a single fit's loss at its final params
+    problem = diyopt.problems.get("line")
+    single = diyopt.fit(problem.loss, start(problem.params0, 1), diyopt.optim.adam(lr=0.1), 30)
+    assert math.isclose(float(lines[4].split(",")[3]), float(problem.loss(single.params)), rel_tol=RTOL)
+    assert main(["sweep", "--problem", "line", "--optimizer", "adam", "--grid", "lr=fast",
+                 "--out", str(out)]) == 2
+    assert "--grid lr: expected numbers" in capsys.readouterr().err
