@@ -20,7 +20,7 @@ CONVERGENCE_LR = {
     "lion": 3e-3, "nadam": 1e-2, "radam": 3e-3, "rmsprop": 3e-3, "rprop": 1e-2, "sgd": 1e-3,
 }
 ALL_CHECKS = ["downhill", "uphill (maximize)", "parabola", "rosenbrock", "pure: inputs", "pure: repeatable",
-              "state: tensors only", "dtype", "to_torch round trip", "no autograd graph"]
+              "state: tensors only", "dtype", "to_torch round trip", "no autograd graph", "flat buffer"]
 
 
 def test_every_builtin_has_a_convergence_lr():
@@ -90,6 +90,11 @@ def ignores_maximize(grad, state, param, *, lr=1e-3, maximize=False):
     return -lr * grad, state
 
 
+@diyopt.elementwise  # looks at the whole tensor but does not declare whole_tensor=True
+def undeclared_norm(grad, state, param, *, lr=1e-2):
+    return -lr * grad / (grad.norm() + 1e-12), state
+
+
 @pytest.mark.parametrize("opt, failing, reason", [
     (closure_state_rule(), "pure: repeatable", "state hides outside the state tree"),
     (mutating(), "pure: inputs", "update mutated its input grads"),
@@ -97,7 +102,9 @@ def ignores_maximize(grad, state, param, *, lr=1e-3, maximize=False):
     (changes_dtype(), "dtype", "torch.float32 params gave a torch.float64 update"),
     (python_counter(), "state: tensors only", r"state\['.*'\] is a int \(\d+\)"),
     (ignores_maximize(), "uphill (maximize)", "maximize=True did not go uphill"),
-], ids=["closure-state", "mutates-input", "keeps-graph", "changes-dtype", "python-int-state", "no-maximize"])
+    (undeclared_norm(), "flat buffer", r"whole_tensor=True"),
+], ids=["closure-state", "mutates-input", "keeps-graph", "changes-dtype", "python-int-state", "no-maximize",
+        "undeclared-whole-tensor"])
 def test_planted_broken_rules_fail_for_the_right_reason(opt, failing, reason):
     report = diyopt.check(opt, budget=300)
     assert not report.passed

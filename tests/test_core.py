@@ -84,3 +84,21 @@ def test_apply_updates_keeps_dtype():
     p = {"w": torch.ones(2, dtype=torch.float32)}
     out = diyopt.apply_updates(p, {"w": torch.ones(2, dtype=torch.float64)})
     assert out["w"].dtype == torch.float32 and out["w"].tolist() == [2.0, 2.0]
+
+
+def test_whole_tensor_rule_sees_each_tensor_as_it_is():
+    # Normalized gradient descent per tensor (LARS-like): the norm is over each named tensor.
+    @diyopt.elementwise(whole_tensor=True)
+    def normalized(grad, state, param, *, lr=0.1):
+        return -lr * grad / grad.norm(), state
+
+    target = {"w": torch.tensor([3.0, -1.0], dtype=torch.float64), "v": torch.tensor([[0.5, 2.0]], dtype=torch.float64)}
+    loss = lambda p: sum(((p[k] - target[k]) ** 2).sum() for k in target)
+    start = {"w": torch.zeros(2, dtype=torch.float64), "v": torch.zeros(1, 2, dtype=torch.float64)}
+    r = diyopt.fit(loss, start, normalized(lr=0.1), 5)
+    ref = {k: v.clone() for k, v in start.items()}
+    for _ in range(5):  # the rule by hand, one tensor at a time
+        ref = {k: v - 0.1 * (2 * (v - target[k])) / (2 * (v - target[k])).norm() for k, v in ref.items()}
+    for k in ref:
+        torch.testing.assert_close(r.params[k], ref[k], rtol=1e-14, atol=1e-15)
+    assert not normalized().flattenable and diyopt.optim.gradient_descent().flattenable

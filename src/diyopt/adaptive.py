@@ -30,6 +30,12 @@ def _addcmul(acc: Tensor, t1: Tensor, t2: Tensor, value) -> Tensor:
     return torch.addcmul(acc, t1, t2, value=value)
 
 
+def _bias_correction(beta, step: Tensor) -> Tensor:
+    """``1 - beta ** step``, called as torch functions: ``beta ** tensor`` and ``1 - tensor`` go through
+    Python-level reflected-operator wrappers that cost more than the arithmetic in an eager step."""
+    return torch.rsub(torch.pow(beta, step), 1)
+
+
 def _zero_step(param: Tensor) -> Tensor:
     """The step count: a 0-dim tensor in the param's dtype, so it compiles and vmaps with the rest."""
     return torch.zeros((), dtype=param.dtype, device=param.device)
@@ -59,8 +65,8 @@ def scale_by_adam(grad, state: AdamState, param, *, b1=0.9, b2=0.999, eps=1e-8, 
     step = state.step + 1
     exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
     exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
-    bias_correction1 = 1 - b1 ** step
-    bias_correction2_sqrt = (1 - b2 ** step).sqrt()
+    bias_correction1 = _bias_correction(b1, step)
+    bias_correction2_sqrt = _bias_correction(b2, step).sqrt()
     max_exp_avg_sq = state.max_exp_avg_sq
     if amsgrad:
         max_exp_avg_sq = torch.maximum(max_exp_avg_sq, exp_avg_sq)
@@ -188,7 +194,7 @@ def scale_by_adamax(grad, state: AdamaxState, param, *, b1=0.9, b2=0.999, eps=1e
     step = state.step + 1
     exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
     exp_inf = torch.maximum(state.exp_inf * b2, grad.abs() + eps)
-    return exp_avg / exp_inf / (1 - b1 ** step), AdamaxState(step, exp_avg, exp_inf)
+    return exp_avg / exp_inf / _bias_correction(b1, step), AdamaxState(step, exp_avg, exp_inf)
 
 
 @scale_by_adamax.init
@@ -223,7 +229,7 @@ def scale_by_nadam(grad, state: NadamState, param, *, b1=0.9, b2=0.999, eps=1e-8
     mu_product = state.mu_product * mu
     exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
     exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
-    denom = (exp_avg_sq / (1 - b2 ** step)).sqrt() + eps
+    denom = (exp_avg_sq / _bias_correction(b2, step)).sqrt() + eps
     direction = (grad / denom * ((1.0 - mu) / (1.0 - mu_product))
                  + exp_avg / denom * (mu_next / (1.0 - mu_product * mu_next)))
     return direction, NadamState(step, exp_avg, exp_avg_sq, mu_product)
@@ -257,8 +263,8 @@ def scale_by_radam(grad, state: RadamState, param, *, b1=0.9, b2=0.999, eps=1e-8
     step = state.step + 1
     exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
     exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
-    bias_correction2 = 1 - b2 ** step
-    corrected = exp_avg / (1 - b1 ** step)
+    bias_correction2 = _bias_correction(b2, step)
+    corrected = exp_avg / _bias_correction(b1, step)
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * step * (b2 ** step) / bias_correction2
     # Clamped so the unused branch of the `where` holds no NaN (rho_t < 4 early on).

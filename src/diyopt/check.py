@@ -23,6 +23,9 @@ to_torch round trip    ``to_torch`` equals the functional form, and a fresh inst
                        ``state_dict`` continues in lockstep
 no autograd graph      over 1,000 steps no update or state tensor carries a ``grad_fn`` (or requires
                        grad), and the number of live tensors stays flat
+flat buffer            a ``flattenable`` rule gives the same updates on all params joined in one flat buffer
+                       as per named tensor (the fit loop's fast path); a rule that looks at whole tensors
+                       must be declared ``@elementwise(whole_tensor=True)``
 =====================  ==================================================================================
 
 The gradients of the test problems are written in closed form: the kit checks the optimizer, not autograd.
@@ -132,6 +135,7 @@ def check(optimizer: Optimizer, *, lr: float | None = None, budget: int = DEFAUL
         ("dtype", lambda: _dtypes(optimizer)),
         ("to_torch round trip", lambda: _to_torch_round_trip(optimizer)),
         ("no autograd graph", lambda: _no_graph(optimizer)),
+        ("flat buffer", lambda: _flat_buffer(optimizer)),
     ]
     for check_name, run in checks:
         try:
@@ -383,6 +387,29 @@ def _no_graph(opt: Optimizer, steps: int = 1000) -> tuple[str, str]:
     if growth > 20:
         return FAIL, f"{growth} more live tensors after {steps} steps than after 10: something accumulates"
     return PASS, f"no grad_fn in updates or state; live tensors flat over {steps} steps ({growth:+d})"
+
+
+def _flat_buffer(opt: Optimizer, steps: int = 5) -> tuple[str, str]:
+    """A ``flattenable`` optimizer must give the same updates on one flat buffer as on the named tensors
+    (the fit loop relies on it); a rule that looks at whole tensors must say ``whole_tensor=True``."""
+    if not opt.flattenable:
+        return SKIP, "not flattenable: the fit loop always gives it the named tensors"
+    gen = torch.Generator().manual_seed(0)
+    named = {"w": torch.randn(3, 2, generator=gen, dtype=torch.float64),
+             "v": 10 * torch.randn(4, generator=gen, dtype=torch.float64)}
+    flat = {"flat": torch.cat([t.reshape(-1) for t in named.values()])}
+    s_named, s_flat = opt.init(named), opt.init(flat)
+    for step in range(steps):
+        g_named = {k: 2 * t for k, t in named.items()}  # grad of sum(p**2): differs in scale per tensor
+        u_named, s_named = opt.update(g_named, s_named, named)
+        u_flat, s_flat = opt.update({"flat": 2 * flat["flat"]}, s_flat, flat)
+        joined = torch.cat([u.reshape(-1) for u in u_named.values()])
+        if not torch.allclose(joined, u_flat["flat"], rtol=1e-12, atol=1e-15):
+            return FAIL, (f"step {step}: updates on one flat buffer differ from per-tensor updates; a rule that "
+                          "looks at whole tensors (norms, shapes) must be declared @elementwise(whole_tensor=True)")
+        named = {k: t + u_named[k] for k, t in named.items()}
+        flat = {"flat": flat["flat"] + u_flat["flat"]}
+    return PASS, f"flat-buffer and per-tensor updates agree over {steps} steps"
 
 
 def _live_tensors() -> int:

@@ -106,6 +106,11 @@ class elementwise:
     ``()`` unless an init is declared, with ``@rule.init`` or ``elementwise(rule, init=...)``: ``init(param)``
     (it may also take any of the hyperparameters as keywords).
 
+    By default the rule is taken to treat every element on its own (as Adam, RMSprop, ... do), so the
+    fit loop may run it once on all params joined into one flat buffer -- far fewer ops per step. A rule
+    that looks at a whole tensor (its norm, its shape, a per-row statistic) must say so with
+    ``@diyopt.elementwise(whole_tensor=True)``; it then always sees each named tensor as it is.
+
     Example -- the seed's ``a = a - eta * a.grad``::
 
         @diyopt.elementwise
@@ -115,10 +120,16 @@ class elementwise:
         opt = gradient_descent(lr=1e-2)        # an Optimizer
     """
 
-    def __init__(self, rule: Callable, init: Callable | None = None):
+    def __new__(cls, rule: Callable | None = None, init: Callable | None = None, *, whole_tensor: bool = False):
+        if rule is None:  # used with arguments: @elementwise(whole_tensor=True)
+            return functools.partial(cls, init=init, whole_tensor=whole_tensor)
+        return super().__new__(cls)
+
+    def __init__(self, rule: Callable, init: Callable | None = None, *, whole_tensor: bool = False):
         functools.update_wrapper(self, rule)
         self.rule = rule
         self._init = init
+        self.whole_tensor = whole_tensor
         sig = inspect.signature(rule)
         self.defaults = {n: p.default for n, p in sig.parameters.items()
                          if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -155,7 +166,7 @@ class elementwise:
                 updates[k], new_state[k] = rule(g, state[k], None if params is None else params[k], **hyper)
             return updates, new_state
 
-        return Optimizer(init, update, hyper, self, flattenable=True)
+        return Optimizer(init, update, hyper, self, flattenable=not self.whole_tensor)
 
     def __repr__(self) -> str:
         return f"elementwise({self.__name__})"
