@@ -8,7 +8,6 @@ from . import distributed
 from . import losses
 from . import nist
 from . import optim
-from . import plots
 from . import problems
 from . import schedules
 from . import stats
@@ -36,6 +35,15 @@ from .solvers import newton
 from .torch_optim import to_torch
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # matplotlib costs half a second to import: load diyopt.plots only when it is first used.
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module 'diyopt' has no attribute {name!r}")
 
 __all__ = [
     "Comparison",
