@@ -296,6 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except UsageError as e:
         return _fail(str(e), debug)
+    except BrokenPipeError:
+        # The reader went away (`diyopt list optimizers | head`): not an error. Point stdout at devnull
+        # so the interpreter's final flush does not complain either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, FileNotFoundError, PermissionError, OSError, ImportError,
             SyntaxError, KeyError) as e:
         return _fail(f"diyopt: error: {_one_line(e)}", debug)
