@@ -8,3 +8,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype set to float64 for one test. torch.optim keeps scalar state (``step``,
+    NAdam's ``mu_product``) in the default dtype, so comparisons with it are float64 throughout only then.
+    Use with ``pytestmark = pytest.mark.usefixtures("float64_default")``."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

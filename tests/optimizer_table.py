@@ -124,3 +124,28 @@ def case_id(case: tuple) -> str:
     """A readable pytest id: ``adam-lr=0.01,amsgrad=True``."""
     name, _, kw = case
     return name + "-" + (",".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
+
+
+def lockstep_problem(seed: int = 0, batches: int = 200):
+    """Initial params ``{"w": (5, 3), "b": (3,)}`` and ``loss(params, step)``: a random least squares with a
+    little nonlinearity, on minibatch ``step`` (cycling through ``batches`` of them).
+
+    Both optimizers in a lockstep run see the same batch at each step. A fresh batch keeps the gradient's
+    spread realistic instead of shrinking to zero at the optimum, where centered RMSprop's
+    ``E[g^2] - E[g]^2`` cancels and would amplify the rounding of any two correct implementations far
+    beyond 1e-12.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(400, 5, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(5, 3, generator=g, dtype=torch.float64) + torch.randn(400, 3, generator=g,
+                                                                               dtype=torch.float64)
+    params0 = {"w": 0.5 * torch.randn(5, 3, generator=g, dtype=torch.float64),
+               "b": torch.randn(3, generator=g, dtype=torch.float64)}
+    picks = [torch.randperm(400, generator=g)[:20] for _ in range(batches)]
+
+    def loss(p, step=0):
+        i = picks[step % len(picks)]
+        r = x[i] @ p["w"] + p["b"] - y[i]
+        return (r ** 2).mean() + 0.1 * torch.sin(3 * p["w"]).sum()
+
+    return params0, loss

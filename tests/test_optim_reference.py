@@ -12,44 +12,13 @@ import pytest
 import torch
 
 import diyopt
-from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases
+from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases, lockstep_problem
 
 STEPS = 100
 RTOL = 1e-12
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    # torch.optim keeps scalar state (step, NAdam's mu_product) in the *default* dtype; float64 makes the
-    # comparison a float64 one throughout.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def make_problem(seed: int = 0):
-    """A random least squares with a little nonlinearity, on a fresh minibatch each step.
-
-    Two named tensors of different shapes. ``loss(params, step)`` uses batch ``step`` (the same for
-    both optimizers in a lockstep run): the gradient keeps a realistic spread, rather than shrinking to
-    zero at the optimum, where centered RMSprop's ``E[g^2] - E[g]^2`` cancels and would amplify the
-    rounding of any two correct implementations far beyond 1e-12.
-    """
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(400, 5, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(5, 3, generator=g, dtype=torch.float64) + torch.randn(400, 3, generator=g,
-                                                                               dtype=torch.float64)
-    params0 = {"w": 0.5 * torch.randn(5, 3, generator=g, dtype=torch.float64),
-               "b": torch.randn(3, generator=g, dtype=torch.float64)}
-    batches = [torch.randperm(400, generator=g)[:20] for _ in range(STEPS)]
-
-    def loss(p, step=0):
-        i = batches[step]
-        r = x[i] @ p["w"] + p["b"] - y[i]
-        return (r ** 2).mean() + 0.1 * torch.sin(3 * p["w"]).sum()
-
-    return params0, loss
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def grads_of(loss, params, step=0):
@@ -102,7 +71,7 @@ TORCH_CASES = [c for c in cases() if c[1] is not None]
 @pytest.mark.parametrize("case", TORCH_CASES, ids=[case_id(c) for c in TORCH_CASES])
 def test_matches_torch_optim_in_lockstep(case):
     name, torch_cls, kwargs = case
-    params0, loss = make_problem()
+    params0, loss = lockstep_problem()
     opt = getattr(diyopt.optim, name)(**kwargs)
     params = {k: v.clone() for k, v in params0.items()}
     state = opt.init(params)
@@ -169,7 +138,7 @@ LION_SETTINGS = [kw for name, _, rows in OPTIMIZERS_UNDER_TEST if name == "lion"
 
 @pytest.mark.parametrize("kwargs", LION_SETTINGS, ids=[case_id(("lion", None, kw)) for kw in LION_SETTINGS])
 def test_lion_matches_the_paper(kwargs):
-    params0, loss = make_problem(seed=1)
+    params0, loss = lockstep_problem(seed=1)
     expected = lion_paper(loss, params0, STEPS, **kwargs)
     opt = diyopt.optim.lion(**kwargs)
     params = {k: v.clone() for k, v in params0.items()}
@@ -190,7 +159,7 @@ def test_lion_matches_optax():
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    params0, loss = make_problem(seed=2)
+    params0, loss = lockstep_problem(seed=2)
     kwargs = {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1}
     tx = optax.lion(learning_rate=kwargs["lr"], b1=kwargs["betas"][0], b2=kwargs["betas"][1],
                     weight_decay=kwargs["weight_decay"])

@@ -13,41 +13,13 @@ import pytest
 import torch
 
 import diyopt
-from optimizer_table import case_id, cases
+from optimizer_table import case_id, cases, lockstep_problem as problem
 
 STEPS = 100
 RTOL = 1e-12
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    # torch.optim keeps scalar state (step, NAdam's mu_product) in the default dtype: make it float64 so the
-    # comparison is a float64 one throughout (as in test_optim_reference.py)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def problem(seed: int = 0):
-    """Initial params ``{"w": (5, 3), "b": (3,)}`` and ``loss(params, i)``: a random least squares with a
-    little nonlinearity on minibatch ``i`` (the same batches as test_optim_reference.py's design: the gradient
-    keeps a realistic spread instead of shrinking to zero, where centered RMSprop's E[g^2] - E[g]^2 would
-    amplify any rounding far beyond 1e-12)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(400, 5, generator=gen, dtype=torch.float64)
-    y = x @ torch.randn(5, 3, generator=gen, dtype=torch.float64) + torch.randn(400, 3, generator=gen,
-                                                                                 dtype=torch.float64)
-    p0 = {"w": 0.5 * torch.randn(5, 3, generator=gen, dtype=torch.float64),
-          "b": torch.randn(3, generator=gen, dtype=torch.float64)}
-    batches = [torch.randperm(400, generator=gen)[:20] for _ in range(2 * STEPS)]
-
-    def loss(p, i=0):
-        j = batches[i % len(batches)]
-        r = x[j] @ p["w"] + p["b"] - y[j]
-        return (r ** 2).mean() + 0.1 * torch.sin(3 * p["w"]).sum()
-
-    return p0, loss
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def leaves(p0):

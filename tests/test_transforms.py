@@ -13,12 +13,7 @@ from optimizer_table import OPTIMIZERS_UNDER_TEST
 torch_f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def random_tree(seed=0, scale=1.0):
