@@ -49,3 +49,25 @@ def machine() -> str:
 
 def row(name: str, value: float, unit: str, ratio: str = "") -> str:
     return f"{name:<52} {value:>12.4g} {unit:<12} {ratio}"
+
+
+def jax_seed_fit(jx, x, y, steps: int, lr: float = 1e-3):
+    """The seed's Adam fit in JAX + optax as one ``lax.scan`` (the reference of B1 and, vmapped, of B2):
+    ``fit(params) -> (params, losses)``, not yet jitted."""
+    jax, jnp, optax = jx
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    opt = optax.adam(lr)
+
+    def loss(p):
+        return jnp.linalg.norm(yj - (p["a"] * xj + p["b"]))
+
+    def fit(p):
+        def step(carry, _):
+            p, s = carry
+            value, g = jax.value_and_grad(loss)(p)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), value
+        (p, _), values = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
+        return p, values
+
+    return fit

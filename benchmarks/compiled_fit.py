@@ -18,13 +18,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 
 import diyopt
-from common import ANCHORS, best_of, jax_or_none, machine, row
+from common import ANCHORS, best_of, jax_or_none, jax_seed_fit, machine, row
 
 
 def seed_adam_loop(x_data, y_data, epoch):
@@ -103,21 +102,8 @@ def main() -> None:
     if jx is None:
         print("JAX/optax not installed: skipping the lax.scan reference (pip install jax jaxlib optax)")
     else:
-        jax, jnp, optax = jx
-        xj, yj = jnp.asarray(x_np), jnp.asarray(y_np)
-        jopt = optax.adam(1e-3)
-
-        def jloss(p):
-            return jnp.linalg.norm(yj - (p["a"] * xj + p["b"]))
-
-        def jfit(p):
-            def step(carry, _):
-                p, s = carry
-                value, g = jax.value_and_grad(jloss)(p)
-                u, s = jopt.update(g, s, p)
-                return (optax.apply_updates(p, u), s), value
-            (p, _), values = jax.lax.scan(step, (p, jopt.init(p)), None, length=steps)
-            return p, values
+        jax, jnp, _ = jx
+        jfit = jax_seed_fit(jx, x_np, y_np, steps)
 
         single = jax.jit(jfit)
         jp0 = {"a": jnp.array(0.0), "b": jnp.array(0.0)}

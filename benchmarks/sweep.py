@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import diyopt
-from common import best_of, jax_or_none, machine, row
+from common import best_of, jax_or_none, jax_seed_fit, machine, row
 
 
 def main() -> None:
@@ -72,21 +72,8 @@ def main() -> None:
     if jx is None:
         print("JAX/optax not installed: skipping the vmap reference")
         return
-    jax, jnp, optax = jx
-    xj, yj = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
-    jopt = optax.adam(1e-3)
-
-    def jloss(p):
-        return jnp.linalg.norm(yj - (p["a"] * xj + p["b"]))
-
-    def jfit(p):
-        def step(carry, _):
-            p, s = carry
-            value, g = jax.value_and_grad(jloss)(p)
-            u, s = jopt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), value
-        (p, _), values = jax.lax.scan(step, (p, jopt.init(p)), None, length=steps)
-        return p, values
+    jax, jnp, _ = jx
+    jfit = jax_seed_fit(jx, x.numpy(), y.numpy(), steps)
 
     starts = np.random.RandomState(0).randn(runs, 2)
     P = {"a": jnp.asarray(starts[:, 0]), "b": jnp.asarray(starts[:, 1])}
