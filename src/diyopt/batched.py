@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .core import Optimizer, Params, as_params
-from .engines import more_graphs
+from .engines import call_compiled
 from .fit import FlatLayout, check_loss_value
 
 ENGINES = ("vmap", "compiled")
@@ -247,8 +247,7 @@ def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, s
     for i in range(calls):
         t0 = time.perf_counter()
         if compiled is not None:
-            with more_graphs():
-                current, state, c = compiled(hyper, current, state)
+            current, state, c = call_compiled(compiled, hyper, current, state, may_compile=i == 0)
         else:
             current, state, c = steps_fn(hyper, current, state, chunk)
         if i == 0:
