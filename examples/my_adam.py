@@ -21,13 +21,17 @@ class MyAdamState(NamedTuple):
 
 @diyopt.elementwise
 def my_adam(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-    """m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  update = -lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)."""
+    """m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  update = -lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps).
+
+    The bias corrections are applied to the scalars, not to m and v (the same Adam, as torch.optim and
+    the paper's "more efficient" ordering write it): two divisions per element instead of three.
+    """
     t = state.t + 1
     m = b1 * state.m + (1 - b1) * grad
     v = b2 * state.v + (1 - b2) * grad * grad
-    m_hat = m / (1 - b1 ** t)
-    v_hat = v / (1 - b2 ** t)
-    return -lr * m_hat / (v_hat.sqrt() + eps), MyAdamState(t, m, v)
+    step_size = lr / (1 - b1 ** t)
+    bias_correction2_sqrt = (1 - b2 ** t).sqrt()
+    return -step_size * m / (v.sqrt() / bias_correction2_sqrt + eps), MyAdamState(t, m, v)
 
 
 @my_adam.init

@@ -273,3 +273,76 @@ def test_sweep_cli_writes_table_and_figure(tmp_path, capsys):
     assert main(["sweep", "--problem", "line", "--optimizer", "adam", "--grid", "lr=fast",
                  "--out", str(out)]) == 2
     assert "--grid lr: expected numbers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hoisting the scalar math (B3)
+
+
+@diyopt.elementwise
+def user_adam(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam as a user writes it, with the bias corrections on the step count (0-dim state)."""
+    t, m, v = state
+    t = t + 1
+    m = b1 * m + (1 - b1) * grad
+    v = b2 * v + (1 - b2) * grad * grad
+    return -lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps), (t, m, v)
+
+
+@user_adam.init
+def _(param):
+    return (torch.zeros((), dtype=param.dtype), torch.zeros_like(param), torch.zeros_like(param))
+
+
+def test_compiled_update_with_hoisted_scalars_equals_torch_adam():
+    # Inductor with the scalar prelude split off (the default backend) against torch.optim.Adam itself.
+    gen = torch.Generator().manual_seed(2)
+    shapes = {"w": (40, 3), "b": (3,), "s": ()}
+    params = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    grads = [{k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()} for _ in range(4)]
+    opt = tensor_hyperparams(user_adam(lr=1e-2), params["w"])
+    live = {k: v.clone() for k, v in params.items()}
+    state = opt.init(live)
+    step_ = compiled_update(opt)
+    ref = {k: v.clone().requires_grad_() for k, v in params.items()}
+    torch_adam = torch.optim.Adam(ref.values(), lr=1e-2)
+    for g in grads:
+        step_(live, g, state)
+        for k, p in ref.items():
+            p.grad = g[k].clone()
+        torch_adam.step()
+    for k in params:
+        assert_close(live[k], ref[k].detach(), k)
+    assert all(float(t) == len(grads) for t, _, _ in state.values())
+
+
+def test_scalar_prelude_takes_the_scalar_math_and_stops_at_the_first_write():
+    from diyopt.hoisting import scalar_prelude
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    def step(x, t, b):
+        t_next = t + 1
+        bias = 1 - b ** t_next   # scalar math: the prelude
+        y = x / bias             # element math: stays
+        t.copy_(t_next)          # the first in-place write
+        late = t * 2             # read after the write: must stay after it
+        return y * late
+
+    x, t, b = torch.randn(5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.9, dtype=torch.float64)
+    torch.compile(step, backend=keep, fullgraph=True)(x.clone(), t.clone(), b)
+    prelude = scalar_prelude(graphs[0])
+    ops = sorted(str(n.target) for n in prelude)
+    assert len(prelude) == 3, ops  # t + 1, b ** t_next, 1 - ...
+    assert not any("copy_" in o for o in ops)
+    # and the split graph computes what eager does, writes included
+    from diyopt.hoisting import hoisting_backend
+
+    t1, t2 = t.clone(), t.clone()
+    got = torch.compile(step, backend=hoisting_backend(), fullgraph=True)(x, t1, b)
+    want = step(x, t2, b)
+    assert_close(got, want, "output")
+    assert float(t1) == float(t2) == 2.0

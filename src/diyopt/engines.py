@@ -28,6 +28,7 @@ from torch._higher_order_ops.while_loop import while_loop
 
 from .core import Optimizer, Params
 from .fit import (DivergedError, FlatLayout, Result, check_loss_value, check_updates, nonfinite_event)
+from .hoisting import hoisting_backend
 
 #: Steps per compiled call when the parameters are small: Python's per-call overhead (guards, wrapper,
 #: allocation) is paid once per chunk. Large models gain nothing from it, so they run one step per call.
@@ -305,6 +306,8 @@ def compiled_update(optimizer: Optimizer, *, mode: str | None = None, backend: s
                 # stay 0); the same write through a 1-element view is kept.
                 old.unsqueeze(0).copy_(new.unsqueeze(0)) if old.dim() == 0 else old.copy_(new)
 
+    if backend == "inductor" and mode is None:
+        backend = hoisting_backend()  # the step count's scalar math once per step, not once per element
     compiled = torch.compile(step_, fullgraph=True, mode=mode, backend=backend)
 
     calls = 0

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from .core import Optimizer
+from .hoisting import hoisting_backend
 
 
 def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False) -> "TorchOptimizer":
@@ -170,7 +171,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         fn = self._compiled_steps.get(key)
         if fn is None:
             step = _make_group_step(opt, names, layout.spec, tensor_lr, scalars)
-            fn = self._compiled_steps[key] = torch.compile(step)
+            # hoisting_backend: Inductor, with the scalar math (bias corrections) done once per step
+            fn = self._compiled_steps[key] = torch.compile(step, backend=hoisting_backend())
         fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
 
 

@@ -1,0 +1,90 @@
+"""A ``torch.compile`` backend that computes an update's scalar work once, before the element loops.
+
+Why: an optimizer step is full of 0-dim arithmetic on the step count and hyperparameters, e.g. Adam's
+bias corrections ``1 - b1 ** t``. Inductor inlines such cheap pointwise values into every kernel that
+reads them, so on CPU each tensor's element loop recomputes two ``pow`` calls per vector of elements --
+a user's Adam compiled that way ran at 2.5x ``torch.optim.Adam(fused=True)`` (BENCHMARKS.md, B3).
+``torch.optim``'s fused kernels compute these scalars once per tensor; this backend does the same for any
+rule, without the user changing a line:
+
+1. Dynamo captures the step as one FX graph, as usual (guards, recompiles: unchanged).
+2. The *prelude* is every node that produces a one-element tensor (or a Python number) from one-element
+   inputs only, up to the graph's first in-place write (so no prelude node reads a value the step has
+   already overwritten).
+3. ``torch.fx.passes.split_module`` cuts the graph in two: the prelude, and the rest, which now receives
+   the scalars as inputs -- a load per kernel instead of a computation per element.
+4. Each part is compiled by Inductor on its first call.
+
+The result is the same computation in the same order, so it equals the unsplit graph up to rounding.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+from torch.fx import GraphModule, Node
+from torch.fx.passes.split_module import split_module
+
+_IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
+
+
+def hoisting_backend(options: dict | None = None) -> Callable:
+    """``torch.compile(fn, backend=hoisting_backend())``: Inductor, with the scalar prelude split off.
+
+    ``options`` are Inductor options (as ``torch.compile(..., options=...)``), given to both parts.
+    """
+
+    def backend(gm: GraphModule, example_inputs: list) -> Callable:
+        prelude = scalar_prelude(gm)
+        if not prelude:
+            return torch._inductor.compile(gm, example_inputs, options=options)
+        split = split_module(gm, None, lambda node: 0 if node in prelude else 1)
+        for name, part in list(split.named_children()):
+            delattr(split, name)
+            setattr(split, name, _CompileOnFirstCall(part, options))
+        return split
+
+    return backend
+
+
+def scalar_prelude(gm: GraphModule) -> set[Node]:
+    """The computing nodes of ``gm`` whose value is a scalar computed from scalars only (see the module doc)."""
+    scalar: set[Node] = set()
+    prelude: set[Node] = set()
+    for node in gm.graph.nodes:
+        value = node.meta.get("example_value")
+        if node.op == "placeholder":
+            if _is_scalar(value):
+                scalar.add(node)
+        elif node.op in ("call_function", "call_method"):
+            if _writes_in_place(node):
+                break  # a later read could see the written value: keep the rest in order, unsplit
+            if _is_scalar(value) and all(arg in scalar for arg in node.all_input_nodes):
+                scalar.add(node)
+                prelude.add(node)
+    return prelude
+
+
+class _CompileOnFirstCall:
+    """One part of the split graph, compiled by Inductor with the inputs of its first call."""
+
+    def __init__(self, part: GraphModule, options: dict | None):
+        self.part, self.options, self.compiled = part, options, None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            self.compiled = torch._inductor.compile(self.part, list(args), options=self.options)
+        return self.compiled(*args)
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float, bool)) and not isinstance(value, torch.SymInt)
+
+
+def _writes_in_place(node: Node) -> bool:
+    target = node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    return target in _IN_PLACE_OPERATORS or (name.endswith("_") and not name.startswith("_"))
