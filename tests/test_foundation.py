@@ -127,7 +127,7 @@ def test_flat_buffer_and_named_tensors_agree():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_demo_fits_land_on_the_exact_line(tmp_path, seed):
-    summary = run_demo(out=tmp_path / "demo", seed=seed)
+    summary = run_demo(out=tmp_path / "demo", seed=seed, parallel=False)
     exact = summary["exact"]
     x, y = make_line(seed=seed)
     assert (exact["a"], exact["b"]) == pytest.approx(least_squares_line(x, y), rel=1e-12)
@@ -151,6 +151,16 @@ def test_demo_writes_figures_and_summary(tmp_path):
     for fit in summary["fits"].values():
         assert set(fit) >= {"a", "b", "final_loss", "seconds", "steps", "abs_error_a", "abs_error_b"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no temp folder left behind
+
+
+def test_demo_parallel_fits_equal_sequential_fits(tmp_path):
+    # the Adam fit in a forked worker is the same computation as in this process: equal to the last bit
+    par = run_demo(out=tmp_path / "par", steps=300, parallel=True)["fits"]
+    seq = run_demo(out=tmp_path / "seq", steps=300, parallel=False)["fits"]
+    assert list(par) == list(seq) == ["adam", "gradient_descent"]
+    for name in par:
+        assert {k: par[name][k] for k in ("a", "b", "final_loss", "steps")} == \
+               {k: seq[name][k] for k in ("a", "b", "final_loss", "steps")}
 
 
 def test_demo_cli_subprocess(tmp_path):

@@ -14,13 +14,16 @@ leaves no half-written output.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from . import plots
 from .data import least_squares_line, make_line
 from .fit import Result, fit
 from .losses import l2_norm
@@ -34,24 +37,47 @@ def initial_params(seed: int) -> dict[str, torch.Tensor]:
             "b": torch.randn(1, generator=gen, dtype=torch.float64)}
 
 
+def seed_loss(x: torch.Tensor, y: torch.Tensor):
+    """The seed's model and loss: ``(y - (a x + b)).norm()``."""
+    return lambda p: l2_norm(p["a"] * x + p["b"], y)
+
+
+def fit_with_torch_adam(seed: int, n: int, steps: int, lr: float) -> Result:
+    """The seed's first fit: ``torch.optim.Adam`` on the seed's loss (the data made again from ``seed``)."""
+    x, y = make_line(n=n, seed=seed)
+    return fit(seed_loss(x, y), initial_params(seed), torch.optim.Adam, steps, lr=lr)
+
+
 def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr: float = 1e-3,
-             n: int = 100) -> dict:
-    """Run the seed's experiment, write six figures and ``summary.json`` to ``out``; return the summary."""
+             n: int = 100, parallel: bool | None = None) -> dict:
+    """Run the seed's experiment, write six figures and ``summary.json`` to ``out``; return the summary.
+
+    The two fits are independent, so with ``parallel`` (default: on Linux with two or more cores) the
+    Adam fit runs in a forked worker process while this one runs gradient descent and draws the data.
+    Same results either way: each fit is the same deterministic computation in its own process.
+    """
     out = Path(out)
     x, y = make_line(n=n, seed=seed)
-    loss_fn = lambda p: l2_norm(p["a"] * x + p["b"], y)  # noqa: E731 -- the seed's model and loss
     params0 = initial_params(seed)
     exact_a, exact_b = least_squares_line(x, y)
-
-    fits = {
-        "adam": fit(loss_fn, params0, torch.optim.Adam, steps, lr=lr),
-        "gradient_descent": fit(loss_fn, params0, gradient_descent(lr=lr), steps),
-    }
+    if parallel is None:
+        parallel = sys.platform == "linux" and len(os.sched_getaffinity(0)) > 1
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_figures(tmp, x, y, fits)
+        with _worker(parallel) as worker:
+            adam = worker.submit(fit_with_torch_adam, seed, n, steps, lr) if worker else None
+            from . import plots  # matplotlib loads here, after the fork: the worker does not wait for it
+
+            fits = {"gradient_descent": fit(seed_loss(x, y), params0, gradient_descent(lr=lr), steps)}
+            _save(plots.plot_data(x, y), tmp / "sample.png")
+            _save_fit_figures(tmp, x, y, fits["gradient_descent"], "original")
+            fits = {"adam": adam.result() if adam else fit_with_torch_adam(seed, n, steps, lr), **fits}
+        _save_fit_figures(tmp, x, y, fits["adam"], "Adam")
+        curves = [("Adam (torch.optim)", fits["adam"].losses),
+                  ("gradient_descent (diyopt)", fits["gradient_descent"].losses)]
+        _save(plots.plot_losses(curves), tmp / "compare_loss.png")
         summary = {
             "data": {"n": n, "a": -1.0, "b": 1.0, "sigma": 0.1, "seed": seed},
             "exact": {"a": exact_a, "b": exact_b},
@@ -68,20 +94,40 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr
     return summary
 
 
+class _worker:
+    """``with _worker(True) as w``: a one-process pool forked from this one (``None`` when not parallel)."""
+
+    def __init__(self, parallel: bool):
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) if parallel else None
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
 def _fit_summary(result: Result, exact_a: float, exact_b: float) -> dict:
     a, b = float(result.params["a"]), float(result.params["b"])
     return {"a": a, "b": b, "final_loss": float(result.losses[-1]), "seconds": result.seconds,
             "steps": result.steps, "abs_error_a": abs(a - exact_a), "abs_error_b": abs(b - exact_b)}
 
 
-def _write_figures(folder: Path, x, y, fits: dict[str, Result]) -> None:
-    plots.save(plots.plot_data(x, y), folder / "sample.png")
-    for name, stem, label in (("adam", "Adam", "Adam result"), ("gradient_descent", "original", "original result")):
-        r = fits[name]
-        plots.save(plots.plot_loss(r.losses), folder / f"{stem}_loss.png")
-        plots.save(plots.plot_line_fit(x, y, float(r.params["a"]), float(r.params["b"]), label), folder / f"{stem}.png")
-    curves = [("Adam (torch.optim)", fits["adam"].losses), ("gradient_descent (diyopt)", fits["gradient_descent"].losses)]
-    plots.save(plots.plot_losses(curves), folder / "compare_loss.png")
+def _save(ax, path: Path) -> None:
+    from . import plots
+
+    plots.save(ax, path, tight=False)  # one panel, no title: the fixed margins fit, and save a redraw
+
+
+def _save_fit_figures(folder: Path, x, y, result: Result, stem: str) -> None:
+    """The seed's two figures of one fit: ``{stem}_loss.png`` and ``{stem}.png`` (data and fitted line)."""
+    from . import plots
+
+    _save(plots.plot_loss(result.losses), folder / f"{stem}_loss.png")
+    label = f"{'original' if stem == 'original' else stem} result"
+    _save(plots.plot_line_fit(x, y, float(result.params["a"]), float(result.params["b"]), label),
+          folder / f"{stem}.png")
 
 
 def format_table(summary: dict) -> str:

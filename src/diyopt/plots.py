@@ -21,7 +21,10 @@ from torch import Tensor  # noqa: E402
 
 def _axes(ax=None):
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.8))
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        # Fixed margins that fit the axis labels and log-scale ticks: what tight_layout would choose for
+        # these figures, without its extra draw (half of a demo figure's time).
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.95)
     return ax
 
 
@@ -68,11 +71,16 @@ def plot_losses(curves: Iterable[tuple[str, Tensor]], ax=None, logy: bool = True
     return ax
 
 
-def save(ax, path: str | Path) -> Path:
-    """Write the figure holding ``ax`` as a PNG and close it."""
+def save(ax, path: str | Path, *, tight: bool = True) -> Path:
+    """Write the figure holding ``ax`` as a PNG and close it.
+
+    ``tight=False`` keeps the figure's margins instead of fitting them to its contents (faster; the
+    figures made here have margins that fit a single panel with labels but no title).
+    """
     path = Path(path)
     fig = ax.figure
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
