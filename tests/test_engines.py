@@ -278,23 +278,25 @@ def test_sweep_cli_writes_table_and_figure(tmp_path, capsys):
 # ---------------------------------------------------------------- hoisting the scalar math (B3)
 
 
-@diyopt.elementwise
-def user_adam(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-    """Adam as a user writes it, with the bias corrections on the step count (0-dim state)."""
-    t, m, v = state
-    t = t + 1
-    m = b1 * m + (1 - b1) * grad
-    v = b2 * v + (1 - b2) * grad * grad
-    return -lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps), (t, m, v)
+def example_adams():
+    """``my_adam`` and ``adam_as_in_the_paper``: the user-written Adams of examples/my_adam.py."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "my_adam.py"
+    spec = importlib.util.spec_from_file_location("my_adam", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["my_adam"] = mod  # torch.compile looks the rule's globals up by module name
+    spec.loader.exec_module(mod)
+    return mod.my_adam, mod.adam_as_in_the_paper
 
 
-@user_adam.init
-def _(param):
-    return (torch.zeros((), dtype=param.dtype), torch.zeros_like(param), torch.zeros_like(param))
-
-
-def test_compiled_update_with_hoisted_scalars_equals_torch_adam():
-    # Inductor with the scalar prelude split off (the default backend) against torch.optim.Adam itself.
+@pytest.mark.parametrize("which", [0, 1], ids=["my_adam", "adam_as_in_the_paper"])
+def test_compiled_update_with_hoisted_scalars_equals_torch_adam(which):
+    # The examples' Adams through Inductor with the scalar prelude split off (compiled_update's default
+    # backend), against torch.optim.Adam itself.
+    user_adam = example_adams()[which]
     gen = torch.Generator().manual_seed(2)
     shapes = {"w": (40, 3), "b": (3,), "s": ()}
     params = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
@@ -312,7 +314,7 @@ def test_compiled_update_with_hoisted_scalars_equals_torch_adam():
         torch_adam.step()
     for k in params:
         assert_close(live[k], ref[k].detach(), k)
-    assert all(float(t) == len(grads) for t, _, _ in state.values())
+    assert all(float(s.t) == len(grads) for s in state.values())
 
 
 def test_scalar_prelude_takes_the_scalar_math_and_stops_at_the_first_write():
