@@ -22,7 +22,7 @@ import sys
 import torch
 
 import diyopt
-from common import ROOT, best_of, jax_or_none, machine, row
+from common import ROOT, best_of, jax_or_none, machine, median_ratio, round_robin, row
 from diyopt.engines import compiled_update, tensor_hyperparams
 
 SIZES = [1_000_000] * 8 + [250_000] * 8 + [1000] * 64
@@ -47,42 +47,35 @@ def main() -> None:
     init = [torch.randn(s, generator=gen) for s in SIZES]
     grads = [torch.randn(s, generator=gen) for s in SIZES]
 
-    results = {}
+    steps = {}
     for name, kwargs in [("torch.optim.Adam(fused=True)", {"fused": True}),
                          ("torch.optim.Adam(foreach=True)", {"foreach": True})]:
         ps = [p.clone().requires_grad_() for p in init]
         for p, g in zip(ps, grads):
             p.grad = g.clone()
-        opt = torch.optim.Adam(ps, lr=1e-3, **kwargs)
-        results[name] = best_of(opt.step, reps=args.reps, warmup=2)
-    fused = results["torch.optim.Adam(fused=True)"]
-    for name, t in results.items():
-        print(row(name, t * 1e3, "ms", f"{t / fused:.2f}x fused"))
+        steps[name] = torch.optim.Adam(ps, lr=1e-3, **kwargs).step
 
     my_adam, adam_as_in_the_paper = load_user_adams()
-    params = {f"p{i}": p.clone() for i, p in enumerate(init)}
     named_grads = {f"p{i}": g for i, g in enumerate(grads)}
-    opt = tensor_hyperparams(my_adam(lr=1e-3), init[0])
-    state = opt.init(params)
-    step_ = compiled_update(opt)
-    t_user = best_of(lambda: step_(params, named_grads, state), reps=args.reps, warmup=2)
-    print(row("user Adam (examples/my_adam.py), compiled_update", t_user * 1e3, "ms",
-              f"{t_user / fused:.2f}x fused (goal <= 1.1x)"))
-
-    naive = tensor_hyperparams(adam_as_in_the_paper(lr=1e-3), init[0])
-    params_naive = {f"p{i}": p.clone() for i, p in enumerate(init)}
-    state_naive = naive.init(params_naive)
-    step_naive = compiled_update(naive)
-    t_naive = best_of(lambda: step_naive(params_naive, named_grads, state_naive), reps=args.reps, warmup=2)
-    print(row("  the same, bias corrections on m and v (3 divisions)", t_naive * 1e3, "ms",
-              f"{t_naive / fused:.2f}x fused"))
+    for name, rule in [("user Adam (examples/my_adam.py), compiled_update", my_adam),
+                       ("  adam_as_in_the_paper (3 divisions per element), compiled_update", adam_as_in_the_paper)]:
+        opt = tensor_hyperparams(rule(lr=1e-3), init[0])
+        params = {f"p{i}": p.clone() for i, p in enumerate(init)}
+        step_, state = compiled_update(opt), opt.init(params)
+        steps[name] = lambda step_=step_, params=params, state=state: step_(params, named_grads, state)
 
     ps = [p.clone().requires_grad_() for p in init]
     for p, g in zip(ps, grads):
         p.grad = g.clone()
-    topt = diyopt.to_torch(my_adam(lr=1e-3), ps, compiled=True)
-    t_to_torch = best_of(topt.step, reps=args.reps, warmup=2)
-    print(row("user Adam via to_torch(compiled=True)", t_to_torch * 1e3, "ms", f"{t_to_torch / fused:.2f}x fused"))
+    steps["user Adam via to_torch(compiled=True)"] = diyopt.to_torch(my_adam(lr=1e-3), ps, compiled=True).step
+
+    times = round_robin(steps, reps=args.reps)
+    fused_times = times["torch.optim.Adam(fused=True)"]
+    fused, t_user = min(fused_times), min(times["user Adam (examples/my_adam.py), compiled_update"])
+    print("(ratio: median over rounds; each round times every contender once, in turn)")
+    for name, ts in times.items():
+        goal = " (goal <= 1.1x)" if name.startswith("user Adam (examples") else ""
+        print(row(name, min(ts) * 1e3, "ms", f"{median_ratio(ts, fused_times):.2f}x fused{goal}"))
 
     moved = 7 * 4 * n  # bytes: read p, g, m, v; write p, m, v
     src = torch.randn(moved // 8, generator=gen)

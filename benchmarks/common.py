@@ -28,6 +28,30 @@ def best_of(fn, reps: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
+def round_robin(fns: dict, reps: int = 10, warmup: int = 2) -> dict:
+    """Time every function once per round, ``reps`` rounds: ``{name: [seconds per round]}``.
+
+    Interleaving puts every contender under the same machine state (load, caches, memory placement), so
+    per-round ratios are steadier than comparing bests taken minutes apart.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def median_ratio(times: list, reference: list) -> float:
+    """The median over rounds of ``times[i] / reference[i]``."""
+    ratios = sorted(t / r for t, r in zip(times, reference))
+    return ratios[len(ratios) // 2]
+
+
 def jax_or_none():
     """``(jax, jax.numpy, optax)`` with float64 enabled, or None when JAX is not installed."""
     if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:

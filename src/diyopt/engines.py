@@ -33,11 +33,11 @@ from .hoisting import hoisting_backend
 #: Steps per compiled call when the parameters are small: Python's per-call overhead (guards, wrapper,
 #: allocation) is paid once per chunk. Large models gain nothing from it, so they run one step per call.
 SMALL_PROBLEM_CHUNK = 256
+SMALL_PROBLEM_NUMEL = 1 << 16
 
 #: Steps per turn of the compiled loop. One turn allocates its buffers once, so 4 steps per turn ran the
 #: seed fit in 5 us/step against 17.5 us with 1 (and 13 with 2); more steps per turn compile longer.
 STEPS_PER_TURN = 4
-SMALL_PROBLEM_NUMEL = 1 << 16
 
 #: Every fit shares the chunk function's code object, and Dynamo caches graphs per code object (8 by
 #: default): each loss x optimizer structure is one entry, so a process that compiles many is allowed more.
@@ -307,7 +307,7 @@ def compiled_update(optimizer: Optimizer, *, mode: str | None = None, backend: s
                 old.unsqueeze(0).copy_(new.unsqueeze(0)) if old.dim() == 0 else old.copy_(new)
 
     if backend == "inductor" and mode is None:
-        backend = hoisting_backend()  # the step count's scalar math once per step, not once per element
+        backend = hoisting_backend()  # the scalar math once per step, not once per element
     compiled = torch.compile(step_, fullgraph=True, mode=mode, backend=backend)
 
     calls = 0
