@@ -147,6 +147,13 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     losses = torch.empty(steps, dtype=current[next(iter(current))].dtype)
     counts = {}  # steps per call, as the 0-dim tensors the graph takes (at most two distinct values)
     stop_reason, info = "steps", {}
+
+    def diverged(event: dict) -> str:
+        if on_nonfinite == "raise":
+            raise DivergedError(event)
+        info["diverged"] = event
+        return "diverged"
+
     done = 0
     first_call = None
     start = time.perf_counter()
@@ -167,9 +174,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
             done, current, state, event = _replay(eager_step, current, state, losses, done, n, view)
             if event is None:  # cannot happen (same math), but never report a divergence that wasn't
                 continue
-            stop_reason, info["diverged"] = "diverged", event
-            if on_nonfinite == "raise":
-                raise DivergedError(event)
+            stop_reason = diverged(event)
             break
         losses[done:done + n] = chunk_losses[:n]
         current, state = new_current, new_state
@@ -182,9 +187,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
         done, current, state, event = _replay(eager_step, current, state, losses, done, steps - done, view,
                                               guard)
         if event is not None:
-            stop_reason, info["diverged"] = "diverged", event
-            if on_nonfinite == "raise":
-                raise DivergedError(event)
+            stop_reason = diverged(event)
     total = time.perf_counter() - start
     calls = max(-(-done // chunk), 1)
     per_call = (total - first_call) / (calls - 1) if calls > 1 and first_call is not None else 0.0
