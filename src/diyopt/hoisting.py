@@ -40,9 +40,11 @@ def hoisting_backend(options: dict | None = None) -> Callable:
     options = {"size_asserts": False, **(options or {})}
 
     def backend(gm: GraphModule, example_inputs: list) -> Callable:
+        from torch._inductor import compile as inductor_compile  # Inductor loads on first use only
+
         prelude = scalar_prelude(gm)
         if not prelude:
-            return torch._inductor.compile(gm, example_inputs, options=options)
+            return inductor_compile(gm, example_inputs, options=options)
         split = split_module(gm, None, lambda node: 0 if node in prelude else 1)
         for name, part in list(split.named_children()):
             delattr(split, name)
@@ -78,7 +80,9 @@ class _CompileOnFirstCall:
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is None:
-            self.compiled = torch._inductor.compile(self.part, list(args), options=self.options)
+            from torch._inductor import compile as inductor_compile
+
+            self.compiled = inductor_compile(self.part, list(args), options=self.options)
         return self.compiled(*args)
 
 
