@@ -45,6 +45,7 @@ def hoisting_backend(options: dict | None = None) -> Callable:
         prelude = scalar_prelude(gm)
         if not prelude:
             return inductor_compile(gm, example_inputs, options=options)
+        prelude |= _pack_boundary(gm, prelude)
         split = split_module(gm, None, lambda node: 0 if node in prelude else 1)
         for name, part in list(split.named_children()):
             delattr(split, name)
@@ -70,6 +71,44 @@ def scalar_prelude(gm: GraphModule) -> set[Node]:
                 scalar.add(node)
                 prelude.add(node)
     return prelude
+
+
+def _pack_boundary(gm: GraphModule, prelude: set[Node]) -> set[Node]:
+    """Hand the prelude's results to the rest as one tensor per dtype, not one tensor each.
+
+    An optimizer's prelude makes a few scalars per parameter tensor -- hundreds in all; passed one by
+    one, each is an allocation and an argument of both compiled parts (about 0.4 ms a step for 80
+    tensors). Packed, the rest reads ``packed[j]``: the same value, a load. Returns the packing nodes
+    (they belong to the prelude); the unpacking nodes stay with the rest.
+    """
+    graph = gm.graph
+    groups: dict[tuple, list[Node]] = {}
+    for node in graph.nodes:  # graph order
+        value = node.meta.get("example_value")
+        if node in prelude and isinstance(value, torch.Tensor) and any(u not in prelude for u in node.users):
+            groups.setdefault((value.dtype, value.device), []).append(node)
+    # The prelude reads only scalars that nothing before it writes: move it ahead of everything else, so
+    # the packed values exist before their first reader.
+    anchor = next(n for n in graph.nodes if n.op != "placeholder" and n not in prelude)
+    for node in [n for n in graph.nodes if n in prelude and n.op != "placeholder"]:
+        anchor.prepend(node)
+    added: set[Node] = set()
+    with graph.inserting_before(anchor):
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            flat = [graph.call_method("reshape", (m, 1)) for m in members]
+            packed = graph.call_function(torch.cat, (flat,))
+            added |= {*flat, packed}
+            for j, m in enumerate(members):
+                outside = [u for u in m.users if u not in prelude and u not in added]
+                value = graph.call_function(operator.getitem, (packed, j))
+                value = graph.call_method("reshape", (value, tuple(m.meta["example_value"].shape)))
+                for user in outside:
+                    user.replace_input_with(m, value)
+    graph.lint()
+    gm.recompile()
+    return added
 
 
 class _CompileOnFirstCall:
