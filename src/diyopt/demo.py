@@ -125,8 +125,7 @@ def _save_fit_figures(folder: Path, x, y, result: Result, stem: str) -> None:
     from . import plots
 
     _save(plots.plot_loss(result.losses), folder / f"{stem}_loss.png")
-    label = f"{'original' if stem == 'original' else stem} result"
-    _save(plots.plot_line_fit(x, y, float(result.params["a"]), float(result.params["b"]), label),
+    _save(plots.plot_line_fit(x, y, float(result.params["a"]), float(result.params["b"]), f"{stem} result"),
           folder / f"{stem}.png")
 
 
