@@ -62,7 +62,7 @@ def test_nan_at_step_k_stops_at_k_with_last_finite_params(engine, what, param, f
 
 
 def test_raise_policy_names_step_and_param():
-    with pytest.raises(DivergedError, match=r"non-finite grad at step 7 \(gradient of parameter 'b'"):
+    with pytest.raises(DivergedError, match=r"non-finite gradient of parameter 'b' at step 7"):
         diyopt.fit(planted("grad"), params0(), diyopt.optim.gradient_descent(lr=0.1), 50, on_nonfinite="raise")
 
 

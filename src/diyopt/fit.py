@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .core import Optimizer, Params, as_params
+from .interrupts import PENDING, interrupted
 
 LossFn = Callable[[Params], Tensor]
 
@@ -155,7 +156,14 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         raise ValueError(f"unknown engine {engine!r}; known: 'eager', 'compiled'")
     if options:
         raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(options)}")
-    return _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability)
+    if checkpoint is None:
+        return _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability)
+    from .interrupts import deferred
+    from .outputs import locked
+
+    # One run at a time on a checkpoint, for the run's whole life; SIGINT/SIGTERM save it and stop.
+    with locked(checkpoint), deferred():
+        return _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability)
 
 
 _DEFAULTS = dict(on_nonfinite="stop", checkpoint=None, checkpoint_every=None, resume=False, settings=None,
@@ -177,9 +185,16 @@ def _supported_options(engine_fn: Callable, options: dict) -> dict:
 
 
 def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    """A positive integer of any integer type (``np.int64`` too); bools and floats are refused."""
+    import operator
+
+    try:
+        value = operator.index(steps) if not isinstance(steps, bool) else None
+    except TypeError:
+        value = None
+    if value is None or value < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+    return value
 
 
 # ---------------------------------------------------------------- the eager engine (source of truth)
@@ -213,13 +228,22 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
     first = len(losses)
     checked = False
     stop_reason, info, skipped = "steps", {}, []
+    pending = PENDING if saver is not None else None  # a signal is deferred to a step boundary (save, exit)
     start = time.perf_counter()
     for step in range(first, steps):
         loss, grads = _loss_and_grads(loss_fn, current, layout, check=step == first)
         if reduce is not None:
             loss, grads = reduce(loss, grads)
         value = loss.detach()
-        if guard and not _maybe_finite(value, grads) and (event := nonfinite_event(step, value, view(grads))):
+        updates, new_state = optimizer.update(grads, state, current)
+        if not checked:
+            check_updates(updates, current, optimizer, layout)
+            checked = True
+        new = {k: v + updates[k] for k, v in current.items()}
+        # The guard looks at what is about to be written (the new params) as well as the loss and the
+        # gradients, in one check: nothing non-finite ever becomes the params or the state.
+        if guard and not _maybe_finite(value, grads, new) and (
+                event := nonfinite_event(step, value, view(grads), view(updates), view(new))):
             if on_nonfinite == "skip":
                 losses.append(value)
                 skipped.append(step)
@@ -231,16 +255,15 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
                 raise DivergedError(event)
             break
         losses.append(value)
-        updates, state = optimizer.update(grads, state, current)
-        if not checked:
-            check_updates(updates, current, optimizer, layout)
-            checked = True
-        current = {k: v + updates[k] for k, v in current.items()}
+        current, state = new, new_state
         if callback is not None and callback(step, losses[-1], view(current)):
             stop_reason = "callback"
             break
-        if saver is not None and (step + 1) % saver.every == 0:
+        if saver is not None and ((step + 1) % saver.every == 0 or pending.signum):
             saver.save(view(current), state, losses)
+            if pending.signum:  # SIGINT/SIGTERM: saved at this step boundary, now stop
+                signum, pending.signum = pending.signum, 0
+                raise interrupted(signum)
     seconds = time.perf_counter() - start
     if saver is not None and stop_reason != "diverged" and saver.saved_at != len(losses):
         saver.save(view(current), state, losses)
@@ -264,36 +287,48 @@ class DivergedError(FloatingPointError):
         super().__init__(describe_nonfinite(event))
 
 
-def _maybe_finite(loss: Tensor, grads: Params) -> bool:
+def _maybe_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
     """The guard's per-step check, kept cheap: a sum is finite when every term is, so the loss and the sum
-    of all gradient elements being finite means all are -- unless the sum overflowed, which the exact
-    check in :func:`nonfinite_event` then clears. One reduction and two reads of finished values (both
-    reads wait on the same queue on a GPU: one sync); ``isfinite(...).all()`` costs several times more."""
-    if len(grads) == 1:
-        total = next(iter(grads.values())).sum()
-    else:
-        total = sum(g.sum() for g in grads.values())
+    of all gradient and new-parameter elements being finite means all are -- unless the sum overflowed,
+    which the exact check in :func:`nonfinite_event` then clears. A few reductions and two reads of
+    finished values (both wait on the same queue on a GPU: one sync); ``isfinite(...).all()`` costs
+    several times more. Finite old and new params mean a finite update, so the update needs no check."""
+    tensors = list(grads.values()) + (list(new.values()) if new is not None else [])
+    total = tensors[0].sum() if len(tensors) == 1 else sum(t.sum() for t in tensors)
     return math.isfinite(float(loss)) and math.isfinite(float(total))
 
 
-def nonfinite_event(step: int, loss: Tensor, grads: Params) -> dict | None:
-    """Where a step went non-finite: ``{"step", "what": "loss"|"grad", "param", "loss"}``, or None if
-    everything is finite after all (an overflowed sum in the cheap check).
+#: What went non-finite, in the order the guard reports it, and the words its message uses.
+NONFINITE_WHAT = {"loss": "loss", "grad": "gradient", "update": "update", "param": "parameter"}
 
-    ``param`` is the first parameter (in order) with a non-finite gradient, or None. Runs only on the
-    failure path, so it may look at every tensor.
+
+def nonfinite_event(step: int, loss: Tensor, grads: Params, updates: Params | None = None,
+                    new: Params | None = None) -> dict | None:
+    """Where a step went non-finite: ``{"step", "what", "param", "loss"}``, or None if everything is finite
+    after all (an overflowed sum in the cheap check).
+
+    ``what`` is the first of ``"loss"``, ``"grad"`` (a gradient), ``"update"`` (what the rule returned)
+    and ``"param"`` (a finite update that overflowed the parameter) that is not finite; ``param`` the
+    first parameter (in order) where it is, or None for the loss. Runs only on the failure path, so it
+    may look at every tensor.
     """
-    bad = [k for k, g in grads.items() if not bool(torch.isfinite(g).all())]
-    finite_loss = bool(torch.isfinite(loss))
-    if finite_loss and not bad:
-        return None
-    return {"step": step, "what": "grad" if finite_loss else "loss", "param": bad[0] if bad else None,
-            "loss": float(loss.detach())}
+    def first_bad(tensors: Params | None) -> str | None:
+        return next((k for k, t in (tensors or {}).items() if not bool(torch.isfinite(t).all())), None)
+
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return {"step": step, "what": "loss", "param": None, "loss": value}
+    for what, tensors in (("grad", grads), ("update", updates), ("param", new)):
+        if (name := first_bad(tensors)) is not None:
+            return {"step": step, "what": what, "param": name, "loss": value}
+    return None
 
 
 def describe_nonfinite(event: dict) -> str:
-    where = f" (gradient of parameter {event['param']!r} not finite)" if event.get("param") else ""
-    return f"diverged: non-finite {event['what']} at step {event['step']}{where}"
+    """``diverged: non-finite update of parameter 'a' at step 5`` -- what, where and when."""
+    what = NONFINITE_WHAT.get(event["what"], event["what"])
+    where = f" of parameter {event['param']!r}" if event.get("param") else ""
+    return f"diverged: non-finite {what}{where} at step {event['step']}"
 
 
 # ---------------------------------------------------------------- checks that run once, on the first step
@@ -349,6 +384,8 @@ class _Saver:
         self.fingerprint = ckpt.fingerprint(optimizer, steps, params, on_nonfinite=on_nonfinite, **extra)
         self.writer = reduce is None or reduce.rank == 0  # rank 0 writes, every rank reads
         self.saved_at = -1
+        self.steps = steps
+        self.history = ckpt.LossFile(self.path)
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -356,20 +393,33 @@ class _Saver:
     def resume(self, params: Params, state: Any) -> tuple[Params, Any, list[Tensor]]:
         payload = self.ckpt.load(self.path)
         self.ckpt.check_fingerprint(payload["fingerprint"], self.fingerprint, self.path)
+        if payload["step"] > self.steps:
+            raise self.ckpt.CheckpointError(
+                f"cannot resume from {self.path}: it is at step {payload['step']}, past steps={self.steps}; "
+                f"give at least {payload['step']} steps to continue it")
         named = self.ckpt.restore_params(payload, params, self.path)
         state = self.ckpt.restore_state(payload, state, self.path)
         device = next(iter(params.values())).device
         losses = list(payload["losses"].to(device).unbind())
         self.ckpt.restore_rng(payload["rng"])
         self.saved_at = len(losses)
+        self.history = self.ckpt.LossFile(self.path, len(losses), payload["losses"].dtype)
         return named, state, losses
 
     def save(self, params: Params, state: Any, losses: list[Tensor]) -> None:
-        self.saved_at = len(losses)
+        """Append the losses since the last save to the history file, then write the (small) checkpoint
+        that counts them: a save costs O(1) in the run's length, not a rewrite of the whole history."""
         if self.writer:
-            history = torch.stack(losses) if losses else torch.empty(0)
-            self.ckpt.save(self.path, params=params, state=state, step=len(losses), losses=history,
+            new = losses[self.history.count:]
+            if new:
+                self.history.append(torch.stack(new))
+            elif self.history.count > len(losses):  # cannot happen in a loop, but never count a ghost
+                self.history = self.ckpt.LossFile(self.path)
+                if losses:
+                    self.history.append(torch.stack(losses))
+            self.ckpt.save(self.path, params=params, state=state, step=len(losses), losses=self.history,
                            fingerprint=self.fingerprint)
+        self.saved_at = len(losses)
 
 
 def _loss_and_grads(loss_fn: LossFn, current: Params, layout: "FlatLayout | None", check: bool):
@@ -467,8 +517,20 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
         now[0] = step
         # step(closure) evaluates the loss at the current params first, so the recorded loss is the
         # seed's: before the update (for LBFGS, the first of its evaluations).
+        # torch's step() writes the params in place: keep a copy to put back if they come out non-finite.
+        backup = [v.detach().clone() for v in leaves.values()] if guard else None
         try:
-            losses.append(opt.step(closure).detach())
+            value = opt.step(closure).detach()
+            if guard:
+                new = {k: v.detach() for k, v in leaves.items()}
+                if not _maybe_finite(value, {}, new):
+                    updates = {k: v - b for (k, v), b in zip(new.items(), backup)}
+                    if event := nonfinite_event(step, value, {}, updates, new):
+                        with torch.no_grad():
+                            for v, b in zip(leaves.values(), backup):
+                                v.copy_(b)
+                        raise _NonFiniteStep(event, value)
+            losses.append(value)
         except _NonFiniteStep as bad:
             if on_nonfinite == "skip":
                 losses.append(bad.value)
