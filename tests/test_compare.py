@@ -141,10 +141,15 @@ def test_save_replaces_an_earlier_result_but_not_other_folders(tmp_path, line_co
     other = tmp_path / "precious"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="does not hold a diyopt comparison"):
-        line_comparison.save(other)
+    line_comparison.save(other)  # diyopt's files go beside the user's; the user's are never touched
     assert (other / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp", "precious"]
+    assert (other / "table.md").read_text() == line_comparison.to_markdown()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "table.md").write_text("the user's own table")
+    with pytest.raises(FileExistsError, match=r"already holds table\.md, which diyopt did not write"):
+        line_comparison.save(tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["table.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp", "mine", "precious"]
 
 
 def test_paths_on_a_2d_problem_start_and_end_where_the_runs_do():

@@ -65,6 +65,10 @@ def add_demo(sub) -> None:
         summary = run_demo(out=args.out, seed=args.seed, steps=args.steps, lr=args.lr)
         print(format_table(summary))
         print(f"figures and summary.json in {args.out}")
+        diverged = [f"{name}: {f['diverged']}" for name, f in summary["fits"].items() if "diverged" in f]
+        if diverged:  # through fit's guard: each fit stopped at its last finite params
+            print(f"diyopt: {'; '.join(diverged)} (try a smaller --lr)", file=sys.stderr)
+            return EXIT_DIVERGED
         return 0
 
     p.set_defaults(run=run)
@@ -288,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    from .interrupts import raise_on_sigterm
+
+    raise_on_sigterm()  # SIGTERM ends a run like Ctrl-C: checkpoint saved, temps removed, exit 143
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "run", None):
@@ -303,16 +310,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, OSError, ImportError,
-            SyntaxError, KeyError) as e:
-        return _fail(f"diyopt: error: {_one_line(e)}", debug)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)
+        print(f"diyopt: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
+    except Exception as e:
+        where = user_code_line(e)
+        if where is not None:  # raised inside the user's rule or loss: their file and line, not ours
+            return _fail(f"diyopt: error in {where}: {type(e).__name__}: {_one_line(e)}", debug)
+        if isinstance(e, (ValueError, TypeError, OSError, ImportError, SyntaxError, KeyError)):
+            return _fail(f"diyopt: error: {_one_line(e)}", debug)
+        raise
+
+
+def user_code_line(e: BaseException) -> str | None:
+    """``path.py:12 (in rule)`` for the innermost frame of ``e``'s traceback in a user's file, else None."""
+    import os
+    import traceback
+
+    from .specs import USER_FILES
+
+    if not USER_FILES:
+        return None
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) in USER_FILES]
+    if not frames:
+        return None
+    f = frames[-1]
+    return f"{USER_FILES[os.path.abspath(f.filename)]}:{f.lineno} (in {f.name})"
 
 
 def _one_line(e: BaseException) -> str:
     text = str(e) or e.__class__.__name__
-    return " ".join(text.split())
+    text = " ".join(text.split())
+    return text if len(text) <= 1000 else text[:1000] + " ..."
 
 
 def _fail(message: str, debug: bool) -> int:

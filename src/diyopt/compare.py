@@ -28,13 +28,9 @@ tolerance.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +42,7 @@ from torch import Tensor
 
 from .core import Optimizer, Params, as_params
 from .fit import fit
+from .outputs import dumps
 from .problems import Problem
 from .profiles import linestyle, performance_profile, plot_performance_profile  # noqa: F401
 
@@ -277,7 +274,7 @@ class Comparison:
                 save(self.plot_paths(), tmp / "paths.png")
             self.to_csv(tmp / "table.csv")
             (tmp / "table.md").write_text(self.to_markdown())
-            (tmp / "settings.json").write_text(json.dumps(self.settings, indent=2, default=str) + "\n")
+            (tmp / "settings.json").write_text(dumps(self.settings))  # strict JSON
 
         return write_atomically(out_dir, write)
 
@@ -625,7 +622,7 @@ def save_all(comparisons: Sequence[Comparison], out_dir: str | Path) -> Path:
                  tmp / f"performance_profile_{kind}.png")
         settings = {"problems": [c.problem.name for c in comparisons], "folders": folders,
                     "optimizers": list(comparisons[0].runs), "versions": versions()}
-        (tmp / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        (tmp / "settings.json").write_text(dumps(settings))
 
     return write_atomically(out_dir, write)
 
@@ -637,29 +634,19 @@ def _safe_name(name: str) -> str:
 # ---------------------------------------------------------------- small helpers
 
 
-def write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh folder next to ``out_dir``, then move it into place.
+#: The files a comparison writes (save_all adds sub-folders and the profiles).
+OUTPUT_FILES = ("loss_vs_step.png", "loss_vs_time.png", "paths.png", "table.csv", "table.md", "settings.json",
+                "performance_profile_steps.png", "performance_profile_seconds.png")
 
-    An existing ``out_dir`` is replaced only when it holds an earlier result (a ``settings.json``) or is
-    empty; a reader never sees half a result, and a failed run leaves the old one as it was."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "settings.json").exists())):
-        raise FileExistsError(f"{out} exists and does not hold a diyopt comparison; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+def write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a fresh staging folder, then publish its files into ``out_dir`` with
+    :func:`diyopt.outputs.output_folder`: a reader never sees half a file, a failed run leaves the old
+    result as it was, and files diyopt did not write (a user's notes beside the results) are kept --
+    one that has the name of a file a comparison writes is refused before any work."""
+    from .outputs import write_folder
+
+    return write_folder(out_dir, write, names=OUTPUT_FILES, kind="compare")
 
 
 class _NoBar:

@@ -8,18 +8,18 @@
 4. Overlay both loss curves (``compare_loss.png``) and write ``summary.json``, with each fit's error
    against the exact least-squares line for the same data.
 
-Everything is written to a temporary folder first and moved into place at the end, so a failed run
-leaves no half-written output.
+Everything is written to a staging folder first and published at the end (:mod:`diyopt.outputs`), so
+a failed or interrupted run leaves no half-written output, and files in ``out`` that diyopt did not write
+are never touched. Both fits go through ``fit``'s divergence guard: a fit that diverges stops at its last
+finite params, and the summary says so (``"stop_reason": "diverged"``; the CLI exits 3).
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import multiprocessing
 import os
-import shutil
+import pickle
 import sys
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from .data import least_squares_line, make_line
 from .fit import Result, fit
 from .losses import l2_norm
 from .optim import gradient_descent
+from .outputs import dumps
 
 
 def initial_params(seed: int) -> dict[str, torch.Tensor]:
@@ -63,17 +64,16 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr
     if parallel is None:
         parallel = sys.platform == "linux" and len(os.sched_getaffinity(0)) > 1
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        with _worker(parallel) as worker:
-            adam = worker.submit(fit_with_torch_adam, seed, n, steps, lr) if worker else None
-            from . import plots  # matplotlib loads here, after the fork: the worker does not wait for it
+    from .outputs import output_folder
 
-            fits = {"gradient_descent": fit(seed_loss(x, y), params0, gradient_descent(lr=lr), steps)}
-            _save(plots.plot_data(x, y), tmp / "sample.png")
-            _save_fit_figures(tmp, x, y, fits["gradient_descent"], "original")
-            fits = {"adam": adam.result() if adam else fit_with_torch_adam(seed, n, steps, lr), **fits}
+    with output_folder(out, names=OUTPUT_FILES, kind="demo") as tmp, _worker(parallel) as worker:
+        adam = worker.submit(fit_with_torch_adam, seed, n, steps, lr) if worker else None
+        from . import plots  # matplotlib loads here, after the fork: the worker does not wait for it
+
+        fits = {"gradient_descent": fit(seed_loss(x, y), params0, gradient_descent(lr=lr), steps)}
+        _save(plots.plot_data(x, y), tmp / "sample.png")
+        _save_fit_figures(tmp, x, y, fits["gradient_descent"], "original")
+        fits = {"adam": adam.result() if adam else fit_with_torch_adam(seed, n, steps, lr), **fits}
         _save_fit_figures(tmp, x, y, fits["adam"], "Adam")
         curves = [("Adam (torch.optim)", fits["adam"].losses),
                   ("gradient_descent (diyopt)", fits["gradient_descent"].losses)]
@@ -84,34 +84,95 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr
             "settings": {"steps": steps, "lr": lr, "loss": "l2_norm", "init": {k: float(v) for k, v in params0.items()}},
             "fits": {name: _fit_summary(r, exact_a, exact_b) for name, r in fits.items()},
         }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "summary.json").write_text(dumps(summary))
     return summary
 
 
+#: What the demo writes into its folder (the seed's six figures and the summary).
+OUTPUT_FILES = ("sample.png", "Adam_loss.png", "Adam.png", "original_loss.png", "original.png",
+                "compare_loss.png", "summary.json")
+
+
+class _Future:
+    def __init__(self, conn, process):
+        self.conn, self.process = conn, process
+
+    def result(self):
+        try:
+            ok, value = pickle.loads(self.conn.recv_bytes())
+        except EOFError:
+            raise RuntimeError(f"the demo's worker process ended without a result (exit code "
+                               f"{self.process.exitcode})") from None
+        if not ok:
+            raise value
+        return value
+
+
 class _worker:
-    """``with _worker(True) as w``: a one-process pool forked from this one (``None`` when not parallel)."""
+    """``with _worker(True) as w``: ``w.submit(fn, *args)`` runs ``fn`` in one forked child process.
+
+    The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux: even a SIGKILLed parent leaves no
+    orphan), leaves Ctrl-C and SIGTERM to the parent, and is killed as soon as the ``with`` block is left
+    for any reason -- so a signal ends the whole demo at once, instead of waiting for the child's fit.
+    ``None`` when not parallel.
+    """
 
     def __init__(self, parallel: bool):
-        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) if parallel else None
+        self.parallel = parallel
+        self.process = None
 
     def __enter__(self):
-        return self.pool
+        return self if self.parallel else None
+
+    def submit(self, fn, *args) -> _Future:
+        ctx = multiprocessing.get_context("fork")
+        receive, send = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_child, args=(send, os.getpid(), fn, args), daemon=True)
+        self.process.start()
+        send.close()
+        return _Future(receive, self.process)
 
     def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join()
+        return False
+
+
+def _child(conn, parent: int, fn, args) -> None:
+    import signal
+
+    if sys.platform == "linux":
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles them, and kills this process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Plain pickle: tensors by value. (multiprocessing's own pickler would pass them as shared memory
+    # through a helper thread of this process, which must outlive the transfer.)
+    try:
+        conn.send_bytes(pickle.dumps((True, fn(*args))))
+    except Exception as e:  # noqa: BLE001 -- handed to the parent, which raises it
+        conn.send_bytes(pickle.dumps((False, e)))
+    finally:
+        conn.close()
+        os._exit(0)  # no atexit handlers or finalizers of the parent's copy
 
 
 def _fit_summary(result: Result, exact_a: float, exact_b: float) -> dict:
     a, b = float(result.params["a"]), float(result.params["b"])
-    return {"a": a, "b": b, "final_loss": float(result.losses[-1]), "seconds": result.seconds,
-            "steps": result.steps, "abs_error_a": abs(a - exact_a), "abs_error_b": abs(b - exact_b)}
+    summary = {"a": a, "b": b, "final_loss": float(result.losses[-1]) if len(result.losses) else float("nan"),
+               "seconds": result.seconds, "steps": result.steps, "abs_error_a": abs(a - exact_a),
+               "abs_error_b": abs(b - exact_b), "stop_reason": result.stop_reason}
+    if "diverged" in result.info:
+        from .fit import describe_nonfinite
+
+        summary["diverged"] = describe_nonfinite(result.info["diverged"])
+    return summary
 
 
 def _save(ax, path: Path) -> None:

@@ -127,7 +127,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=_prefix(path.name), suffix=".tmp", dir=folder)
     except OSError as e:
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
@@ -235,7 +235,7 @@ def output_folder(out: str | os.PathLike, *, names: Iterable[str] = (), kind: st
             tmp = Path(tempfile.mkdtemp(prefix=_prefix(out.name), suffix=".tmp", dir=parent))
         os.chmod(tmp, 0o777 & ~umask())
     except OSError as e:
-        raise OSError(e.errno, f"cannot write to {out}: {e.strerror or e}") from None
+        raise OSError(f"cannot write to {out}: {e.strerror or e}") from None
     try:
         yield tmp
         _publish(tmp, out, kind, flag)
@@ -292,7 +292,7 @@ def write_folder(out: str | os.PathLike, write: Callable[[Path], Any], **options
 # ---------------------------------------------------------------- one run at a time on a checkpoint
 
 
-class Busy(RuntimeError):
+class Busy(BlockingIOError):
     """Another process holds the lock (one line, names it)."""
 
 
@@ -331,10 +331,10 @@ def locked(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]:
         raise Busy(f"{what} {path} is in use by another diyopt run (process {holder}); wait for it to "
                    f"finish, or use another {what} file") from None
     except OSError as e:
-        raise OSError(e.errno, f"cannot write {what} {path}: {e.strerror or e}") from None
+        raise OSError(f"cannot write {what} {path}: {e.strerror or e}") from None
     if not os.access(folder, os.W_OK):
         lock.release()
-        raise PermissionError(errno.EACCES, f"cannot write {what} {path}: folder {folder} is not writable")
+        raise PermissionError(f"cannot write {what} {path}: folder {folder} is not writable")
     try:
         yield
     finally:

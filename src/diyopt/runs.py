@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import csv
 import inspect
-import json
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from . import data, losses, problems
 from . import distributed as dd
 from .checkpoint import atomic_folder
+from .outputs import dumps
 from .fit import DivergedError, describe_nonfinite, fit
 from .problems import Problem
 
@@ -47,6 +48,8 @@ def run_fit(args: Any) -> int:
     if args.resume and checkpoint is None:
         raise ValueError("--resume needs --checkpoint FILE")
     writer = dd.is_main()
+    if writer and checkpoint is not None and _inside(checkpoint, args.out):
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # --checkpoint OUT/c.pt: OUT holds it from the start
     try:
         with (atomic_folder(args.out) if writer else _nowhere()) as tmp:
             result = fit(problem.loss, problem.params0, optimizer, args.steps, engine=args.engine,
@@ -65,6 +68,10 @@ def run_fit(args: Any) -> int:
     if writer:
         print(f"{result!r}\nresult.json and losses.csv in {args.out}")
     return 0
+
+
+def _inside(path: str, folder: str) -> bool:
+    return Path(folder).resolve() in Path(path).resolve().parents
 
 
 def seed_everything(seed: int) -> None:
@@ -147,7 +154,7 @@ def write_outputs(folder, result, settings: dict) -> None:
         "settings": {k: v for k, v in settings.items() if v is not None},
         "info": {k: v for k, v in result.info.items() if k in ("diverged", "skipped")},
     }
-    (folder / "result.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    (folder / "result.json").write_text(dumps(summary))  # strict JSON: a nan/inf is null, its reason beside
     with open(folder / "losses.csv", "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["step", "loss"])

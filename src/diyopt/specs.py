@@ -153,13 +153,25 @@ def load_file(path: str):
     except SyntaxError as e:
         sys.modules.pop(name, None)
         raise ImportError(f"cannot import {path}, line {e.lineno}: SyntaxError: {e.msg}") from None
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit: sys.exit() at import must not end diyopt with 0
         sys.modules.pop(name, None)
         frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == full]
         line = f", line {frames[-1].lineno}" if frames else ""
-        message = " ".join(str(e).split())
+        if isinstance(e, SystemExit):
+            raise ImportError(f"cannot import {path}{line}: it calls sys.exit({e.code!r}) at import; a rule or "
+                              "loss file should only define things") from None
+        message = " ".join(str(e).split())[:500]
         raise ImportError(f"cannot import {path}{line}: {type(e).__name__}: {message}") from None
+    except KeyboardInterrupt:
+        sys.modules.pop(name, None)
+        raise KeyboardInterrupt(f"interrupted while importing {path}") from None
+    USER_FILES[full] = path
     return module
+
+
+#: The users' files loaded so far (absolute path -> the path as given): an error raised inside one is
+#: reported on the command line as that file and line (see diyopt.cli.user_code_line).
+USER_FILES: dict[str, str] = {}
 
 
 def getattr_from_file(path: str, attr: str) -> Any:
