@@ -114,7 +114,7 @@ def test_cli_compare_on_the_seed_line(tmp_path):
     assert main(["compare", "--problem", "line", "--optimizers", "sgd,adam,gradient_descent", "--seeds", "5",
                  "--steps", "200", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"loss_vs_step.png", "loss_vs_time.png", "paths.png",
-                                               "table.csv", "table.md", "settings.json"}
+                                               "table.csv", "table.md", "settings.json", ".diyopt-output.json"}
     with (out / "table.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["optimizer"] for r in rows] == ["sgd", "adam", "gradient_descent"]

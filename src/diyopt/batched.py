@@ -136,6 +136,11 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     for k, values in grid.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
             raise ValueError(f"grid[{k!r}] must be a non-empty list of values, got {values!r}")
+        for v in values:  # each value goes through the optimizer's own validation (torch's wording)
+            try:
+                optimizer.replace_hyperparams(**{k: v})
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"grid value {k}={_cell(v)} is not valid: {e}") from None
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ValueError(f"seeds must be a positive count or a list of seeds, got {seeds}")
@@ -171,6 +176,55 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
         compiled = torch.compile(lambda h, c, s: steps_fn(h, c, s, chunk), fullgraph=True,
                                  options={"cpp_wrapper": True} if cpp else None)
 
+    try:
+        return _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk, layout,
+                        view, pack, ref, steps_fn, compiled)
+    except RuntimeError as e:
+        reason = _not_vectorizable(e)
+        if reason is None:
+            raise
+    import warnings
+
+    note = (f"the loss or update rule cannot be vectorized with torch.func.vmap ({reason}); "
+            f"ran the {len(runs)} runs one by one instead (engine='loop')")
+    warnings.warn(note, stacklevel=2)
+    result = _sweep_loop(loss_fn, optimizer, steps, runs, starts, tol)
+    result.info["fallback"] = note
+    return result
+
+
+def _not_vectorizable(e: RuntimeError) -> str | None:
+    """The reason vmap gave for refusing the rule or loss (data-dependent control flow, .item(), ...)."""
+    text = " ".join(str(e).split())
+    if "vmap" not in text and "Batching rule" not in text and "batched tensor" not in text.lower():
+        return None
+    text = text.removeprefix("vmap: ").split(". ")[0]
+    return text[:200]
+
+
+def _sweep_loop(loss_fn, optimizer: Optimizer, steps: int, runs: list, starts: dict, tol) -> SweepResult:
+    """Every run as its own eager ``fit`` (the reference engine), for rules vmap cannot map. A run that
+    diverges stops at its last finite params; its curve is nan from there, as in the vectorized engine."""
+    from .fit import fit
+
+    curves, finals, rows = [], [], []
+    t0 = time.perf_counter()
+    for setting, seed in runs:
+        r = fit(loss_fn, starts[seed], _rebuild(optimizer, setting), steps)
+        curve = torch.full((steps,), math.nan, dtype=r.losses.dtype if len(r.losses) else torch.float64)
+        curve[:len(r.losses)] = r.losses.detach()
+        with torch.no_grad():
+            final_loss = loss_fn(r.params).detach()
+        curves.append(curve)
+        finals.append(r.params)
+        rows.append(_row(len(rows), setting, seed, curve, final_loss, tol))
+    params = {k: torch.stack([f[k] for f in finals]) for k in finals[0]}
+    return SweepResult(rows, torch.stack(curves), params, time.perf_counter() - t0, 0.0,
+                       {"engine": "loop", "batch_size": 1, "batches": len(runs), "tol": tol})
+
+
+def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk, layout, view, pack,
+             ref, steps_fn, compiled) -> SweepResult:
     all_losses, finals, rows = [], [], []
     seconds = compile_seconds = 0.0
     for lo in range(0, len(runs), batch_size):
@@ -224,15 +278,33 @@ def _vmapped_steps(loss_fn: Callable, view: Callable, optimizer: Optimizer) -> C
         losses = []
         for _ in range(count):
             grads, loss = grad_and_value(current)
-            updates, state = update(grads, state, current)
-            current = {k: v + updates[k] for k, v in current.items()}
-            losses.append(loss.detach())
+            updates, new_state = update(grads, state, current)
+            new = {k: v + updates[k] for k, v in current.items()}
+            # The guard, per run: a step whose loss, gradients or new params are not finite is not taken
+            # (the run keeps its last finite params and state) and records a nan loss: it diverged there.
+            ok = torch.isfinite(loss)
+            for t in (*grads.values(), *new.values()):
+                ok = ok & torch.isfinite(t).all()
+            current = {k: torch.where(ok, new[k], v) for k, v in current.items()}
+            state = _keep_finite(ok, new_state, state)
+            losses.append(torch.where(ok, loss.detach(), torch.full_like(loss.detach(), math.nan)))
         return current, state, torch.stack(losses)
 
     def steps(hyper: dict, current: Params, state: Any, count: int):
         return torch.func.vmap(lambda h, c, s: one_run(h, c, s, count))(hyper, current, state)
 
     return steps
+
+
+def _keep_finite(ok: Tensor, new: Any, old: Any) -> Any:
+    """``new`` where ``ok``, else ``old``, leaf by leaf (a state whose structure changed is taken as is)."""
+    pytree = torch.utils._pytree
+    new_leaves, spec = pytree.tree_flatten(new)
+    old_leaves, old_spec = pytree.tree_flatten(old)
+    if spec != old_spec:
+        return new
+    return pytree.tree_unflatten([torch.where(ok, n, o) if isinstance(n, Tensor) and isinstance(o, Tensor) else n
+                                  for n, o in zip(new_leaves, old_leaves)], spec)
 
 
 def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, steps: int, chunk: int):
@@ -371,12 +443,15 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
             except ValueError:
                 raise ValueError(f"--grid {key}: expected numbers, got {v!r}") from None
             parsed.append(parts if len(parts) > 1 else parts[0])
+        if key in grid:
+            raise ValueError(f"--grid {key} is given twice; list all its values in one: --grid {key}=V1,V2,...")
         grid[key] = parsed
     return grid
 
 
 def run_sweep_cli(args: Any) -> int:
     """``diyopt sweep``: the table (sweep.csv), a figure of final loss against each swept hyperparameter."""
+    import sys
     from pathlib import Path
 
     from .compare import _as_problem
@@ -387,16 +462,25 @@ def run_sweep_cli(args: Any) -> int:
 
     optimizer = get(args.optimizer)
     grid = parse_grid(args.grid or [])
-    result = sweep(problem.loss, problem.params0, optimizer, args.steps, grid=grid,
-                   seeds=args.seeds, tol=args.tol, engine=args.engine)
+    import warnings
+
+    from .outputs import output_folder
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.to_csv(out / "sweep.csv")
-    figure = plot_sweep(result, out / "sweep.png")
+    with output_folder(out, names=("sweep.csv", "sweep.png"), kind="sweep") as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback note is printed below, as one line
+            result = sweep(problem.loss, problem.params0, optimizer, args.steps, grid=grid,
+                           seeds=args.seeds, tol=args.tol, engine=args.engine)
+        if "fallback" in result.info:
+            print(f"diyopt: note: {result.info['fallback']}", file=sys.stderr)
+        result.to_csv(tmp / "sweep.csv")
+        plot_sweep(result, tmp / "sweep.png")
+    figure = out / "sweep.png"
     diverged = sum(r["diverged"] for r in result.rows)
     best = result.best()
     print(f"{len(result)} runs x {args.steps} steps in {result.seconds:.3g} s "
-          f"({result.info['batches']} batch(es), engine {args.engine}); {diverged} diverged")
+          f"({result.info['batches']} batch(es), engine {result.info['engine']}); {diverged} diverged")
     print("best: " + ", ".join(f"{k}={_cell(v)}" for k, v in best.items() if k not in ("run", "diverged")))
     print(f"table: {out / 'sweep.csv'}; figure: {figure}")
     return 0

@@ -203,13 +203,23 @@ def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:
 
     def step(current: Params, state: Any):
         grads, loss = grad_and_value(current)
-        finite = torch.isfinite(loss)
-        for g in grads.values():
-            finite = finite & torch.isfinite(g).all()
         updates, state = update(grads, state, current)
-        return {k: v + updates[k] for k, v in current.items()}, state, loss.detach(), finite
+        new = {k: v + updates[k] for k, v in current.items()}
+        # The guard: the loss, the gradients and the new params (finite old and new params mean a
+        # finite update) -- nothing non-finite is ever written.
+        finite = torch.isfinite(loss)
+        for t in (*grads.values(), *new.values()):
+            finite = finite & torch.isfinite(t).all()
+        return new, state, loss.detach(), finite
 
-    step.grads = lambda current: grad_and_value(current)[0]  # for the guard's report, off the hot path
+    def event(current: Params, state: Any, at: int) -> dict | None:
+        """What went non-finite at step ``at`` (the guard's report, off the hot path)."""
+        grads, loss = grad_and_value(current)
+        updates, _ = update(grads, state, current)
+        new = {k: v + updates[k] for k, v in current.items()}
+        return nonfinite_event(at, loss, view(grads), view(updates), view(new))
+
+    step.event = event
     return step
 
 
@@ -277,7 +287,7 @@ def _replay(step: Callable, current: Params, state: Any, losses: Tensor, done: i
     for _ in range(count):
         new_current, new_state, loss, finite = step(current, state)
         if guard and not bool(finite):
-            return done, current, state, nonfinite_event(done, loss, view(step.grads(current)))
+            return done, current, state, step.event(current, state, done)
         losses[done] = loss
         current, state = new_current, new_state
         done += 1

@@ -16,8 +16,6 @@ import base64
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +58,12 @@ def write_report(directory: str | Path, out: str | Path | None = None, title: st
     page = _render(title=title, sections=sections, versions=settings.get("versions") or
                    next((s["settings"].get("versions") for s in sections if s["settings"].get("versions")), {}))
     out = Path(out) if out is not None else directory / "report.html"
+    if out.is_dir():  # --out an existing folder: the page goes inside it
+        out = out / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, out)
-    return out
+    from .outputs import atomic_write
+
+    return atomic_write(out, page)  # temp in the same folder, fsync, rename; the umask applies
 
 
 def _section(folder: Path, top: bool) -> dict | None:
@@ -92,18 +90,31 @@ def _section(folder: Path, top: bool) -> dict | None:
 def _summary(settings: dict) -> str:
     if "seeds" not in settings:
         return ""
+    f_star = settings.get("f_star")
+    f_star = float(f_star) if isinstance(f_star, (int, float)) else math.nan  # null: not finite (strict JSON)
     return (f"{len(settings.get('optimizers', {}))} optimizers × {settings['seeds']} seeds × "
-            f"{settings.get('steps')} steps; tolerance: gap to f* = {settings.get('f_star', float('nan')):.6g} "
+            f"{settings.get('steps')} steps; tolerance: gap to f* = {f_star:.6g} "
             f"({settings.get('f_star_source', '')}) cut by {settings.get('tol')}.")
 
 
 def _read_json(path: Path) -> dict:
+    """A ``settings.json`` as written by ``diyopt compare``: a JSON object, else one line naming the file."""
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {' '.join(str(e).split())[:200]}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold diyopt settings: expected a JSON object, got a "
+                         f"{type(data).__name__ if not isinstance(data, list) else 'JSON array'}")
+    for key, kind in (("problems", list), ("folders", list), ("versions", dict), ("optimizers", (dict, list)),
+                      ("problem", str)):
+        if key in data and not isinstance(data[key], kind):
+            raise ValueError(f"{path} does not hold diyopt settings: {key!r} is a {type(data[key]).__name__}")
+    return data
 
 
 def _read_table(path: Path) -> dict | None:

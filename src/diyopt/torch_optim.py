@@ -36,7 +36,8 @@ from .core import Optimizer
 from .hoisting import hoisting_backend
 
 
-def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False) -> "TorchOptimizer":
+def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False,
+             on_nonfinite: str = "raise") -> "TorchOptimizer":
     """Wrap ``optimizer`` as a ``torch.optim.Optimizer`` over ``params_or_module``.
 
     Args:
@@ -50,18 +51,26 @@ def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = Fa
         faster than ``torch.optim.Adam(foreach=True)`` on big models, but the first step compiles (about a
         minute or more for an 80-tensor model on 2 CPU cores). Leave it off for small models and tests.
 
+      on_nonfinite: ``"raise"`` (default): a step whose update (or new params) would be nan or inf raises
+        :class:`diyopt.fit.DivergedError` naming the parameter, before anything is written, so the params
+        and state stay the last finite ones (one reduction and one read per step); ``"ignore"``: no
+        check. The compiled engine does not check.
+
     Returns:
       A :class:`TorchOptimizer`.
     """
-    return TorchOptimizer(optimizer, params_or_module, compiled=compiled)
+    return TorchOptimizer(optimizer, params_or_module, compiled=compiled, on_nonfinite=on_nonfinite)
 
 
 class TorchOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` running a diyopt optimizer; see :func:`to_torch`."""
 
-    def __init__(self, optimizer: Optimizer, params: Any, *, compiled: bool = False):
+    def __init__(self, optimizer: Optimizer, params: Any, *, compiled: bool = False, on_nonfinite: str = "raise"):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a diyopt Optimizer, got {type(optimizer).__name__}")
+        if on_nonfinite not in ("raise", "ignore"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'ignore', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
         self.optimizer = optimizer
         self.compiled = compiled
         self._hyper_keys = tuple(optimizer.hyperparams or {})
@@ -115,6 +124,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         leaves = layout.read(self.state, params, i)
         state = pytree.tree_unflatten(leaves, layout.spec)
         updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)))
+        if self.on_nonfinite == "raise":  # the guard: nothing non-finite is written (diyopt.fit's check)
+            _guard(updates, names, params, self.state[params[0]].get("step"))
         new_leaves, spec = pytree.tree_flatten(new_state)
         if spec != layout.spec:  # the rule changed its state's shape (e.g. () at init, (m,) after)
             layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
@@ -174,6 +185,21 @@ class TorchOptimizer(torch.optim.Optimizer):
             # hoisting_backend: Inductor, with the scalar math (bias corrections) done once per step
             fn = self._compiled_steps[key] = torch.compile(step, backend=hoisting_backend())
         fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
+
+
+def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) -> None:
+    """Raise ``DivergedError`` if an update or the param it makes is not finite (cheap sum first)."""
+    import math
+
+    from .fit import DivergedError, nonfinite_event
+
+    new = {n: p + updates[n] for n, p in zip(names, params)}
+    if math.isfinite(float(sum(t.sum() for t in new.values()))):
+        return
+    at = int(step) if isinstance(step, Tensor) and step.numel() == 1 else -1
+    event = nonfinite_event(at, torch.zeros(()), {}, {n: updates[n] for n in names}, new)
+    if event is not None:
+        raise DivergedError(event)
 
 
 def _make_group_step(opt: Optimizer, names: list, spec, tensor_lr: bool, scalars: tuple):
