@@ -237,7 +237,7 @@ def test_profile_across_problems(tmp_path):
     for s in opts:
         np.testing.assert_array_equal(costs[s], np.concatenate([c.costs("steps")[s] for c in comps]))
     out = save_all(comps, tmp_path / "suite")
-    assert {p.name for p in out.iterdir()} == {"line", "rosenbrock", "settings.json",
+    assert {p.name for p in out.iterdir()} == {"line", "rosenbrock", "settings.json", ".diyopt-output.json",
                                                "performance_profile_steps.png", "performance_profile_seconds.png"}
     assert (out / "rosenbrock" / "paths.png").exists()
 
