@@ -142,6 +142,7 @@ class Comparison:
                 "steps_to_tol": float(np.median(steps[label])),
                 "seconds_to_tol": float(np.median(secs[label])),
                 "seconds": float(np.median([r.seconds[-1] for r in runs])),
+                "diverged": f"{sum(r.stop_reason == 'diverged' for r in runs)}/{len(runs)}",
             })
         # Competition ranking ("1224") by median final loss. Medians that differ only by rounding share a
         # rank: o beats r when m_o < m_r - (1e-9 |m_r| + 1e-12 max(1, |f*|)); the threshold grows with m_r,
@@ -171,9 +172,9 @@ class Comparison:
         rows = sorted(self.table(), key=lambda r: r["rank"])
         head = ["rank", "optimizer", "final loss (median)", "min", "max", "loss − f* (median)",
                 "distance to optimum",
-                "reached tol", "steps to tol", "seconds to tol", "seconds"]
+                "reached tol", "steps to tol", "seconds to tol", "seconds", "diverged"]
         keys = ["rank", "optimizer", "final_loss", "final_loss_min", "final_loss_max", "final_gap", "distance",
-                "reached", "steps_to_tol", "seconds_to_tol", "seconds"]
+                "reached", "steps_to_tol", "seconds_to_tol", "seconds", "diverged"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in rows:
             lines.append("| " + " | ".join(_md_value(row[k]) for k in keys) + " |")
@@ -225,12 +226,16 @@ class Comparison:
             raise ValueError(f"plot_paths needs a problem with 2 parameters, {self.problem.name!r} has "
                              f"{sum(p.numel() for p in self.problem.params0.values())}")
         ax = _axes(ax)
-        points = [r.path for runs in self.runs.values() for r in runs]
+        # The view: every start, the known minima and the paths of the runs that did not diverge. A
+        # diverged run is drawn as far as it stays in view and marked with an x where it leaves it.
+        kept = [r.path for runs in self.runs.values() for r in runs if r.stop_reason != "diverged"]
+        points = kept + [r.path[:1] for runs in self.runs.values() for r in runs]
         points += [_flat2(m) for m in self._minima()]
         allp = np.concatenate([np.atleast_2d(p) for p in points])
         allp = allp[np.isfinite(allp).all(axis=1)]
         lo, hi = allp.min(axis=0), allp.max(axis=0)
         pad = 0.1 * np.maximum(hi - lo, 1e-3 * np.maximum(np.abs(hi), 1.0))
+        box_lo, box_hi = lo - pad, hi + pad
         xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 120)
         ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 120)
         zz = self._grid_loss(xs, ys)
@@ -243,14 +248,24 @@ class Comparison:
         ax.contour(xs, ys, logz, levels=marks, cmap="viridis", linewidths=0.6)
         for i, (label, runs) in enumerate(self.runs.items()):
             color = None
+            diverged = any(r.stop_reason == "diverged" for r in runs)
             for k, run in enumerate(runs):
-                line, = ax.plot(run.path[:, 0], run.path[:, 1], color=color, lw=1.2 if k == 0 else 0.6,
-                                linestyle=linestyle(i),
-                                alpha=1.0 if k == 0 else 0.5, label=label if k == 0 else None)
+                path = run.path
+                if run.stop_reason == "diverged":  # as far as it is finite and in view
+                    inside = np.isfinite(path).all(axis=1) & (path >= box_lo).all(axis=1) & (path <= box_hi).all(axis=1)
+                    stop = len(path) if inside.all() else int(np.argmin(inside))
+                    path = path[:max(stop, 1)]
+                line, = ax.plot(path[:, 0], path[:, 1], color=color, lw=1.2 if k == 0 else 0.6,
+                                linestyle=linestyle(i), alpha=1.0 if k == 0 else 0.5,
+                                label=(f"{label} (diverged)" if diverged else label) if k == 0 else None)
                 color = line.get_color()
                 ax.plot(*run.path[0], "o", color=color, ms=3)
+                if run.stop_reason == "diverged":
+                    ax.plot(*path[-1], "x", color=color, ms=7, mew=2)
         for m in self._minima():
             ax.plot(*_flat2(m), "*", color="black", ms=12)
+        ax.set_xlim(box_lo[0], box_hi[0])
+        ax.set_ylim(box_lo[1], box_hi[1])
         names = self._names2()
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
