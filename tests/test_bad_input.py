@@ -159,6 +159,7 @@ def prepare(t: Path, files: dict) -> dict:
     if not out.exists():  # an earlier run's results: a failed run must leave them alone
         out.mkdir()
         (out / "result.json").write_text("earlier results\n")
+        (out / ".diyopt-output.json").write_text('{"written_by": "diyopt", "files": ["result.json"]}\n')
     return snapshot(t)
 
 

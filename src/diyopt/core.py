@@ -163,7 +163,10 @@ class elementwise:
         def update(grads: Params, state: dict, params: Params | None = None) -> tuple[Params, dict]:
             updates, new_state = {}, {}
             for k, g in grads.items():
-                updates[k], new_state[k] = rule(g, state[k], None if params is None else params[k], **hyper)
+                out = rule(g, state[k], None if params is None else params[k], **hyper)
+                if not isinstance(out, tuple) or len(out) != 2:
+                    raise TypeError(_arity_message(rule, out))
+                updates[k], new_state[k] = out
             return updates, new_state
 
         return Optimizer(init, update, hyper, self, flattenable=not self.whole_tensor)
@@ -173,6 +176,15 @@ class elementwise:
 
 
 # ---------------------------------------------------------------- dict-of-tensor helpers
+
+
+def _arity_message(rule: Callable, out: Any) -> str:
+    """``rule 'signum' (my.py:4) must return (update, new_state), got a Tensor`` -- names the rule's file."""
+    code = getattr(rule, "__code__", None)
+    where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+    got = f"a tuple of {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}"
+    return (f"rule {getattr(rule, '__name__', 'rule')!r}{where} must return (update, new_state), got {got}; "
+            "write `return update, state`")
 
 
 def as_params(params: Any) -> Params:

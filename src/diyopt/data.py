@@ -51,7 +51,7 @@ def load_csv(path: str | Path, x: str = "x", y: str = "y") -> Dataset:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's UTF-8 CSV) is not a column name
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -61,6 +61,9 @@ def load_csv(path: str | Path, x: str = "x", y: str = "y") -> Dataset:
     if not header:
         raise DataError(f"{path}: empty file, expected a header row with columns {x!r} and {y!r}")
     header = [h.strip() for h in header]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DataError(f"{path}:1: column(s) {twice} appear more than once in the header; name each column once")
     missing = [c for c in (x, y) if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the header has {header}")

@@ -386,6 +386,10 @@ class _Saver:
         self.saved_at = -1
         self.steps = steps
         self.history = ckpt.LossFile(self.path)
+        if self.writer:  # temp files of earlier runs on this checkpoint that were killed mid-write
+            from .outputs import sweep_temps
+
+            sweep_temps(self.path.parent, self.path.name)
 
     def exists(self) -> bool:
         return self.path.exists()

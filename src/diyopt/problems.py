@@ -91,7 +91,7 @@ def get(name: str, **kwargs: Any) -> Problem:
         factory = _PROBLEMS[name]
     except KeyError:
         raise ValueError(unknown_name("problem", name, _PROBLEMS)) from None
-    return factory(**kwargs)
+    return factory(**checked_arguments(name, factory, kwargs))
 
 
 def _f64(*values: float) -> Tensor:
@@ -371,3 +371,74 @@ def nist(path_or_name: str = "Misra1a"):
     from .nist import problem
 
     return problem(path_or_name)
+
+
+# ---------------------------------------------------------------- arguments checked before any work
+
+#: Bytes a problem allocates for its arguments, roughly (float64 tensors and the loss's temporaries):
+#: checked against the machine's memory *before* the factory allocates anything.
+_BYTES: dict[str, Callable[[dict], float]] = {
+    "rosenbrock": lambda a: 8.0 * 16 * a.get("dim", 2),
+    "quadratic": lambda a: 8.0 * 4 * a.get("dim", 10) ** 2,
+    "line": lambda a: 8.0 * 8 * a.get("n", 100),
+    "polynomial": lambda a: 8.0 * 4 * a.get("n", 50) * (a.get("degree", 3) + 1),
+    "logistic": lambda a: 8.0 * 4 * a.get("n", 200) * (a.get("dim", 2) + 1),
+    "breast_cancer": lambda a: 8.0 * 4 * 600 * (a.get("hidden", 0) + 31) ** 2,
+}
+
+
+def checked_arguments(name: str, factory: Callable, kwargs: dict) -> dict:
+    """``kwargs`` checked against the factory's signature: unknown names, the declared types (an ``int``
+    argument takes ``4`` or ``4.0``, not ``'two'``; a ``float`` one a number, a ``bool`` one true/false)
+    and sizes that would not fit in memory -- each as one line naming the argument."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    out = {}
+    for key, value in kwargs.items():
+        p = params.get(key)
+        if p is None or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            known = [k for k, q in params.items() if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+            raise ValueError(unknown_name(f"argument of problem {name!r}:", key, known))
+        kind = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        out[key] = _typed(name, key, value, kind)
+    estimate = _BYTES.get(name)
+    if estimate is not None:
+        need = estimate(out)
+        have = _memory_bytes()
+        if need > have / 2:
+            sizes = ", ".join(f"{k}={v}" for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool))
+            raise ValueError(f"problem {name!r} with {sizes} needs about {_gb(need)} of memory; this machine "
+                             f"has {_gb(have)} (at most half of it may go to one problem)")
+    return out
+
+
+def _typed(name: str, key: str, value: Any, kind: str) -> Any:
+    where = f"problem {name!r}: {key}"
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif kind == "bool" and not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    elif kind == "str" and not isinstance(value, str):
+        value = str(value)
+    return value
+
+
+def _memory_bytes() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:,.0f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"

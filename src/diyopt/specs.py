@@ -116,10 +116,25 @@ def _build(factory: Any, kwargs: dict, label: str) -> Optimizer:
         for k in kwargs:
             if k not in known:
                 raise ValueError(unknown_name(f"setting for {label}:", k, known))
+    for k, v in kwargs.items():  # lr=true is not lr=1.0: a flag only where the default is a flag
+        default = _default_of(factory, k)
+        if isinstance(v, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise ValueError(f"bad value {str(v).lower()!r} for {k!r} in {label}: expected a number")
     opt = factory(**kwargs)
     if not isinstance(opt, Optimizer):
         raise TypeError(f"{label} returned a {type(opt).__name__}, not a diyopt Optimizer")
     return opt
+
+
+def _default_of(factory: Any, key: str) -> Any:
+    defaults = getattr(factory, "defaults", None)  # an elementwise rule
+    if isinstance(defaults, dict):
+        return defaults.get(key)
+    try:
+        p = inspect.signature(factory).parameters.get(key)
+    except (TypeError, ValueError):
+        return None
+    return None if p is None or p.default is p.empty else p.default
 
 
 def _known_settings(factory: Any) -> list[str] | None:
