@@ -48,6 +48,37 @@ def _other_settings(t: Path) -> bytes:
     return data
 
 
+def _crafted(**changes):
+    """A checkpoint that is valid plain data (weights_only loads it) with some fields of the wrong type."""
+
+    def make(t: Path) -> bytes:
+        path = t / "tmp.pt"
+        diyopt.checkpoint.save(path, params={"a": torch.zeros(1)}, state=(), step=0, losses=torch.zeros(0),
+                               fingerprint={"optimizer": "adam"})
+        payload = torch.load(path, weights_only=True)
+        path.unlink()
+        for k, v in changes.items():
+            if v is None:
+                del payload[k]
+            else:
+                payload[k] = v(payload) if callable(v) else v
+        import io
+
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    return make
+
+
+def _laughs(p: dict):
+    """A "billion laughs" fingerprint: 19 KB on disk, 2**60 leaves if walked or formatted."""
+    x: list = ["lol"]
+    for _ in range(60):
+        x = [x, x]
+    return {"optimizer": x}
+
+
 CATALOG = [
     # --- data files
     ("data-missing", {"--data": "{t}/nope.csv"}, {}, r"nope\.csv: no such file"),
@@ -129,6 +160,43 @@ CATALOG = [
      r"c\.pt: refused to load.*Unsupported global: GLOBAL (io|builtins)\.open"),
     ("checkpoint-other-settings", {"--checkpoint": "{t}/c.pt", "--resume": True}, {"c.pt": _other_settings},
      r"checkpoint was made with optimizer=sgd, now optimizer=adam"),
+    # --- issue 11: checkpoints that are plain data of the wrong shape, bounded
+    ("checkpoint-params-are-floats", {"--checkpoint": "{t}/c.pt", "--resume": True},
+     {"c.pt": _crafted(params={"a": 1.0, "b": 2.0})}, r"c\.pt: not a valid diyopt checkpoint: 'params' must map names to tensors, got str -> float"),
+    ("checkpoint-fingerprint-a-list", {"--checkpoint": "{t}/c.pt", "--resume": True},
+     {"c.pt": _crafted(fingerprint=["optimizer", "adam"])}, r"c\.pt: .*'fingerprint' must map setting names to texts, got a list"),
+    ("checkpoint-losses-not-a-tensor", {"--checkpoint": "{t}/c.pt", "--resume": True},
+     {"c.pt": _crafted(losses=[0.5, 0.25])}, r"c\.pt: .*'losses' must be a 1-D float tensor, got a list"),
+    ("checkpoint-fingerprint-missing", {"--checkpoint": "{t}/c.pt", "--resume": True},
+     {"c.pt": _crafted(fingerprint=None)}, r"c\.pt: not a valid diyopt checkpoint: the field 'fingerprint' is missing"),
+    ("checkpoint-billion-laughs", {"--checkpoint": "{t}/c.pt", "--resume": True},
+     {"c.pt": _crafted(fingerprint=_laughs)}, r"c\.pt: .*'fingerprint' must map setting names to short texts, got str -> list"),
+    ("checkpoint-step-not-a-count", {"--checkpoint": "{t}/c.pt", "--resume": True},
+     {"c.pt": _crafted(step="12")}, r"c\.pt: .*'step' must be a count, got a str"),
+    ("checkpoint-folder-missing", {"--checkpoint": "{t}/nope/c.pt"}, {},
+     r"cannot write checkpoint .*nope/c\.pt: folder .*nope does not exist"),
+    # --- issue 11: outputs that belong to the user
+    ("out-holds-the-users-file", {"--out": "{t}/proj"}, {"proj/": "", "proj/result.json": "the user's own\n"},
+     r"proj already holds result\.json, which diyopt did not write; move them away or choose another --out"),
+    # --- issue 10 bug 3 / issue 11: errors raised inside the user's code: their file and line, exit 2
+    ("rule-raises-at-run-time", {"--optimizer": "{t}/r.py:rule"},
+     {"r.py": RULE.format(body="-lr * grad if grad.numel() > 99 else (_ for _ in ()).throw(RuntimeError('boom'))")},
+     r"error in .*r\.py:6 \(in .*\): RuntimeError: boom"),
+    ("rule-raises-value-error", {"--optimizer": "{t}/r.py:rule"},
+     {"r.py": "import diyopt\n\n@diyopt.elementwise\ndef rule(grad, state, param, *, lr=1e-3):\n"
+              "    raise ValueError('my rule is unhappy')\n"}, r"error in .*r\.py:5 \(in rule\): ValueError: my rule is unhappy"),
+    ("loss-raises-at-run-time", {"--loss": "{t}/l.py:loss"},
+     {"l.py": "def loss(pred, target):\n    return {}['missing']\n"}, r"error in .*l\.py:2 \(in loss\): KeyError: 'missing'"),
+    ("rule-wrong-arity", {"--optimizer": "{t}/r.py:rule"},
+     {"r.py": "import diyopt\n\n@diyopt.elementwise\ndef rule(grad, state, param, *, lr=1e-3):\n    return -lr * grad\n"},
+     r"rule 'rule' \(.*r\.py:4\) must return \(update, new_state\), got a Tensor"),
+    ("rule-sys-exit-at-import", {"--optimizer": "{t}/r.py:rule"}, {"r.py": "import sys\nsys.exit(0)\n"},
+     r"cannot import .*r\.py, line 2: it calls sys\.exit\(0\) at import"),
+    ("rule-file-not-utf8", {"--optimizer": "{t}/r.py:rule"}, {"r.py": b"x = '\xff\xfe'\n"}, r"r\.py.*line 1"),
+    # --- issue 11: unfriendly messages made to name the problem
+    ("spec-bool-for-a-number", {"--optimizer": "adam:lr=true"}, {}, r"bad value 'true' for 'lr' in adam: expected a number"),
+    ("data-duplicate-columns", {"--data": "{t}/d.csv"}, {"d.csv": "x,y,x\n1,2,3\n"},
+     r"d\.csv:1: column\(s\) \['x'\] appear more than once"),
 ]
 
 
