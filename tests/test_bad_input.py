@@ -189,7 +189,7 @@ CATALOG = [
      {"l.py": "def loss(pred, target):\n    return {}['missing']\n"}, r"error in .*l\.py:2 \(in loss\): KeyError: 'missing'"),
     ("rule-wrong-arity", {"--optimizer": "{t}/r.py:rule"},
      {"r.py": "import diyopt\n\n@diyopt.elementwise\ndef rule(grad, state, param, *, lr=1e-3):\n    return -lr * grad\n"},
-     r"rule 'rule' \(.*r\.py:4\) must return \(update, new_state\), got a Tensor"),
+     r"rule 'rule' \(.*r\.py:3\) must return \(update, new_state\), got a Tensor"),
     ("rule-sys-exit-at-import", {"--optimizer": "{t}/r.py:rule"}, {"r.py": "import sys\nsys.exit(0)\n"},
      r"cannot import .*r\.py, line 2: it calls sys\.exit\(0\) at import"),
     ("rule-file-not-utf8", {"--optimizer": "{t}/r.py:rule"}, {"r.py": b"x = '\xff\xfe'\n"}, r"r\.py.*line 1"),
