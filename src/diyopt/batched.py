@@ -26,7 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .core import Optimizer, Params, as_params
 from .engines import call_compiled
-from .fit import FlatLayout, check_loss_value
+from .fit import FlatLayout, first_step_check
+from .modules import bind_module
 
 ENGINES = ("vmap", "compiled")
 
@@ -127,6 +128,8 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     if not isinstance(optimizer, Optimizer) or optimizer.build is None:
         raise TypeError("sweep needs a diyopt optimizer built by a factory (diyopt.optim.adam(...), an "
                         f"elementwise rule called with its settings), got {type(optimizer).__name__}")
+    if isinstance(params, torch.nn.Module):  # the loss may call it or close over it (diyopt.modules)
+        loss_fn, params = bind_module(loss_fn, params)
     params = as_params(params)
     grid = dict(grid or {})
     unknown = set(grid) - set(optimizer.hyperparams or {})
@@ -149,7 +152,7 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     starts = {seed: _start(params, seed, init) for seed in seed_list}
     # Check the loss once, eagerly, with fit's messages.
     first = starts[seed_list[0]]
-    check_loss_value(loss_fn({k: v.detach().requires_grad_() for k, v in first.items()}))
+    first_step_check(loss_fn, first)
 
     layout = FlatLayout.maybe(first) if optimizer.flattenable else None
     view = layout.unflatten if layout else (lambda p: p)

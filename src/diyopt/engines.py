@@ -27,7 +27,7 @@ from torch import Tensor
 from torch._higher_order_ops.while_loop import while_loop
 
 from .core import Optimizer, Params
-from .fit import (DivergedError, FlatLayout, Result, check_loss_value, check_updates, nonfinite_event)
+from .fit import DivergedError, FlatLayout, Result, check_updates, first_step_check, nonfinite_event
 from .hoisting import hoisting_backend
 
 #: Steps per compiled call when the parameters are small: Python's per-call overhead (guards, wrapper,
@@ -130,8 +130,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
 
     # First-step checks run eagerly, so a bad loss or rule fails with fit's message, not a compiler trace.
     eager_step = _make_step(loss_fn, view, optimizer.update)
-    leaves = {k: v.detach().requires_grad_() for k, v in current.items()}
-    check_loss_value(loss_fn(view(leaves)))
+    first_step_check(loss_fn, view(current))
     zero = {k: torch.zeros_like(v) for k, v in current.items()}
     check_updates(optimizer.update(zero, state, current)[0], current, optimizer, layout)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .core import Optimizer, Params, as_params
+from .modules import bind_module, load_into
 
 LossFn = Callable[[Params], Tensor]
 
@@ -123,6 +125,9 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         (-0.98, 'steps')
     """
     steps = _check_steps(steps)
+    module = params if isinstance(params, torch.nn.Module) else None
+    if module is not None:  # every loss style trains it: see diyopt.modules
+        loss_fn, params = bind_module(loss_fn, module)
     params = as_params(params)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         kwargs = {**(optimizer_kwargs or {}), **options}
@@ -132,7 +137,8 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
                              f"got {on_nonfinite!r}")
-        return _fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback, on_nonfinite)
+        return _into(module, _fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback,
+                                              on_nonfinite))
     if isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError("pass the torch.optim class and its arguments, not an instance: "
                         f"fit(loss_fn, params, torch.optim.{type(optimizer).__name__}, steps, lr=...)")
@@ -149,13 +155,20 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
     if engine == "compiled":
         from .engines import fit_compiled
 
-        return fit_compiled(loss_fn, params, optimizer, steps, callback=callback,
-                            **_supported_options(fit_compiled, reliability), **options)
+        return _into(module, fit_compiled(loss_fn, params, optimizer, steps, callback=callback,
+                                          **_supported_options(fit_compiled, reliability), **options))
     if engine != "eager":
         raise ValueError(f"unknown engine {engine!r}; known: 'eager', 'compiled'")
     if options:
         raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(options)}")
-    return _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability)
+    return _into(module, _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability))
+
+
+def _into(module: torch.nn.Module | None, result: Result) -> Result:
+    """A fitted module holds the fitted parameters, as ``Result.params`` does."""
+    if module is not None:
+        load_into(module, result.params)
+    return result
 
 
 _DEFAULTS = dict(on_nonfinite="stop", checkpoint=None, checkpoint_every=None, resume=False, settings=None,
@@ -383,7 +396,9 @@ def _loss_and_grads(loss_fn: LossFn, current: Params, layout: "FlatLayout | None
     if check:
         check_loss_value(loss)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    if any(g is None for g in grads):  # a param the loss does not use: a zero gradient
+    if check:
+        check_gradients(dict(zip(leaves, grads)))
+    if any(g is None for g in grads):  # a param the loss does not use (warned above): a zero gradient
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]
     if layout:
         return loss, {"flat": layout.join(grads)}
@@ -399,6 +414,33 @@ def check_loss_value(loss: Any) -> None:
     if not loss.requires_grad:
         raise ValueError("loss has no gradient path to the params: it does not depend on them through "
                          "differentiable torch operations (was .item(), .detach() or numpy used?)")
+
+
+def check_gradients(grads: Mapping[str, Tensor | None]) -> None:
+    """On the first step: no gradient at all is an error, some params without one is a warning (once).
+
+    ``grads[k] is None`` where autograd found no path from the loss to param ``k``. A loss that uses no
+    optimized tensor (it closes over other tensors: a model's own parameters, a copy) would otherwise
+    run every step at the same loss.
+    """
+    missing = [k for k, g in grads.items() if g is None]
+    if not missing:
+        return
+    names = ", ".join(map(repr, missing))
+    if len(missing) == len(grads):
+        raise ValueError(f"the loss does not depend on the parameters being optimized: no gradient for "
+                         f"{names}. It must compute with the tensors it is given (or, for an nn.Module it "
+                         f"calls, be fitted with that module: fit(loss_fn, model, ...))")
+    warnings.warn(f"the loss does not depend on parameter(s) {names}: they get no gradient and stay as "
+                  "they are", stacklevel=4)
+
+
+def first_step_check(loss_fn: LossFn, params: Params) -> None:
+    """The eager loop's first-step checks (loss value, gradients) for engines that trace the step."""
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    loss = loss_fn(leaves)
+    check_loss_value(loss)
+    check_gradients(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))))
 
 
 class FlatLayout:
@@ -450,8 +492,10 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
         loss = loss_fn(leaves)
         if first[0]:
             check_loss_value(loss)
-            first[0] = False
         loss.backward()
+        if first[0]:
+            check_gradients({k: v.grad for k, v in leaves.items()})
+            first[0] = False
         if guard:
             # The guard runs inside the closure, before step() changes anything: raising here leaves
             # params and optimizer state as they were (LBFGS may already have moved within its step).
