@@ -87,8 +87,16 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
     """Minimize ``loss_fn(params)`` for ``steps`` updates.
 
     Args:
-      loss_fn: ``loss_fn(params) -> scalar Tensor``; params is a ``dict[str, Tensor]``.
-      params: initial parameters, a dict of tensors or an ``nn.Module`` (its named parameters).
+      loss_fn: ``loss_fn(params) -> scalar Tensor``; params is a ``dict[str, Tensor]``. It must compute
+        with the tensors it is given: a loss on which no optimized tensor has a gradient is an error at
+        the first step (naming them); params without a gradient while others have one get one warning.
+      params: initial parameters, a dict of tensors or an ``nn.Module``. With a module its trainable
+        parameters (``requires_grad``) are optimized, and every natural loss trains them: one that calls
+        the module it closes over (``lambda p: mse(model(x), y)``), one that calls what it is given
+        (``lambda m: mse(m(x), y)``: a dict of the fit's tensors that also calls the module and reads
+        its attributes), or the dict style (``p["weight"]``, ``functional_call(model, p, (x,))``). During
+        each loss call the module's parameters are the fit's tensors (see :mod:`diyopt.modules`). **After
+        the fit the module holds the fitted parameters**, equal to ``Result.params``.
       optimizer: a diyopt :class:`Optimizer`, or a ``torch.optim.Optimizer`` *class* (used as is, with
         ``optimizer_kwargs`` or extra keyword arguments), e.g. ``fit(loss, p, torch.optim.Adam, 4000)``.
       steps: number of updates (>= 1).
