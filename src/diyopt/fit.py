@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .core import Optimizer, Params, as_params
 from .modules import bind_module, load_into
+from .progress import StepBar
 
 LossFn = Callable[[Params], Tensor]
 
@@ -83,7 +84,7 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         callback: Callable[[int, Tensor, Params], Any] | None = None, on_nonfinite: str = "stop",
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
         resume: bool = False, settings: Mapping[str, Any] | None = None,
-        distributed: bool | str | None = None, **options: Any) -> Result:
+        distributed: bool | str | None = None, progress: bool | None = False, **options: Any) -> Result:
     """Minimize ``loss_fn(params)`` for ``steps`` updates.
 
     Args:
@@ -118,6 +119,9 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         ``"mean"`` (default; mean losses such as ``mse`` over equal shards), ``"sum"`` (``sse``) or
         ``"norm"`` (``l2_norm``: sqrt of the summed squares). ``False`` turns it off. Only rank 0 writes
         checkpoints. See :mod:`diyopt.distributed`.
+      progress: a progress bar on stderr (steps, loss, rate, time left; tqdm), redrawn every 0.1 s;
+        ``None``: only when stderr is a terminal (what ``diyopt fit`` does). With ``engine="compiled"``
+        it also says when it compiles and how long that took (it says so on a terminal anyway).
 
     Returns:
       A :class:`Result`.
@@ -146,7 +150,7 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
             raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
                              f"got {on_nonfinite!r}")
         return _into(module, _fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback,
-                                              on_nonfinite))
+                                              on_nonfinite, progress))
     if isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError("pass the torch.optim class and its arguments, not an instance: "
                         f"fit(loss_fn, params, torch.optim.{type(optimizer).__name__}, steps, lr=...)")
@@ -159,7 +163,7 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
                          f"got {on_nonfinite!r}")
     reliability = dict(on_nonfinite=on_nonfinite, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                       resume=resume, settings=settings, distributed=distributed)
+                       resume=resume, settings=settings, distributed=distributed, progress=progress)
     if engine == "compiled":
         from .engines import fit_compiled
 
@@ -180,7 +184,7 @@ def _into(module: torch.nn.Module | None, result: Result) -> Result:
 
 
 _DEFAULTS = dict(on_nonfinite="stop", checkpoint=None, checkpoint_every=None, resume=False, settings=None,
-                 distributed=None)
+                 distributed=None, progress=False)
 
 
 def _supported_options(engine_fn: Callable, options: dict) -> dict:
@@ -208,7 +212,7 @@ def _check_steps(steps: Any) -> int:
 
 def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int, callback,
                on_nonfinite: str = "stop", checkpoint=None, checkpoint_every=None, resume: bool = False,
-               settings=None, distributed=None) -> Result:
+               settings=None, distributed=None, progress: bool = False) -> Result:
     layout = FlatLayout.maybe(params) if optimizer.flattenable else None
     # The optimizer sees either the named tensors or one flat tensor under a single key.
     current = {"flat": layout.flatten(params)} if layout else params
@@ -232,6 +236,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
                                   "or choose another file")
     guard = on_nonfinite != "ignore"
     first = len(losses)
+    bar = StepBar.maybe(progress, steps)
     checked = False
     stop_reason, info, skipped = "steps", {}, []
     start = time.perf_counter()
@@ -252,6 +257,8 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
                 raise DivergedError(event)
             break
         losses.append(value)
+        if bar is not None:
+            bar.update(len(losses), value)
         updates, state = optimizer.update(grads, state, current)
         if not checked:
             check_updates(updates, current, optimizer, layout)
@@ -263,6 +270,8 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         if saver is not None and (step + 1) % saver.every == 0:
             saver.save(view(current), state, losses)
     seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close(len(losses), losses[-1] if losses else None)
     if saver is not None and stop_reason != "diverged" and saver.saved_at != len(losses):
         saver.save(view(current), state, losses)
     if skipped:
@@ -488,7 +497,7 @@ class FlatLayout:
 
 
 def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, steps: int, callback,
-                     on_nonfinite: str = "stop") -> Result:
+                     on_nonfinite: str = "stop", progress: bool = False) -> Result:
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     opt = cls(list(leaves.values()), **kwargs)
     first = [True]
@@ -514,9 +523,12 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
 
     losses: list[Tensor] = []
     stop_reason, info, skipped = "steps", {"optimizer": cls.__name__}, []
+    bar = StepBar.maybe(progress, steps, desc=cls.__name__)
     start = time.perf_counter()
     for step in range(steps):
         now[0] = step
+        if bar is not None and losses:
+            bar.update(len(losses), losses[-1])
         # step(closure) evaluates the loss at the current params first, so the recorded loss is the
         # seed's: before the update (for LBFGS, the first of its evaluations).
         try:
@@ -534,6 +546,8 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
             stop_reason = "callback"
             break
     seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close(len(losses), losses[-1] if losses else None)
     if skipped:
         info["skipped"] = skipped
     final = {k: v.detach().clone() for k, v in leaves.items()}

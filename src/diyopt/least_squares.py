@@ -184,7 +184,7 @@ class _Check(NamedTuple):
 
 def _false_convergence(fun, jac_fn, x0: Tensor, x: Tensor, jac: Tensor | None, rho, names: list,
                        bar: float) -> _Check:
-    """Did the fit stop where it should not have?
+    r"""Did the fit stop where it should not have?
 
     Two signs, each cheap (one residual and one Jacobian evaluation): the gradient test -- at a minimum
     every Jacobian column is orthogonal to the residuals, :math:`\max_j |J_j^\top r| / (\|J_j\| \|r\|)
