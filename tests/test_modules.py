@@ -177,3 +177,17 @@ def test_a_module_with_nothing_to_train_is_refused():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         diyopt.fit(lambda m: mse(m(x), y), model, diyopt.optim.sgd(lr=LR), 5)
+
+
+@pytest.mark.parametrize("style", ["given", "closure"])
+def test_lbfgs_on_a_module_reaches_least_squares(style):
+    """The closed form (lstsq) as the reference: L-BFGS on a Linear module's MSE, both styles."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).double()
+    x, y = torch.randn(30, 3, dtype=torch.float64), torch.randn(30, 1, dtype=torch.float64)
+    r = diyopt.lbfgs(styles(model, x, y)[style], model, max_iter=100, line_search_fn="strong_wolfe",
+                     tolerance_grad=1e-12, tolerance_change=1e-15)
+    sol = torch.linalg.lstsq(torch.cat([x, torch.ones(30, 1, dtype=torch.float64)], 1), y).solution[:, 0]
+    torch.testing.assert_close(model.weight.detach().reshape(-1), sol[:3], rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(model.bias.detach(), sol[3:], rtol=1e-7, atol=1e-9)
+    assert torch.equal(r.params["weight"], model.weight.detach())

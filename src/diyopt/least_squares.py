@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .core import Params, as_params
-from .fit import FlatLayout, Result
+from .fit import FlatLayout, Result, check_gradients
 from .stats import covariance as _covariance
 from .stats import jacobian_fn
 
@@ -122,6 +122,7 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
     f0 = residual_fn(unflat(x0))
     if not isinstance(f0, Tensor):
         raise TypeError(f"residual_fn must return a Tensor, got {type(f0).__name__}")
+    _check_dependence(residual_fn, params)
     fun = lambda v: residual_fn(unflat(v)).reshape(-1).to(torch.float64)  # float32 data: solve in float64
     f0 = f0.reshape(-1).to(torch.float64)
     jac_fn = jacobian_fn(fun, f0.numel(), x0.numel(), jac)
@@ -160,6 +161,19 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
     if check is not None:
         info.update(optimality=check.optimality, degenerate=check.degenerate)
     return Result(unflat(x.clone()), losses, njev, seconds, stop, info=info)
+
+
+def _check_dependence(residual_fn: Callable, params: Params) -> None:
+    """Residuals that depend on no parameter (they close over other tensors: a module's own parameters)
+    have a zero Jacobian, and LM would report "converged" at the start: say so instead, as ``fit`` does."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    r = residual_fn(leaves)
+    if isinstance(r, Tensor) and r.is_floating_point() and not r.requires_grad:
+        raise ValueError(f"the residuals do not depend on the parameters {', '.join(map(repr, leaves))}: "
+                         "no autograd path (was .item(), .detach() or numpy used?)")
+    if isinstance(r, Tensor) and r.requires_grad:
+        grads = torch.autograd.grad(r.sum(), list(leaves.values()), allow_unused=True)
+        check_gradients(dict(zip(leaves, grads)))
 
 
 #: The initial trust radius factor of the restart after a false convergence (MINPACK's range: 0.1-100).
