@@ -102,3 +102,45 @@ def test_whole_tensor_rule_sees_each_tensor_as_it_is():
     for k in ref:
         torch.testing.assert_close(r.params[k], ref[k], rtol=1e-14, atol=1e-15)
     assert not normalized().flattenable and diyopt.optim.gradient_descent().flattenable
+
+
+# ---------------------------------------------------------------- a rule with state but no declared init
+
+
+def _stateful_without_init(kind):
+    if kind == "arithmetic":
+        def momentum_no_init(grad, state, param, *, lr=0.1, beta=0.9):
+            state = beta * state + grad
+            return -lr * state, state
+    else:
+        def momentum_no_init(grad, state, param, *, lr=0.1, beta=0.9):
+            m = beta * state["m"] + grad
+            return -lr * m, {"m": m}
+    return diyopt.elementwise(momentum_no_init)
+
+
+@pytest.mark.parametrize("engine", ["eager", "compiled"])
+@pytest.mark.parametrize("kind", ["arithmetic", "indexing"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_rule_using_undeclared_state_says_to_declare_init(kind, engine, dtype):
+    import inspect
+
+    rule = _stateful_without_init(kind)
+    line = inspect.getsourcelines(rule.rule)[1]
+    where = f"{__file__}:{line}"
+    p0 = {"w": torch.ones(3, dtype=dtype)}
+    with pytest.raises(TypeError) as info:
+        diyopt.fit(lambda p: p["w"].square().sum(), p0, rule(), 5, engine=engine)
+    message = str(info.value)
+    assert "'momentum_no_init'" in message and where in message and "@momentum_no_init.init" in message
+
+
+def test_a_stateless_rule_without_init_keeps_its_own_errors():
+    @diyopt.elementwise
+    def broken(grad, state, param, *, lr=0.1):
+        step = -lr * grad.no_such_method()  # a bug of its own, not about the state
+        return step, state
+
+    with pytest.raises(AttributeError, match="no_such_method") as info:
+        diyopt.fit(lambda p: p["w"].square().sum(), {"w": torch.ones(2)}, broken(), 3)
+    assert ".init" not in str(info.value)

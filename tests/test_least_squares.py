@@ -248,3 +248,14 @@ def test_float32_residuals_are_solved_in_float64():
 def test_residual_fn_must_return_a_tensor():
     with pytest.raises(TypeError, match="residual_fn must return a Tensor, got float"):
         diyopt.least_squares(lambda p: 1.0, {"a": torch.tensor(0.0)})
+
+
+def test_residuals_on_no_parameter_are_an_error_not_a_converged_fit():
+    """Residuals closing over another tensor have a zero Jacobian: LM used to stop at once, "converged"."""
+    x = torch.linspace(0, 1, 20, dtype=torch.float64)
+    y = 2 * torch.exp(-3 * x)
+    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="does not depend on the parameters.*'a'"):
+        diyopt.least_squares(lambda p: a * torch.exp(-3 * x) - y, {"a": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="residuals do not depend on the parameters 'a'"):
+        diyopt.least_squares(lambda p: p["a"].detach() * torch.exp(-3 * x) - y, {"a": torch.tensor(1.0)})

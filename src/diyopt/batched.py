@@ -26,7 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .core import Optimizer, Params, as_params
 from .engines import call_compiled
-from .fit import FlatLayout, check_loss_value
+from .fit import FlatLayout, first_step_check
+from .modules import bind_module
+from .progress import CompileNotice, StepBar
 
 ENGINES = ("vmap", "compiled")
 
@@ -96,7 +98,7 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
           optimizer: Optimizer, steps: int, *, grid: Mapping[str, Sequence[Any]] | None = None,
           seeds: Sequence[int] | int | None = None, init: Callable[[int], Params] | None = None,
           tol: float | None = None, engine: str = "vmap", batch_size: int | None = None,
-          memory_bytes: int | None = None, chunk: int = 8) -> SweepResult:
+          memory_bytes: int | None = None, chunk: int = 8, progress: bool | None = False) -> SweepResult:
     """Run every combination of ``grid`` x ``seeds`` as one vectorized fit.
 
     Args:
@@ -114,6 +116,9 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
       batch_size / memory_bytes: runs per vectorized batch; by default as many as fit in ``memory_bytes``
         (default: a quarter of the machine's memory, or of the GPU's free memory), estimated from the
         bytes one run allocates in a step.
+      progress: a bar on stderr over the steps of every batch, with the best loss so far (``None``: when
+        stderr is a terminal, as ``diyopt sweep`` does); with ``engine="compiled"`` the first call's
+        "compiling" notice and its time too (shown on a terminal anyway).
 
     Returns:
       A :class:`SweepResult`: a row per run, the ``(runs, steps)`` loss curves and the final params.
@@ -127,6 +132,8 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     if not isinstance(optimizer, Optimizer) or optimizer.build is None:
         raise TypeError("sweep needs a diyopt optimizer built by a factory (diyopt.optim.adam(...), an "
                         f"elementwise rule called with its settings), got {type(optimizer).__name__}")
+    if isinstance(params, torch.nn.Module):  # the loss may call it or close over it (diyopt.modules)
+        loss_fn, params = bind_module(loss_fn, params)
     params = as_params(params)
     grid = dict(grid or {})
     unknown = set(grid) - set(optimizer.hyperparams or {})
@@ -154,7 +161,7 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     starts = {seed: _start(params, seed, init) for seed in seed_list}
     # Check the loss once, eagerly, with fit's messages.
     first = starts[seed_list[0]]
-    check_loss_value(loss_fn({k: v.detach().requires_grad_() for k, v in first.items()}))
+    first_step_check(loss_fn, first)
 
     layout = FlatLayout.maybe(first) if optimizer.flattenable else None
     view = layout.unflatten if layout else (lambda p: p)
@@ -178,7 +185,7 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
 
     try:
         return _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk, layout,
-                        view, pack, ref, steps_fn, compiled)
+                        view, pack, ref, steps_fn, compiled, progress)
     except RuntimeError as e:
         reason = _not_vectorizable(e)
         if reason is None:
@@ -224,9 +231,12 @@ def _sweep_loop(loss_fn, optimizer: Optimizer, steps: int, runs: list, starts: d
 
 
 def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk, layout, view, pack,
-             ref, steps_fn, compiled) -> SweepResult:
+             ref, steps_fn, compiled, progress) -> SweepResult:
     all_losses, finals, rows = [], [], []
     seconds = compile_seconds = 0.0
+    n_batches = math.ceil(len(runs) / batch_size)
+    bar = StepBar.maybe(progress, steps * n_batches, desc=f"sweep {len(runs)} runs", label="best loss")
+    notice = CompileNotice(progress) if compiled is not None else None
     for lo in range(0, len(runs), batch_size):
         batch = runs[lo:lo + batch_size]
         padded = batch + [batch[-1]] * (batch_size - len(batch)) if compiled is not None else batch
@@ -237,7 +247,8 @@ def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_s
         # step sees the same strides on every call (else it compiles a second graph).
         state = torch.utils._pytree.tree_map(lambda t: t.contiguous() if isinstance(t, Tensor) else t, state)
         t0 = time.perf_counter()
-        curve, current, state, first_call = _run(steps_fn, compiled, hyper, current, state, steps, chunk)
+        curve, current, state, first_call = _run(steps_fn, compiled, hyper, current, state, steps, chunk,
+                                                 bar, (lo // batch_size) * steps, notice if lo == 0 else None)
         if lo == 0 and compiled is not None:
             compile_seconds = first_call
         seconds += time.perf_counter() - t0
@@ -250,6 +261,8 @@ def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_s
             rows.append(_row(len(rows), s, seed, c, fl, tol))
     seconds -= compile_seconds
     losses = torch.cat(all_losses)
+    if bar is not None:
+        bar.close(steps * n_batches, _best(losses[:, -1]))
     final_params = view({k: torch.cat([f[k] for f in finals]) for k in finals[0]}) if layout is None else \
         _unflatten_runs(layout, torch.cat([f["flat"] for f in finals]))
     info = {"engine": engine, "batch_size": batch_size, "batches": math.ceil(len(runs) / batch_size),
@@ -307,16 +320,21 @@ def _keep_finite(ok: Tensor, new: Any, old: Any) -> Any:
                                   for n, o in zip(new_leaves, old_leaves)], spec)
 
 
-def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, steps: int, chunk: int):
+def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, steps: int, chunk: int,
+         bar=None, offset: int = 0, notice=None):
     """Whole chunks (compiled when asked), then the leftover steps eagerly (the same math).
 
     Returns the ``(runs, steps)`` losses, the final params and state, and the first call's extra time.
+    ``bar`` (a :class:`~diyopt.progress.StepBar`) advances after each call, from ``offset`` (earlier
+    batches' steps); ``notice`` announces the first compiled call.
     """
     curves = []
     first_call = per_call = 0.0
     calls = steps // chunk
     start = None
     for i in range(calls):
+        if i == 0 and notice is not None:
+            notice.start()
         t0 = time.perf_counter()
         if compiled is not None:
             current, state, c = call_compiled(compiled, hyper, current, state, may_compile=i == 0)
@@ -324,8 +342,12 @@ def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, s
             current, state, c = steps_fn(hyper, current, state, chunk)
         if i == 0:
             first_call = time.perf_counter() - t0
+            if notice is not None:
+                notice.done(first_call)
             start = time.perf_counter()
         curves.append(c)
+        if bar is not None:
+            bar.update(offset + (i + 1) * chunk, _best(c[:, -1]))
     if calls > 1:
         per_call = (time.perf_counter() - start) / (calls - 1)
     if steps > calls * chunk:
@@ -335,6 +357,12 @@ def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, s
 
 
 # ---------------------------------------------------------------- runs: starts, hyperparameters, rows
+
+
+def _best(losses: Tensor) -> Tensor:
+    """The lowest loss of a batch, diverged runs (nan, inf) left out; inf when all diverged. No sync: the
+    bar reads it only when it redraws."""
+    return torch.where(torch.isfinite(losses), losses, math.inf).min()
 
 
 def _start(params: Params, seed: int | None, init: Callable | None) -> Params:
@@ -471,7 +499,7 @@ def run_sweep_cli(args: Any) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fallback note is printed below, as one line
             result = sweep(problem.loss, problem.params0, optimizer, args.steps, grid=grid,
-                           seeds=args.seeds, tol=args.tol, engine=args.engine)
+                           seeds=args.seeds, tol=args.tol, engine=args.engine, progress=None)
         if "fallback" in result.info:
             print(f"diyopt: note: {result.info['fallback']}", file=sys.stderr)
         result.to_csv(tmp / "sweep.csv")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import traceback
 from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
@@ -163,7 +165,12 @@ class elementwise:
         def update(grads: Params, state: dict, params: Params | None = None) -> tuple[Params, dict]:
             updates, new_state = {}, {}
             for k, g in grads.items():
-                out = rule(g, state[k], None if params is None else params[k], **hyper)
+                try:
+                    out = rule(g, state[k], None if params is None else params[k], **hyper)
+                except (TypeError, IndexError, KeyError, AttributeError) as e:
+                    if init_one is None and _uses_missing_state(rule, e):
+                        raise TypeError(_no_init_message(rule, e)) from e
+                    raise
                 if not isinstance(out, tuple) or len(out) != 2:
                     raise TypeError(_arity_message(rule, out))
                 updates[k], new_state[k] = out
@@ -173,6 +180,33 @@ class elementwise:
 
     def __repr__(self) -> str:
         return f"elementwise({self.__name__})"
+
+
+def _uses_missing_state(rule: Callable, error: BaseException) -> bool:
+    """Whether ``error`` came from the rule using a state it never declared (so it is ``()``).
+
+    The rule's own frame in the traceback tells: the line that failed names the state argument (``state *
+    0.9``, ``state["m"]``). Without source lines, the error's words about a tuple say it.
+    """
+    names = list(inspect.signature(rule).parameters)
+    state_name = names[1] if len(names) > 1 else "state"
+    code = getattr(rule, "__code__", None)
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if code is not None and frame.filename == code.co_filename and frame.name == code.co_name:
+            if frame.line:
+                code_part = frame.line.split("#", 1)[0]  # a comment naming the state does not count
+                return re.search(rf"\b{re.escape(state_name)}\b", code_part) is not None
+            break
+    return "tuple" in str(error) or "sequence" in str(error)
+
+
+def _no_init_message(rule: Callable, error: BaseException) -> str:
+    code = getattr(rule, "__code__", None)
+    name = getattr(rule, "__name__", repr(rule))
+    where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+    return (f"rule {name!r}{where} uses its state, but declares no initial "
+            f"state, so the state is () ({type(error).__name__}: {error}). Declare it with @{name}.init, "
+            f"e.g. `@{name}.init` above `def init(param): return torch.zeros_like(param)`")
 
 
 # ---------------------------------------------------------------- dict-of-tensor helpers

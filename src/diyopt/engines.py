@@ -27,8 +27,9 @@ from torch import Tensor
 from torch._higher_order_ops.while_loop import while_loop
 
 from .core import Optimizer, Params
-from .fit import (DivergedError, FlatLayout, Result, check_loss_value, check_updates, nonfinite_event)
+from .fit import DivergedError, FlatLayout, Result, check_updates, first_step_check, nonfinite_event
 from .hoisting import hoisting_backend
+from .progress import CompileNotice, StepBar
 
 #: Steps per compiled call when the parameters are small: Python's per-call overhead (guards, wrapper,
 #: allocation) is paid once per chunk. Large models gain nothing from it, so they run one step per call.
@@ -95,7 +96,7 @@ def tensor_hyperparams(optimizer: Optimizer, like: Tensor) -> Optimizer:
 
 def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer: Optimizer, steps: int,
                  callback: Callable | None = None, *, on_nonfinite: str = "stop", chunk: int | None = None,
-                 mode: str | None = None, backend: str = "inductor") -> Result:
+                 mode: str | None = None, backend: str = "inductor", progress: bool = False) -> Result:
     """``fit`` with the whole step compiled; equal to the eager engine up to rounding.
 
     Args:
@@ -108,6 +109,8 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
       backend: ``torch.compile``'s backend; ``"aot_eager"`` skips code generation (for debugging).
       on_nonfinite: ``"stop"`` (default), ``"raise"`` or ``"ignore"``, as in ``fit``. A chunk that went
         non-finite is replayed step by step to stop at the last finite params, exactly as the eager loop.
+      progress: a bar on stderr, advanced after each compiled call. The first call's "compiling" notice
+        and its time are shown with it, or whenever stderr is a terminal.
 
     The recorded losses, ``Result.seconds`` (the loop, compilation excluded) and ``Result.compile_seconds``
     (the first call's extra time: tracing, compiling or loading from Inductor's cache) are as in ``fit``.
@@ -130,8 +133,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
 
     # First-step checks run eagerly, so a bad loss or rule fails with fit's message, not a compiler trace.
     eager_step = _make_step(loss_fn, view, optimizer.update)
-    leaves = {k: v.detach().requires_grad_() for k, v in current.items()}
-    check_loss_value(loss_fn(view(leaves)))
+    first_step_check(loss_fn, view(current))
     zero = {k: torch.zeros_like(v) for k, v in current.items()}
     check_updates(optimizer.update(zero, state, current)[0], current, optimizer, layout)
 
@@ -156,6 +158,9 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
 
     done = 0
     first_call = None
+    bar = StepBar.maybe(progress, steps)
+    notice = CompileNotice(progress)
+    notice.start()
     start = time.perf_counter()
     while steps - done >= per_turn:
         n = min(chunk, steps - done) // per_turn * per_turn
@@ -169,6 +174,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
                             f"({str(e).strip().splitlines()[0]}); use engine='eager'") from e
         if first_call is None:
             first_call = time.perf_counter() - t0
+            notice.done(first_call)
         if guard and not bool(finite[:n].all()):
             # Replay the chunk in the eager step to stop exactly where the eager loop would.
             done, current, state, event = _replay(eager_step, current, state, losses, done, n, view)
@@ -179,6 +185,8 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
         losses[done:done + n] = chunk_losses[:n]
         current, state = new_current, new_state
         done += n
+        if bar is not None:
+            bar.update(done, losses[done - 1])
         if callback is not None:
             if callback(done - 1, losses[done - 1], view(current)):
                 stop_reason = "callback"
@@ -189,6 +197,8 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
         if event is not None:
             stop_reason = diverged(event)
     total = time.perf_counter() - start
+    if bar is not None:
+        bar.close(done, losses[done - 1] if done else None)
     calls = max(-(-done // chunk), 1)
     per_call = (total - first_call) / (calls - 1) if calls > 1 and first_call is not None else 0.0
     compile_seconds = max((first_call or 0.0) - per_call, 0.0)

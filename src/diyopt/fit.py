@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,6 +27,8 @@ from torch import Tensor
 
 from .core import Optimizer, Params, as_params
 from .interrupts import PENDING, interrupted
+from .modules import bind_module, load_into
+from .progress import StepBar
 
 LossFn = Callable[[Params], Tensor]
 
@@ -82,12 +85,20 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         callback: Callable[[int, Tensor, Params], Any] | None = None, on_nonfinite: str = "stop",
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
         resume: bool = False, settings: Mapping[str, Any] | None = None,
-        distributed: bool | str | None = None, **options: Any) -> Result:
+        distributed: bool | str | None = None, progress: bool | None = False, **options: Any) -> Result:
     """Minimize ``loss_fn(params)`` for ``steps`` updates.
 
     Args:
-      loss_fn: ``loss_fn(params) -> scalar Tensor``; params is a ``dict[str, Tensor]``.
-      params: initial parameters, a dict of tensors or an ``nn.Module`` (its named parameters).
+      loss_fn: ``loss_fn(params) -> scalar Tensor``; params is a ``dict[str, Tensor]``. It must compute
+        with the tensors it is given: a loss on which no optimized tensor has a gradient is an error at
+        the first step (naming them); params without a gradient while others have one get one warning.
+      params: initial parameters, a dict of tensors or an ``nn.Module``. With a module its trainable
+        parameters (``requires_grad``) are optimized, and every natural loss trains them: one that calls
+        the module it closes over (``lambda p: mse(model(x), y)``), one that calls what it is given
+        (``lambda m: mse(m(x), y)``: a dict of the fit's tensors that also calls the module and reads
+        its attributes), or the dict style (``p["weight"]``, ``functional_call(model, p, (x,))``). During
+        each loss call the module's parameters are the fit's tensors (see :mod:`diyopt.modules`). **After
+        the fit the module holds the fitted parameters**, equal to ``Result.params``.
       optimizer: a diyopt :class:`Optimizer`, or a ``torch.optim.Optimizer`` *class* (used as is, with
         ``optimizer_kwargs`` or extra keyword arguments), e.g. ``fit(loss, p, torch.optim.Adam, 4000)``.
       steps: number of updates (>= 1).
@@ -109,6 +120,9 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         ``"mean"`` (default; mean losses such as ``mse`` over equal shards), ``"sum"`` (``sse``) or
         ``"norm"`` (``l2_norm``: sqrt of the summed squares). ``False`` turns it off. Only rank 0 writes
         checkpoints. See :mod:`diyopt.distributed`.
+      progress: a progress bar on stderr (steps, loss, rate, time left; tqdm), redrawn every 0.1 s;
+        ``None``: only when stderr is a terminal (what ``diyopt fit`` does). With ``engine="compiled"``
+        it also says when it compiles and how long that took (it says so on a terminal anyway).
 
     Returns:
       A :class:`Result`.
@@ -124,6 +138,9 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         (-0.98, 'steps')
     """
     steps = _check_steps(steps)
+    module = params if isinstance(params, torch.nn.Module) else None
+    if module is not None:  # every loss style trains it: see diyopt.modules
+        loss_fn, params = bind_module(loss_fn, module)
     params = as_params(params)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         kwargs = {**(optimizer_kwargs or {}), **options}
@@ -133,7 +150,8 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
                              f"got {on_nonfinite!r}")
-        return _fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback, on_nonfinite)
+        return _into(module, _fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback,
+                                              on_nonfinite, progress))
     if isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError("pass the torch.optim class and its arguments, not an instance: "
                         f"fit(loss_fn, params, torch.optim.{type(optimizer).__name__}, steps, lr=...)")
@@ -146,28 +164,35 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
                          f"got {on_nonfinite!r}")
     reliability = dict(on_nonfinite=on_nonfinite, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                       resume=resume, settings=settings, distributed=distributed)
+                       resume=resume, settings=settings, distributed=distributed, progress=progress)
     if engine == "compiled":
         from .engines import fit_compiled
 
-        return fit_compiled(loss_fn, params, optimizer, steps, callback=callback,
-                            **_supported_options(fit_compiled, reliability), **options)
+        return _into(module, fit_compiled(loss_fn, params, optimizer, steps, callback=callback,
+                                          **_supported_options(fit_compiled, reliability), **options))
     if engine != "eager":
         raise ValueError(f"unknown engine {engine!r}; known: 'eager', 'compiled'")
     if options:
         raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(options)}")
     if checkpoint is None:
-        return _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability)
+        return _into(module, _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability))
     from .interrupts import deferred
     from .outputs import locked
 
     # One run at a time on a checkpoint, for the run's whole life; SIGINT/SIGTERM save it and stop.
     with locked(checkpoint), deferred():
-        return _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability)
+        return _into(module, _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability))
+
+
+def _into(module: torch.nn.Module | None, result: Result) -> Result:
+    """A fitted module holds the fitted parameters, as ``Result.params`` does."""
+    if module is not None:
+        load_into(module, result.params)
+    return result
 
 
 _DEFAULTS = dict(on_nonfinite="stop", checkpoint=None, checkpoint_every=None, resume=False, settings=None,
-                 distributed=None)
+                 distributed=None, progress=False)
 
 
 def _supported_options(engine_fn: Callable, options: dict) -> dict:
@@ -202,7 +227,7 @@ def _check_steps(steps: Any) -> int:
 
 def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int, callback,
                on_nonfinite: str = "stop", checkpoint=None, checkpoint_every=None, resume: bool = False,
-               settings=None, distributed=None) -> Result:
+               settings=None, distributed=None, progress: bool = False) -> Result:
     layout = FlatLayout.maybe(params) if optimizer.flattenable else None
     # The optimizer sees either the named tensors or one flat tensor under a single key.
     current = {"flat": layout.flatten(params)} if layout else params
@@ -226,6 +251,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
                                   "or choose another file")
     guard = on_nonfinite != "ignore"
     first = len(losses)
+    bar = StepBar.maybe(progress, steps)
     checked = False
     stop_reason, info, skipped = "steps", {}, []
     pending = PENDING if saver is not None else None  # a signal is deferred to a step boundary (save, exit)
@@ -256,6 +282,8 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
             break
         losses.append(value)
         current, state = new, new_state
+        if bar is not None:
+            bar.update(len(losses), value)
         if callback is not None and callback(step, losses[-1], view(current)):
             stop_reason = "callback"
             break
@@ -265,6 +293,8 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
                 signum, pending.signum = pending.signum, 0
                 raise interrupted(signum)
     seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close(len(losses), losses[-1] if losses else None)
     if saver is not None and stop_reason != "diverged" and saver.saved_at != len(losses):
         saver.save(view(current), state, losses)
     if skipped:
@@ -437,7 +467,9 @@ def _loss_and_grads(loss_fn: LossFn, current: Params, layout: "FlatLayout | None
     if check:
         check_loss_value(loss)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    if any(g is None for g in grads):  # a param the loss does not use: a zero gradient
+    if check:
+        check_gradients(dict(zip(leaves, grads)))
+    if any(g is None for g in grads):  # a param the loss does not use (warned above): a zero gradient
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]
     if layout:
         return loss, {"flat": layout.join(grads)}
@@ -453,6 +485,33 @@ def check_loss_value(loss: Any) -> None:
     if not loss.requires_grad:
         raise ValueError("loss has no gradient path to the params: it does not depend on them through "
                          "differentiable torch operations (was .item(), .detach() or numpy used?)")
+
+
+def check_gradients(grads: Mapping[str, Tensor | None]) -> None:
+    """On the first step: no gradient at all is an error, some params without one is a warning (once).
+
+    ``grads[k] is None`` where autograd found no path from the loss to param ``k``. A loss that uses no
+    optimized tensor (it closes over other tensors: a model's own parameters, a copy) would otherwise
+    run every step at the same loss.
+    """
+    missing = [k for k, g in grads.items() if g is None]
+    if not missing:
+        return
+    names = ", ".join(map(repr, missing))
+    if len(missing) == len(grads):
+        raise ValueError(f"the loss does not depend on the parameters being optimized: no gradient for "
+                         f"{names}. It must compute with the tensors it is given (or, for an nn.Module it "
+                         f"calls, be fitted with that module: fit(loss_fn, model, ...))")
+    warnings.warn(f"the loss does not depend on parameter(s) {names}: they get no gradient and stay as "
+                  "they are", stacklevel=4)
+
+
+def first_step_check(loss_fn: LossFn, params: Params) -> None:
+    """The eager loop's first-step checks (loss value, gradients) for engines that trace the step."""
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    loss = loss_fn(leaves)
+    check_loss_value(loss)
+    check_gradients(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))))
 
 
 class FlatLayout:
@@ -492,7 +551,7 @@ class FlatLayout:
 
 
 def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, steps: int, callback,
-                     on_nonfinite: str = "stop") -> Result:
+                     on_nonfinite: str = "stop", progress: bool = False) -> Result:
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     opt = cls(list(leaves.values()), **kwargs)
     first = [True]
@@ -504,8 +563,10 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
         loss = loss_fn(leaves)
         if first[0]:
             check_loss_value(loss)
-            first[0] = False
         loss.backward()
+        if first[0]:
+            check_gradients({k: v.grad for k, v in leaves.items()})
+            first[0] = False
         if guard:
             # The guard runs inside the closure, before step() changes anything: raising here leaves
             # params and optimizer state as they were (LBFGS may already have moved within its step).
@@ -516,9 +577,12 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
 
     losses: list[Tensor] = []
     stop_reason, info, skipped = "steps", {"optimizer": cls.__name__}, []
+    bar = StepBar.maybe(progress, steps, desc=cls.__name__)
     start = time.perf_counter()
     for step in range(steps):
         now[0] = step
+        if bar is not None and losses:
+            bar.update(len(losses), losses[-1])
         # step(closure) evaluates the loss at the current params first, so the recorded loss is the
         # seed's: before the update (for LBFGS, the first of its evaluations).
         # torch's step() writes the params in place: keep a copy to put back if they come out non-finite.
@@ -548,6 +612,8 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
             stop_reason = "callback"
             break
     seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close(len(losses), losses[-1] if losses else None)
     if skipped:
         info["skipped"] = skipped
     final = {k: v.detach().clone() for k, v in leaves.items()}

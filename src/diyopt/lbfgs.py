@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .core import Params, as_params
 from .fit import FlatLayout, Result, check_loss_value
+from .modules import bind_module, load_into
 
 __all__ = ["lbfgs"]
 
@@ -34,7 +35,8 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
 
     Args:
       loss_fn: ``loss_fn(params) -> scalar Tensor``.
-      params: the starting point, a dict of tensors (one dtype) or an ``nn.Module``.
+      params: the starting point, a dict of tensors (one dtype) or an ``nn.Module`` (as in
+        :func:`~diyopt.fit`: the loss may call it or close over it; afterwards it holds the result).
       max_iter: the most iterations. max_eval: the most loss evaluations (default ``max_iter * 5 // 4``).
       lr: the step length (the line search's first trial step).
       history_size: pairs kept for the inverse-Hessian approximation.
@@ -58,6 +60,14 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
         ([1.0, 1.0], True, 37)
     """
     _check(max_iter, max_eval, lr, history_size, line_search_fn)
+    if isinstance(params, torch.nn.Module):  # as in fit: every loss style trains it, it holds the result
+        module = params
+        loss_fn, params = bind_module(loss_fn, module)
+        result = lbfgs(loss_fn, params, max_iter=max_iter, max_eval=max_eval, lr=lr, history_size=history_size,
+                       tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+                       line_search_fn=line_search_fn)
+        load_into(module, result.params)
+        return result
     if max_eval is None:
         max_eval = max_iter * 5 // 4
     params = as_params(params)

@@ -55,7 +55,7 @@ def run_fit(args: Any) -> int:
             result = fit(problem.loss, problem.params0, optimizer, args.steps, engine=args.engine,
                          on_nonfinite=args.on_nonfinite, checkpoint=checkpoint,
                          checkpoint_every=args.checkpoint_every, resume=args.resume, settings=settings,
-                         distributed=reduction)
+                         distributed=reduction, progress=None)  # a bar on a terminal only
             if writer:
                 write_outputs(tmp, result, settings | {"steps": args.steps})
     except DivergedError as e:  # on_nonfinite="raise": no outputs, the checkpoint has the last finite params
