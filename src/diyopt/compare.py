@@ -525,29 +525,15 @@ def split_specs(text: str) -> list[str]:
 
 
 def _as_problem(problem: Problem | str) -> Problem:
+    """A Problem as is; a string is a problem spec (``"rosenbrock:dim=4"``, ``"nist:Misra1a"``), parsed by
+    :func:`diyopt.problems.parse_spec` like every subcommand's ``--problem``."""
     if isinstance(problem, Problem):
         return problem
     if not isinstance(problem, str):
         raise TypeError(f"problem must be a Problem or a name, got {type(problem).__name__}")
     from . import problems
 
-    name, _, args = problem.partition(":")
-    kwargs = {}
-    for item in filter(None, (a.strip() for a in args.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"problem arguments are key=value, got {item!r} in {problem!r}")
-        kwargs[key.strip()] = _literal(value.strip())
-    return problems.get(name, **kwargs)
-
-
-def _literal(text: str) -> Any:
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    return problems.get(problem)
 
 
 def _describe(opt: Any, kwargs: dict, spec: str | None) -> dict:
