@@ -184,3 +184,78 @@ def test_cli_fit_bad_problem_input(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- --version, list, defaults
+
+
+def test_cli_version():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"diyopt {pyproject['project']['version']}"
+
+
+def test_cli_list_everything(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    headings = [line[:-1] for line in out.splitlines() if line and not line.startswith(" ")]
+    assert headings == ["optimizers", "losses", "problems", "schedules", "transforms"]
+    words = set(out.replace("(", " ").split())
+    assert set(diyopt.optim.names()) | set(diyopt.losses.names()) | set(problems.names()) <= words
+    public = lambda m: {n for n in m.__all__ if n[0].islower()}
+    assert public(diyopt.schedules) | public(diyopt.transforms) <= words
+
+
+def test_cli_list_problems_shows_arguments_and_description(capsys):
+    assert main(["list", "problems"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name in problems.names():
+        sig = inspect.signature(problems._PROBLEMS[name]).parameters
+        fields = lines[name].split(None, 2)
+        shown = fields[1].split(",") if fields[1] != "-" else []
+        assert [s.partition("=")[0] for s in shown] == list(sig), name   # every argument, in order
+        assert len(fields[2]) > 20, name                                    # and a description
+    assert "dim=2,a=1.0,b=100.0" in lines["rosenbrock"] and "path,model=line" in lines["csv"]
+    # what the list prints is what --problem takes: each default written back parses to itself
+    for name in ("rosenbrock", "himmelblau", "logistic", "quadratic"):
+        spec = f"{name}:{lines[name].split()[1]}"
+        assert problems.parse_spec(spec)[1] == problems.arguments(name), spec
+
+
+@pytest.mark.parametrize("kind, module", [("schedules", "schedules"), ("transforms", "transforms")])
+def test_cli_list_schedules_and_transforms(capsys, kind, module):
+    assert main(["list", kind]) == 0
+    names = [line.split("(")[0] for line in capsys.readouterr().out.splitlines()]
+    mod = getattr(diyopt, module)
+    assert names == sorted(n for n in mod.__all__ if n[0].islower())
+    assert all(callable(getattr(mod, n)) for n in names)
+
+
+def test_cli_fit_defaults_for_steps_and_out(tmp_path):
+    help_text = run_cli("fit", "--help").stdout
+    assert "(default: 1000)" in help_text and "runs/fit-PROBLEM-OPTIMIZER" in help_text
+    proc = run_cli("fit", "--problem", "booth", "--optimizer", "adam:lr=0.1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result, losses = read_result(tmp_path / "runs" / "fit-booth-adam_lr_0.1")
+    assert result["steps"] == 1000 and len(losses) == 1000
+    # Booth's minimum is 0 at (1, 3); Adam at lr=0.1 gets there in 1000 steps
+    np.testing.assert_allclose(result["params"]["xy"], [1.0, 3.0], atol=1e-6)
+
+
+def test_cli_on_nonfinite_takes_every_policy_of_the_api(tmp_path):
+    from diyopt.fit import NONFINITE_POLICIES
+
+    assert set(NONFINITE_POLICIES) == {"stop", "raise", "skip", "ignore"}
+    expected = {"stop": 3, "raise": 3, "skip": 0, "ignore": 0}  # sgd at lr=1 on Rosenbrock blows up at step 4
+    for policy in NONFINITE_POLICIES:
+        out = tmp_path / policy
+        code = main(["fit", "--problem", "rosenbrock", "--optimizer", "sgd:lr=1", "--steps", "20",
+                     "--on-nonfinite", policy, "--out", str(out)])
+        assert code == expected[policy], policy
+        if policy == "skip":
+            result, _ = read_result(out)
+            assert result["info"]["skipped"]       # the non-finite steps were skipped, and said so
+        if policy == "raise":
+            assert not out.exists()

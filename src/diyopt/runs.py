@@ -66,6 +66,15 @@ def run_fit(args: Any) -> int:
     return 0
 
 
+def default_out(problem: str, optimizer: str) -> str:
+    """``diyopt fit``'s output folder when ``--out`` is not given: ``runs/fit-PROBLEM-OPTIMIZER``, every
+    character but letters, digits, ``-``, ``_`` and ``.`` made ``_`` (``runs/fit-rosenbrock_dim_4-adam``)."""
+    import re
+
+    safe = lambda text: re.sub(r"[^\w.-]+", "_", text).strip("_.") or "x"
+    return f"runs/fit-{safe(problem)}-{safe(optimizer.rpartition('/')[2])}"
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
