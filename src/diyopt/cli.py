@@ -47,6 +47,23 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A tolerance: a number strictly between 0 and 1 (the factor the gap to f* must shrink by)."""
+    value = positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (the factor the gap to f* shrinks by), got {text}")
+    return value
+
+
+# The one meaning of a seed and of --tol in compare and sweep (README: "Seeds and --tol").
+SEEDS_MEANING = ("Seed 0 is the problem's standard start; seed s > 0 starts at x0 + 0.1 (1 + |x0|) z, "
+                 "z ~ N(0, 1) drawn with torch.Generator().manual_seed(s) (a NIST problem's seed 1 is its "
+                 "Start 2).")
+TOL_MEANING = ("A run reaches --tol at the first step i with f(x_i) - f* <= tol (f(x_0) - f*): the gap to "
+               "the optimum f* cut by the factor tol, f* the problem's known optimum, or where none is "
+               "known the lowest loss any run reached. A run that never does is 'not reached'.")
+
+
 # ---------------------------------------------------------------- diyopt demo
 
 
@@ -119,21 +136,22 @@ def add_fit(sub) -> None:
 def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="optimizers side by side on problems from the same starts: figures, "
                        "table.csv/.md, settings.json",
-                       description="Run every optimizer from the same --seeds starting points (seed 0 = the "
-                       "problem's standard start, others perturbed) and write figures (loss vs step with a "
+                       description="Run every optimizer from the same --seeds starting points and write figures (loss vs step with a "
                        "band over seeds, loss vs time, paths on 2-D problems), table.csv, table.md and "
                        "settings.json to --out. With several --problem, one sub-folder each plus "
                        "Dolan-More performance profiles. Optimizers are separated by commas; a piece that "
                        "starts with key= continues the previous spec: 'sgd,adam:lr=1e-2,betas=0.8/0.99,"
-                       "my.py:rule' is three optimizers. --optimizers may also be repeated.")
+                       "my.py:rule' is three optimizers. --optimizers may also be repeated. Ranks: by "
+                       "median final loss, then by median steps to --tol. " + SEEDS_MEANING + " " + TOL_MEANING)
     p.add_argument("--problem", action="append", required=True,
-                   help="problem name, with arguments after ':' (rosenbrock:dim=4); repeat for several")
+                   help="problem spec NAME[:key=value,...] (rosenbrock:dim=4, nist:Misra1a; diyopt list "
+                   "problems); repeat for several")
     p.add_argument("--optimizers", action="append", required=True,
                    help="comma-separated optimizer specs (see above); repeatable")
     p.add_argument("--seeds", type=positive_int, default=5, help="starting points per optimizer (default: 5)")
     p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
-    p.add_argument("--tol", type=positive_float, default=1e-6,
-                   help="converged when loss - f* <= tol * (loss0 - f*) (default: 1e-6)")
+    p.add_argument("--tol", type=unit_interval, default=1e-6,
+                   help="converged when loss - f* <= tol * (loss0 - f*), see above (default: 1e-6)")
     p.add_argument("--out", required=True, help="output folder (replaced if it holds an earlier comparison)")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html")
 
@@ -313,18 +331,23 @@ def add_check(sub) -> None:
 
 def add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="a grid of hyperparameters x seeds as one vectorized run: sweep.csv and "
-                       "a plot of final loss against each hyperparameter",
+                       "a plot of the loss gap to the best setting against each hyperparameter",
                        description="Run every combination of --grid values and --seeds starting points as one "
                        "vectorized computation (torch.func.vmap over runs) and write OUT/sweep.csv (one row per "
                        "run: hyperparameters, seed, final loss, steps to --tol, diverged, final params) and "
-                       "OUT/sweep.png. Seed s starts at the problem's start + N(0,1) noise drawn with seed s.")
-    p.add_argument("--problem", required=True, help="problem name, with arguments after ':' (rosenbrock:dim=4)")
+                       "OUT/sweep.png, and print one row per setting (medians over seeds) and the best "
+                       "setting: the lowest median final loss over seeds. " + SEEDS_MEANING + " " + TOL_MEANING)
+    p.add_argument("--problem", required=True, help="problem spec NAME[:key=value,...] (rosenbrock:dim=4, "
+                   "nist:Misra1a; diyopt list problems)")
     p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam or my_rule.py:name")
     p.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
                    help="values of one hyperparameter (tuples as 0.9/0.999); repeat for more")
-    p.add_argument("--seeds", type=positive_int, default=None, help="starting points per setting (seeds 0..N-1)")
+    p.add_argument("--seeds", type=positive_int, default=None,
+                   help="starting points per setting, seeds 0..N-1 (default: one run per setting, from the "
+                   "standard start)")
     p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
-    p.add_argument("--tol", type=float, default=None, help="report the steps until the loss first reaches TOL")
+    p.add_argument("--tol", type=unit_interval, default=1e-6, help="the convergence tolerance, as in compare "
+                   "(default: 1e-6)")
     p.add_argument("--engine", choices=["vmap", "compiled"], default="vmap", help="default: vmap (no compile)")
     p.add_argument("--out", required=True, help="output folder")
 

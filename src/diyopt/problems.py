@@ -127,7 +127,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(unknown_name("problem", name, _PROBLEMS))
     params = _signature(name)
     raw: dict[str, str] = {}
-    last = None
+    last = positional = None
     for i, piece in enumerate(rest.split(",") if rest.strip() else []):
         key, eq, value = piece.partition("=")
         if eq and key.strip().isidentifier():
@@ -138,13 +138,20 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         elif i == 0:  # a leading positional value: the factory's first argument
             if not params:
                 raise ValueError(f"problem {name!r} takes no arguments, got {piece!r} in {spec!r}")
-            last = next(iter(params))
+            last = positional = next(iter(params))
             raw[last] = piece.strip()
         elif last is not None:
             raw[last] += "," + piece
         else:
             raise ValueError(f"problem arguments are key=value, got {piece!r} in {spec!r}")
-    kwargs = {k: _convert(name, k, v, params.get(k)) for k, v in raw.items()}
+    kwargs = {}
+    for k, v in raw.items():
+        try:
+            kwargs[k] = _convert(name, k, v, params.get(k))
+        except ValueError as e:
+            if positional == k:  # the user may have meant a key: say how the value was read
+                raise ValueError(f"{e} (arguments are key=value; a first value without key= is {k})") from None
+            raise
     return name, _checked_kwargs(name, kwargs)
 
 
