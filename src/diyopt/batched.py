@@ -115,12 +115,16 @@ class SweepResult:
         """Run ``k``'s final params."""
         return {n: v[k] for n, v in self.params.items()}
 
-    def to_csv(self, path: str | os.PathLike) -> None:
-        """One line per run; parameters with at most 8 elements get a column per element (``a[0]``)."""
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """The table as CSV text, one line per run, written to ``path`` when given (as
+        :meth:`Comparison.to_csv <diyopt.compare.Comparison.to_csv>`); parameters with at most 8 elements
+        get a column per element (``a[0]``)."""
+        import io
+
         small = {n: v for n, v in self.params.items() if v[0].numel() <= 8}
         columns = list(self.rows[0]) + [f"{n}[{i}]" for n, v in small.items() for i in range(v[0].numel())]
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
+        with io.StringIO(newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
             writer.writerow(columns)
             reached = self.info.get("tol") is not None
             for k, row in enumerate(self.rows):
@@ -128,6 +132,11 @@ class SweepResult:
                           for c in row]
                 values += [repr(float(x)) for v in small.values() for x in v[k].reshape(-1)]
                 writer.writerow(values)
+            text = f.getvalue()
+        if path is not None:
+            with open(path, "w", newline="") as out:
+                out.write(text)
+        return text
 
     def __repr__(self) -> str:
         diverged = sum(r["diverged"] for r in self.rows)
