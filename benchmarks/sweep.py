@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import diyopt
+import diyopt.starts
 from common import best_of, jax_or_none, jax_seed_fit, machine, row
 
 
@@ -40,9 +41,8 @@ def main() -> None:
     p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
     opt = diyopt.optim.adam(lr=1e-3)
 
-    def start(seed):
-        gen = torch.Generator().manual_seed(seed)
-        return {k: v + torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in p0.items()}
+    def start(seed):  # what seed s means in sweep (and compare): diyopt.starts
+        return diyopt.starts.perturbed(p0, seed)
 
     t = time.perf_counter()
     for s in range(args.eager_fits):

@@ -89,16 +89,19 @@ def test_times_are_cumulative_and_tolerance_steps_recomputed(line_comparison):
     assert np.isfinite(steps["gd"]).all()
 
 
-def test_table_ranks_by_median_final_loss(line_comparison):
+def test_table_ranks_by_median_final_loss_then_steps_to_tol(line_comparison):
     rows = line_comparison.table()
     medians = {r["optimizer"]: float(np.median([run.final_loss for run in line_comparison.runs[r["optimizer"]]]))
                for r in rows}
+    steps = {k: float(np.median(v)) for k, v in line_comparison.costs("steps").items()}
     f_star = line_comparison.problem.optimum
+    atol = 1e-12 * max(1, abs(f_star))
+    lower = lambda a, b: a < b - (1e-9 * abs(b) + atol)
     for r in rows:
-        m = medians[r["optimizer"]]
-        assert r["final_loss"] == m
-        threshold = m - (1e-9 * abs(m) + 1e-12 * max(1, abs(f_star)))
-        assert r["rank"] == 1 + sum(o < threshold for o in medians.values())
+        m, s = medians[r["optimizer"]], steps[r["optimizer"]]
+        assert r["final_loss"] == m and r["steps_to_tol"] == s
+        ahead = [o for o in medians if lower(medians[o], m) or (not lower(m, medians[o]) and steps[o] < s)]
+        assert r["rank"] == 1 + len(ahead)
     # consistent: a lower median never ranks worse, and clearly different losses get different ranks
     by_loss = sorted(rows, key=lambda r: r["final_loss"])
     assert [r["rank"] for r in by_loss] == sorted(r["rank"] for r in rows)
@@ -267,3 +270,32 @@ def test_cli_compare_with_a_user_rule_file_and_settings(tmp_path):
     problem = diyopt.problems.get("booth")
     expected, _ = plain_gd(problem, problem.params0, 20, 1e-2)
     assert float(rows[f"{rule}:step:lr=1e-2"]["final_loss"]) == pytest.approx(expected[-1], rel=1e-12)
+
+
+def test_equal_final_losses_rank_by_steps_to_tol():
+    """The issue's case: optimizers that all converge (final losses equal to rounding) used to share rank 1
+    whatever their speed; now the steps to the tolerance order them, and only true ties share a rank."""
+    from diyopt.compare import Comparison, Run
+
+    problem = diyopt.problems.get("booth")
+
+    def run(k):  # loss 1 until step k, then the optimum 0: converged at step k, final loss 0
+        losses = np.where(np.arange(2001) < k, 1.0, 0.0)
+        return Run(0, losses, np.linspace(0, 1, 2001), problem.solution, "steps")
+
+    c = Comparison(problem, {"sgd": [run(1080)], "momentum": [run(115)], "adam": [run(400)],
+                             "again": [run(115)], "slow": [run(3000)]}, 1e-6, 0.0)
+    ranks = {r["optimizer"]: r["rank"] for r in c.table()}
+    assert ranks == {"momentum": 1, "again": 1, "adam": 3, "sgd": 4, "slow": 5}
+    md = c.to_markdown()
+    assert "not reached" in md.splitlines()[-1] and "never" not in md  # slow never reached it
+    assert "not reached" in c.to_csv()
+
+
+def test_converged_optimizers_on_booth_get_distinct_ranks():
+    c = diyopt.compare("booth", {"sgd": "sgd:lr=0.05", "momentum": "sgd:lr=0.05,momentum=0.9",
+                                 "adam": "adam:lr=0.1"}, seeds=3, steps=600, tol=1e-8)
+    rows = {r["optimizer"]: r for r in c.table()}
+    assert all(r["final_loss"] < 1e-20 for r in rows.values())  # all at the optimum, to rounding
+    order = sorted(rows, key=lambda k: rows[k]["steps_to_tol"])
+    assert [rows[k]["rank"] for k in order] == [1, 2, 3]

@@ -166,3 +166,18 @@ def test_the_browser_check_fails_on_a_broken_figure(comparison_dir, tmp_path):
     html.write_text(broken)
     dom = _browser(["--virtual-time-budget=10000", "--dump-dom"], tmp_path, html.resolve().as_uri()).stdout
     assert _figures_marker(dom) == "missing"
+
+
+def test_report_bolds_every_winner_not_the_first_row(tmp_path):
+    """Two optimizers that are the same algorithm (sgd without momentum and gradient_descent) tie at rank 1:
+    both rows are bold; the slower adam is not."""
+    c = diyopt.compare("line", {"adam": diyopt.optim.adam(lr=1e-3), "sgd": diyopt.optim.sgd(lr=1e-2),
+                                "gd": diyopt.optim.gradient_descent(lr=1e-2)}, seeds=2, steps=300)
+    ranks = {r["optimizer"]: r["rank"] for r in c.table()}
+    assert ranks["sgd"] == ranks["gd"] == 1 and ranks["adam"] > 1
+    out = write_report(c.save(tmp_path / "tie"))
+    rows = re.findall(r"<tr( class=\"winner\")?><td>(\d+)</td><td>(\w+)</td>", out.read_text())
+    bold = {name for winner, _, name in rows if winner}
+    assert {name for _, _, name in rows} == {"adam", "sgd", "gd"} and bold == {"sgd", "gd"}
+    css = re.search(r"table\.results tbody tr\.winner td \{ font-weight: 600; \}", out.read_text())
+    assert css and "tr:first-child" not in out.read_text()

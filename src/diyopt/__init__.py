@@ -10,6 +10,7 @@ from . import nist
 from . import optim
 from . import problems
 from . import schedules
+from . import starts
 from . import stats
 from . import transforms
 from .compare import Comparison
@@ -74,6 +75,7 @@ __all__ = [
     "plots",
     "problems",
     "schedules",
+    "starts",
     "stats",
     "sweep",
     "to_torch",

@@ -5,10 +5,18 @@ leading *run* axis, so params, optimizer state and the swept hyperparameters (pe
 the map) all carry that axis and 1,000 runs cost a handful of large tensor ops per step instead of 1,000
 small ones. Run ``k`` equals ``fit`` with run ``k``'s settings, up to rounding.
 
-What a seed means: run ``k`` with seed ``s`` starts at ``init(s)`` when ``init`` is given, else at
-``params + N(0, 1)`` noise drawn with ``torch.Generator().manual_seed(s)`` (in parameter order, each
-tensor's shape) -- with zero ``params`` that is the seed document's ``torch.randn`` start. Without
-``seeds`` every run starts at ``params``.
+What a seed means: the same as in :func:`diyopt.compare` (:mod:`diyopt.starts`): seed 0 starts at
+``params``, seed ``s > 0`` at ``params + 0.1 (1 + |params|) z``, ``z ~ N(0, 1)`` drawn with
+``torch.Generator().manual_seed(s)``; ``init(s)`` replaces that rule when given. Without ``seeds`` every
+run starts at ``params``.
+
+What ``tol`` means: the same as in :func:`diyopt.compare`: a run reaches it at the first step ``i`` with
+``f(x_i) - f* <= tol * (f(x_0) - f*)`` (the gap to ``f*`` cut by ``1/tol``), where ``f*`` is ``f_star``
+when known, else the lowest loss any run of the sweep reached.
+
+What "best" means: the setting (grid point) with the lowest *median* final loss over its seeds, a
+diverged run counting as ``inf`` (:meth:`SweepResult.best`); :meth:`SweepResult.by_setting` has the
+medians of every setting.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from .engines import call_compiled
 from .fit import FlatLayout, first_step_check
 from .modules import bind_module
 from .progress import CompileNotice, StepBar
+from .starts import perturbed
 
 ENGINES = ("vmap", "compiled")
 
@@ -39,12 +48,13 @@ class SweepResult:
 
     Attributes:
       rows: one dict per run: the swept hyperparameters, ``seed``, ``final_loss`` (the loss at the final
-        params), ``steps_to_tol`` (first step whose recorded loss is ``<= tol``, else None), ``diverged``
-        (a non-finite loss at some step), ``run`` (its index).
+        params), ``steps_to_tol`` (the first step that passes the tolerance test of the module docstring,
+        None when never or without ``tol``), ``diverged`` (a non-finite loss at some step), ``run`` (its
+        index).
       losses: ``(runs, steps)`` tensor, every run's loss curve (``losses[k, i]`` before update ``i``).
       params: the final params, ``dict[str, Tensor]`` with a leading run axis.
       seconds: wall time of the runs (compilation excluded); compile_seconds: the first call's extra time.
-      info: engine, batch size, number of batches.
+      info: engine, batch size, number of batches, ``tol``, ``f_star`` and where it came from.
     """
 
     rows: list[dict]
@@ -57,8 +67,47 @@ class SweepResult:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def hyperparameters(self) -> list[str]:
+        """The swept hyperparameters' names, in the grid's order."""
+        return [k for k in self.rows[0] if k not in _ROW_FIELDS]
+
+    def by_setting(self) -> list[dict]:
+        """One dict per setting (grid point), in grid order: its hyperparameters, ``seeds`` (runs),
+        ``final_loss`` (median over seeds, a diverged run counting as ``inf``), ``final_loss_min`` /
+        ``final_loss_max``, ``diverged`` (how many runs), ``reached`` (``"k/n"`` runs that met ``tol``)
+        and ``steps_to_tol`` (median over seeds, ``inf`` where most never met it; None without ``tol``).
+        """
+        keys = self.hyperparameters()
+        groups: dict[tuple, list[dict]] = {}
+        for row in self.rows:
+            groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+        out = []
+        for values, rows in groups.items():
+            finals = [r["final_loss"] if math.isfinite(r["final_loss"]) and not r["diverged"] else math.inf
+                      for r in rows]
+            summary = dict(zip(keys, values))
+            summary.update(seeds=len(rows), final_loss=_median(finals), final_loss_min=min(finals),
+                           final_loss_max=max(finals), diverged=sum(r["diverged"] for r in rows))
+            if self.info.get("tol") is not None:
+                steps = [math.inf if r["steps_to_tol"] is None else float(r["steps_to_tol"]) for r in rows]
+                summary["reached"] = f"{sum(math.isfinite(v) for v in steps)}/{len(rows)}"
+                summary["steps_to_tol"] = _median(steps)
+            else:
+                summary["reached"] = summary["steps_to_tol"] = None
+            out.append(summary)
+        return out
+
     def best(self) -> dict:
-        """The row with the lowest finite final loss."""
+        """The best setting: the lowest median final loss over seeds (:meth:`by_setting`'s row); ties go to
+        fewer median steps to ``tol``, then to the first in grid order."""
+        settings = [s for s in self.by_setting() if math.isfinite(s["final_loss"])]
+        if not settings:
+            raise ValueError("no setting has a finite median final loss: most runs of every setting diverged")
+        return min(settings, key=lambda s: (s["final_loss"], s["steps_to_tol"] if s["steps_to_tol"] is not None
+                                            else math.inf))
+
+    def best_run(self) -> dict:
+        """The single run (row) with the lowest finite final loss -- one run, not a setting; see :meth:`best`."""
         finite = [r for r in self.rows if math.isfinite(r["final_loss"])]
         if not finite:
             raise ValueError("every run diverged: there is no best run")
@@ -68,22 +117,44 @@ class SweepResult:
         """Run ``k``'s final params."""
         return {n: v[k] for n, v in self.params.items()}
 
-    def to_csv(self, path: str | os.PathLike) -> None:
-        """One line per run; parameters with at most 8 elements get a column per element (``a[0]``)."""
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """The table as CSV text, one line per run, written to ``path`` when given (as
+        :meth:`Comparison.to_csv <diyopt.compare.Comparison.to_csv>`); parameters with at most 8 elements
+        get a column per element (``a[0]``)."""
+        import io
+
         small = {n: v for n, v in self.params.items() if v[0].numel() <= 8}
         columns = list(self.rows[0]) + [f"{n}[{i}]" for n, v in small.items() for i in range(v[0].numel())]
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
+        with io.StringIO(newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
             writer.writerow(columns)
+            reached = self.info.get("tol") is not None
             for k, row in enumerate(self.rows):
-                values = [_cell(row[c]) for c in row]
+                values = [NOT_REACHED if c == "steps_to_tol" and reached and row[c] is None else _cell(row[c])
+                          for c in row]
                 values += [repr(float(x)) for v in small.values() for x in v[k].reshape(-1)]
                 writer.writerow(values)
+            text = f.getvalue()
+        if path is not None:
+            with open(path, "w", newline="") as out:
+                out.write(text)
+        return text
 
     def __repr__(self) -> str:
         diverged = sum(r["diverged"] for r in self.rows)
         return (f"SweepResult(runs={len(self.rows)}, steps={self.losses.shape[1]}, diverged={diverged}, "
                 f"seconds={self.seconds:.3g})")
+
+
+NOT_REACHED = "not reached"  # what a table prints where a run never met the tolerance
+_ROW_FIELDS = ("run", "seed", "final_loss", "steps_to_tol", "diverged")
+
+
+def _median(values: Sequence[float]) -> float:
+    """The median, with ``inf`` entries allowed (``statistics.median`` sorts them last)."""
+    import statistics
+
+    return float(statistics.median(values))
 
 
 def _cell(v: Any) -> str:
@@ -97,8 +168,9 @@ def _cell(v: Any) -> str:
 def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module,
           optimizer: Optimizer, steps: int, *, grid: Mapping[str, Sequence[Any]] | None = None,
           seeds: Sequence[int] | int | None = None, init: Callable[[int], Params] | None = None,
-          tol: float | None = None, engine: str = "vmap", batch_size: int | None = None,
-          memory_bytes: int | None = None, chunk: int = 8, progress: bool | None = False) -> SweepResult:
+          tol: float | None = None, f_star: float | None = None, engine: str = "vmap",
+          batch_size: int | None = None, memory_bytes: int | None = None, chunk: int = 8,
+          progress: bool | None = False) -> SweepResult:
     """Run every combination of ``grid`` x ``seeds`` as one vectorized fit.
 
     Args:
@@ -109,7 +181,9 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
         are the Cartesian product, in the order given (the last key varies fastest), then the seeds.
       seeds: a list of seeds or a count ``n`` (seeds ``0..n-1``); see the module docstring for their meaning.
       init: ``init(seed) -> params``, the starting point of a seed's runs.
-      tol: a loss level; each row's ``steps_to_tol`` counts the updates before the loss first reached it.
+      tol: the tolerance of the module docstring's test, ``0 < tol < 1``: each row's ``steps_to_tol`` counts
+        the updates before the gap to ``f*`` first shrank by the factor ``tol``.
+      f_star: the known minimum of ``loss_fn``; default: the lowest loss any run reached.
       engine: ``"vmap"`` (eager ``torch.func.vmap``) or ``"compiled"`` (the vmapped steps compiled; batches
         are padded to one size so one graph serves all of them).
       chunk: steps per vmapped (or compiled) call; the leftover steps run in one eager call.
@@ -127,6 +201,8 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     from .fit import _check_steps
 
     steps = _check_steps(steps)
+    if tol is not None and not 0.0 < tol < 1.0:
+        raise ValueError(f"Invalid tol value: {tol} (need 0 < tol < 1: the factor the gap to f* must shrink by)")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(map(repr, ENGINES))}")
     if not isinstance(optimizer, Optimizer) or optimizer.build is None:
@@ -184,19 +260,21 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
                                  options={"cpp_wrapper": True} if cpp else None)
 
     try:
-        return _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk, layout,
-                        view, pack, ref, steps_fn, compiled, progress)
+        result = _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk,
+                          layout, view, pack, ref, steps_fn, compiled, progress)
     except RuntimeError as e:
         reason = _not_vectorizable(e)
         if reason is None:
             raise
-    import warnings
+        import warnings
 
-    note = (f"the loss or update rule cannot be vectorized with torch.func.vmap ({reason}); "
-            f"ran the {len(runs)} runs one by one instead (engine='loop')")
-    warnings.warn(note, stacklevel=2)
-    result = _sweep_loop(loss_fn, optimizer, steps, runs, starts, tol)
-    result.info["fallback"] = note
+        note = (f"the loss or update rule cannot be vectorized with torch.func.vmap ({reason}); "
+                f"ran the {len(runs)} runs one by one instead (engine='loop')")
+        warnings.warn(note, stacklevel=2)
+        result = _sweep_loop(loss_fn, optimizer, steps, runs, starts, tol)
+        result.info["fallback"] = note
+    if tol is not None:
+        result.info.update(_steps_to_tol(result.rows, result.losses, tol, f_star))
     return result
 
 
@@ -224,7 +302,7 @@ def _sweep_loop(loss_fn, optimizer: Optimizer, steps: int, runs: list, starts: d
             final_loss = loss_fn(r.params).detach()
         curves.append(curve)
         finals.append(r.params)
-        rows.append(_row(len(rows), setting, seed, curve, final_loss, tol))
+        rows.append(_row(len(rows), setting, seed, curve, final_loss))
     params = {k: torch.stack([f[k] for f in finals]) for k in finals[0]}
     return SweepResult(rows, torch.stack(curves), params, time.perf_counter() - t0, 0.0,
                        {"engine": "loop", "batch_size": 1, "batches": len(runs), "tol": tol})
@@ -258,7 +336,7 @@ def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_s
         all_losses.append(curve[:n])
         finals.append(final)
         for (s, seed), c, fl in zip(batch, curve[:n], final_loss):
-            rows.append(_row(len(rows), s, seed, c, fl, tol))
+            rows.append(_row(len(rows), s, seed, c, fl))
     seconds -= compile_seconds
     losses = torch.cat(all_losses)
     if bar is not None:
@@ -374,8 +452,7 @@ def _start(params: Params, seed: int | None, init: Callable | None) -> Params:
             raise ValueError(f"init({seed}) must return the same names and shapes as params: "
                              f"{ {k: tuple(v.shape) for k, v in params.items()} }")
         return start
-    gen = torch.Generator().manual_seed(int(seed))
-    return {k: p + torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for k, p in params.items()}
+    return perturbed(params, seed)
 
 
 def _stack_values(values: list, ref: Tensor):
@@ -399,15 +476,31 @@ def _unflatten_runs(layout: FlatLayout, flat: Tensor) -> Params:
     return {n: c.reshape(flat.shape[0], *s) for n, c, s in zip(layout.names, chunks, layout.shapes)}
 
 
-def _row(k: int, setting: dict, seed, curve: Tensor, final_loss: Tensor, tol: float | None) -> dict:
+def _row(k: int, setting: dict, seed, curve: Tensor, final_loss: Tensor) -> dict:
     row = {"run": k}
     row.update({name: _plain(v) for name, v in setting.items()})
     row["seed"] = seed
     row["final_loss"] = float(final_loss)
-    reached = (curve <= tol).nonzero() if tol is not None else None
-    row["steps_to_tol"] = int(reached[0, 0]) if reached is not None and len(reached) else None
+    row["steps_to_tol"] = None  # filled in by _steps_to_tol once f* is known
     row["diverged"] = not bool(torch.isfinite(curve).all() and torch.isfinite(final_loss))
     return row
+
+
+def _steps_to_tol(rows: list[dict], losses: Tensor, tol: float, f_star: float | None) -> dict:
+    """Fill in each row's ``steps_to_tol``: the first ``i`` with ``f_i - f* <= tol (f_0 - f*)``, ``f*`` the
+    known minimum or the lowest finite loss of any run (recorded or final), as :mod:`diyopt.compare` does."""
+    curves = losses.detach().double().cpu()
+    source = "given"
+    if f_star is None:
+        seen = torch.cat([curves.reshape(-1), torch.tensor([r["final_loss"] for r in rows], dtype=torch.float64)])
+        seen = seen[torch.isfinite(seen)]
+        f_star, source = (float(seen.min()) if len(seen) else math.nan), "best loss seen"
+    gaps = curves - f_star
+    ok = torch.isfinite(gaps) & (gaps <= tol * gaps[:, :1].clamp(min=0.0))
+    for row, hits in zip(rows, ok):
+        where = hits.nonzero()
+        row["steps_to_tol"] = int(where[0, 0]) if len(where) else None
+    return {"f_star": float(f_star), "f_star_source": source}
 
 
 def _plain(v: Any) -> Any:
@@ -478,37 +571,61 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
 
 
 def run_sweep_cli(args: Any) -> int:
-    """``diyopt sweep``: the table (sweep.csv), a figure of final loss against each swept hyperparameter."""
+    """``diyopt sweep``: the table (sweep.csv), a figure of final loss against each swept hyperparameter,
+    and on stdout one line per setting (medians over seeds) and the best setting."""
     import sys
     from pathlib import Path
 
-    from .compare import _as_problem
+    from .compare import _as_problem, start_point
+    from .optim import get
     from .plots import plot_sweep
 
     problem = _as_problem(args.problem)
-    from .optim import get
-
     optimizer = get(args.optimizer)
     grid = parse_grid(args.grid or [])
     import warnings
 
     from .outputs import output_folder
 
+    init = (lambda s: start_point(problem, s)) if args.seeds is not None else None  # compare's starts
     out = Path(args.out)
     with output_folder(out, names=("sweep.csv", "sweep.png"), kind="sweep") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fallback note is printed below, as one line
-            result = sweep(problem.loss, problem.params0, optimizer, args.steps, grid=grid,
-                           seeds=args.seeds, tol=args.tol, engine=args.engine, progress=None)
+            result = sweep(problem.loss, problem.params0, optimizer, args.steps, grid=grid, seeds=args.seeds,
+                           init=init, tol=args.tol, f_star=problem.optimum, engine=args.engine, progress=None)
         if "fallback" in result.info:
             print(f"diyopt: note: {result.info['fallback']}", file=sys.stderr)
         result.to_csv(tmp / "sweep.csv")
         plot_sweep(result, tmp / "sweep.png")
     figure = out / "sweep.png"
     diverged = sum(r["diverged"] for r in result.rows)
-    best = result.best()
     print(f"{len(result)} runs x {args.steps} steps in {result.seconds:.3g} s "
           f"({result.info['batches']} batch(es), engine {result.info['engine']}); {diverged} diverged")
-    print("best: " + ", ".join(f"{k}={_cell(v)}" for k, v in best.items() if k not in ("run", "diverged")))
+    print(format_settings(result))
+    best = result.best()
+    print("best setting (lowest median final loss over seeds): "
+          + ", ".join(f"{k}={_cell(best[k])}" for k in result.hyperparameters())
+          + f"; median final loss {best['final_loss']:.6g}")
     print(f"table: {out / 'sweep.csv'}; figure: {figure}")
     return 0
+
+
+def format_settings(result: SweepResult) -> str:
+    """One Markdown row per setting: hyperparameters, median / min / max final loss over seeds, diverged
+    runs, runs that reached ``tol``, median steps to it ("not reached" where most runs never did)."""
+    keys = result.hyperparameters()
+    head = keys + ["seeds", "final loss (median)", "min", "max", "diverged", "reached tol", "steps to tol"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def num(v):
+        return f"{v:.4g}" if math.isfinite(v) else ("diverged" if v > 0 else str(v))
+
+    for s in result.by_setting():
+        steps = s["steps_to_tol"]
+        steps = "–" if steps is None else (NOT_REACHED if not math.isfinite(steps) else f"{steps:g}")
+        cells = [_cell(s[k]) for k in keys] + [str(s["seeds"]), num(s["final_loss"]), num(s["final_loss_min"]),
+                                               num(s["final_loss_max"]), str(s["diverged"]),
+                                               s["reached"] or "–", steps]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

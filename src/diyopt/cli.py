@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from .fit import NONFINITE_POLICIES
+
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 
@@ -43,6 +45,23 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def unit_interval(text: str) -> float:
+    """A tolerance: a number strictly between 0 and 1 (the factor the gap to f* must shrink by)."""
+    value = positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (the factor the gap to f* shrinks by), got {text}")
+    return value
+
+
+# The one meaning of a seed and of --tol in compare and sweep (README: "Seeds and --tol").
+SEEDS_MEANING = ("Seed 0 is the problem's standard start; seed s > 0 starts at x0 + 0.1 (1 + |x0|) z, "
+                 "z ~ N(0, 1) drawn with torch.Generator().manual_seed(s) (a NIST problem's seed 1 is its "
+                 "Start 2).")
+TOL_MEANING = ("A run reaches --tol at the first step i with f(x_i) - f* <= tol (f(x_0) - f*): the gap to "
+               "the optimum f* cut by the factor tol, f* the problem's known optimum, or where none is "
+               "known the lowest loss any run reached. A run that never does is 'not reached'.")
 
 
 # ---------------------------------------------------------------- diyopt demo
@@ -84,24 +103,32 @@ def add_fit(sub) -> None:
                        "OUT/result.json and OUT/losses.csv (complete or not at all). Exit 2 on bad input, "
                        "3 when the fit diverged (the last finite params are written). Runs under torchrun "
                        "too: the data is sharded by rank, rank 0 writes.")
-    p.add_argument("--problem", required=True, help="problem name (diyopt list problems)")
+    p.add_argument("--problem", required=True, help="problem spec NAME[:key=value,...] as in compare and sweep: "
+                   "rosenbrock:dim=4, nist:Misra1a, csv:path=data.csv,model=poly:2 (diyopt list problems)")
     p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam:lr=1e-2 or my_rule.py:name")
-    p.add_argument("--steps", type=positive_int, required=True, help="number of updates")
-    p.add_argument("--out", required=True, help="output folder for result.json and losses.csv")
-    p.add_argument("--loss", help="loss name for problems that take one (line): l2_norm, mse, sse, ...")
+    p.add_argument("--steps", type=positive_int, default=1000, help="number of updates (default: 1000)")
+    p.add_argument("--out", default=None, help="output folder for result.json and losses.csv (default: "
+                   "runs/fit-PROBLEM-OPTIMIZER, e.g. runs/fit-rosenbrock_dim_4-adam)")
+    p.add_argument("--loss", help="loss name for problems that take one (line, csv): l2_norm, mse, sse, ...; "
+                   "with --problem line also FILE.py:NAME")
     p.add_argument("--seed", type=int, default=0, help="seed for the data and RNGs (default: 0)")
-    p.add_argument("--data", help="a CSV file with columns x, y to fit the line to (with --problem line)")
+    p.add_argument("--data", help="a CSV file with columns x, y: the path of --problem csv (any model it takes: "
+                   "csv:model=poly:2), or the data of --problem line")
     p.add_argument("--checkpoint", help="checkpoint file, saved atomically every --checkpoint-every updates")
     p.add_argument("--checkpoint-every", type=positive_int, help="updates between checkpoints (default: 100)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--engine", choices=["eager", "compiled"], default="eager", help="default: eager")
-    p.add_argument("--on-nonfinite", choices=["stop", "raise", "skip"], default="stop",
-                   help="what a nan/inf loss or gradient does (default: stop, exit 3)")
+    p.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default="stop",
+                   help="what a nan/inf loss or gradient does: stop (exit 3, the last finite params "
+                   "written), raise (exit 3, nothing written), skip (leave params and state as they were for "
+                   "that step), ignore (no check) (default: stop)")
 
     def run(args) -> int:
-        from .runs import run_fit
+        from .runs import default_out, run_fit
 
+        if args.out is None:
+            args.out = default_out(args.problem, args.optimizer)
         return run_fit(args)
 
     p.set_defaults(run=run)
@@ -113,21 +140,22 @@ def add_fit(sub) -> None:
 def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="optimizers side by side on problems from the same starts: figures, "
                        "table.csv/.md, settings.json",
-                       description="Run every optimizer from the same --seeds starting points (seed 0 = the "
-                       "problem's standard start, others perturbed) and write figures (loss vs step with a "
+                       description="Run every optimizer from the same --seeds starting points and write figures (loss vs step with a "
                        "band over seeds, loss vs time, paths on 2-D problems), table.csv, table.md and "
                        "settings.json to --out. With several --problem, one sub-folder each plus "
                        "Dolan-More performance profiles. Optimizers are separated by commas; a piece that "
                        "starts with key= continues the previous spec: 'sgd,adam:lr=1e-2,betas=0.8/0.99,"
-                       "my.py:rule' is three optimizers. --optimizers may also be repeated.")
+                       "my.py:rule' is three optimizers. --optimizers may also be repeated. Ranks: by "
+                       "median final loss, then by median steps to --tol. " + SEEDS_MEANING + " " + TOL_MEANING)
     p.add_argument("--problem", action="append", required=True,
-                   help="problem name, with arguments after ':' (rosenbrock:dim=4); repeat for several")
+                   help="problem spec NAME[:key=value,...] (rosenbrock:dim=4, nist:Misra1a; diyopt list "
+                   "problems); repeat for several")
     p.add_argument("--optimizers", action="append", required=True,
                    help="comma-separated optimizer specs (see above); repeatable")
     p.add_argument("--seeds", type=positive_int, default=5, help="starting points per optimizer (default: 5)")
     p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
-    p.add_argument("--tol", type=positive_float, default=1e-6,
-                   help="converged when loss - f* <= tol * (loss0 - f*) (default: 1e-6)")
+    p.add_argument("--tol", type=unit_interval, default=1e-6,
+                   help="converged when loss - f* <= tol * (loss0 - f*), see above (default: 1e-6)")
     p.add_argument("--out", required=True, help="output folder (replaced if it holds an earlier comparison)")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html")
 
@@ -185,29 +213,94 @@ def _loss_names() -> list[str]:
     return losses.names()
 
 
-# What ``diyopt list KIND`` can list: one line per kind, ``kind -> function returning the names``.
+def _problem_lines() -> list[str]:
+    """One line per problem: ``NAME  ARG=DEFAULT,...  description`` (the spec syntax ``--problem`` takes),
+    then one per NIST StRD file found (``diyopt.nist.nist_dir``)."""
+    import inspect
+
+    from . import nist, problems
+
+    def args(name: str) -> str:
+        items = [k if v is inspect.Parameter.empty else f"{k}={_show(v)}" for k, v in problems.arguments(name).items()]
+        return ",".join(items) or "-"
+
+    rows = [(n, args(n), problems.describe(n)) for n in problems.names()]
+    rows += [(f"nist:{f.stem}", "-", f"NIST StRD {f.stem}: " + nist.FORMULAS.get(f.stem, "linear regression"))
+             for f in sorted(nist.nist_dir().glob("*.dat"))]
+    w1, w2 = max(len(r[0]) for r in rows), min(max(len(r[1]) for r in rows), 44)
+    return [f"{n:<{w1}}  {a:<{w2}}  {d}" for n, a, d in rows]
+
+
+def _show(v) -> str:
+    """A default as the spec syntax writes it: tuples joined by ``/``, booleans lower case."""
+    if isinstance(v, tuple):
+        return "/".join(_show(x) for x in v)
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    return str(v)
+
+
+def _function_lines(module) -> list[str]:
+    """``name(arguments)  first sentence of the docstring`` for each public factory of ``module``."""
+    import inspect
+    import re
+
+    rows = []
+    for name in sorted(n for n in module.__all__ if n[0].islower()):
+        f = getattr(module, name)
+        params = [p for p in inspect.signature(f).parameters.values() if p.name not in ("grad", "state", "param")]
+        args = ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                         for p in params)
+        # the first sentence of the first paragraph, before cleaning: a sentence ends at ". " before a
+        # capital, a role (:math:) or markup, not at "sec. 7"
+        doc = " ".join(inspect.cleandoc(f.__doc__ or "").split("\n\n")[0].split())
+        doc = re.split(r"\.\s+(?=[A-Z:`\\])", doc, maxsplit=1)[0].rstrip(".")
+        doc = re.sub(r":\w+:`~?([^`]*)`", r"\1", doc).replace("``", "")
+        doc = re.sub(r"\\(?:text|operatorname)\{([^}]*)\}", r"\1", doc).replace("\\_", "_")
+        doc = re.sub(r"\\(\w+)", r"\1", doc)  # TeX commands as their names: \gamma -> gamma
+        rows.append((f"{name}({args})", doc))
+    width = min(max(len(r[0]) for r in rows), 48)
+    return [f"{sig:<{width}}  {doc}" for sig, doc in rows]
+
+
+def _schedule_lines() -> list[str]:
+    from . import schedules
+
+    return _function_lines(schedules)
+
+
+def _transform_lines() -> list[str]:
+    from . import transforms
+
+    return _function_lines(transforms)
+
+
+# What ``diyopt list KIND`` can list: ``kind -> function returning its lines``.
 LISTABLE: dict[str, Callable[[], list[str]]] = {
     "optimizers": _optimizer_names,
     "losses": _loss_names,
-    "problems": lambda: _problem_names(),
+    "problems": _problem_lines,
+    "schedules": _schedule_lines,
+    "transforms": _transform_lines,
 }
 
 
-def _problem_names() -> list[str]:
-    """The registered problems, then ``nist:NAME`` for each NIST StRD file found (``diyopt.nist.nist_dir``)."""
-    from . import nist, problems
-
-    return problems.names() + [f"nist:{f.stem}" for f in sorted(nist.nist_dir().glob("*.dat"))]
-
-
 def add_list(sub) -> None:
-    p = sub.add_parser("list", help="list the built-in optimizers, losses, ...",
-                       description="Print the registered names of one kind, one per line.")
-    p.add_argument("kind", metavar="KIND", choices=sorted(LISTABLE),
-                   help=f"what to list: {', '.join(sorted(LISTABLE))}")
+    p = sub.add_parser("list", help="list the built-in optimizers, losses, problems, schedules, transforms",
+                       description="Print the built-in names of one kind, one per line; without KIND, every "
+                       "kind under a heading. Problems show their arguments (the --problem spec syntax: "
+                       "NAME:key=value,...) and a one-line description; schedules and transforms their "
+                       "arguments and what they do.")
+    p.add_argument("kind", metavar="KIND", nargs="?", choices=sorted(LISTABLE),
+                   help=f"what to list: {', '.join(sorted(LISTABLE))} (default: all)")
 
     def run(args) -> int:
-        print("\n".join(LISTABLE[args.kind]()))
+        if args.kind is not None:
+            print("\n".join(LISTABLE[args.kind]()))
+            return 0
+        for i, (kind, lines) in enumerate(LISTABLE.items()):
+            print(("\n" if i else "") + f"{kind}:")
+            print("\n".join("  " + line for line in lines()))
         return 0
 
     p.set_defaults(run=run)
@@ -242,18 +335,23 @@ def add_check(sub) -> None:
 
 def add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="a grid of hyperparameters x seeds as one vectorized run: sweep.csv and "
-                       "a plot of final loss against each hyperparameter",
+                       "a plot of the loss gap to the best setting against each hyperparameter",
                        description="Run every combination of --grid values and --seeds starting points as one "
                        "vectorized computation (torch.func.vmap over runs) and write OUT/sweep.csv (one row per "
                        "run: hyperparameters, seed, final loss, steps to --tol, diverged, final params) and "
-                       "OUT/sweep.png. Seed s starts at the problem's start + N(0,1) noise drawn with seed s.")
-    p.add_argument("--problem", required=True, help="problem name, with arguments after ':' (rosenbrock:dim=4)")
+                       "OUT/sweep.png, and print one row per setting (medians over seeds) and the best "
+                       "setting: the lowest median final loss over seeds. " + SEEDS_MEANING + " " + TOL_MEANING)
+    p.add_argument("--problem", required=True, help="problem spec NAME[:key=value,...] (rosenbrock:dim=4, "
+                   "nist:Misra1a; diyopt list problems)")
     p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam or my_rule.py:name")
     p.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
                    help="values of one hyperparameter (tuples as 0.9/0.999); repeat for more")
-    p.add_argument("--seeds", type=positive_int, default=None, help="starting points per setting (seeds 0..N-1)")
+    p.add_argument("--seeds", type=positive_int, default=None,
+                   help="starting points per setting, seeds 0..N-1 (default: one run per setting, from the "
+                   "standard start)")
     p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
-    p.add_argument("--tol", type=float, default=None, help="report the steps until the loss first reaches TOL")
+    p.add_argument("--tol", type=unit_interval, default=1e-6, help="the convergence tolerance, as in compare "
+                   "(default: 1e-6)")
     p.add_argument("--engine", choices=["vmap", "compiled"], default="vmap", help="default: vmap (no compile)")
     p.add_argument("--out", required=True, help="output folder")
 
@@ -282,6 +380,9 @@ COMMANDS: list[Callable] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diyopt", description="Write the loss and the update rule yourself; autograd "
                      "supplies the gradients, diyopt runs, checks, compares and draws them.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"diyopt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in COMMANDS:

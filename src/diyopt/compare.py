@@ -44,6 +44,7 @@ from .core import Optimizer, Params, as_params
 from .fit import fit
 from .outputs import dumps
 from .problems import Problem
+from .starts import perturbed
 from .profiles import linestyle, performance_profile, plot_performance_profile  # noqa: F401
 
 
@@ -124,8 +125,9 @@ class Comparison:
         nearest known minimizer, nan if none is known),
         ``reached`` (``"k/n"`` seeds that met the tolerance), ``steps_to_tol`` and ``seconds_to_tol``
         (medians, inf when most seeds never met it), ``seconds`` (median total time), ``rank``
-        (1 = lowest median final loss; losses equal to about 9 significant digits share a rank, so
-        methods that all converged tie, and ``steps_to_tol`` tells them apart).
+        (competition ranking, "1224": by median final loss, losses equal to about 9 significant digits
+        counting as equal; among equal losses, by median steps to the tolerance, so methods that all
+        converge are ordered by how fast they got there; equal on both = the same rank).
         """
         steps, secs = self.costs("steps"), self.costs("seconds")
         rows = []
@@ -144,17 +146,28 @@ class Comparison:
                 "seconds": float(np.median([r.seconds[-1] for r in runs])),
                 "diverged": f"{sum(r.stop_reason == 'diverged' for r in runs)}/{len(runs)}",
             })
-        # Competition ranking ("1224") by median final loss. Medians that differ only by rounding share a
-        # rank: o beats r when m_o < m_r - (1e-9 |m_r| + 1e-12 max(1, |f*|)); the threshold grows with m_r,
-        # so a lower loss never gets a worse rank.
-        atol = 1e-12 * max(1.0, abs(self.f_star))
         for row in rows:
-            m = row["final_loss"]
-            row["rank"] = 1 + sum(o["final_loss"] < m - (RANK_RTOL * abs(m) + atol) for o in rows)
+            row["rank"] = 1 + sum(self._beats(o, row) for o in rows)
         return rows
 
+    def _beats(self, o: dict, r: dict) -> bool:
+        """Row ``o`` ranks ahead of row ``r``: a lower median final loss, or an equal one (within rounding)
+        and fewer median steps to the tolerance.
+
+        Medians that differ only by rounding are equal: ``m_o < m_r - (1e-9 |m_r| + 1e-12 max(1, |f*|))``
+        is a lower loss; the threshold grows with ``m_r``, so a lower loss never gets a worse rank."""
+        atol = 1e-12 * max(1.0, abs(self.f_star))
+        lower = lambda a, b: a < b - (RANK_RTOL * abs(b) + atol)
+        m_o, m_r = o["final_loss"], r["final_loss"]
+        if lower(m_o, m_r):
+            return True
+        if lower(m_r, m_o):
+            return False
+        return o["steps_to_tol"] < r["steps_to_tol"]
+
     def to_csv(self, path: str | Path | None = None) -> str:
-        """The table as CSV (full precision); written to ``path`` when given."""
+        """The table as CSV (full precision, "not reached" for a tolerance most seeds never met); written to
+        ``path`` when given."""
         import csv
         import io
 
@@ -162,13 +175,14 @@ class Comparison:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: _csv_value(v, k) for k, v in row.items()} for row in rows)
         if path is not None:
             Path(path).write_text(buf.getvalue())
         return buf.getvalue()
 
     def to_markdown(self) -> str:
-        """The table as GitHub Markdown, sorted by rank, numbers to 4 significant digits."""
+        """The table as GitHub Markdown, sorted by rank, numbers to 4 significant digits; a tolerance no
+        seed (or fewer than half of them) reached is "not reached"."""
         rows = sorted(self.table(), key=lambda r: r["rank"])
         head = ["rank", "optimizer", "final loss (median)", "min", "max", "loss − f* (median)",
                 "distance to optimum",
@@ -177,7 +191,7 @@ class Comparison:
                 "reached", "steps_to_tol", "seconds_to_tol", "seconds", "diverged"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in rows:
-            lines.append("| " + " | ".join(_md_value(row[k]) for k in keys) + " |")
+            lines.append("| " + " | ".join(_md_value(row[k], k) for k in keys) + " |")
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------ figures
@@ -441,7 +455,7 @@ def start_point(problem: Problem, seed: int, perturb: float = 0.1) -> Params:
     """The start for ``seed``: ``params0`` for seed 0; a problem's own named starts next (a NIST problem's
     ``starts``: seed 1 = Start 2); then ``problem.info["sample_start"](seed)`` if the problem has a
     sampler, else ``params0 + perturb * (1 + |params0|) * z`` with ``z ~ N(0, 1)`` from a generator
-    seeded with ``seed``."""
+    seeded with ``seed`` (:func:`diyopt.starts.perturbed`, the rule ``sweep`` uses too)."""
     p0 = as_params(problem.params0)
     if seed == 0:
         return p0
@@ -451,12 +465,7 @@ def start_point(problem: Problem, seed: int, perturb: float = 0.1) -> Params:
     sampler = problem.info.get("sample_start")
     if sampler is not None:
         return as_params(sampler(seed))
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in p0.items():
-        z = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.dtype)
-        out[k] = v + perturb * (1 + v.abs()) * z
-    return out
+    return perturbed(p0, seed, perturb)
 
 
 # ---------------------------------------------------------------- optimizers and problems by name
@@ -537,29 +546,15 @@ def split_specs(text: str) -> list[str]:
 
 
 def _as_problem(problem: Problem | str) -> Problem:
+    """A Problem as is; a string is a problem spec (``"rosenbrock:dim=4"``, ``"nist:Misra1a"``), parsed by
+    :func:`diyopt.problems.parse_spec` like every subcommand's ``--problem``."""
     if isinstance(problem, Problem):
         return problem
     if not isinstance(problem, str):
         raise TypeError(f"problem must be a Problem or a name, got {type(problem).__name__}")
     from . import problems
 
-    name, _, args = problem.partition(":")
-    kwargs = {}
-    for item in filter(None, (a.strip() for a in args.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"problem arguments are key=value, got {item!r} in {problem!r}")
-        kwargs[key.strip()] = _literal(value.strip())
-    return problems.get(name, **kwargs)
-
-
-def _literal(text: str) -> Any:
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    return problems.get(problem)
 
 
 def _describe(opt: Any, kwargs: dict, spec: str | None) -> dict:
@@ -697,15 +692,20 @@ def _flat2(params: Params) -> np.ndarray:
     return torch.cat([v.detach().reshape(-1) for v in params.values()]).double().numpy()
 
 
-def _csv_value(v: Any) -> Any:
+def _csv_value(v: Any, key: str = "") -> Any:
+    if isinstance(v, float) and key.endswith("_to_tol") and v == math.inf:
+        return NOT_REACHED
     return repr(v) if isinstance(v, float) else v
 
 
-def _md_value(v: Any) -> str:
+NOT_REACHED = "not reached"  # a cost to the tolerance that is inf: most seeds never met it
+
+
+def _md_value(v: Any, key: str = "") -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
         if math.isinf(v):
-            return "never" if v > 0 else "-inf"
+            return NOT_REACHED if key.endswith("_to_tol") and v > 0 else ("inf" if v > 0 else "-inf")
         return f"{v:.4g}"
     return str(v)

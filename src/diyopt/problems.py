@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -66,13 +68,17 @@ class NistProblem(Problem):
 
 
 _PROBLEMS: dict[str, Callable[..., Problem]] = {}
+_SUMMARIES: dict[str, str] = {}  # the one line ``diyopt list problems`` prints
 
 
-def register(name: str) -> Callable:
-    """Decorator: register a problem factory under ``name``."""
+def register(name: str, summary: str | None = None) -> Callable:
+    """Decorator: register a problem factory under ``name``, with a one-line ``summary`` (default: the
+    first sentence of its docstring)."""
 
     def deco(factory: Callable[..., Problem]) -> Callable[..., Problem]:
         _PROBLEMS[name] = factory
+        if summary:
+            _SUMMARIES[name] = summary
         return factory
 
     return deco
@@ -83,22 +89,150 @@ def names() -> list[str]:
 
 
 def get(name: str, **kwargs: Any) -> Problem:
-    """A problem by name; ``kwargs`` go to its factory. Unknown names suggest the closest.
-    ``"nist:NAME"`` is the NIST StRD dataset NAME (``get("nist", path_or_name=NAME)``)."""
-    if name.startswith("nist:"):
-        return _PROBLEMS["nist"](name[5:], **kwargs)
+    """A problem by name or spec; ``kwargs`` go to its factory. Unknown names suggest the closest.
+
+    ``name`` may carry arguments in the spec syntax of :func:`parse_spec`: ``get("rosenbrock:dim=4")``,
+    ``get("nist:Misra1a")`` (the NIST StRD dataset Misra1a), ``get("csv:data.csv,model=poly:2")``;
+    ``kwargs`` given here override the spec's."""
+    name, spec_kwargs = parse_spec(name)
+    kwargs = {**spec_kwargs, **_checked_kwargs(name, kwargs)}
+    missing = _missing(name, kwargs)
+    if missing:
+        raise ValueError(f"problem {name!r} needs {', '.join(k + '=...' for k in missing)} "
+                         f"(e.g. {name}:{missing[0]}=...)")
+    return _PROBLEMS[name](**checked_arguments(name, _PROBLEMS[name], kwargs))
+
+
+# ---------------------------------------------------------------- the problem spec (CLI and Python)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME[:ARG][,key=value,...]"`` -> ``(NAME, kwargs)``: the one problem syntax of every subcommand.
+
+    - ``NAME`` is a registered problem (``diyopt list problems``); unknown names suggest the closest.
+    - After the first ``:`` come comma-separated ``key=value`` arguments of the problem's factory
+      (``rosenbrock:dim=4``, ``quadratic:dim=10,cond=1e3``). The first one may omit its key: it is then
+      the factory's first argument (``nist:Misra1a`` = ``nist:path_or_name=Misra1a``, ``csv:data.csv``).
+    - A value is converted by the factory's annotation: ``int``, ``float``, ``bool``
+      (``true``/``false``), ``str`` (kept as written: ``model=poly:2``, ``path=my data.csv``), tuples as
+      ``A/B`` (``start=1/2``), dicts as ``k=v/k=v`` (``p0=a=1/k=0.5``). A piece without ``key=`` after the
+      first continues the previous value, so a value may hold commas.
+    - Unknown keys, missing required arguments and unconvertible values are errors naming the problem.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a problem spec is NAME[:key=value,...], got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if name not in _PROBLEMS:
+        raise ValueError(unknown_name("problem", name, _PROBLEMS))
+    params = _signature(name)
+    raw: dict[str, str] = {}
+    last = positional = None
+    for i, piece in enumerate(rest.split(",") if rest.strip() else []):
+        key, eq, value = piece.partition("=")
+        if eq and key.strip().isidentifier():
+            last = key.strip()
+            if last in raw:
+                raise ValueError(f"problem {name!r}: argument {last!r} given twice in {spec!r}")
+            raw[last] = value.strip()
+        elif i == 0:  # a leading positional value: the factory's first argument
+            if not params:
+                raise ValueError(f"problem {name!r} takes no arguments, got {piece!r} in {spec!r}")
+            last = positional = next(iter(params))
+            raw[last] = piece.strip()
+        elif last is not None:
+            raw[last] += "," + piece
+        else:
+            raise ValueError(f"problem arguments are key=value, got {piece!r} in {spec!r}")
+    kwargs = {}
+    for k, v in raw.items():
+        try:
+            kwargs[k] = _convert(name, k, v, params.get(k))
+        except ValueError as e:
+            if positional == k:  # the user may have meant a key: say how the value was read
+                raise ValueError(f"{e} (arguments are key=value; a first value without key= is {k})") from None
+            raise
+    return name, _checked_kwargs(name, kwargs)
+
+
+def arguments(name: str) -> dict[str, Any]:
+    """``{argument: default}`` of a registered problem's factory (``inspect.Parameter.empty`` = required)."""
+    return {k: p.default for k, p in _signature(name).items()}
+
+
+def describe(name: str) -> str:
+    """The one-line description ``diyopt list problems`` prints (the registered summary, else the first
+    sentence of the factory's docstring)."""
+    if name in _SUMMARIES:
+        return _SUMMARIES[name]
+    doc = " ".join((_PROBLEMS[name].__doc__ or "").split())
+    doc = re.sub(r":math:`([^`]*)`", r"\1", doc).replace("``", "")
+    first = re.split(r"(?<=[.;])\s", doc, maxsplit=1)[0]
+    return first.rstrip(".;")
+
+
+def _signature(name: str) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(_PROBLEMS[name]).parameters)
+
+
+def _checked_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Unknown argument names and missing required ones are one-line errors that list what the problem takes."""
+    params = _signature(name)
+    for k in kwargs:
+        if k not in params:
+            if not params:
+                raise ValueError(f"problem {name!r} takes no arguments, got {k!r}")
+            raise ValueError(unknown_name(f"argument of problem {name!r}", k, params))
+    return kwargs
+
+
+def _missing(name: str, kwargs: dict[str, Any]) -> list[str]:
+    return [k for k, p in _signature(name).items() if p.default is inspect.Parameter.empty and k not in kwargs]
+
+
+def _convert(problem: str, key: str, text: str, param: inspect.Parameter | None) -> Any:
+    """A spec value as the factory's annotation (a string under ``from __future__ import annotations``)
+    says; without an annotation, a Python literal when it is one, else the text."""
+    kind = str(param.annotation) if param is not None and param.annotation is not inspect.Parameter.empty else ""
+    what = f"problem {problem!r}: {key}={text!r}"
     try:
-        factory = _PROBLEMS[name]
-    except KeyError:
-        raise ValueError(unknown_name("problem", name, _PROBLEMS)) from None
-    return factory(**checked_arguments(name, factory, kwargs))
+        if kind.startswith("str"):
+            return text
+        if kind.startswith("bool"):
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+        if kind.startswith(("tuple", "list")):
+            return tuple(float(v) for v in text.split("/"))
+        if kind.startswith("dict"):
+            pairs = [item.partition("=") for item in text.split("/")]
+            if not all(eq and k.strip() for k, eq, _ in pairs):
+                raise ValueError
+            return {k.strip(): float(v) for k, _, v in pairs}
+    except ValueError:
+        expected = {"bool": "true or false", "int": "an integer", "float": "a number",
+                    "tuple": "numbers joined by /", "list": "numbers joined by /",
+                    "dict": "name=number pairs joined by /"}
+        raise ValueError(f"{what}: expected {next((v for k, v in expected.items() if kind.startswith(k)), kind)}") from None
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _f64(*values: float) -> Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-@register("line")
+@register("line", "the seed's noisy line y = a x + b (n points), loss by name; solution: the least-squares line")
 def line(n: int = 100, a: float = -1.0, b: float = 1.0, sigma: float = 0.1, seed: int = 0,
          loss: str = "l2_norm") -> Problem:
     """The seed: fit ``y = a x + b`` to noisy line data; the solution is the exact least-squares line."""
@@ -120,7 +254,7 @@ def line(n: int = 100, a: float = -1.0, b: float = 1.0, sigma: float = 0.1, seed
     )
 
 
-@register("rosenbrock")
+@register("rosenbrock", "Rosenbrock's valley in dim dimensions, minimum 0 at (1, ..., 1); start (-1.2, 1, ...)")
 def rosenbrock(dim: int = 2, a: float = 1.0, b: float = 100.0) -> Problem:
     r"""Rosenbrock: :math:`\sum_i b (x_{i+1} - x_i^2)^2 + (a - x_i)^2`, minimum 0 at ``x = (a, a^2, ...)``.
 
@@ -160,7 +294,7 @@ def _two_d(name: str, f: Callable[[Tensor, Tensor], Tensor], start: tuple, minim
                    info={"description": description, "minima": sols})
 
 
-@register("beale")
+@register("beale", "Beale's function (2-D), minimum 0 at (3, 0.5); start (1, 1)")
 def beale() -> Problem:
     r"""Beale: :math:`(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2`, minimum 0 at
     ``(3, 0.5)``; standard start ``(1, 1)`` (Moré, Garbow, Hillstrom 1981)."""
@@ -169,7 +303,7 @@ def beale() -> Problem:
                   "Beale's function, minimum 0 at (3, 0.5)", res)
 
 
-@register("booth")
+@register("booth", "Booth's function (2-D), minimum 0 at (1, 3); start (0, 0)")
 def booth() -> Problem:
     r"""Booth: :math:`(x + 2y - 7)^2 + (2x + y - 5)^2`, minimum 0 at ``(1, 3)``; start ``(0, 0)``."""
     res = lambda x, y: torch.stack([x + 2 * y - 7, 2 * x + y - 5])
@@ -177,7 +311,7 @@ def booth() -> Problem:
                   "Booth's function, minimum 0 at (1, 3)", res)
 
 
-@register("himmelblau")
+@register("himmelblau", "Himmelblau's function (2-D), four minima of value 0; start (0, 0)")
 def himmelblau(start: tuple[float, float] = (0.0, 0.0)) -> Problem:
     r"""Himmelblau: :math:`(x^2 + y - 11)^2 + (x + y^2 - 7)^2`, four minima of value 0 (all in
     ``info["minima"]``): ``(3, 2)`` and three irrational ones, the roots of ``x^2 + y = 11, x + y^2 = 7``
@@ -194,7 +328,7 @@ def himmelblau(start: tuple[float, float] = (0.0, 0.0)) -> Problem:
                   "Himmelblau's function, four minima of value 0", res)
 
 
-@register("quadratic")
+@register("quadratic", "0.5 (x - x*)' A (x - x*) in dim dimensions, A's condition number cond; minimum 0 at x*")
 def quadratic(dim: int = 10, cond: float = 100.0, seed: int = 0) -> Problem:
     r"""An ill-conditioned quadratic :math:`\frac12 (x - x^*)^\top A (x - x^*)`, minimum 0 at :math:`x^*`.
 
@@ -220,7 +354,7 @@ def quadratic(dim: int = 10, cond: float = 100.0, seed: int = 0) -> Problem:
                    info={"description": f"quadratic, {dim}-D, condition number {cond:g}", "A": a, "cond": cond})
 
 
-@register("polynomial")
+@register("polynomial", "fit a degree-K polynomial to n noisy points on [-1, 1] (mean squared error)")
 def polynomial(degree: int = 3, n: int = 50, sigma: float = 0.1, seed: int = 0,
                coef: list[float] | None = None) -> Problem:
     r"""Fit a degree-``degree`` polynomial :math:`\sum_k c_k x^k` to noisy samples on ``[-1, 1]`` (mean
@@ -249,7 +383,7 @@ def _vander(x: Tensor, degree: int) -> Tensor:
     return x.unsqueeze(1) ** torch.arange(degree + 1, dtype=x.dtype)
 
 
-@register("logistic")
+@register("logistic", "logistic regression on n synthetic points in dim dimensions (separable: no minimizer)")
 def logistic(n: int = 200, dim: int = 2, separable: bool = False, seed: int = 0, l2: float = 0.0) -> Problem:
     r"""Logistic regression on synthetic data: mean :math:`\log(1 + e^{-s_i (w^\top x_i + b)})
     + \frac{l2}{2}\|w\|^2`, labels :math:`s_i = \pm 1`.
@@ -291,7 +425,7 @@ def _logistic_problem(name: str, features: Tensor, labels: Tensor, l2: float, no
                    info={"description": description, "features": features, "labels": labels, "l2": l2})
 
 
-@register("breast_cancer")
+@register("breast_cancer", "scikit-learn's breast-cancer data: logistic regression (hidden=0) or a tanh MLP")
 def breast_cancer(hidden: int = 0, l2: float = 1e-2, seed: int = 0) -> Problem:
     """Real data with no download: scikit-learn's bundled Wisconsin breast-cancer set (569 x 30, features
     standardized). ``hidden=0``: L2-regularized logistic regression, solution by :func:`diyopt.newton`;
@@ -323,7 +457,7 @@ def breast_cancer(hidden: int = 0, l2: float = 1e-2, seed: int = 0) -> Problem:
                          "labels": labels, "l2": l2})
 
 
-@register("csv")
+@register("csv", "your CSV file (columns x, y): model line, poly:K or an expression in x; loss by name")
 def csv(path: str, model: str = "line", loss: str = "mse", x: str = "x", y: str = "y",
         p0: dict[str, float] | None = None) -> Problem:
     """A user's data file (columns ``x`` and ``y``) with a model and a loss.
@@ -365,7 +499,7 @@ def csv(path: str, model: str = "line", loss: str = "mse", x: str = "x", y: str 
                    info={"description": f"{path}: y = {model}, loss {loss}", "x": xs, "y": ys, "model": model})
 
 
-@register("nist")
+@register("nist", "a NIST StRD regression file by name (nist:Misra1a) or path; certified answers")
 def nist(path_or_name: str = "Misra1a"):
     """A NIST StRD dataset by name (``"Misra1a"``) or path: see :func:`diyopt.nist.problem`."""
     from .nist import problem

@@ -129,8 +129,10 @@ def _read_table(path: Path) -> dict | None:
     columns = known + extra
     if "rank" in rows[0]:
         rows.sort(key=lambda r: _number(r["rank"]))
+    # every row of rank 1 is a winner and is bolded (ties share rank 1), not just the first row
     return {"head": [h for _, h in columns],
-            "rows": [[_cell(k, r[k]) for k, _ in columns] for r in rows]}
+            "rows": [[_cell(k, r[k]) for k, _ in columns] for r in rows],
+            "winners": [_number(r.get("rank", "")) == 1 for r in rows]}
 
 
 def _number(text: str) -> float:
@@ -148,7 +150,7 @@ def _cell(key: str, text: str) -> str:
     if math.isnan(v):
         return "–"
     if math.isinf(v):
-        return "never" if v > 0 else "−inf"
+        return "not reached" if v > 0 and key.endswith("_to_tol") else ("inf" if v > 0 else "−inf")
     if key == "rank" or (v.is_integer() and abs(v) < 1e15 and key.startswith("steps")):
         return str(int(v))
     return f"{v:.4g}"
@@ -192,7 +194,7 @@ _TEMPLATE = """<!DOCTYPE html>
   th, td { border: 1px solid var(--line); padding: 5px 10px; text-align: right; }
   th { background: var(--bg-soft); }
   td:nth-child(2), th:nth-child(2) { text-align: left; }
-  table.results tbody tr:first-child td { font-weight: 600; }
+  table.results tbody tr.winner td { font-weight: 600; }
   details { margin: 10px 0; }
   pre { background: var(--bg-soft); padding: 12px; border-radius: 6px; overflow-x: auto; font-size: 13px; }
   footer { color: var(--muted); font-size: 13px; border-top: 1px solid var(--line); padding: 16px 40px; }
@@ -216,7 +218,7 @@ _TEMPLATE = """<!DOCTYPE html>
     <thead><tr>{% for h in s.table.head %}<th>{{ h }}</th>{% endfor %}</tr></thead>
     <tbody>
     {% for row in s.table.rows %}
-      <tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+      <tr{% if s.table.winners[loop.index0] %} class="winner"{% endif %}>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
     {% endfor %}
     </tbody>
   </table>

@@ -13,7 +13,6 @@ sharded across ranks and rank 0 writes.
 from __future__ import annotations
 
 import csv
-import inspect
 import random
 from pathlib import Path
 from typing import Any
@@ -74,6 +73,15 @@ def _inside(path: str, folder: str) -> bool:
     return Path(folder).resolve() in Path(path).resolve().parents
 
 
+def default_out(problem: str, optimizer: str) -> str:
+    """``diyopt fit``'s output folder when ``--out`` is not given: ``runs/fit-PROBLEM-OPTIMIZER``, every
+    character but letters, digits, ``-``, ``_`` and ``.`` made ``_`` (``runs/fit-rosenbrock_dim_4-adam``)."""
+    import re
+
+    safe = lambda text: re.sub(r"[^\w.-]+", "_", text).strip("_.") or "x"
+    return f"runs/fit-{safe(problem)}-{safe(optimizer.rpartition('/')[2])}"
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -88,35 +96,50 @@ def optimizer_from_spec(spec: str):
 
 
 def build_problem(args: Any) -> tuple[Problem, str | None]:
-    """The problem, its data sharded when running under torchrun, and the reduction its loss needs."""
-    name = args.problem
-    if name not in problems.names():
-        raise ValueError(losses.unknown_name("problem", name, problems.names()))
+    """The problem of ``--problem SPEC`` (:func:`diyopt.problems.parse_spec`, the syntax every subcommand
+    takes), its data sharded when running under torchrun, and the reduction its loss needs.
+
+    ``--data FILE`` is the ``path`` of the ``csv`` problem (``--problem csv:model=poly:2 --data f.csv``),
+    or the data of the seed's line (``--problem line``, params ``a``, ``b``). ``--loss`` and ``--seed``
+    go to the problem's factory where it takes them."""
+    name, kwargs = problems.parse_spec(args.problem)
+    accepted = problems.arguments(name)
     loss_name = args.loss
     if loss_name is not None and not _is_file_spec(loss_name):
         losses.get(loss_name)  # unknown names fail here, with a suggestion
-    if args.data is not None or dd.active() or _is_file_spec(loss_name):
-        if name != "line":
-            raise ValueError(f"--data and torchrun work with --problem line, not {name!r}")
-        return _line_problem(args, loss_name or "l2_norm")
-    kwargs = {}
-    accepted = _factory_parameters(name)
-    for key, value in (("loss", loss_name), ("seed", args.seed)):
-        if key in accepted:
-            kwargs[key] = value if value is not None else accepted[key].default
-        elif key == "loss" and value is not None:
-            raise ValueError(f"problem {name!r} has its own loss; --loss applies to: line")
+    if loss_name is not None and "loss" in kwargs and kwargs["loss"] != loss_name:
+        raise ValueError(f"--loss {loss_name} and loss={kwargs['loss']} in --problem {args.problem}: give one")
+    if name == "line" and (args.data is not None or dd.active() or _is_file_spec(loss_name)):
+        return _line_problem(args, loss_name or kwargs.pop("loss", "l2_norm"), kwargs)
+    if args.data is not None:
+        if "path" not in accepted:
+            raise ValueError(f"--data is the data file of --problem csv:model=... or --problem line, "
+                             f"not of {name!r}")
+        if "path" in kwargs:
+            raise ValueError(f"--data {args.data} and path={kwargs['path']} in --problem: give one")
+        kwargs["path"] = args.data
+    if dd.active():
+        raise ValueError(f"torchrun works with --problem line (its data is sharded by rank), not {name!r}")
+    if _is_file_spec(loss_name):
+        raise ValueError(f"--loss FILE.py:NAME works with --problem line, not {name!r}")
+    if loss_name is not None:
+        if "loss" not in accepted:
+            takes = ", ".join(n for n in problems.names() if "loss" in problems.arguments(n))
+            raise ValueError(f"problem {name!r} has its own loss; --loss applies to: {takes}")
+        kwargs["loss"] = loss_name
+    if "seed" in accepted:
+        kwargs.setdefault("seed", args.seed)
     return problems.get(name, **kwargs), None
 
 
-def _factory_parameters(name: str) -> dict:
-    factory = getattr(problems, "_PROBLEMS", {}).get(name)
-    return dict(inspect.signature(factory).parameters) if factory else {}
-
-
-def _line_problem(args: Any, loss_name: str) -> tuple[Problem, str | None]:
-    """The line ``y = a x + b`` on the seed's data or a CSV file, on this rank's shard of the rows."""
-    x, y = data.load_csv(args.data) if args.data else data.make_line(seed=args.seed)
+def _line_problem(args: Any, loss_name: str, kwargs: dict | None = None) -> tuple[Problem, str | None]:
+    """The line ``y = a x + b`` on the seed's data (``kwargs``: ``make_line``'s) or a CSV file, on this
+    rank's shard of the rows."""
+    kwargs = dict(kwargs or {})
+    if args.data and kwargs:
+        raise ValueError(f"--data FILE replaces the line's generated data; drop {', '.join(kwargs)} "
+                         f"from --problem {args.problem}")
+    x, y = data.load_csv(args.data) if args.data else data.make_line(**{"seed": args.seed, **kwargs})
     reduction = None
     if dd.active():
         reduction = None if _is_file_spec(loss_name) else dd.REDUCTION.get(loss_name)
