@@ -11,6 +11,11 @@ Hyperparameters may be Python numbers or tensors (the compiled and batched engin
 rule branches in Python on a hyperparameter's value; the structural flags (``amsgrad``, ``centered``)
 are Python booleans. Most rules return a direction that ``scale_by_lr(lr)`` turns into a descent step;
 Rprop returns the step itself, as its step sizes *are* its learning rates.
+
+A scalar torch derives from a tensor hyperparameter is computed, as torch computes it, in that tensor's
+dtype: ``1 - beta ** t`` for a float32 ``beta`` is a float32 number even for float64 params. Adam, Adamax
+and NAdam fold the learning rate into such scalars (``lr / (1 - beta1 ** t)``); given ``lr`` they return
+the step itself, with torch's rounding, instead of the direction (``diyopt.optim`` passes it).
 """
 from __future__ import annotations
 
@@ -31,9 +36,34 @@ def _addcmul(acc: Tensor, t1: Tensor, t2: Tensor, value) -> Tensor:
 
 
 def _bias_correction(beta, step: Tensor) -> Tensor:
-    """``1 - beta ** step``, called as torch functions: ``beta ** tensor`` and ``1 - tensor`` go through
-    Python-level reflected-operator wrappers that cost more than the arithmetic in an eager step."""
+    """``1 - beta ** step``: in ``beta``'s dtype when it is a tensor (torch's ``1 - beta1 ** step``). Called
+    as torch functions: ``beta ** tensor`` and ``1 - tensor`` go through Python-level reflected-operator
+    wrappers that cost more than the arithmetic in an eager step."""
+    if isinstance(beta, Tensor):
+        # torch raises a tensor beta to a Python-float step, a kernel that takes b*b and b*b*b for the
+        # exponents 2 and 3 and pow otherwise: the same here, so a float32 beta rounds as torch's does
+        step = step.to(beta.dtype)
+        power = torch.where(step == 2, beta * beta, torch.where(step == 3, beta * beta * beta, torch.pow(beta, step)))
+        return torch.rsub(power, 1)
     return torch.rsub(torch.pow(beta, step), 1)
+
+
+def _weight(beta, like: Tensor):
+    """``1 - beta`` as ``lerp``'s weight: lerp wants one dtype, so a tensor beta is cast first, as torch does."""
+    return 1 - beta.to(like.dtype) if isinstance(beta, Tensor) else 1 - beta
+
+
+def _over(lr, x):
+    """``lr / x`` in a tensor ``lr``'s dtype: torch's step sizes (``lr / bias_correction1``) are rounded there."""
+    return lr / x.to(lr.dtype) if isinstance(lr, Tensor) and isinstance(x, Tensor) else lr / x
+
+
+def _scalar_dtype(param: Tensor) -> torch.dtype:
+    """torch.optim's dtype for scalar state (NAdam's ``mu_product``): float64 when that is the default dtype,
+    float32 otherwise. One exception, deliberate: float32 params keep float32 state under a float64 default
+    (torch would keep that scalar in float64), so a float32 run's state stays float32 throughout."""
+    wide = torch.get_default_dtype() == torch.float64 and param.dtype == torch.float64
+    return torch.float64 if wide else torch.float32
 
 
 def _zero_step(param: Tensor) -> Tensor:
@@ -52,7 +82,7 @@ class AdamState(NamedTuple):
 
 
 @elementwise
-def scale_by_adam(grad, state: AdamState, param, *, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False):
+def scale_by_adam(grad, state: AdamState, param, *, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False, lr=None):
     r"""Adam's direction (Kingma & Ba, 2015), as torch.optim.Adam computes it.
 
     .. math::
@@ -60,10 +90,11 @@ def scale_by_adam(grad, state: AdamState, param, *, b1=0.9, b2=0.999, eps=1e-8, 
         u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon},
         \quad \hat v_t = v_t \text{ or } \max_{s\le t} v_s \text{ (AMSGrad)}.
 
-    Followed by ``scale_by_lr(lr)`` this is Adam: ``param -= lr * u_t``.
+    Followed by ``scale_by_lr(lr)`` this is Adam: ``param -= lr * u_t``. Given ``lr`` it returns that step,
+    ``-(lr / (1-\beta_1^t)) \, m_t / (\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon)``, as torch forms it.
     """
     step = state.step + 1
-    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    exp_avg = torch.lerp(state.exp_avg, grad, _weight(b1, grad))
     exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
     bias_correction1 = _bias_correction(b1, step)
     bias_correction2_sqrt = _bias_correction(b2, step).sqrt()
@@ -73,7 +104,10 @@ def scale_by_adam(grad, state: AdamState, param, *, b1=0.9, b2=0.999, eps=1e-8, 
         denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
     else:
         denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
-    return exp_avg / denom / bias_correction1, AdamState(step, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    new = AdamState(step, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    if lr is None:
+        return exp_avg / denom / bias_correction1, new
+    return exp_avg / denom * -_over(lr, bias_correction1), new
 
 
 @scale_by_adam.init
@@ -184,17 +218,22 @@ class AdamaxState(NamedTuple):
 
 
 @elementwise
-def scale_by_adamax(grad, state: AdamaxState, param, *, b1=0.9, b2=0.999, eps=1e-8):
+def scale_by_adamax(grad, state: AdamaxState, param, *, b1=0.9, b2=0.999, eps=1e-8, lr=None):
     r"""Adamax's direction (Kingma & Ba, 2015, sec. 7), as torch.optim.Adamax computes it.
 
     .. math::
         m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon),\quad
         d_t = \frac{m_t}{(1-\beta_1^t)\, u_t}.
+
+    Given ``lr`` it returns the step ``-(lr / (1-\beta_1^t)) m_t / u_t``, as torch forms it.
     """
     step = state.step + 1
-    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    exp_avg = torch.lerp(state.exp_avg, grad, _weight(b1, grad))
     exp_inf = torch.maximum(state.exp_inf * b2, grad.abs() + eps)
-    return exp_avg / exp_inf / _bias_correction(b1, step), AdamaxState(step, exp_avg, exp_inf)
+    new = AdamaxState(step, exp_avg, exp_inf)
+    if lr is None:
+        return exp_avg / exp_inf / _bias_correction(b1, step), new
+    return exp_avg / exp_inf * -_over(lr, _bias_correction(b1, step)), new
 
 
 @scale_by_adamax.init
@@ -213,7 +252,7 @@ class NadamState(NamedTuple):
 
 
 @elementwise
-def scale_by_nadam(grad, state: NadamState, param, *, b1=0.9, b2=0.999, eps=1e-8, momentum_decay=4e-3):
+def scale_by_nadam(grad, state: NadamState, param, *, b1=0.9, b2=0.999, eps=1e-8, momentum_decay=4e-3, lr=None):
     r"""NAdam's direction (Dozat, 2016) with torch's momentum schedule.
 
     .. math::
@@ -221,24 +260,38 @@ def scale_by_nadam(grad, state: NadamState, param, *, b1=0.9, b2=0.999, eps=1e-8
         d_t = \frac{1}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}\Big(\frac{1-\mu_t}{1-\prod_{s\le t}\mu_s} g_t
         + \frac{\mu_{t+1}}{1-\prod_{s\le t+1}\mu_s} m_t\Big),
 
-    with :math:`\psi` = ``momentum_decay``.
+    with :math:`\psi` = ``momentum_decay``. As in torch, :math:`\prod_s \mu_s` (``mu_product``) is kept in
+    torch's scalar dtype (float32 unless the default dtype is float64). Given ``lr`` it returns the step
+    :math:`-\mathrm{lr}\, d_t`, with the two coefficients formed as torch forms them.
     """
     step = state.step + 1
     mu = b1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
-    mu_product = state.mu_product * mu
-    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    mu_product = state.mu_product * mu.to(state.mu_product.dtype)
+    exp_avg = torch.lerp(state.exp_avg, grad, _weight(b1, grad))
     exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
     denom = (exp_avg_sq / _bias_correction(b2, step)).sqrt() + eps
-    direction = (grad / denom * ((1.0 - mu) / (1.0 - mu_product))
-                 + exp_avg / denom * (mu_next / (1.0 - mu_product * mu_next)))
-    return direction, NadamState(step, exp_avg, exp_avg_sq, mu_product)
+    new = NadamState(step, exp_avg, exp_avg_sq, mu_product)
+    product = mu_product.to(mu.dtype)  # torch reads it out as a Python float
+    if lr is None:
+        return (grad / denom * ((1.0 - mu) / (1.0 - product))
+                + exp_avg / denom * (mu_next / (1.0 - product * mu_next))), new
+    # torch: (-lr * (1 - mu)) / (1 - mu_product), in a tensor lr's dtype
+    neg_lr = -lr
+    c1 = _over(neg_lr * _cast(1.0 - mu, lr), _cast(1.0 - product, lr))
+    c2 = _over(neg_lr * _cast(mu_next, lr), _cast(1.0 - product * mu_next, lr))
+    return grad / denom * c1 + exp_avg / denom * c2, new
+
+
+def _cast(x: Tensor, like):
+    """``x`` in a tensor ``like``'s dtype (torch's Python-float scalars meet a tensor lr in its dtype)."""
+    return x.to(like.dtype) if isinstance(like, Tensor) else x
 
 
 @scale_by_nadam.init
 def _(param):
     return NadamState(_zero_step(param), torch.zeros_like(param), torch.zeros_like(param),
-                      torch.ones((), dtype=param.dtype, device=param.device))
+                      torch.ones((), dtype=_scalar_dtype(param), device=param.device))
 
 
 # ---------------------------------------------------------------- RAdam
@@ -261,7 +314,7 @@ def scale_by_radam(grad, state: RadamState, param, *, b1=0.9, b2=0.999, eps=1e-8
         r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}.
     """
     step = state.step + 1
-    exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
+    exp_avg = torch.lerp(state.exp_avg, grad, _weight(b1, grad))
     exp_avg_sq = _addcmul(state.exp_avg_sq * b2, grad, grad, 1 - b2)
     bias_correction2 = _bias_correction(b2, step)
     corrected = exp_avg / _bias_correction(b1, step)
@@ -329,8 +382,8 @@ def scale_by_lion(grad, state: LionState, param, *, b1=0.9, b2=0.99):
 
     Lion is then ``chain(scale_by_lion, add_decayed_weights(wd), scale_by_lr(lr))``.
     """
-    direction = torch.lerp(state.exp_avg, grad, 1 - b1).sign()
-    return direction, LionState(state.step + 1, torch.lerp(state.exp_avg, grad, 1 - b2))
+    direction = torch.lerp(state.exp_avg, grad, _weight(b1, grad)).sign()
+    return direction, LionState(state.step + 1, torch.lerp(state.exp_avg, grad, _weight(b2, grad)))
 
 
 @scale_by_lion.init

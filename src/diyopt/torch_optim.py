@@ -69,7 +69,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._lr_tensors: dict[int, Tensor] = {}
         self._layouts: dict[tuple, _Layout] = {}
         self._compiled_steps: dict[tuple, Any] = {}
-        super().__init__(_named_groups(params), dict(optimizer.hyperparams or {}))
+        groups, self._named_input = _named_groups(params)
+        self._built = False
+        super().__init__(groups, dict(optimizer.hyperparams or {}))
+        self._built = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.optimizer.build is None:
@@ -77,7 +80,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             if extra:
                 raise TypeError(f"param group sets {extra}, but this optimizer has no hyperparameters to "
                                 "override (it was not built by a configurable factory)")
-        if "param_names" not in param_group:  # a group added later, after construction
+        if self._built:  # a group added later, after construction
+            if _given_names(param_group["params"]) != self._named_input:
+                raise ValueError("all optimizer param groups should be with/without names. cannot add param "
+                                 f"group {'without' if self._named_input else 'with'} names to the optimizer")
             start = sum(len(g["params"]) for g in self.param_groups)
             param_group = {**param_group, "params": _named_list(param_group["params"], start)}
         super().add_param_group(param_group)
@@ -148,11 +154,18 @@ class TorchOptimizer(torch.optim.Optimizer):
         missing = layout is None or any(not self.state[p] for p in params) or (
             layout.has_global and gkey not in self.state)
         if missing:
-            fresh = opt.init(dict(zip(names, params)))
+            fresh = self._init_optimizer(opt).init(dict(zip(names, params)))
             if layout is None:
                 layout = self._layouts[key] = _Layout.of(fresh, names)
             layout.fill_missing(self.state, params, i, pytree.tree_leaves(fresh))
         return layout
+
+    def _init_optimizer(self, opt: Optimizer) -> Optimizer:
+        """The optimizer whose ``init`` builds a group's state: torch builds some state from the
+        constructor's values whatever the group says (``_FROM_CONSTRUCTOR``)."""
+        own = self.optimizer.hyperparams or {}
+        fixed = {k: own[k] for k in _FROM_CONSTRUCTOR if k in own and not _same((own[k],), (opt.hyperparams[k],))}
+        return opt.replace_hyperparams(**fixed) if fixed else opt
 
     # ------------------------------------------------------------ the compiled engine
 
@@ -174,6 +187,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             # hoisting_backend: Inductor, with the scalar math (bias corrections) done once per step
             fn = self._compiled_steps[key] = torch.compile(step, backend=hoisting_backend())
         fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
+
+
+# Hyperparameters torch reads from the constructor, not the group, when it builds the state:
+# torch.optim.Adagrad fills ``sum`` from its ``initial_accumulator_value`` default in ``__init__``.
+_FROM_CONSTRUCTOR = ("initial_accumulator_value",)
 
 
 def _make_group_step(opt: Optimizer, names: list, spec, tensor_lr: bool, scalars: tuple):
@@ -263,27 +281,51 @@ def _short(parts) -> str:
 # ---------------------------------------------------------------- params and groups
 
 
-def _named_groups(params: Any) -> list[dict]:
-    """torch's param-group list, every group with ``(name, tensor)`` pairs so the names reach diyopt."""
+def _named_groups(params: Any) -> tuple[list[dict], bool]:
+    """torch's param-group list, every group with ``(name, tensor)`` pairs so the names reach diyopt, and
+    whether the caller gave the names (a module, a dict, ``(name, tensor)`` pairs) or diyopt made them up.
+
+    torch's rules and words: a bare tensor is not an iterable of params (``TypeError``); params within a
+    group, and groups within an optimizer, are either all named or all unnamed.
+    """
     if isinstance(params, torch.nn.Module):
-        return [{"params": list(params.named_parameters())}]
+        return [{"params": list(params.named_parameters())}], True
     if isinstance(params, Tensor):
-        return [{"params": [("0", params)]}]
+        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                        f"but got {torch.typename(params)}")
     if isinstance(params, Mapping):
-        return [{"params": [(str(k), v) for k, v in params.items()]}]
+        return [{"params": [(str(k), v) for k, v in params.items()]}], True
     items = list(params)
     if not items:
         raise ValueError("optimizer got an empty parameter list")
-    if all(isinstance(g, Mapping) for g in items):
-        groups, start = [], 0
-        for g in items:
-            if "params" not in g:
-                raise ValueError("each param group must have a 'params' entry")
-            named = _named_list(g["params"], start)
-            start += len(named)
-            groups.append({**g, "params": named})
-        return groups
-    return [{"params": _named_list(items, 0)}]
+    if not all(isinstance(g, Mapping) for g in items):
+        return [{"params": _named_list(items, 0)}], _given_names(items)
+    groups, start, named = [], 0, None
+    for g in items:
+        if "params" not in g:
+            raise ValueError("each param group must have a 'params' entry")
+        group_named = _given_names(g["params"])
+        if named is not None and group_named != named:
+            raise ValueError("all optimizer param groups should be with/without names. cannot add param group "
+                             f"{'with' if group_named else 'without'} names to the optimizer")
+        named = group_named
+        listed = _named_list(g["params"], start)
+        start += len(listed)
+        groups.append({**g, "params": listed})
+    return groups, bool(named)
+
+
+def _given_names(params: Any) -> bool:
+    """Whether a group's params come with names; a mix is torch's ``ValueError``."""
+    if isinstance(params, (torch.nn.Module, Mapping)):
+        return True
+    if isinstance(params, Tensor):
+        return False
+    params = list(params)
+    named = [isinstance(p, tuple) for p in params]
+    if any(named) and not all(named):
+        raise ValueError("all optimizer params should be with/without names. Some param names are missing")
+    return bool(params) and all(named)
 
 
 def _named_list(params: Any, start: int) -> list[tuple[str, Tensor]]:

@@ -30,7 +30,7 @@ Schedule = Callable[[Tensor], Tensor]
 __all__ = [
     "AdadeltaState", "AdagradState", "AdamState", "AdamaxState", "ApplyIfFiniteState", "AccumulateState",
     "LionState", "NadamState", "RadamState", "RmsState", "RpropState", "ScheduleState", "TraceState",
-    "accumulate", "add_decayed_weights", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
+    "accumulate", "add_decayed_weights", "add_decoupled_weight_decay", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
     "masked", "scale", "scale_by_adadelta", "scale_by_adagrad", "scale_by_adam", "scale_by_adamax",
     "scale_by_lion", "scale_by_lr", "scale_by_nadam", "scale_by_radam", "scale_by_rms", "scale_by_rprop",
     "scale_by_schedule", "set_to_zero", "trace",
@@ -103,6 +103,25 @@ def add_decayed_weights(weight_decay: float | Tensor) -> Optimizer:
         if isinstance(weight_decay, Tensor):
             return {k: g + weight_decay * params[k] for k, g in grads.items()}, state
         return {k: g.add(params[k], alpha=weight_decay) for k, g in grads.items()}, state
+
+    return Optimizer(lambda params: (), update, flattenable=True)
+
+
+def add_decoupled_weight_decay(lr: float | Tensor, weight_decay: float | Tensor) -> Optimizer:
+    """torch's decoupled weight decay, ``param *= 1 - lr * weight_decay``, as a term of the update.
+
+    Placed after the step: ``update + (1 - lr * weight_decay - 1) * param``, the factor formed as torch forms
+    it (a tensor ``lr``'s dtype rounds ``1 - lr * weight_decay``), so the sum equals torch's
+    ``param.mul_(1 - lr * weight_decay)`` followed by the step, to float64 rounding.
+    """
+
+    def update(grads: Params, state: tuple, params: Params | None = None):
+        if params is None:
+            raise ValueError("add_decoupled_weight_decay needs params")
+        factor = (1 - lr * weight_decay) - 1
+        if isinstance(factor, Tensor):
+            return {k: g + factor * params[k] for k, g in grads.items()}, state
+        return {k: g.add(params[k], alpha=factor) for k, g in grads.items()}, state
 
     return Optimizer(lambda params: (), update, flattenable=True)
 
