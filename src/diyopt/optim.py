@@ -326,6 +326,87 @@ def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_wei
                       maximize, lr)
 
 
+# ---------------------------------------------------------------- averaged, factored, orthogonalized, sparse
+
+
+@configurable
+def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False, foreach=None,
+         differentiable=False, capturable=False) -> Optimizer:
+    """Averaged SGD, equal to ``torch.optim.ASGD``: ``chain([negate], [coupled decay], scale_by_asgd)``.
+
+    The averaged iterate is the state's ``ax`` (``to_torch(...).state[p]["ax"]``), as in torch.
+    """
+    check_impl(foreach, None, differentiable)
+    check_lr(lr)
+    check_weight_decay(weight_decay)
+    return chain(*_maximize(maximize), *_coupled_decay(weight_decay),
+                 T.scale_by_asgd(lr=_to_scalar(lr), lambd=lambd, alpha=alpha, t0=t0))
+
+
+@configurable
+def adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, maximize=False,
+              foreach=None) -> Optimizer:
+    """Adafactor, equal to ``torch.optim.Adafactor`` (its ``eps`` is the pair ``(eps1, eps2)``)."""
+    check_impl(foreach)
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
+    _check(beta2_decay, lambda v: v <= 0.0, f"beta2_decay should be <= 0 but is: {beta2_decay}")
+    if eps[0] is not None:
+        _check(eps[0], lambda v: v >= 0.0, f"epsilon1 should be >= 0 but is: {eps[0]}")
+    _check(eps[1], lambda v: v >= 0.0, f"epsilon2 should be >= 0 but is: {eps[1]}")
+    _check(d, lambda v: v >= 1.0, f"Clipping threshold d should be >= 1 but is: {d}")
+    _check(weight_decay, lambda v: v >= 0.0, f"weight_decay should be >= 0 but is: {weight_decay}")
+    return chain(*_maximize(maximize),
+                 T.scale_by_adafactor(lr=_to_scalar(lr), beta2_decay=beta2_decay, eps=tuple(eps), d=d,
+                                      weight_decay=weight_decay))
+
+
+@configurable
+def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.7750, 2.0315),
+         eps=1e-7, ns_steps=5, adjust_lr_fn=None) -> Optimizer:
+    """Muon, equal to ``torch.optim.Muon``: momentum, orthogonalized by Newton-Schulz, for 2-D params.
+
+    ``chain(scale_by_muon, decoupled decay)``. As torch's, it refuses a parameter that is not a matrix
+    (``ValueError: Muon only supports 2D parameters``, from ``to_torch`` at construction). Route the
+    others -- biases, norms, embeddings -- to another rule with :func:`diyopt.transforms.masked`, by name::
+
+        matrices = {n for n, p in model.named_parameters() if p.ndim == 2}
+        opt = diyopt.to_torch(diyopt.chain(
+            masked(diyopt.optim.muon(lr=0.02), matrices),
+            masked(diyopt.optim.adamw(lr=3e-4), lambda n: n not in matrices)), model)
+
+    Each ``masked`` rule sees (and keeps state for) its own params only; together they equal torch's
+    ``Muon`` on the matrices plus ``AdamW`` on the rest.
+    """
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
+    _check(momentum, lambda v: v >= 0.0, f"momentum should be >= 0 but is: {momentum}")
+    _check(weight_decay, lambda v: v >= 0.0, f"weight decay should be >= 0 but is: {weight_decay}")
+    if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
+        raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+    lr = _to_scalar(lr)
+    return chain(
+        T.scale_by_muon(lr=lr, momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
+                        eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn),
+        *([T.add_decoupled_weight_decay(lr, weight_decay)] if nonzero(weight_decay) else []),
+    )
+
+
+@configurable
+def sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, maximize=False) -> Optimizer:
+    """SparseAdam, equal to ``torch.optim.SparseAdam``: lazy Adam for sparse gradients
+    (``nn.Embedding(sparse=True)``); only the rows with a gradient move. Dense gradients are refused."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v > 0.0, f"Invalid learning rate: {lr}")
+    _check(eps, lambda v: v > 0.0, f"Invalid epsilon value: {eps}")
+    check_betas(betas)
+    rule = T.scale_by_sparse_adam(lr=_to_scalar(lr), b1=betas[0], b2=betas[1], eps=eps, maximize=maximize)
+    return rule._replace(sparse_grads=True, flattenable=False)
+
+
 # ---------------------------------------------------------------- sign methods
 
 
@@ -366,6 +447,10 @@ def lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False) -> Opt
 
 _OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "adadelta": adadelta,
+    "adafactor": adafactor,
+    "asgd": asgd,
+    "muon": muon,
+    "sparse_adam": sparse_adam,
     "adagrad": adagrad,
     "adam": adam,
     "adamax": adamax,

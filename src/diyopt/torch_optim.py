@@ -73,6 +73,22 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._built = False
         super().__init__(groups, dict(optimizer.hyperparams or {}))
         self._built = True
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Run each group's ``init`` on meta copies of its params (no memory, no numbers), so a rule's
+        ``ValueError`` about the params -- Muon's "only supports 2D parameters", SparseAdam's "requires dense
+        parameter tensors" -- comes at construction, where torch raises it. Only ``ValueError`` counts: an
+        init that cannot run on meta tensors is simply checked at the first step instead."""
+        for i, group in enumerate(self.param_groups):
+            try:
+                opt, _ = self._group_optimizer(i, group)
+                self._init_optimizer(opt).init(
+                    {n: p if p.is_sparse else p.detach().to("meta") for n, p in zip(group["param_names"], group["params"])})
+            except ValueError:
+                raise
+            except Exception:  # noqa: BLE001 -- not a verdict on the params; the first step will tell
+                pass
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.optimizer.build is None:
@@ -106,8 +122,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self.optimizer).__name__} does not support sparse gradients")
+            if p.grad.is_sparse and not self.optimizer.sparse_grads:
+                raise RuntimeError(f"{_label(self.optimizer)} does not support sparse gradients")
             names.append(name)
             params.append(p)
             grads.append(p.grad)
@@ -125,6 +141,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         if spec != layout.spec:  # the rule changed its state's shape (e.g. () at init, (m,) after)
             layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
         layout.write(self.state, params, i, new_leaves)
+        if self.optimizer.sparse_grads:  # the updates may be sparse: no foreach kernel takes those
+            for n, p in zip(names, params):
+                p.add_(updates[n].to(p.dtype))
+            return
         torch._foreach_add_(params, [updates[n].to(p.dtype) for n, p in zip(names, params)])
 
     def _group_optimizer(self, i: int, group: dict) -> tuple[Optimizer, tuple]:
@@ -336,6 +356,11 @@ def _named_list(params: Any, start: int) -> list[tuple[str, Tensor]]:
     if isinstance(params, Mapping):
         return [(str(k), v) for k, v in params.items()]
     return [(str(p[0]), p[1]) if isinstance(p, tuple) else (str(start + j), p) for j, p in enumerate(params)]
+
+
+def _label(optimizer: Optimizer) -> str:
+    build = optimizer.build
+    return getattr(build, "__name__", None) or type(optimizer).__name__
 
 
 def _same(a: tuple, b: tuple) -> bool:

@@ -19,17 +19,20 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .adaptive import (AdadeltaState, AdagradState, AdamaxState, AdamState, LionState, NadamState,
-                       RadamState, RmsState, RpropState, scale_by_adadelta, scale_by_adagrad,
-                       scale_by_adam, scale_by_adamax, scale_by_lion, scale_by_nadam, scale_by_radam,
-                       scale_by_rms, scale_by_rprop)
+from .adaptive import (AdadeltaState, AdafactorState, AdagradState, AdamaxState, AdamState, AsgdState,
+                       LionState, MuonState, NadamState, RadamState, RmsState, RpropState, SparseAdamState,
+                       orthogonalize, scale_by_adadelta, scale_by_adafactor, scale_by_adagrad, scale_by_adam,
+                       scale_by_adamax, scale_by_asgd, scale_by_lion, scale_by_muon, scale_by_nadam,
+                       scale_by_radam, scale_by_rms, scale_by_rprop, scale_by_sparse_adam)
 from .core import Optimizer, Params, elementwise
 
 Schedule = Callable[[Tensor], Tensor]
 
 __all__ = [
-    "AdadeltaState", "AdagradState", "AdamState", "AdamaxState", "ApplyIfFiniteState", "AccumulateState",
-    "LionState", "NadamState", "RadamState", "RmsState", "RpropState", "ScheduleState", "TraceState",
+    "AdadeltaState", "AdafactorState", "AdagradState", "AdamState", "AdamaxState", "ApplyIfFiniteState",
+    "AccumulateState", "AsgdState", "LionState", "MuonState", "NadamState", "RadamState", "RmsState",
+    "RpropState", "ScheduleState", "SparseAdamState", "TraceState", "orthogonalize", "scale_by_adafactor",
+    "scale_by_asgd", "scale_by_muon", "scale_by_sparse_adam",
     "accumulate", "add_decayed_weights", "add_decoupled_weight_decay", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
     "masked", "scale", "scale_by_adadelta", "scale_by_adagrad", "scale_by_adam", "scale_by_adamax",
     "scale_by_lion", "scale_by_lr", "scale_by_nadam", "scale_by_radam", "scale_by_rms", "scale_by_rprop",
