@@ -46,6 +46,8 @@ def _bias_correction(beta, step: Tensor) -> Tensor:
         step = step.to(beta.dtype)
         power = torch.where(step == 2, beta * beta, torch.where(step == 3, beta * beta * beta, torch.pow(beta, step)))
         return torch.rsub(power, 1)
+    if step.dtype in (torch.float16, torch.bfloat16, torch.float32) and step.device.type != "mps":
+        step = step.double()  # torch forms it from Python floats, in double, whatever the params' dtype
     return torch.rsub(torch.pow(beta, step), 1)
 
 

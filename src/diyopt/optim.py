@@ -190,8 +190,8 @@ def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, cente
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
         T.scale_by_rms(alpha=alpha, eps=eps, centered=centered),
-        # torch's buffer starts at zero, so its first value is the scaled gradient: trace's rule.
-        *([T.trace(decay=momentum)] if nonzero(momentum) else []),
+        # torch's buffer starts at zero: b = momentum * b + g / avg
+        *([T.heavy_ball(decay=momentum)] if nonzero(momentum) else []),
         T.scale_by_lr(lr),
     )
 

@@ -104,6 +104,13 @@ class TorchOptimizer(torch.optim.Optimizer):
             param_group = {**param_group, "params": _named_list(param_group["params"], start)}
         super().add_param_group(param_group)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loading (by position, cast to each param), then the state is matched against diyopt's
+        layout again at the next step: a state dict saved by the torch.optim class loads too."""
+        super().load_state_dict(state_dict)
+        self._layouts.clear()
+        self._compiled_steps.clear()
+
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every group; returns ``closure()``'s loss when a closure is given."""
@@ -280,10 +287,16 @@ class _Layout:
                 store[params[j]][name] = leaf
 
     def fill_missing(self, store, params: list, i: int, leaves: list) -> None:
+        """Put in each leaf the state lacks; one it has in another dtype (a torch.optim state dict keeps
+        ``step`` in float32, or as an int) is cast to the dtype diyopt's init gives it."""
         gkey = f"group{i}"
         for (j, name), leaf in zip(self.slots, leaves):
             target = store.setdefault(gkey, {}) if j is None else store[params[j]]
-            target.setdefault(name, leaf)
+            have = target.get(name)
+            if have is None:
+                target[name] = leaf
+            elif isinstance(leaf, Tensor) and not (isinstance(have, Tensor) and have.dtype == leaf.dtype):
+                target[name] = torch.as_tensor(have).to(dtype=leaf.dtype, device=leaf.device)
 
 
 def _part(k) -> str:

@@ -33,7 +33,7 @@ __all__ = [
     "AccumulateState", "AsgdState", "LionState", "MuonState", "NadamState", "RadamState", "RmsState",
     "RpropState", "ScheduleState", "SparseAdamState", "TraceState", "orthogonalize", "scale_by_adafactor",
     "scale_by_asgd", "scale_by_muon", "scale_by_sparse_adam",
-    "accumulate", "add_decayed_weights", "add_decoupled_weight_decay", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
+    "MomentumState", "accumulate", "add_decayed_weights", "add_decoupled_weight_decay", "heavy_ball", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
     "masked", "scale", "scale_by_adadelta", "scale_by_adagrad", "scale_by_adam", "scale_by_adamax",
     "scale_by_lion", "scale_by_lr", "scale_by_nadam", "scale_by_radam", "scale_by_rms", "scale_by_rprop",
     "scale_by_schedule", "set_to_zero", "trace",
@@ -160,6 +160,23 @@ def trace(grad, state: TraceState, param, *, decay=0.9, dampening=0.0, nesterov=
 @trace.init
 def _(param):
     return TraceState(torch.zeros((), dtype=param.dtype, device=param.device), torch.zeros_like(param))
+
+
+class MomentumState(NamedTuple):
+    momentum_buffer: Tensor  # b_t, from zero
+
+
+@elementwise
+def heavy_ball(grad, state: MomentumState, param, *, decay=0.9):
+    r"""Momentum from a zero buffer, :math:`b_t = \mu b_{t-1} + g_t`, ``update = b_t`` -- RMSprop's momentum
+    in torch (``buf.mul_(momentum).addcdiv_(grad, avg)``). Unlike :func:`trace` it keeps no step count."""
+    buf = state.momentum_buffer * decay + grad
+    return buf, MomentumState(buf)
+
+
+@heavy_ball.init
+def _(param):
+    return MomentumState(torch.zeros_like(param))
 
 
 # ---------------------------------------------------------------- clipping
