@@ -97,6 +97,20 @@ OPTIMIZERS_UNDER_TEST: list[tuple[str, type | None, list[dict]]] = [
         {"lr": 1e-2, "maximize": True},
         {"lr": 0.1, "etas": (0.6, 1.1), "step_sizes": (1e-8, 1.0)},
     ]),
+    ("asgd", torch.optim.ASGD, [
+        {},
+        {"lr": 1e-2, "lambd": 0.1},
+        {"lr": 1e-2, "alpha": 0.5, "t0": 10},
+        {"lr": 1e-2, "weight_decay": 0.1, "t0": 5, "lambd": 0.01},
+        {"lr": 5e-3, "maximize": True, "t0": 20},
+    ]),
+    ("adafactor", torch.optim.Adafactor, [
+        {},
+        {"lr": 3e-2, "beta2_decay": -0.5},
+        {"lr": 1e-2, "eps": (1e-30, 1e-3), "d": 2.0},
+        {"lr": 1e-2, "weight_decay": 0.1},
+        {"lr": 1e-2, "maximize": True},
+    ]),
     ("lion", None, [
         {},
         {"lr": 1e-3},

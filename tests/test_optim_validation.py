@@ -51,7 +51,9 @@ ERROR_CASES = [
     ("lion", {"betas": (0.9, 1.0)}, ValueError, r"^Invalid beta parameter at index 1: 1.0$"),
     ("lion", {"weight_decay": -1.0}, ValueError, r"^Invalid weight_decay value: -1.0$"),
     ("adam", {"betas": 0.9}, TypeError, r"betas must be a pair \(beta1, beta2\), got 0.9"),
-    ("adam", {"foreach": True}, TypeError, r"foreach"),
+    # torch's implementation flags are accepted (they change no numbers); torch's checks of them are kept
+    ("adam", {"foreach": True, "fused": True}, RuntimeError, r"`fused` and `foreach` cannot be `True` together"),
+    ("sgd", {"fused": True, "differentiable": True}, RuntimeError, r"`fused` does not support `differentiable`"),
 ]
 
 
@@ -68,4 +70,4 @@ def test_bad_hyperparameters_raise_torch_errors(name, kwargs, error, regex):
 
 def test_tensor_hyperparameters_are_not_checked():
     # The batched engine sweeps tensors; a value is only checked when it is a Python number.
-    optim.adam(lr=torch.tensor(-1.0), betas=(torch.tensor(0.9), 0.999))
+    optim.adam(lr=torch.tensor(-1.0), betas=(torch.tensor(0.9), torch.tensor(0.999)))

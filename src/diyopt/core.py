@@ -39,6 +39,8 @@ class Optimizer(NamedTuple):
         honours per-group ``lr`` and how the fast engines pass hyperparameters as tensors.
       flattenable: True when the update depends only on the values, not on how they are split into named
         tensors (per-element rules, global norms). The fit loop may then run it on one flat buffer.
+      sparse_grads: True when ``update`` takes sparse (COO) gradients as they come, and may return sparse
+        updates (SparseAdam); ``to_torch`` refuses a sparse gradient otherwise, as torch.optim does.
     """
 
     init: Callable[[Params], State]
@@ -46,6 +48,7 @@ class Optimizer(NamedTuple):
     hyperparams: Mapping[str, Any] | None = None
     build: Callable[..., "Optimizer"] | None = None
     flattenable: bool = False
+    sparse_grads: bool = False
 
     def replace_hyperparams(self, **changes: Any) -> "Optimizer":
         """The same optimizer built with some hyperparameters changed (floats or tensors)."""

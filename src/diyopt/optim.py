@@ -6,6 +6,22 @@ keyword-only everywhere), and validates them here, in one layer, with torch's wo
 hyperparameter (the compiled and batched engines sweep them) is taken as given. Any ``lr`` may be a
 schedule ``step -> value`` (see :mod:`diyopt.schedules`), except Rprop's, which is an initial step size.
 
+torch's implementation flags are accepted wherever the torch class takes them, so code written for
+torch.optim runs unchanged; none changes the numbers, and in diyopt they mean:
+
+- ``foreach``: torch's choice between a per-tensor loop and one multi-tensor kernel per op. diyopt's eager
+  step is one loop of tensor ops (the reference); ``fit`` runs flattenable rules on one flat buffer and
+  ``to_torch(..., compiled=True)`` fuses the whole step -- that is where diyopt's speed comes from.
+- ``fused``: torch's single-kernel CUDA/CPU step. The diyopt counterpart is ``compiled=True``.
+- ``capturable``: torch keeps ``step`` on the device and avoids host syncs so the step can be captured in
+  a CUDA graph. diyopt always does: state lives on the param's device and no rule calls ``.item()``.
+- ``differentiable``: torch lets autograd run through ``step()``. diyopt's ``update`` is a pure function
+  of tensors, differentiable as it stands (call it under ``torch.func``); ``to_torch``'s ``step()`` runs
+  under ``no_grad``, as torch's does by default.
+
+torch's checks that concern them are kept (``fused`` with ``foreach``; Adam's tensor ``lr`` or ``betas``
+with ``foreach=True``), so an input torch refuses is refused here too.
+
 ``names()`` lists the registry; ``_OPTIMIZERS`` maps each name to its factory.
 """
 from __future__ import annotations
@@ -27,6 +43,8 @@ def _is_number(x: Any) -> bool:
 
 
 def check_lr(lr: Any) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
     if _is_number(lr) and not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
 
@@ -42,6 +60,27 @@ def check_betas(betas: Any) -> None:
     for i, b in enumerate(betas):
         if _is_number(b) and not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+    if sum(isinstance(b, Tensor) for b in betas) == 1:
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, b in enumerate(betas):
+        if isinstance(b, Tensor) and b.numel() != 1:
+            raise ValueError(f"Tensor betas[{i}] must be 1-element")
+
+
+def _to_scalar(x: Any) -> Any:
+    """torch's ``_to_scalar``: a 1-element tensor of any shape becomes 0-dim (``tensor([[0.9]])``)."""
+    return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 and x.numel() == 1 else x
+
+
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def check_impl(foreach=None, fused=None, differentiable=False) -> None:
+    """torch's checks of its implementation flags (see the module docstring for what they mean here)."""
+    if fused and differentiable:
+        raise RuntimeError("`fused` does not support `differentiable`")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
 def check_weight_decay(weight_decay: Any) -> None:
@@ -87,8 +126,10 @@ def gradient_descent(grad, state, param, *, lr=1e-3):
 
 
 @configurable
-def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False) -> Optimizer:
+def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False,
+        foreach=None, differentiable=False, fused=None) -> Optimizer:
     """SGD with momentum, equal to ``torch.optim.SGD``: ``chain(decay, trace, scale_by_lr)``."""
+    check_impl(foreach, fused, differentiable)
     check_lr(lr)
     check_nonnegative("momentum", momentum)
     check_weight_decay(weight_decay)
@@ -107,8 +148,14 @@ def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, 
 
 @configurable
 def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
-            maximize=False) -> Optimizer:
-    """Adagrad, equal to ``torch.optim.Adagrad``; ``lr_decay`` makes the step ``lr / (1 + t lr_decay)``."""
+            maximize=False, foreach=None, differentiable=False, fused=None) -> Optimizer:
+    """Adagrad, equal to ``torch.optim.Adagrad``; ``lr_decay`` makes the step ``lr / (1 + t lr_decay)``.
+
+    As in torch, ``to_torch`` fills every accumulator from the constructor's ``initial_accumulator_value``;
+    a param group's own value is kept in the group but does not reach the state (torch.optim.Adagrad
+    builds its state in ``__init__`` from its defaults).
+    """
+    check_impl(foreach, fused, differentiable)
     check_lr(lr)
     check_nonnegative("lr_decay", lr_decay)
     check_weight_decay(weight_decay)
@@ -131,8 +178,9 @@ def _inverse_time_decay(lr, lr_decay) -> Callable:
 
 @configurable
 def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-            maximize=False) -> Optimizer:
+            maximize=False, capturable=False, foreach=None, differentiable=False) -> Optimizer:
     """RMSprop, equal to ``torch.optim.RMSprop``: ``chain(decay, scale_by_rms, trace, scale_by_lr)``."""
+    check_impl(foreach, None, differentiable)
     check_lr(lr)
     check_eps(eps)
     check_nonnegative("momentum", momentum)
@@ -142,15 +190,17 @@ def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, cente
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
         T.scale_by_rms(alpha=alpha, eps=eps, centered=centered),
-        # torch's buffer starts at zero, so its first value is the scaled gradient: trace's rule.
-        *([T.trace(decay=momentum)] if nonzero(momentum) else []),
+        # torch's buffer starts at zero: b = momentum * b + g / avg
+        *([T.heavy_ball(decay=momentum)] if nonzero(momentum) else []),
         T.scale_by_lr(lr),
     )
 
 
 @configurable
-def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False) -> Optimizer:
+def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, foreach=None, capturable=False,
+             differentiable=False) -> Optimizer:
     """Adadelta, equal to ``torch.optim.Adadelta``."""
+    check_impl(foreach, None, differentiable)
     check_lr(lr)
     _check(rho, lambda r: 0.0 <= r <= 1.0, f"Invalid rho value: {rho}")
     check_eps(eps)
@@ -173,72 +223,198 @@ def _check_adam_like(lr, betas, eps, weight_decay) -> None:
     check_weight_decay(weight_decay)
 
 
-def _adam_like(direction: Optimizer, weight_decay, decoupled: bool, maximize: bool, lr) -> Optimizer:
-    """``chain([negate], [coupled decay], direction, [decoupled decay], scale_by_lr)``.
+def _is_schedule(lr: Any) -> bool:
+    return callable(lr) and not isinstance(lr, Tensor)
 
-    Decoupled decay after the direction makes the step ``param -= lr * (d_t + wd * param)``, which is
-    torch's ``param *= 1 - lr * wd; param -= lr * d_t``.
+
+def _adam_like(direction: Callable[[Any], Optimizer], weight_decay, decoupled: bool, maximize: bool, lr,
+               folds_lr: bool = False) -> Optimizer:
+    """``chain([negate], [coupled decay], direction, scale_by_lr, [decoupled decay])``.
+
+    ``direction(lr)`` builds the adaptive transform; with ``folds_lr`` it takes the learning rate and
+    returns the step itself (Adam, Adamax, NAdam fold ``lr`` into their bias corrections, as torch does, so
+    a tensor lr rounds there in its own dtype), otherwise it is called with None and ``scale_by_lr``
+    follows. Decoupled decay is torch's ``param *= 1 - lr * weight_decay``. A schedule lr (a function of
+    the step) goes through ``scale_by_lr``, with decoupled decay folded in before it.
     """
     decay = [T.add_decayed_weights(weight_decay)] if nonzero(weight_decay) else []
+    if _is_schedule(lr):
+        return chain(
+            *_maximize(maximize),
+            *([] if decoupled else decay),
+            direction(None),
+            *(decay if decoupled else []),
+            T.scale_by_lr(lr),
+        )
     return chain(
         *_maximize(maximize),
         *([] if decoupled else decay),
-        direction,
-        *(decay if decoupled else []),
-        T.scale_by_lr(lr),
+        *([direction(lr)] if folds_lr else [direction(None), T.scale_by_lr(lr)]),
+        *([T.add_decoupled_weight_decay(lr, weight_decay)] if decoupled and decay else []),
     )
 
 
 @configurable
 def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *, maximize=False,
-         decoupled_weight_decay=False) -> Optimizer:
+         decoupled_weight_decay=False, foreach=None, capturable=False, differentiable=False,
+         fused=None) -> Optimizer:
     """Adam, equal to ``torch.optim.Adam`` with the same arguments.
 
-    ``chain([negate if maximize], [coupled decay], scale_by_adam, [decoupled decay], scale_by_lr)``.
+    ``chain([negate if maximize], [coupled decay], scale_by_adam(lr=lr), [decoupled decay])``.
+    ``lr`` and ``betas`` may be tensors (any 1-element shape, as torch takes them).
     """
+    check_impl(foreach, fused, differentiable)
+    if isinstance(lr, Tensor) and foreach and not capturable:
+        raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
     _check_adam_like(lr, betas, eps, weight_decay)
-    direction = T.scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad)
-    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr)
+    if isinstance(betas[0], Tensor) and foreach and not capturable:
+        raise ValueError("betas[0] as a Tensor is not supported for capturable=False and foreach=True")
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+
+    def direction(step_lr):
+        return T.scale_by_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad, lr=step_lr)
+
+    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
 
 
 @configurable
-def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *, maximize=False) -> Optimizer:
+def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *, maximize=False,
+          foreach=None, capturable=False, differentiable=False, fused=None) -> Optimizer:
     """AdamW (Loshchilov & Hutter, 2019), equal to ``torch.optim.AdamW``: Adam with decoupled weight decay."""
-    return adam(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True)
+    return adam(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True,
+                foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused)
 
 
 @configurable
-def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False) -> Optimizer:
+def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False, foreach=None,
+           differentiable=False, capturable=False) -> Optimizer:
     """Adamax, equal to ``torch.optim.Adamax``."""
+    check_impl(foreach, None, differentiable)
     _check_adam_like(lr, betas, eps, weight_decay)
-    return _adam_like(T.scale_by_adamax(b1=betas[0], b2=betas[1], eps=eps), weight_decay, False, maximize, lr)
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+
+    def direction(step_lr):
+        return T.scale_by_adamax(b1=b1, b2=b2, eps=eps, lr=step_lr)
+
+    return _adam_like(direction, weight_decay, False, maximize, lr, folds_lr=True)
 
 
 @configurable
 def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-          decoupled_weight_decay=False, *, maximize=False) -> Optimizer:
+          decoupled_weight_decay=False, *, maximize=False, foreach=None, capturable=False,
+          differentiable=False) -> Optimizer:
     """NAdam, equal to ``torch.optim.NAdam`` (decoupled_weight_decay=True is torch's NAdamW)."""
+    check_impl(foreach, None, differentiable)
     _check_adam_like(lr, betas, eps, weight_decay)
     check_nonnegative("momentum_decay", momentum_decay)
-    direction = T.scale_by_nadam(b1=betas[0], b2=betas[1], eps=eps, momentum_decay=momentum_decay)
-    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr)
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+
+    def direction(step_lr):
+        return T.scale_by_nadam(b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay, lr=step_lr)
+
+    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
 
 
 @configurable
 def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *,
-          maximize=False) -> Optimizer:
+          maximize=False, foreach=None, capturable=False, differentiable=False) -> Optimizer:
     """RAdam, equal to ``torch.optim.RAdam`` (decoupled_weight_decay=True is torch's RAdamW)."""
+    check_impl(foreach, None, differentiable)
     _check_adam_like(lr, betas, eps, weight_decay)
-    direction = T.scale_by_radam(b1=betas[0], b2=betas[1], eps=eps)
-    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr)
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+    return _adam_like(lambda _: T.scale_by_radam(b1=b1, b2=b2, eps=eps), weight_decay, decoupled_weight_decay,
+                      maximize, lr)
+
+
+# ---------------------------------------------------------------- averaged, factored, orthogonalized, sparse
+
+
+@configurable
+def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False, foreach=None,
+         differentiable=False, capturable=False) -> Optimizer:
+    """Averaged SGD, equal to ``torch.optim.ASGD``: ``chain([negate], [coupled decay], scale_by_asgd)``.
+
+    The averaged iterate is the state's ``ax`` (``to_torch(...).state[p]["ax"]``), as in torch.
+    """
+    check_impl(foreach, None, differentiable)
+    check_lr(lr)
+    check_weight_decay(weight_decay)
+    return chain(*_maximize(maximize), *_coupled_decay(weight_decay),
+                 T.scale_by_asgd(lr=_to_scalar(lr), lambd=lambd, alpha=alpha, t0=t0))
+
+
+@configurable
+def adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, maximize=False,
+              foreach=None) -> Optimizer:
+    """Adafactor, equal to ``torch.optim.Adafactor`` (its ``eps`` is the pair ``(eps1, eps2)``)."""
+    check_impl(foreach)
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
+    _check(beta2_decay, lambda v: v <= 0.0, f"beta2_decay should be <= 0 but is: {beta2_decay}")
+    if eps[0] is not None:
+        _check(eps[0], lambda v: v >= 0.0, f"epsilon1 should be >= 0 but is: {eps[0]}")
+    _check(eps[1], lambda v: v >= 0.0, f"epsilon2 should be >= 0 but is: {eps[1]}")
+    _check(d, lambda v: v >= 1.0, f"Clipping threshold d should be >= 1 but is: {d}")
+    _check(weight_decay, lambda v: v >= 0.0, f"weight_decay should be >= 0 but is: {weight_decay}")
+    return chain(*_maximize(maximize),
+                 T.scale_by_adafactor(lr=_to_scalar(lr), beta2_decay=beta2_decay, eps=tuple(eps), d=d,
+                                      weight_decay=weight_decay))
+
+
+@configurable
+def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.7750, 2.0315),
+         eps=1e-7, ns_steps=5, adjust_lr_fn=None) -> Optimizer:
+    """Muon, equal to ``torch.optim.Muon``: momentum, orthogonalized by Newton-Schulz, for 2-D params.
+
+    ``chain(scale_by_muon, decoupled decay)``. As torch's, it refuses a parameter that is not a matrix
+    (``ValueError: Muon only supports 2D parameters``, from ``to_torch`` at construction). Route the
+    others -- biases, norms, embeddings -- to another rule with :func:`diyopt.transforms.masked`, by name::
+
+        matrices = {n for n, p in model.named_parameters() if p.ndim == 2}
+        opt = diyopt.to_torch(diyopt.chain(
+            masked(diyopt.optim.muon(lr=0.02), matrices),
+            masked(diyopt.optim.adamw(lr=3e-4), lambda n: n not in matrices)), model)
+
+    Each ``masked`` rule sees (and keeps state for) its own params only; together they equal torch's
+    ``Muon`` on the matrices plus ``AdamW`` on the rest.
+    """
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
+    _check(momentum, lambda v: v >= 0.0, f"momentum should be >= 0 but is: {momentum}")
+    _check(weight_decay, lambda v: v >= 0.0, f"weight decay should be >= 0 but is: {weight_decay}")
+    if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
+        raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+    lr = _to_scalar(lr)
+    return chain(
+        T.scale_by_muon(lr=lr, momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
+                        eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn),
+        *([T.add_decoupled_weight_decay(lr, weight_decay)] if nonzero(weight_decay) else []),
+    )
+
+
+@configurable
+def sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, maximize=False) -> Optimizer:
+    """SparseAdam, equal to ``torch.optim.SparseAdam``: lazy Adam for sparse gradients
+    (``nn.Embedding(sparse=True)``); only the rows with a gradient move. Dense gradients are refused."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v > 0.0, f"Invalid learning rate: {lr}")
+    _check(eps, lambda v: v > 0.0, f"Invalid epsilon value: {eps}")
+    check_betas(betas)
+    rule = T.scale_by_sparse_adam(lr=_to_scalar(lr), b1=betas[0], b2=betas[1], eps=eps, maximize=maximize)
+    return rule._replace(sparse_grads=True, flattenable=False)
 
 
 # ---------------------------------------------------------------- sign methods
 
 
 @configurable
-def rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False) -> Optimizer:
+def rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False, capturable=False, foreach=None,
+          differentiable=False) -> Optimizer:
     """Rprop, equal to ``torch.optim.Rprop``; ``lr`` is the initial per-element step size."""
+    check_impl(foreach, None, differentiable)
     check_lr(lr)
     if callable(lr) and not isinstance(lr, Tensor):
         raise TypeError("rprop's lr is its initial step size and cannot be a schedule")
@@ -263,7 +439,7 @@ def lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False) -> Opt
     check_lr(lr)
     check_betas(betas)
     check_weight_decay(weight_decay)
-    return _adam_like(T.scale_by_lion(b1=betas[0], b2=betas[1]), weight_decay, True, maximize, lr)
+    return _adam_like(lambda _: T.scale_by_lion(b1=betas[0], b2=betas[1]), weight_decay, True, maximize, lr)
 
 
 # ---------------------------------------------------------------- registry
@@ -271,6 +447,10 @@ def lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False) -> Opt
 
 _OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "adadelta": adadelta,
+    "adafactor": adafactor,
+    "asgd": asgd,
+    "muon": muon,
+    "sparse_adam": sparse_adam,
     "adagrad": adagrad,
     "adam": adam,
     "adamax": adamax,

@@ -78,7 +78,26 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._lr_tensors: dict[int, Tensor] = {}
         self._layouts: dict[tuple, _Layout] = {}
         self._compiled_steps: dict[tuple, Any] = {}
-        super().__init__(_named_groups(params), dict(optimizer.hyperparams or {}))
+        groups, self._named_input = _named_groups(params)
+        self._built = False
+        super().__init__(groups, dict(optimizer.hyperparams or {}))
+        self._built = True
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Run each group's ``init`` on meta copies of its params (no memory, no numbers), so a rule's
+        ``ValueError`` about the params -- Muon's "only supports 2D parameters", SparseAdam's "requires dense
+        parameter tensors" -- comes at construction, where torch raises it. Only ``ValueError`` counts: an
+        init that cannot run on meta tensors is simply checked at the first step instead."""
+        for i, group in enumerate(self.param_groups):
+            try:
+                opt, _ = self._group_optimizer(i, group)
+                self._init_optimizer(opt).init(
+                    {n: p if p.is_sparse else p.detach().to("meta") for n, p in zip(group["param_names"], group["params"])})
+            except ValueError:
+                raise
+            except Exception:  # noqa: BLE001 -- not a verdict on the params; the first step will tell
+                pass
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.optimizer.build is None:
@@ -86,10 +105,20 @@ class TorchOptimizer(torch.optim.Optimizer):
             if extra:
                 raise TypeError(f"param group sets {extra}, but this optimizer has no hyperparameters to "
                                 "override (it was not built by a configurable factory)")
-        if "param_names" not in param_group:  # a group added later, after construction
+        if self._built:  # a group added later, after construction
+            if _given_names(param_group["params"]) != self._named_input:
+                raise ValueError("all optimizer param groups should be with/without names. cannot add param "
+                                 f"group {'without' if self._named_input else 'with'} names to the optimizer")
             start = sum(len(g["params"]) for g in self.param_groups)
             param_group = {**param_group, "params": _named_list(param_group["params"], start)}
         super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loading (by position, cast to each param), then the state is matched against diyopt's
+        layout again at the next step: a state dict saved by the torch.optim class loads too."""
+        super().load_state_dict(state_dict)
+        self._layouts.clear()
+        self._compiled_steps.clear()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -109,8 +138,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self.optimizer).__name__} does not support sparse gradients")
+            if p.grad.is_sparse and not self.optimizer.sparse_grads:
+                raise RuntimeError(f"{_label(self.optimizer)} does not support sparse gradients")
             names.append(name)
             params.append(p)
             grads.append(p.grad)
@@ -130,6 +159,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         if spec != layout.spec:  # the rule changed its state's shape (e.g. () at init, (m,) after)
             layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
         layout.write(self.state, params, i, new_leaves)
+        if self.optimizer.sparse_grads:  # the updates may be sparse: no foreach kernel takes those
+            for n, p in zip(names, params):
+                p.add_(updates[n].to(p.dtype))
+            return
         torch._foreach_add_(params, [updates[n].to(p.dtype) for n, p in zip(names, params)])
 
     def _group_optimizer(self, i: int, group: dict) -> tuple[Optimizer, tuple]:
@@ -159,11 +192,18 @@ class TorchOptimizer(torch.optim.Optimizer):
         missing = layout is None or any(not self.state[p] for p in params) or (
             layout.has_global and gkey not in self.state)
         if missing:
-            fresh = opt.init(dict(zip(names, params)))
+            fresh = self._init_optimizer(opt).init(dict(zip(names, params)))
             if layout is None:
                 layout = self._layouts[key] = _Layout.of(fresh, names)
             layout.fill_missing(self.state, params, i, pytree.tree_leaves(fresh))
         return layout
+
+    def _init_optimizer(self, opt: Optimizer) -> Optimizer:
+        """The optimizer whose ``init`` builds a group's state: torch builds some state from the
+        constructor's values whatever the group says (``_FROM_CONSTRUCTOR``)."""
+        own = self.optimizer.hyperparams or {}
+        fixed = {k: own[k] for k in _FROM_CONSTRUCTOR if k in own and not _same((own[k],), (opt.hyperparams[k],))}
+        return opt.replace_hyperparams(**fixed) if fixed else opt
 
     # ------------------------------------------------------------ the compiled engine
 
@@ -200,6 +240,11 @@ def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) 
     event = nonfinite_event(at, torch.zeros(()), {}, {n: updates[n] for n in names}, new)
     if event is not None:
         raise DivergedError(event)
+
+
+# Hyperparameters torch reads from the constructor, not the group, when it builds the state:
+# torch.optim.Adagrad fills ``sum`` from its ``initial_accumulator_value`` default in ``__init__``.
+_FROM_CONSTRUCTOR = ("initial_accumulator_value",)
 
 
 def _make_group_step(opt: Optimizer, names: list, spec, tensor_lr: bool, scalars: tuple):
@@ -268,10 +313,16 @@ class _Layout:
                 store[params[j]][name] = leaf
 
     def fill_missing(self, store, params: list, i: int, leaves: list) -> None:
+        """Put in each leaf the state lacks; one it has in another dtype (a torch.optim state dict keeps
+        ``step`` in float32, or as an int) is cast to the dtype diyopt's init gives it."""
         gkey = f"group{i}"
         for (j, name), leaf in zip(self.slots, leaves):
             target = store.setdefault(gkey, {}) if j is None else store[params[j]]
-            target.setdefault(name, leaf)
+            have = target.get(name)
+            if have is None:
+                target[name] = leaf
+            elif isinstance(leaf, Tensor) and not (isinstance(have, Tensor) and have.dtype == leaf.dtype):
+                target[name] = torch.as_tensor(have).to(dtype=leaf.dtype, device=leaf.device)
 
 
 def _part(k) -> str:
@@ -289,27 +340,51 @@ def _short(parts) -> str:
 # ---------------------------------------------------------------- params and groups
 
 
-def _named_groups(params: Any) -> list[dict]:
-    """torch's param-group list, every group with ``(name, tensor)`` pairs so the names reach diyopt."""
+def _named_groups(params: Any) -> tuple[list[dict], bool]:
+    """torch's param-group list, every group with ``(name, tensor)`` pairs so the names reach diyopt, and
+    whether the caller gave the names (a module, a dict, ``(name, tensor)`` pairs) or diyopt made them up.
+
+    torch's rules and words: a bare tensor is not an iterable of params (``TypeError``); params within a
+    group, and groups within an optimizer, are either all named or all unnamed.
+    """
     if isinstance(params, torch.nn.Module):
-        return [{"params": list(params.named_parameters())}]
+        return [{"params": list(params.named_parameters())}], True
     if isinstance(params, Tensor):
-        return [{"params": [("0", params)]}]
+        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                        f"but got {torch.typename(params)}")
     if isinstance(params, Mapping):
-        return [{"params": [(str(k), v) for k, v in params.items()]}]
+        return [{"params": [(str(k), v) for k, v in params.items()]}], True
     items = list(params)
     if not items:
         raise ValueError("optimizer got an empty parameter list")
-    if all(isinstance(g, Mapping) for g in items):
-        groups, start = [], 0
-        for g in items:
-            if "params" not in g:
-                raise ValueError("each param group must have a 'params' entry")
-            named = _named_list(g["params"], start)
-            start += len(named)
-            groups.append({**g, "params": named})
-        return groups
-    return [{"params": _named_list(items, 0)}]
+    if not all(isinstance(g, Mapping) for g in items):
+        return [{"params": _named_list(items, 0)}], _given_names(items)
+    groups, start, named = [], 0, None
+    for g in items:
+        if "params" not in g:
+            raise ValueError("each param group must have a 'params' entry")
+        group_named = _given_names(g["params"])
+        if named is not None and group_named != named:
+            raise ValueError("all optimizer param groups should be with/without names. cannot add param group "
+                             f"{'with' if group_named else 'without'} names to the optimizer")
+        named = group_named
+        listed = _named_list(g["params"], start)
+        start += len(listed)
+        groups.append({**g, "params": listed})
+    return groups, bool(named)
+
+
+def _given_names(params: Any) -> bool:
+    """Whether a group's params come with names; a mix is torch's ``ValueError``."""
+    if isinstance(params, (torch.nn.Module, Mapping)):
+        return True
+    if isinstance(params, Tensor):
+        return False
+    params = list(params)
+    named = [isinstance(p, tuple) for p in params]
+    if any(named) and not all(named):
+        raise ValueError("all optimizer params should be with/without names. Some param names are missing")
+    return bool(params) and all(named)
 
 
 def _named_list(params: Any, start: int) -> list[tuple[str, Tensor]]:
@@ -320,6 +395,11 @@ def _named_list(params: Any, start: int) -> list[tuple[str, Tensor]]:
     if isinstance(params, Mapping):
         return [(str(k), v) for k, v in params.items()]
     return [(str(p[0]), p[1]) if isinstance(p, tuple) else (str(start + j), p) for j, p in enumerate(params)]
+
+
+def _label(optimizer: Optimizer) -> str:
+    build = optimizer.build
+    return getattr(build, "__name__", None) or type(optimizer).__name__
 
 
 def _same(a: tuple, b: tuple) -> bool:

@@ -19,18 +19,21 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .adaptive import (AdadeltaState, AdagradState, AdamaxState, AdamState, LionState, NadamState,
-                       RadamState, RmsState, RpropState, scale_by_adadelta, scale_by_adagrad,
-                       scale_by_adam, scale_by_adamax, scale_by_lion, scale_by_nadam, scale_by_radam,
-                       scale_by_rms, scale_by_rprop)
+from .adaptive import (AdadeltaState, AdafactorState, AdagradState, AdamaxState, AdamState, AsgdState,
+                       LionState, MuonState, NadamState, RadamState, RmsState, RpropState, SparseAdamState,
+                       orthogonalize, scale_by_adadelta, scale_by_adafactor, scale_by_adagrad, scale_by_adam,
+                       scale_by_adamax, scale_by_asgd, scale_by_lion, scale_by_muon, scale_by_nadam,
+                       scale_by_radam, scale_by_rms, scale_by_rprop, scale_by_sparse_adam)
 from .core import Optimizer, Params, elementwise
 
 Schedule = Callable[[Tensor], Tensor]
 
 __all__ = [
-    "AdadeltaState", "AdagradState", "AdamState", "AdamaxState", "ApplyIfFiniteState", "AccumulateState",
-    "LionState", "NadamState", "RadamState", "RmsState", "RpropState", "ScheduleState", "TraceState",
-    "accumulate", "add_decayed_weights", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
+    "AdadeltaState", "AdafactorState", "AdagradState", "AdamState", "AdamaxState", "ApplyIfFiniteState",
+    "AccumulateState", "AsgdState", "LionState", "MuonState", "NadamState", "RadamState", "RmsState",
+    "RpropState", "ScheduleState", "SparseAdamState", "TraceState", "orthogonalize", "scale_by_adafactor",
+    "scale_by_asgd", "scale_by_muon", "scale_by_sparse_adam",
+    "MomentumState", "accumulate", "add_decayed_weights", "add_decoupled_weight_decay", "heavy_ball", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
     "masked", "scale", "scale_by_adadelta", "scale_by_adagrad", "scale_by_adam", "scale_by_adamax",
     "scale_by_lion", "scale_by_lr", "scale_by_nadam", "scale_by_radam", "scale_by_rms", "scale_by_rprop",
     "scale_by_schedule", "set_to_zero", "trace",
@@ -107,6 +110,25 @@ def add_decayed_weights(weight_decay: float | Tensor) -> Optimizer:
     return Optimizer(lambda params: (), update, flattenable=True)
 
 
+def add_decoupled_weight_decay(lr: float | Tensor, weight_decay: float | Tensor) -> Optimizer:
+    """torch's decoupled weight decay, ``param *= 1 - lr * weight_decay``, as a term of the update.
+
+    Placed after the step: ``update + (1 - lr * weight_decay - 1) * param``, the factor formed as torch forms
+    it (a tensor ``lr``'s dtype rounds ``1 - lr * weight_decay``), so the sum equals torch's
+    ``param.mul_(1 - lr * weight_decay)`` followed by the step, to float64 rounding.
+    """
+
+    def update(grads: Params, state: tuple, params: Params | None = None):
+        if params is None:
+            raise ValueError("add_decoupled_weight_decay needs params")
+        factor = (1 - lr * weight_decay) - 1
+        if isinstance(factor, Tensor):
+            return {k: g + factor * params[k] for k, g in grads.items()}, state
+        return {k: g.add(params[k], alpha=factor) for k, g in grads.items()}, state
+
+    return Optimizer(lambda params: (), update, flattenable=True)
+
+
 # ---------------------------------------------------------------- momentum
 
 
@@ -138,6 +160,23 @@ def trace(grad, state: TraceState, param, *, decay=0.9, dampening=0.0, nesterov=
 @trace.init
 def _(param):
     return TraceState(torch.zeros((), dtype=param.dtype, device=param.device), torch.zeros_like(param))
+
+
+class MomentumState(NamedTuple):
+    momentum_buffer: Tensor  # b_t, from zero
+
+
+@elementwise
+def heavy_ball(grad, state: MomentumState, param, *, decay=0.9):
+    r"""Momentum from a zero buffer, :math:`b_t = \mu b_{t-1} + g_t`, ``update = b_t`` -- RMSprop's momentum
+    in torch (``buf.mul_(momentum).addcdiv_(grad, avg)``). Unlike :func:`trace` it keeps no step count."""
+    buf = state.momentum_buffer * decay + grad
+    return buf, MomentumState(buf)
+
+
+@heavy_ball.init
+def _(param):
+    return MomentumState(torch.zeros_like(param))
 
 
 # ---------------------------------------------------------------- clipping
