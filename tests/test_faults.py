@@ -229,6 +229,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_checkpoint_and_sigterm_saves_it(tmp_path):
     """Two real processes: the second is refused naming the first; SIGTERM to the first saves the
     checkpoint at that step and exits 143 leaving no temp or lock; the resumed run is bitwise the
@@ -256,7 +257,7 @@ def test_two_processes_on_one_checkpoint_and_sigterm_saves_it(tmp_path):
     assert not out.exists() and temps(tmp_path) == []
     # Resume to a budget just past the saved step, and compare with one uninterrupted run.
     budget = str(saved + 500)
-    resume = subprocess.run(_cli(*args[:7], budget, *args[8:], "--resume"), env=_env(), capture_output=True,
+    resume = subprocess.run(_cli(*args[:8], budget, *args[9:], "--resume"), env=_env(), capture_output=True,
                             text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr
     ref = tmp_path / "ref"

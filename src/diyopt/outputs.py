@@ -319,9 +319,15 @@ def locked(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         held["stat"] = os.fstat(fd)
 
-    lock = FileLock(lock_path, timeout=0, on_acquired=mark)
+    try:
+        lock = FileLock(lock_path, timeout=0, on_acquired=mark)  # filelock >= 4.3
+        marked = True
+    except TypeError:  # an older filelock: mark through its descriptor once acquired
+        lock, marked = FileLock(lock_path, timeout=0), False
     try:
         lock.acquire()
+        if not marked and getattr(lock._context, "lock_file_fd", None) is not None:
+            mark(lock._context.lock_file_fd)
     except Timeout:
         try:
             holder = Path(lock_path).read_text().split()[0]
