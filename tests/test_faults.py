@@ -317,6 +317,13 @@ def test_a_nan_update_stops_at_the_last_finite_params(dtype, named):
         diyopt.fit(_loss, _p0(dtype, named), nan_update_after_c(lr=0.1), 50, on_nonfinite="raise")
 
 
+def test_compiled_engine_guards_the_update_too():
+    r = diyopt.fit(_loss, _p0(torch.float64), nan_update_after_c(lr=0.1), 50, engine="compiled")
+    assert r.stop_reason == "diverged" and r.steps == K
+    assert (r.info["diverged"]["step"], r.info["diverged"]["what"], r.info["diverged"]["param"]) == (K, "update", "a")
+    assert r.params["a"].item() == pytest.approx(A[K], rel=1e-12) and torch.isfinite(r.params["b"]).all()
+
+
 def test_skip_keeps_the_params_finite_and_the_state_as_it_was():
     # lr=inf: every update is inf; every step is skipped and the params stay the start.
     r = diyopt.fit(_loss, _p0(torch.float64), diyopt.optim.gradient_descent(lr=math.inf), 10, on_nonfinite="skip")
