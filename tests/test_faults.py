@@ -484,6 +484,14 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path, capsys):
     assert (tmp_path / "plain" / "losses.csv").read_text() == (tmp_path / "bom" / "losses.csv").read_text()
 
 
+def test_keyboard_interrupt_at_import_is_an_interrupt_not_a_success(tmp_path, capsys):
+    (tmp_path / "r.py").write_text("raise KeyboardInterrupt\n")
+    code = main(FIT[:4] + [f"{tmp_path}/r.py:rule", "--steps", "5", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and err == f"diyopt: interrupted while importing {tmp_path}/r.py"
+    assert not (tmp_path / "o").exists()
+
+
 def test_user_code_error_with_debug_shows_the_traceback(tmp_path, capsys):
     (tmp_path / "r.py").write_text(RAISES)
     code = main(["--debug"] + FIT[:4] + [f"{tmp_path}/r.py:rule", "--steps", "5", "--out", str(tmp_path / "o")])

@@ -225,13 +225,13 @@ def output_folder(out: str | os.PathLike, *, names: Iterable[str] = (), kind: st
     exists = out.is_dir()
     if exists:
         _refuse_clashes(out, names, owned_files(out), flag)
+    sweep_temps(parent if str(parent) else ".", out.name)  # staging folders of killed runs, beside ...
     try:
         if exists:
-            sweep_temps(out)  # staging folders of killed runs
+            sweep_temps(out)  # ... and inside the output
             tmp = Path(tempfile.mkdtemp(prefix=_prefix("staging"), suffix=".tmp", dir=out))
         else:
             parent.mkdir(parents=True, exist_ok=True)
-            sweep_temps(parent, out.name)
             tmp = Path(tempfile.mkdtemp(prefix=_prefix(out.name), suffix=".tmp", dir=parent))
         os.chmod(tmp, 0o777 & ~umask())
     except OSError as e:
