@@ -333,7 +333,7 @@ def _bounded(obj: Any, bad) -> None:
 def _read_losses(path: Path, payload: dict) -> Tensor:
     info = payload["losses_file"]
     dtype = _DTYPES[info["dtype"]]
-    file = path.parent / info["name"]
+    file = LossFile(path).path  # beside the checkpoint, named after it (as sqlite's -wal file is)
     size = torch.empty((), dtype=dtype).element_size()
     try:
         with open(file, "rb") as f:

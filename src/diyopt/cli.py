@@ -7,6 +7,7 @@ no traceback (``--debug`` shows it); a fit that diverged exits 3.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -391,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     from .interrupts import raise_on_sigterm
@@ -407,13 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`diyopt list optimizers | head`): not an error. Point stdout at devnull
         # so the interpreter's final flush does not complain either.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", 2)
         print(f"diyopt: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        if from_command_line:
+            # Every cleanup ran on the way here; skip the interpreter's teardown, which can take seconds
+            # (freeing a long run's history), so a signal ends the process at once.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
         return 128 + signum
     except Exception as e:
         where = user_code_line(e)

@@ -176,11 +176,15 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(options)}")
     if checkpoint is None:
         return _into(module, _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability))
+    import contextlib
+
+    from .distributed import is_main
     from .interrupts import deferred
     from .outputs import locked
 
-    # One run at a time on a checkpoint, for the run's whole life; SIGINT/SIGTERM save it and stop.
-    with locked(checkpoint), deferred():
+    # One run at a time on a checkpoint, for the run's whole life (rank 0 writes it, so rank 0 holds the
+    # lock); SIGINT/SIGTERM save it at the next step boundary and stop.
+    with locked(checkpoint) if is_main() else contextlib.nullcontext(), deferred():
         return _into(module, _fit_eager(loss_fn, params, optimizer, steps, callback, **reliability))
 
 

@@ -225,13 +225,13 @@ def output_folder(out: str | os.PathLike, *, names: Iterable[str] = (), kind: st
     exists = out.is_dir()
     if exists:
         _refuse_clashes(out, names, owned_files(out), flag)
+    sweep_temps(parent if str(parent) else ".", out.name)  # staging folders of killed runs, beside ...
     try:
         if exists:
-            sweep_temps(out)  # staging folders of killed runs
+            sweep_temps(out)  # ... and inside the output
             tmp = Path(tempfile.mkdtemp(prefix=_prefix("staging"), suffix=".tmp", dir=out))
         else:
             parent.mkdir(parents=True, exist_ok=True)
-            sweep_temps(parent, out.name)
             tmp = Path(tempfile.mkdtemp(prefix=_prefix(out.name), suffix=".tmp", dir=parent))
         os.chmod(tmp, 0o777 & ~umask())
     except OSError as e:
@@ -319,9 +319,15 @@ def locked(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         held["stat"] = os.fstat(fd)
 
-    lock = FileLock(lock_path, timeout=0, on_acquired=mark)
+    try:
+        lock = FileLock(lock_path, timeout=0, on_acquired=mark)  # filelock >= 4.3
+        marked = True
+    except TypeError:  # an older filelock: mark through its descriptor once acquired
+        lock, marked = FileLock(lock_path, timeout=0), False
     try:
         lock.acquire()
+        if not marked and getattr(lock._context, "lock_file_fd", None) is not None:
+            mark(lock._context.lock_file_fd)
     except Timeout:
         try:
             holder = Path(lock_path).read_text().split()[0]
