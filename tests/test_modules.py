@@ -193,3 +193,14 @@ def test_lbfgs_on_a_module_reaches_least_squares(style):
     torch.testing.assert_close(model.weight.detach().reshape(-1), sol[:3], rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(model.bias.detach(), sol[3:], rtol=1e-7, atol=1e-9)
     assert torch.equal(r.params["weight"], model.weight.detach())
+
+
+@pytest.mark.parametrize("engine", ["eager", "compiled", "torch"])
+def test_a_loss_without_any_gradient_path_names_the_params(engine):
+    _, x, y = make("linear", torch.float64)
+    params = {"w": torch.zeros(3, 2, dtype=torch.float64)}
+    loss = lambda p: mse(x @ p["w"].detach(), y)  # detached: no path from the loss to the params at all
+    opt = torch.optim.SGD if engine == "torch" else diyopt.optim.sgd(lr=LR)
+    kwargs = {"lr": LR} if engine == "torch" else {"engine": engine}
+    with pytest.raises(ValueError, match="no gradient path to the params 'w'"):
+        diyopt.fit(loss, params, opt, 5, **kwargs)
