@@ -1,8 +1,10 @@
 """Certified accuracy on the NIST StRD regression problems: diyopt LM (exact autograd Jacobian) vs scipy.
 
 Run:  python benchmarks/nist_lre.py [DIR_OR_FILE ...]
-      (default: diyopt.nist.nist_dir(), i.e. shared/nist, then benchmarks/nist_hard: NIST's BoxBOD and MGH09,
-      higher difficulty, typed in from NIST's pages -- BoxBOD from start 1 is a false convergence for LM)
+      (default: diyopt.nist.nist_dir(), i.e. shared/nist, then benchmarks/nist_hard: five of NIST's eight
+      higher-difficulty files -- BoxBOD, MGH09, MGH10, Rat42, Rat43 -- typed in from NIST's pages (data,
+      starts, certified values; checked: the RSS at the certified values matches NIST's to 11 digits).
+      BoxBOD from start 1 is a false convergence for plain LM.)
 
 For every dataset and both NIST starts, prints the LRE (log relative error = correct significant digits,
 capped at 11) of the worst parameter for ``diyopt.least_squares(residual, start, method="lm")`` with its
