@@ -204,3 +204,29 @@ def test_a_loss_without_any_gradient_path_names_the_params(engine):
     kwargs = {"lr": LR} if engine == "torch" else {"engine": engine}
     with pytest.raises(ValueError, match="no gradient path to the params 'w'"):
         diyopt.fit(loss, params, opt, 5, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("solver", ["least_squares", "newton"])
+def test_float64_solvers_on_a_module(solver, dtype):
+    """least_squares and newton work in float64: a float32 module still computes in float32, and both
+    styles reach the closed-form least-squares fit; the module holds it afterwards."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).to(dtype)
+    x = torch.randn(30, 3, dtype=dtype)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=dtype) + 0.3 + 0.01 * torch.randn(30, 1, dtype=dtype)
+    design = torch.cat([x, torch.ones(30, 1, dtype=dtype)], 1).double()
+    sol = torch.linalg.lstsq(design, y.double()).solution[:, 0]
+    tol = tolerances(dtype) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for loss in (lambda m: (m(x) - y).reshape(-1), lambda p: (model(x) - y).reshape(-1)):
+        with torch.no_grad():
+            model.weight.zero_(), model.bias.zero_()
+        if solver == "least_squares":
+            r = diyopt.least_squares(loss, model)
+        else:
+            gtol = 1e-4 if dtype == torch.float32 else 1e-10  # a float32 loss's gradient is float32-exact
+            r = diyopt.newton(lambda p: loss(p).square().sum(), model, gtol=gtol)
+        assert r.stop_reason == "converged", r.info["message"]
+        torch.testing.assert_close(model.weight.detach().reshape(-1).double(), sol[:3], **tol)
+        torch.testing.assert_close(model.bias.detach().double(), sol[3:], **tol)
+        assert model.weight.dtype == dtype

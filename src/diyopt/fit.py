@@ -448,8 +448,8 @@ def check_gradients(grads: Mapping[str, Tensor | None]) -> None:
     names = ", ".join(map(repr, missing))
     if len(missing) == len(grads):
         raise ValueError(f"the loss does not depend on the parameters being optimized: no gradient for "
-                         f"{names}. It must compute with the tensors it is given (or, for an nn.Module it "
-                         f"calls, be fitted with that module: fit(loss_fn, model, ...))")
+                         f"{names}. It must compute with the tensors it is given (a loss that calls an "
+                         f"nn.Module is given that module as the params: fit(loss_fn, model, ...))")
     warnings.warn(f"the loss does not depend on parameter(s) {names}: they get no gradient (a zero one is "
                   "used)", stacklevel=2)
 
