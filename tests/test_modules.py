@@ -230,3 +230,12 @@ def test_float64_solvers_on_a_module(solver, dtype):
         torch.testing.assert_close(model.weight.detach().reshape(-1).double(), sol[:3], **tol)
         torch.testing.assert_close(model.bias.detach().double(), sol[3:], **tol)
         assert model.weight.dtype == dtype
+
+
+def test_check_loss_on_a_module_and_on_a_loss_that_ignores_its_params():
+    model, x, y = make("linear", torch.float64)
+    closure = lambda p: mse(model(x), y)
+    assert diyopt.check_loss(closure, model).passed  # given the module: its gradient is checked against FD
+    detached = diyopt.check_loss(closure, {k: v.detach().clone() for k, v in model.named_parameters()})
+    row = detached["scalar output"]
+    assert row.status == "FAIL" and "'weight', 'bias'" in row.detail  # was PASS: both gradients "zero"
