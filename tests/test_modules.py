@@ -85,17 +85,19 @@ def test_module_styles_with_a_torch_optim_class(style, dtype):
     assert_trained_like(r, model, x, y, dtype)
 
 
-@pytest.mark.parametrize("style", ["given", "closure"])
-def test_module_styles_compiled(style):
-    model, x, y = make("mlp", torch.float64)
-    reference_of[id(model)] = reference(model, x, y, steps=16)
+@pytest.mark.parametrize("style, dtype", [("given", torch.float64), ("closure", torch.float64),
+                                          ("given", torch.float32)])  # each compiles: ~5-15 s
+def test_module_styles_compiled(style, dtype):
+    model, x, y = make("mlp", dtype)
+    losses, params = reference(model, x, y, steps=16)
     r = diyopt.fit(styles(model, x, y)[style], model, diyopt.optim.sgd(lr=LR), 16, engine="compiled",
                    chunk=8)
-    losses, params = reference_of[id(model)]
-    torch.testing.assert_close(r.losses, losses, rtol=1e-10, atol=1e-12)
+    tol = tolerances(dtype)
+    torch.testing.assert_close(r.losses, losses, **tol)
     for k, v in params.items():
-        torch.testing.assert_close(model.get_parameter(k).detach(), v, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(r.params[k], v, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model.get_parameter(k).detach(), v, **tol)
+        torch.testing.assert_close(r.params[k], v, **tol)
+    assert r.losses[-1] < r.losses[0]
 
 
 @pytest.mark.parametrize("style", ["given", "closure"])
@@ -191,3 +193,49 @@ def test_lbfgs_on_a_module_reaches_least_squares(style):
     torch.testing.assert_close(model.weight.detach().reshape(-1), sol[:3], rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(model.bias.detach(), sol[3:], rtol=1e-7, atol=1e-9)
     assert torch.equal(r.params["weight"], model.weight.detach())
+
+
+@pytest.mark.parametrize("engine", ["eager", "compiled", "torch"])
+def test_a_loss_without_any_gradient_path_names_the_params(engine):
+    _, x, y = make("linear", torch.float64)
+    params = {"w": torch.zeros(3, 2, dtype=torch.float64)}
+    loss = lambda p: mse(x @ p["w"].detach(), y)  # detached: no path from the loss to the params at all
+    opt = torch.optim.SGD if engine == "torch" else diyopt.optim.sgd(lr=LR)
+    kwargs = {"lr": LR} if engine == "torch" else {"engine": engine}
+    with pytest.raises(ValueError, match="no gradient path to the params 'w'"):
+        diyopt.fit(loss, params, opt, 5, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("solver", ["least_squares", "newton"])
+def test_float64_solvers_on_a_module(solver, dtype):
+    """least_squares and newton work in float64: a float32 module still computes in float32, and both
+    styles reach the closed-form least-squares fit; the module holds it afterwards."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).to(dtype)
+    x = torch.randn(30, 3, dtype=dtype)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=dtype) + 0.3 + 0.01 * torch.randn(30, 1, dtype=dtype)
+    design = torch.cat([x, torch.ones(30, 1, dtype=dtype)], 1).double()
+    sol = torch.linalg.lstsq(design, y.double()).solution[:, 0]
+    tol = tolerances(dtype) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for loss in (lambda m: (m(x) - y).reshape(-1), lambda p: (model(x) - y).reshape(-1)):
+        with torch.no_grad():
+            model.weight.zero_(), model.bias.zero_()
+        if solver == "least_squares":
+            r = diyopt.least_squares(loss, model)
+        else:
+            gtol = 1e-4 if dtype == torch.float32 else 1e-10  # a float32 loss's gradient is float32-exact
+            r = diyopt.newton(lambda p: loss(p).square().sum(), model, gtol=gtol)
+        assert r.stop_reason == "converged", r.info["message"]
+        torch.testing.assert_close(model.weight.detach().reshape(-1).double(), sol[:3], **tol)
+        torch.testing.assert_close(model.bias.detach().double(), sol[3:], **tol)
+        assert model.weight.dtype == dtype
+
+
+def test_check_loss_on_a_module_and_on_a_loss_that_ignores_its_params():
+    model, x, y = make("linear", torch.float64)
+    closure = lambda p: mse(model(x), y)
+    assert diyopt.check_loss(closure, model).passed  # given the module: its gradient is checked against FD
+    detached = diyopt.check_loss(closure, {k: v.detach().clone() for k, v in model.named_parameters()})
+    row = detached["scalar output"]
+    assert row.status == "FAIL" and "'weight', 'bias'" in row.detail  # was PASS: both gradients "zero"

@@ -176,7 +176,8 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     Args:
       loss_fn, params, optimizer, steps: as in :func:`diyopt.fit`; ``optimizer`` is a diyopt optimizer
         built by a factory (``diyopt.optim.adam()``, a user's ``elementwise`` rule), so it can be rebuilt
-        with per-run hyperparameters.
+        with per-run hyperparameters. With an ``nn.Module`` the loss may call it or close over it, as in
+        ``fit``; the module itself is left as it was (many runs, no one result: see ``run_params``).
       grid: ``{hyperparameter: [values]}``, e.g. ``{"lr": [1e-3, 1e-2], "betas": [(0.9, 0.999)]}``; runs
         are the Cartesian product, in the order given (the last key varies fastest), then the seeds.
       seeds: a list of seeds or a count ``n`` (seeds ``0..n-1``); see the module docstring for their meaning.

@@ -431,16 +431,21 @@ def check_loss(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor]
     the loss returns when one parameter is NaN -- propagating NaN is the safe behaviour).
     """
     from .core import as_params
-    from .fit import check_loss_value
+    from .fit import check_gradients, check_loss_value
 
+    report = CheckReport(name or getattr(loss_fn, "__name__", "loss"))
+    if isinstance(params, torch.nn.Module):  # as in fit: the loss may call the module or close over it
+        from .modules import bind_module
+
+        loss_fn, params = bind_module(loss_fn, params)
     p0 = as_params(params)
     names = list(p0)
-    report = CheckReport(name or getattr(loss_fn, "__name__", "loss"))
 
     def scalar():
         leaves = {k: v.clone().requires_grad_() for k, v in p0.items()}
         loss = loss_fn(leaves)
-        check_loss_value(loss)
+        check_loss_value(loss, leaves)
+        check_gradients(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))))
         if loss.dim() != 0:
             return FAIL, f"returns shape {tuple(loss.shape)}; return a 0-dim tensor (e.g. .sum() or .squeeze())"
         return PASS, f"0-dim {loss.dtype} tensor, value {float(loss.detach()):.6g}"

@@ -469,7 +469,7 @@ def _loss_and_grads(loss_fn: LossFn, current: Params, layout: "FlatLayout | None
     leaves = layout.leaves(current["flat"]) if layout else {k: v.detach().requires_grad_() for k, v in current.items()}
     loss = loss_fn(leaves)
     if check:
-        check_loss_value(loss)
+        check_loss_value(loss, leaves)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     if check:
         check_gradients(dict(zip(leaves, grads)))
@@ -480,14 +480,16 @@ def _loss_and_grads(loss_fn: LossFn, current: Params, layout: "FlatLayout | None
     return loss, dict(zip(leaves, grads))
 
 
-def check_loss_value(loss: Any) -> None:
-    """A loss must be a scalar tensor with a gradient path to the params; say which rule it breaks."""
+def check_loss_value(loss: Any, names: Any = None) -> None:
+    """A loss must be a scalar tensor with a gradient path to the params (``names``, to say which); say
+    which rule it breaks."""
     if not isinstance(loss, Tensor):
         raise TypeError(f"loss_fn must return a scalar Tensor, got {type(loss).__name__}")
     if loss.numel() != 1 or loss.dim() > 1:
         raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
     if not loss.requires_grad:
-        raise ValueError("loss has no gradient path to the params: it does not depend on them through "
+        which = f" {', '.join(map(repr, names))}" if names else ""
+        raise ValueError(f"loss has no gradient path to the params{which}: it does not depend on them through "
                          "differentiable torch operations (was .item(), .detach() or numpy used?)")
 
 
@@ -504,17 +506,17 @@ def check_gradients(grads: Mapping[str, Tensor | None]) -> None:
     names = ", ".join(map(repr, missing))
     if len(missing) == len(grads):
         raise ValueError(f"the loss does not depend on the parameters being optimized: no gradient for "
-                         f"{names}. It must compute with the tensors it is given (or, for an nn.Module it "
-                         f"calls, be fitted with that module: fit(loss_fn, model, ...))")
-    warnings.warn(f"the loss does not depend on parameter(s) {names}: they get no gradient and stay as "
-                  "they are", stacklevel=4)
+                         f"{names}. It must compute with the tensors it is given (a loss that calls an "
+                         f"nn.Module is given that module as the params: fit(loss_fn, model, ...))")
+    warnings.warn(f"the loss does not depend on parameter(s) {names}: they get no gradient (a zero one is "
+                  "used)", stacklevel=2)
 
 
 def first_step_check(loss_fn: LossFn, params: Params) -> None:
     """The eager loop's first-step checks (loss value, gradients) for engines that trace the step."""
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     loss = loss_fn(leaves)
-    check_loss_value(loss)
+    check_loss_value(loss, leaves)
     check_gradients(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))))
 
 
@@ -566,7 +568,7 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
         opt.zero_grad()
         loss = loss_fn(leaves)
         if first[0]:
-            check_loss_value(loss)
+            check_loss_value(loss, leaves)
         loss.backward()
         if first[0]:
             check_gradients({k: v.grad for k, v in leaves.items()})

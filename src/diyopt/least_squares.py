@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .core import Params, as_params
+from .modules import bind_module, load_into
 from .fit import FlatLayout, Result, check_gradients
 from .stats import covariance as _covariance
 from .stats import jacobian_fn
@@ -60,7 +61,8 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
     Args:
       residual_fn: ``residual_fn(params) -> Tensor`` of residuals, written with torch operations
         (it is differentiated by ``torch.func``).
-      params: the starting point, a dict of tensors (or an ``nn.Module``); computed in float64.
+      params: the starting point, a dict of tensors, or an ``nn.Module`` (as in :func:`~diyopt.fit`: the
+        residuals may call it or close over it, and it holds the fit afterwards); computed in float64.
       method: ``"lm"`` (Levenberg-Marquardt, MINPACK-style) or ``"gauss_newton"`` (least-squares steps
         with a backtracking line search).
       ftol, xtol, gtol: MINPACK's tests -- relative reduction of the cost, relative size of the step
@@ -115,6 +117,9 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
     if not f_scale > 0:
         raise ValueError(f"Invalid f_scale value: {f_scale}")
     rho = robust_loss(loss, f_scale)
+    module = params if isinstance(params, torch.nn.Module) else None
+    if module is not None:  # as in fit: the residuals may call it or close over it; it holds the result
+        residual_fn, params = bind_module(residual_fn, module)
     params = {k: v.detach().to(torch.float64) for k, v in as_params(params).items()}
     layout = FlatLayout(params)
     x0 = layout.flatten(params)
@@ -160,6 +165,8 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
             "loss": loss, "jacobian": jacobian, "final_loss": costs[-1], "restarts": restarts}
     if check is not None:
         info.update(optimality=check.optimality, degenerate=check.degenerate)
+    if module is not None:
+        load_into(module, unflat(x))
     return Result(unflat(x.clone()), losses, njev, seconds, stop, info=info)
 
 

@@ -12,6 +12,8 @@ call ``loss_fn(p)`` runs with the module's parameters swapped for the fit's tens
 
 After the fit the module holds the fitted parameters (:func:`load_into`); the module's own parameters
 are otherwise untouched, and frozen ones (``requires_grad=False``) are neither optimized nor swapped.
+``fit``, ``sweep`` (which leaves the module as it was), ``lbfgs``, ``newton`` and ``least_squares`` all
+take a module this way.
 """
 from __future__ import annotations
 
@@ -61,10 +63,14 @@ def bind_module(loss_fn: Callable, module: torch.nn.Module) -> tuple[Callable[[P
         raise ValueError(f"the {type(module).__name__} has no trainable parameters (all have "
                          "requires_grad=False): nothing to fit")
     params = as_params(trainable)
+    dtypes = {k: v.dtype for k, v in params.items()}
     bound = _LossOf(module, loss_fn)
 
     def loss(leaves: Params) -> Tensor:
-        return torch.func.functional_call(bound, {"module." + k: v for k, v in leaves.items()}, (leaves,))
+        # Solvers that work in float64 (least_squares, newton) hand a float32 module float64 tensors: the
+        # module computes in its own dtype (a differentiable cast), as its inputs expect.
+        inside = {"module." + k: v if v.dtype == dtypes[k] else v.to(dtypes[k]) for k, v in leaves.items()}
+        return torch.func.functional_call(bound, inside, (leaves,))
 
     return loss, params
 

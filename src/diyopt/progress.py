@@ -2,15 +2,14 @@
 
 Both write to stderr. The bar is for ``fit(..., progress=True)`` and for the command line on a terminal;
 it is redrawn at most every 0.1 s, and only then reads the loss (a ``float()``: a device sync on a GPU),
-so a step pays one clock read and a comparison for it.
+so a step pays one clock read and a comparison for it. tqdm is imported on first use (``tqdm.auto``, so a
+notebook gets its widget): importing it costs ~0.1 s, which ``import diyopt`` need not pay.
 """
 from __future__ import annotations
 
 import sys
 import time
 from typing import Any
-
-from tqdm.auto import tqdm
 
 #: Seconds between redraws of the bar (and reads of the loss).
 REDRAW_SECONDS = 0.1
@@ -57,6 +56,8 @@ class StepBar:
 
     def _draw(self, done: int, loss: Any) -> None:
         if self.bar is None:
+            from tqdm.auto import tqdm
+
             self.bar = tqdm(total=self.total, initial=done, desc=self.desc, unit=self.unit, file=sys.stderr,
                             dynamic_ncols=True, mininterval=REDRAW_SECONDS)
         if loss is not None:
@@ -73,8 +74,15 @@ class CompileNotice:
 
     def start(self) -> None:
         if self.show:
-            tqdm.write("diyopt: compiling (first call; cached for next time)...", file=sys.stderr)
+            _write("diyopt: compiling (first call; cached for next time)...")
 
     def done(self, seconds: float) -> None:
         if self.show:
-            tqdm.write(f"diyopt: compiled in {seconds:.1f} s", file=sys.stderr)
+            _write(f"diyopt: compiled in {seconds:.1f} s")
+
+
+def _write(line: str) -> None:
+    """A line on stderr that does not break a bar being drawn."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .core import Params, as_params
+from .modules import bind_module, load_into
 from .fit import FlatLayout, Result
 from .lbfgs import lbfgs  # noqa: F401 -- L-BFGS lives in its own module; re-exported here
 
@@ -32,7 +33,8 @@ def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | t
 
     Args:
       loss_fn: ``loss_fn(params) -> scalar Tensor``, written with torch operations.
-      params: the starting point (dict of tensors or ``nn.Module``); computed in float64.
+      params: the starting point (dict of tensors or ``nn.Module``, as in :func:`~diyopt.fit`: the loss
+        may call it or close over it, and it holds the result afterwards); computed in float64.
       max_iter: the most Newton iterations (Hessian evaluations).
       gtol: stop when the largest gradient component is at most ``gtol``.
       xtol: stop when an accepted step is at most ``xtol * (||x|| + xtol)``.
@@ -53,6 +55,9 @@ def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | t
     """
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    module = params if isinstance(params, torch.nn.Module) else None
+    if module is not None:  # as in fit: the loss may call it or close over it; it holds the result
+        loss_fn, params = bind_module(loss_fn, module)
     params = {k: v.detach().to(torch.float64) for k, v in as_params(params).items()}
     layout = FlatLayout(params)
     x = layout.flatten(params)
@@ -93,6 +98,8 @@ def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | t
         if float(p.norm()) <= xtol * (float(x.norm()) + xtol):
             stop, message = "converged", "the step is at most xtol relative to the params"
     seconds = time.perf_counter() - start
+    if module is not None:
+        load_into(module, layout.unflatten({"flat": x}))
     return Result(layout.unflatten({"flat": x.clone()}), torch.tensor(losses, dtype=torch.float64), nhev,
                   seconds, stop, info={"nfev": nfev, "nhev": nhev, "grad_norm": gmax, "message": message,
                                        "final_loss": f})
