@@ -126,3 +126,15 @@ def test_loss_figure_of_a_result_says_step(dtype):
     ax = plots.plot_loss(losses, label="mine")
     assert ax.get_xlabel() == "step" and ax.get_yscale() == "log"
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), losses.double().numpy(), rtol=1e-6)
+
+
+def test_performance_profile_ticks_are_plain_factors():
+    import matplotlib.pyplot as plt
+
+    from diyopt.profiles import plot_performance_profile
+
+    ax = plot_performance_profile({"a": [10.0, 20.0, math.inf], "b": [40.0, 20.0, 90.0]})
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if 1 <= t.get_position()[0] <= ax.get_xlim()[1]]
+    assert labels[:3] == ["1", "2", "4"]
+    plt.close(ax.figure)
