@@ -112,3 +112,17 @@ def test_cli_sweep_prints_not_reached_and_the_best_setting(tmp_path, capsys):
     assert all(v != "" for r in rows for v in r.values())  # no empty cell anywhere
     assert "| 0.0001 | 2 |" in text and "not reached" in text
     assert "best setting (lowest median final loss over seeds): lr=0.05" in text
+
+
+def test_compare_and_sweep_help_state_the_same_meanings(capsys):
+    from diyopt.cli import SEEDS_MEANING, TOL_MEANING
+
+    texts = {}
+    for command in ("compare", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    for meaning in (SEEDS_MEANING, TOL_MEANING):
+        assert all(" ".join(meaning.split()) in t for t in texts.values())
+    readme = " ".join((__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "f(x_i) - f* <= tol (f(x_0) - f*)" in readme and "x0 + 0.1 (1 + |x0|) z" in readme
