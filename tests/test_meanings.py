@@ -66,11 +66,12 @@ def test_sweep_and_compare_agree_on_steps_to_tol(known):
     assert any(r["steps_to_tol"] is not None for r in result.rows)
 
 
-def test_sweep_tol_is_relative_not_absolute():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sweep_tol_is_relative_not_absolute(dtype):
     # loss 1e6 (x - 1)^2 from x = 0: the gap shrinks 1e6 -> 1 by the factor 1e-6 long before the loss is
     # below an absolute 1e-6; the old absolute reading would report a much later step (or none)
     loss = lambda p: 1e6 * ((p["x"] - 1) ** 2).sum()
-    params = {"x": torch.zeros(1, dtype=torch.float64)}
+    params = {"x": torch.zeros(1, dtype=dtype)}
     result = diyopt.sweep(loss, params, diyopt.optim.gradient_descent(lr=1e-7), 400, tol=1e-3, f_star=0.0)
     curve = result.losses[0].double()
     expected = int((curve <= 1e-3 * curve[0]).nonzero()[0, 0])
