@@ -66,11 +66,12 @@ def test_sweep_and_compare_agree_on_steps_to_tol(known):
     assert any(r["steps_to_tol"] is not None for r in result.rows)
 
 
-def test_sweep_tol_is_relative_not_absolute():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sweep_tol_is_relative_not_absolute(dtype):
     # loss 1e6 (x - 1)^2 from x = 0: the gap shrinks 1e6 -> 1 by the factor 1e-6 long before the loss is
     # below an absolute 1e-6; the old absolute reading would report a much later step (or none)
     loss = lambda p: 1e6 * ((p["x"] - 1) ** 2).sum()
-    params = {"x": torch.zeros(1, dtype=torch.float64)}
+    params = {"x": torch.zeros(1, dtype=dtype)}
     result = diyopt.sweep(loss, params, diyopt.optim.gradient_descent(lr=1e-7), 400, tol=1e-3, f_star=0.0)
     curve = result.losses[0].double()
     expected = int((curve <= 1e-3 * curve[0]).nonzero()[0, 0])
@@ -112,3 +113,17 @@ def test_cli_sweep_prints_not_reached_and_the_best_setting(tmp_path, capsys):
     assert all(v != "" for r in rows for v in r.values())  # no empty cell anywhere
     assert "| 0.0001 | 2 |" in text and "not reached" in text
     assert "best setting (lowest median final loss over seeds): lr=0.05" in text
+
+
+def test_compare_and_sweep_help_state_the_same_meanings(capsys):
+    from diyopt.cli import SEEDS_MEANING, TOL_MEANING
+
+    texts = {}
+    for command in ("compare", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    for meaning in (SEEDS_MEANING, TOL_MEANING):
+        assert all(" ".join(meaning.split()) in t for t in texts.values())
+    readme = " ".join((__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "f(x_i) - f* <= tol (f(x_0) - f*)" in readme and "x0 + 0.1 (1 + |x0|) z" in readme

@@ -259,7 +259,9 @@ class Comparison:
         # area, so both the valley floor and the walls get lines whatever the loss's range.
         logz = np.log10(np.maximum(zz - zmin, 1e-12 * max(1.0, abs(zmin), float(finite.max() - zmin))))
         marks = np.unique(np.quantile(logz[np.isfinite(logz)], np.linspace(0.0, 1.0, levels + 2)[1:-1]))
-        ax.contour(xs, ys, logz, levels=marks, cmap="viridis", linewidths=0.6)
+        # Grey contours, white starts and a gold optimum: colours no optimizer's line uses (they take
+        # matplotlib's colour cycle), so each mark is told apart in the legend.
+        ax.contour(xs, ys, logz, levels=marks, colors="0.72", linewidths=0.5)
         for i, (label, runs) in enumerate(self.runs.items()):
             color = None
             diverged = any(r.stop_reason == "diverged" for r in runs)
@@ -269,22 +271,29 @@ class Comparison:
                     inside = np.isfinite(path).all(axis=1) & (path >= box_lo).all(axis=1) & (path <= box_hi).all(axis=1)
                     stop = len(path) if inside.all() else int(np.argmin(inside))
                     path = path[:max(stop, 1)]
-                line, = ax.plot(path[:, 0], path[:, 1], color=color, lw=1.2 if k == 0 else 0.6,
+                line, = ax.plot(path[:, 0], path[:, 1], color=color, lw=1.4 if k == 0 else 0.7,
                                 linestyle=linestyle(i), alpha=1.0 if k == 0 else 0.5,
                                 label=(f"{label} (diverged)" if diverged else label) if k == 0 else None)
                 color = line.get_color()
-                ax.plot(*run.path[0], "o", color=color, ms=3)
                 if run.stop_reason == "diverged":
                     ax.plot(*path[-1], "x", color=color, ms=7, mew=2)
-        for m in self._minima():
-            ax.plot(*_flat2(m), "*", color="black", ms=12)
+        starts = [r.path[0] for r in next(iter(self.runs.values()))]  # every optimizer has the same starts
+        for k, p in enumerate(starts):
+            ax.plot(*p, "o", mfc="white", mec="black", mew=1.0, ms=7 if k == 0 else 5, zorder=5,
+                    label=(f"starts (seeds 0–{len(starts) - 1}; seed 0 large)" if len(starts) > 1 else "start")
+                    if k == 0 else None)
+        minima = self._minima()
+        for k, m in enumerate(minima):
+            ax.plot(*_flat2(m), "*", mfc="gold", mec="black", mew=0.8, ms=15, zorder=6,
+                    label=("known minimum" if len(minima) == 1 else f"known minima ({len(minima)})")
+                    if k == 0 else None)
         ax.set_xlim(box_lo[0], box_hi[0])
         ax.set_ylim(box_lo[1], box_hi[1])
         names = self._names2()
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         ax.set_title(f"{self.problem.name}: paths (seed 0 bold) over contours of log(loss)")
-        ax.legend()
+        ax.legend(framealpha=0.9, fontsize="small")
         return ax
 
     @property
@@ -314,7 +323,10 @@ class Comparison:
         values = np.concatenate([self._gaps(runs).ravel() for runs in self.runs.values()])
         values = values[np.isfinite(values)]
         if len(values) and values.min() > 0:
+            from .plots import readable_log_ticks
+
             ax.set_yscale("log")
+            readable_log_ticks(ax)
 
     def _n_seeds(self) -> int:
         return len(next(iter(self.runs.values())))

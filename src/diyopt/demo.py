@@ -72,12 +72,12 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr
 
         fits = {"gradient_descent": fit(seed_loss(x, y), params0, gradient_descent(lr=lr), steps)}
         _save(plots.plot_data(x, y), tmp / "sample.png")
-        _save_fit_figures(tmp, x, y, fits["gradient_descent"], "original")
+        _save_fit_figures(tmp, x, y, fits["gradient_descent"], "original", LABELS["gradient_descent"],
+                          (exact_a, exact_b))
         fits = {"adam": adam.result() if adam else fit_with_torch_adam(seed, n, steps, lr), **fits}
-        _save_fit_figures(tmp, x, y, fits["adam"], "Adam")
-        curves = [("Adam (torch.optim)", fits["adam"].losses),
-                  ("gradient_descent (diyopt)", fits["gradient_descent"].losses)]
-        _save(plots.plot_losses(curves), tmp / "compare_loss.png")
+        _save_fit_figures(tmp, x, y, fits["adam"], "Adam", LABELS["adam"], (exact_a, exact_b))
+        curves = [(LABELS["adam"], fits["adam"].losses), (LABELS["gradient_descent"], fits["gradient_descent"].losses)]
+        _save(plots.plot_losses(curves, ylabel=LOSS_LABEL), tmp / "compare_loss.png")
         summary = {
             "data": {"n": n, "a": -1.0, "b": 1.0, "sigma": 0.1, "seed": seed},
             "exact": {"a": exact_a, "b": exact_b},
@@ -181,12 +181,18 @@ def _save(ax, path: Path) -> None:
     plots.save(ax, path, tight=False)  # one panel, no title: the fixed margins fit, and save a redraw
 
 
-def _save_fit_figures(folder: Path, x, y, result: Result, stem: str) -> None:
-    """The seed's two figures of one fit: ``{stem}_loss.png`` and ``{stem}.png`` (data and fitted line)."""
+# What the figures call the two fits and the loss (the seed's file names stay: Adam*.png, original*.png).
+LABELS = {"adam": "Adam (torch.optim)", "gradient_descent": "gradient descent (own rule)"}
+LOSS_LABEL = "loss ‖y − ŷ‖ (norm of the residuals)"
+
+
+def _save_fit_figures(folder: Path, x, y, result: Result, stem: str, label: str, exact: tuple[float, float]) -> None:
+    """The seed's two figures of one fit: ``{stem}_loss.png`` (loss per step) and ``{stem}.png`` (data,
+    fitted line and the exact least-squares line)."""
     from . import plots
 
-    _save(plots.plot_loss(result.losses), folder / f"{stem}_loss.png")
-    _save(plots.plot_line_fit(x, y, float(result.params["a"]), float(result.params["b"]), f"{stem} result"),
+    _save(plots.plot_loss(result.losses, label=label, ylabel=LOSS_LABEL), folder / f"{stem}_loss.png")
+    _save(plots.plot_line_fit(x, y, float(result.params["a"]), float(result.params["b"]), label, exact=exact),
           folder / f"{stem}.png")
 
 

@@ -67,6 +67,12 @@ def plot_performance_profile(costs: Mapping[str, Sequence[float]], ax=None, cost
         ax.step(taus, np.append(values, values[-1]), where="post", label=s, linestyle=linestyle(i))
     ax.set_xscale("log", base=2)
     ax.set_xlim(1.0, hi)
+    # ticks at 1, 2, 4, 8, ... written as plain numbers (a reader wants "within 4x", not "2^2")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=2, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"τ (within a factor τ of the best {cost})")
     ax.set_ylabel("fraction of problems  ρ(τ)")
