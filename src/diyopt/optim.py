@@ -331,6 +331,14 @@ def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_wei
 # ---------------------------------------------------------------- averaged, factored, orthogonalized, sparse
 
 
+def _no_schedule(name: str, lr: Any) -> None:
+    """These rules take ``lr`` into their own step-size arithmetic (as torch's do), so it is a number or a
+    tensor; a schedule goes through ``torch.optim.lr_scheduler`` on ``to_torch`` instead."""
+    if _is_schedule(lr):
+        raise TypeError(f"{name}'s lr cannot be a schedule (it enters the rule's own step-size arithmetic); "
+                        "use a number or a tensor, and torch.optim.lr_scheduler on to_torch(...)")
+
+
 @configurable
 def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False, foreach=None,
          differentiable=False, capturable=False) -> Optimizer:
@@ -338,6 +346,7 @@ def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=
 
     The averaged iterate is the state's ``ax`` (``to_torch(...).state[p]["ax"]``), as in torch.
     """
+    _no_schedule("asgd", lr)
     check_impl(foreach, None, differentiable)
     check_lr(lr)
     check_weight_decay(weight_decay)
@@ -349,6 +358,7 @@ def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=
 def adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, maximize=False,
               foreach=None) -> Optimizer:
     """Adafactor, equal to ``torch.optim.Adafactor`` (its ``eps`` is the pair ``(eps1, eps2)``)."""
+    _no_schedule("adafactor", lr)
     check_impl(foreach)
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
@@ -386,6 +396,7 @@ def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficient
     _check(lr, lambda v: v >= 0.0, "Learning rate should be >= 0 but is: {}")
     _check(momentum, lambda v: v >= 0.0, "momentum should be >= 0 but is: {}")
     _check(weight_decay, lambda v: v >= 0.0, "weight decay should be >= 0 but is: {}")
+    _no_schedule("muon", lr)
     if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
         raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
     lr = _to_scalar(lr)
@@ -404,6 +415,7 @@ def sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, maximize=False) -> Opt
         raise ValueError("Tensor lr must be 1-element")
     _check(lr, lambda v: v > 0.0, "Invalid learning rate: {}")
     _check(eps, lambda v: v > 0.0, "Invalid epsilon value: {}")
+    _no_schedule("sparse_adam", lr)
     check_betas(betas)
     rule = T.scale_by_sparse_adam(lr=_to_scalar(lr), b1=betas[0], b2=betas[1], eps=eps, maximize=maximize)
     return rule._replace(sparse_grads=True, flattenable=False)
