@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diyopt import optim
+from diyopt import optim, schedules
 
 TORCH = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
          "adadelta": torch.optim.Adadelta, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -54,6 +54,9 @@ ERROR_CASES = [
     # torch's implementation flags are accepted (they change no numbers); torch's checks of them are kept
     ("adam", {"foreach": True, "fused": True}, RuntimeError, r"`fused` and `foreach` cannot be `True` together"),
     ("sgd", {"fused": True, "differentiable": True}, RuntimeError, r"`fused` does not support `differentiable`"),
+    # rules whose lr enters their own step-size arithmetic take no schedule
+    ("asgd", {"lr": schedules.constant(0.1)}, TypeError, r"asgd's lr cannot be a schedule"),
+    ("muon", {"lr": schedules.constant(0.1)}, TypeError, r"muon's lr cannot be a schedule"),
 ]
 
 

@@ -40,6 +40,7 @@ DIYOPT_NAMES = {
     "Adam": "adam",
     "AdamW": "adamw",
     "Adamax": "adamax",
+    "LBFGS": "lbfgs",
     "Muon": "muon",
     "NAdam": "nadam",
     "RAdam": "radam",
@@ -61,10 +62,7 @@ NOT_MATCHED = {
 
 # Classes of torch's database that diyopt does not have as a to_torch optimizer yet, with the reason; every
 # other class of optim_db must be in DIYOPT_NAMES (test_every_class_is_covered).
-MISSING = {
-    "LBFGS": "its step calls the closure many times (line search) and keeps a history across steps; that "
-             "does not fit the init/update contract as it stands. diyopt.lbfgs is the solver.",
-}
+MISSING: dict[str, str] = {}
 
 DB = {info.optim_cls.__name__: info for info in optim_db
       if info.optim_cls.__name__ in DIYOPT_NAMES and info.optim_cls.__name__ not in MISSING}
@@ -212,7 +210,8 @@ def _run(name, dname, j, shape, default_dtype, diyopt_side: bool):
 def test_configuration_matches_torch(name, dname, j, shape, default_dtype):
     ours, ps, loss = _run(name, dname, j, shape, default_dtype, True)
     ref, qs, _ = _run(name, dname, j, shape, default_dtype, False)
-    for step in range(STEPS):
+    # L-BFGS runs up to 20 iterations per step: 4 steps carry the history across calls all the same
+    for step in range(4 if name == "LBFGS" else STEPS):
         for opt, params in ((ours, ps), (ref, qs)):
             def closure(opt=opt, params=params):
                 opt.zero_grad()
@@ -225,6 +224,10 @@ def test_configuration_matches_torch(name, dname, j, shape, default_dtype):
             else:
                 closure()
                 opt.step()
+        if name == "LBFGS":  # the history carried across step() calls: iterations and evaluations so far
+            mine, theirs = ours.state[ps[0]], ref.state[qs[0]]
+            assert (mine["n_iter"], mine["func_evals"]) == (theirs["n_iter"], theirs["func_evals"])
+            assert len(mine["old_dirs"]) == len(theirs["old_dirs"])
         for k, (p, q) in enumerate(zip(ps, qs)):
             assert_close(p, q, f"step {step}, param {k}")
             if name == "LBFGS":
@@ -282,3 +285,57 @@ def test_error_input_matches_torch(name, j):
     else:
         with pytest.raises(ei.error_type, match=ei.error_regex):
             opt.step()
+
+
+# ---------------------------------------------------------------- beyond the database
+
+
+def test_muon_routes_other_params_to_another_rule_with_masked():
+    """The documented way: Muon on the matrices, AdamW on the rest, equal to torch's Muon + AdamW."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    twin = copy.deepcopy(model)
+    matrices = {n for n, p in model.named_parameters() if p.ndim == 2}
+    T = diyopt.transforms
+    ours = diyopt.to_torch(diyopt.chain(T.masked(diyopt.optim.muon(lr=0.02), matrices),
+                                        T.masked(diyopt.optim.adamw(lr=1e-2), lambda n: n not in matrices)), model)
+    refs = [torch.optim.Muon([p for p in twin.parameters() if p.ndim == 2], lr=0.02),
+            torch.optim.AdamW([p for p in twin.parameters() if p.ndim != 2], lr=1e-2)]
+    x = torch.randn(6, 16, 5, dtype=torch.float64)
+    for step in range(6):
+        for m, opts in ((model, [ours]), (twin, refs)):
+            for o in opts:
+                o.zero_grad()
+            (m(x[step]) ** 2).mean().backward()
+            for o in opts:
+                o.step()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert_close(p, q, f"step {step}")
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        diyopt.to_torch(diyopt.optim.muon(), model)  # the biases, unrouted: torch's error, at construction
+
+
+def test_sparse_adam_trains_an_embedding_and_refuses_dense_grads():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(12, 3, sparse=True).double()
+    twin = copy.deepcopy(emb)
+    ours = diyopt.to_torch(diyopt.optim.sparse_adam(lr=0.1), emb)
+    ref = torch.optim.SparseAdam(twin.parameters(), lr=0.1)
+    for step in range(5):
+        idx = torch.tensor([step, 3, 3, 7])
+        for m, o in ((emb, ours), (twin, ref)):
+            o.zero_grad()
+            (m(idx) ** 2).sum().backward()
+            o.step()
+        assert_close(emb.weight, twin.weight, f"step {step}")
+    untouched = [i for i in range(12) if i not in (0, 1, 2, 3, 4, 7)]
+    assert torch.equal(emb.weight[untouched], twin.weight[untouched])
+    dense = torch.nn.Linear(3, 1).double()
+    opt = diyopt.to_torch(diyopt.optim.sparse_adam(), dense)
+    dense(torch.ones(1, 3, dtype=torch.float64)).sum().backward()
+    with pytest.raises(RuntimeError, match="SparseAdam does not support dense gradients"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="adam does not support sparse gradients"):
+        other = diyopt.to_torch(diyopt.optim.adam(), emb)
+        emb(torch.tensor([1])).sum().backward()
+        other.step()

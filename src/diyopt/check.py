@@ -324,9 +324,18 @@ def _dtypes(opt: Optimizer) -> tuple[str, str]:
             if u.dtype != dtype:
                 return FAIL, f"{dtype} params gave a {u.dtype} update for {k!r}"
         for path, leaf in pytree.tree_flatten_with_path(new_state)[0]:
-            if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dtype != dtype:
+            if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dtype != dtype \
+                    and not _torch_scalar(leaf):
                 return FAIL, f"{dtype} params gave {leaf.dtype} state{pytree.keystr(path)}"
     return PASS, "float32 and float64 kept in updates and state"
+
+
+def _torch_scalar(leaf: Tensor) -> bool:
+    """A 0-dim leaf in torch.optim's scalar dtype (float32 unless the default is float64): torch keeps
+    scalar state there (NAdam's ``mu_product``, ASGD's ``eta``) whatever the params' dtype, and so does
+    diyopt where it follows torch."""
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return leaf.dim() == 0 and leaf.dtype == scalar
 
 
 def _to_torch_round_trip(opt: Optimizer) -> tuple[str, str]:

@@ -41,6 +41,8 @@ class Optimizer(NamedTuple):
         tensors (per-element rules, global norms). The fit loop may then run it on one flat buffer.
       sparse_grads: True when ``update`` takes sparse (COO) gradients as they come, and may return sparse
         updates (SparseAdam); ``to_torch`` refuses a sparse gradient otherwise, as torch.optim does.
+      torch_optimizer: the ``torch.optim.Optimizer`` class ``to_torch`` builds for it, for a method that is
+        no gradient transformation (L-BFGS evaluates the loss many times per step); None: the generic one.
     """
 
     init: Callable[[Params], State]
@@ -49,6 +51,7 @@ class Optimizer(NamedTuple):
     build: Callable[..., "Optimizer"] | None = None
     flattenable: bool = False
     sparse_grads: bool = False
+    torch_optimizer: type | None = None
 
     def replace_hyperparams(self, **changes: Any) -> "Optimizer":
         """The same optimizer built with some hyperparameters changed (floats or tensors)."""

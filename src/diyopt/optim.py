@@ -94,8 +94,10 @@ def check_nonnegative(name: str, value: Any) -> None:
 
 
 def _check(value: Any, ok: Callable[[float], bool], message: str) -> None:
+    """``ValueError(message.format(value))`` when ``value`` is a Python number failing ``ok``; formatted
+    only then (formatting a tensor reads it out, which vmap and torch.compile refuse)."""
     if _is_number(value) and not ok(value):
-        raise ValueError(message)
+        raise ValueError(message.format(value))
 
 
 def nonzero(x: Any) -> bool:
@@ -202,7 +204,7 @@ def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, for
     """Adadelta, equal to ``torch.optim.Adadelta``."""
     check_impl(foreach, None, differentiable)
     check_lr(lr)
-    _check(rho, lambda r: 0.0 <= r <= 1.0, f"Invalid rho value: {rho}")
+    _check(rho, lambda r: 0.0 <= r <= 1.0, "Invalid rho value: {}")
     check_eps(eps)
     check_weight_decay(weight_decay)
     return chain(
@@ -329,6 +331,14 @@ def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_wei
 # ---------------------------------------------------------------- averaged, factored, orthogonalized, sparse
 
 
+def _no_schedule(name: str, lr: Any) -> None:
+    """These rules take ``lr`` into their own step-size arithmetic (as torch's do), so it is a number or a
+    tensor; a schedule goes through ``torch.optim.lr_scheduler`` on ``to_torch`` instead."""
+    if _is_schedule(lr):
+        raise TypeError(f"{name}'s lr cannot be a schedule (it enters the rule's own step-size arithmetic); "
+                        "use a number or a tensor, and torch.optim.lr_scheduler on to_torch(...)")
+
+
 @configurable
 def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False, foreach=None,
          differentiable=False, capturable=False) -> Optimizer:
@@ -336,6 +346,7 @@ def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=
 
     The averaged iterate is the state's ``ax`` (``to_torch(...).state[p]["ax"]``), as in torch.
     """
+    _no_schedule("asgd", lr)
     check_impl(foreach, None, differentiable)
     check_lr(lr)
     check_weight_decay(weight_decay)
@@ -347,16 +358,17 @@ def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=
 def adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, maximize=False,
               foreach=None) -> Optimizer:
     """Adafactor, equal to ``torch.optim.Adafactor`` (its ``eps`` is the pair ``(eps1, eps2)``)."""
+    _no_schedule("adafactor", lr)
     check_impl(foreach)
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
-    _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
-    _check(beta2_decay, lambda v: v <= 0.0, f"beta2_decay should be <= 0 but is: {beta2_decay}")
+    _check(lr, lambda v: v >= 0.0, "Learning rate should be >= 0 but is: {}")
+    _check(beta2_decay, lambda v: v <= 0.0, "beta2_decay should be <= 0 but is: {}")
     if eps[0] is not None:
-        _check(eps[0], lambda v: v >= 0.0, f"epsilon1 should be >= 0 but is: {eps[0]}")
-    _check(eps[1], lambda v: v >= 0.0, f"epsilon2 should be >= 0 but is: {eps[1]}")
-    _check(d, lambda v: v >= 1.0, f"Clipping threshold d should be >= 1 but is: {d}")
-    _check(weight_decay, lambda v: v >= 0.0, f"weight_decay should be >= 0 but is: {weight_decay}")
+        _check(eps[0], lambda v: v >= 0.0, "epsilon1 should be >= 0 but is: {}")
+    _check(eps[1], lambda v: v >= 0.0, "epsilon2 should be >= 0 but is: {}")
+    _check(d, lambda v: v >= 1.0, "Clipping threshold d should be >= 1 but is: {}")
+    _check(weight_decay, lambda v: v >= 0.0, "weight_decay should be >= 0 but is: {}")
     return chain(*_maximize(maximize),
                  T.scale_by_adafactor(lr=_to_scalar(lr), beta2_decay=beta2_decay, eps=tuple(eps), d=d,
                                       weight_decay=weight_decay))
@@ -381,9 +393,10 @@ def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficient
     """
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
-    _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
-    _check(momentum, lambda v: v >= 0.0, f"momentum should be >= 0 but is: {momentum}")
-    _check(weight_decay, lambda v: v >= 0.0, f"weight decay should be >= 0 but is: {weight_decay}")
+    _check(lr, lambda v: v >= 0.0, "Learning rate should be >= 0 but is: {}")
+    _check(momentum, lambda v: v >= 0.0, "momentum should be >= 0 but is: {}")
+    _check(weight_decay, lambda v: v >= 0.0, "weight decay should be >= 0 but is: {}")
+    _no_schedule("muon", lr)
     if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
         raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
     lr = _to_scalar(lr)
@@ -400,11 +413,37 @@ def sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, maximize=False) -> Opt
     (``nn.Embedding(sparse=True)``); only the rows with a gradient move. Dense gradients are refused."""
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
-    _check(lr, lambda v: v > 0.0, f"Invalid learning rate: {lr}")
-    _check(eps, lambda v: v > 0.0, f"Invalid epsilon value: {eps}")
+    _check(lr, lambda v: v > 0.0, "Invalid learning rate: {}")
+    _check(eps, lambda v: v > 0.0, "Invalid epsilon value: {}")
+    _no_schedule("sparse_adam", lr)
     check_betas(betas)
     rule = T.scale_by_sparse_adam(lr=_to_scalar(lr), b1=betas[0], b2=betas[1], eps=eps, maximize=maximize)
     return rule._replace(sparse_grads=True, flattenable=False)
+
+
+# ---------------------------------------------------------------- L-BFGS, for to_torch
+
+
+@configurable
+def lbfgs(lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9, history_size=100,
+          line_search_fn=None) -> Optimizer:
+    """L-BFGS for ``to_torch``, equal to ``torch.optim.LBFGS``: ``to_torch(lbfgs(), model).step(closure)``
+    runs up to ``max_iter`` iterations and keeps the history across steps (see :mod:`diyopt.torch_lbfgs`).
+
+    It needs the loss at several points per step, so it has no ``update`` of its own (calling it raises);
+    to minimize a loss function to the end, ``diyopt.lbfgs(loss_fn, params)`` is the solver.
+    """
+    from .torch_lbfgs import TorchLBFGS
+
+    check_lr(lr)
+    if line_search_fn not in (None, "strong_wolfe"):
+        raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
+
+    def update(grads, state, params=None):
+        raise TypeError("diyopt.optim.lbfgs evaluates the loss several times per step: use it as "
+                        "to_torch(lbfgs(...), params).step(closure), or minimize with diyopt.lbfgs(loss_fn, params)")
+
+    return Optimizer(lambda params: (), update, torch_optimizer=TorchLBFGS)
 
 
 # ---------------------------------------------------------------- sign methods
@@ -456,6 +495,7 @@ _OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "adamax": adamax,
     "adamw": adamw,
     "gradient_descent": gradient_descent,
+    "lbfgs": lbfgs,
     "lion": lion,
     "nadam": nadam,
     "radam": radam,

@@ -60,6 +60,8 @@ def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = Fa
     Returns:
       A :class:`TorchOptimizer`.
     """
+    if isinstance(optimizer, Optimizer) and optimizer.torch_optimizer is not None:  # diyopt.optim.lbfgs
+        return optimizer.torch_optimizer(optimizer, params_or_module, compiled=compiled)
     return TorchOptimizer(optimizer, params_or_module, compiled=compiled, on_nonfinite=on_nonfinite)
 
 
