@@ -468,6 +468,24 @@ def test_checkpoint_every_step_costs_o1_per_save_and_resumes_bitwise(tmp_path):
     assert torch.equal(rest.losses, full.losses) and torch.equal(rest.params["a"], full.params["a"])
 
 
+def test_a_version_1_checkpoint_with_the_history_inside_resumes_bitwise(tmp_path):
+    x, y = diyopt.data.make_line(seed=2)
+    loss = lambda p: diyopt.losses.mse(p["a"] * x + p["b"], y)  # noqa: E731
+    p0 = {"a": torch.zeros(1, dtype=torch.float32), "b": torch.zeros(1, dtype=torch.float32)}
+    opt = diyopt.optim.adam(lr=1e-2)
+    full = diyopt.fit(loss, p0, opt, 120)
+    ck = tmp_path / "c.pt"
+    diyopt.fit(loss, p0, opt, 120, checkpoint=ck, checkpoint_every=10, callback=lambda step, *_: step == 59)
+    payload = diyopt.checkpoint.load(ck)  # rewrite it as version 1 wrote it: the losses inside
+    payload["version"] = 1
+    del payload["losses_file"]
+    torch.save(payload, ck)
+    os.unlink(f"{ck}.losses")
+    rest = diyopt.fit(loss, p0, opt, 120, checkpoint=ck, resume=True, checkpoint_every=10)
+    assert torch.equal(rest.losses, full.losses)
+    assert torch.equal(diyopt.checkpoint.load(ck)["losses"], full.losses)  # the file now holds all 120
+
+
 def test_numpy_integer_steps_are_accepted():
     r = diyopt.fit(_loss, _p0(torch.float64), diyopt.optim.adam(), np.int64(7))
     assert r.steps == 7
