@@ -150,6 +150,15 @@ def test_fit_into_a_folder_with_the_users_files_keeps_them(tmp_path, capsys):
     assert temps(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
 
 
+def test_a_crafted_manifest_cannot_make_diyopt_delete_outside_its_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "precious.txt").write_text("keep")
+    (out / outputs.MANIFEST).write_text(json.dumps({"files": ["../precious.txt", str(tmp_path / "precious.txt")]}))
+    assert main(FIT + ["--steps", "5", "--out", str(out)]) == 0
+    assert (tmp_path / "precious.txt").read_text() == "keep"
+
+
 def test_demo_into_a_folder_with_the_users_files_keeps_them(tmp_path, capsys):
     proj = tmp_path / "proj"
     proj.mkdir()
