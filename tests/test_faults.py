@@ -326,6 +326,7 @@ def test_a_nan_update_stops_at_the_last_finite_params(dtype, named):
         diyopt.fit(_loss, _p0(dtype, named), nan_update_after_c(lr=0.1), 50, on_nonfinite="raise")
 
 
+@pytest.mark.slow  # compiling on CI's 2 cores
 def test_compiled_engine_guards_the_update_too():
     r = diyopt.fit(_loss, _p0(torch.float64), nan_update_after_c(lr=0.1), 50, engine="compiled")
     assert r.stop_reason == "diverged" and r.steps == K
