@@ -441,7 +441,9 @@ class _Saver:
         losses = list(payload["losses"].to(device).unbind())
         self.ckpt.restore_rng(payload["rng"])
         self.saved_at = len(losses)
-        self.history = self.ckpt.LossFile(self.path, len(losses), payload["losses"].dtype)
+        # A version-1 checkpoint holds its history inline: the first save writes it all to the file.
+        on_file = len(losses) if "losses_file" in payload else 0
+        self.history = self.ckpt.LossFile(self.path, on_file, payload["losses"].dtype)
         return named, state, losses
 
     def save(self, params: Params, state: Any, losses: list[Tensor]) -> None:

@@ -199,7 +199,9 @@ def owned_files(folder: str | os.PathLike) -> set[str]:
     try:
         manifest = json.loads((Path(folder) / MANIFEST).read_text())
         files = manifest.get("files", []) if isinstance(manifest, dict) else []
-        return {f for f in files if isinstance(f, str)}
+        # Only plain relative paths inside the folder: a crafted manifest must not point diyopt elsewhere.
+        return {f for f in files if isinstance(f, str) and f and not os.path.isabs(f)
+                and ".." not in Path(f).parts and f != MANIFEST}
     except (OSError, ValueError):
         return set()
 
