@@ -249,7 +249,12 @@ def _function_lines(module) -> list[str]:
     rows = []
     for name in sorted(n for n in module.__all__ if n[0].islower()):
         f = getattr(module, name)
-        params = [p for p in inspect.signature(f).parameters.values() if p.name not in ("grad", "state", "param")]
+        try:
+            signature = inspect.signature(f)
+        except (TypeError, ValueError):  # a builtin or an object without one: the name alone
+            rows.append((name, " ".join((f.__doc__ or "").split()[:12])))
+            continue
+        params = [p for p in signature.parameters.values() if p.name not in ("grad", "state", "param")]
         args = ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
                          for p in params)
         # the first sentence of the first paragraph, before cleaning: a sentence ends at ". " before a
