@@ -277,3 +277,12 @@ def test_any_optimizer_works_a_bare_chain_included():
         assert_state_equal(ours.state[ours_p[k]], theirs.state[theirs_p[k]])
     with pytest.raises(TypeError, match=r"param group sets \['lr'\], but this optimizer has no hyperparameters"):
         diyopt.to_torch(bare, [{"params": [torch.zeros(2, requires_grad=True)], "lr": 0.1}])
+
+
+def test_param_groups_given_as_generators_keep_every_param():
+    # model.parameters() is a generator: read once, each group keeps all its params (and names in order)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    opt = diyopt.to_torch(diyopt.optim.adam(), [{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.1}])
+    assert [g["param_names"] for g in opt.param_groups] == [["0", "1"], ["2", "3"]]
+    opt.add_param_group({"params": torch.nn.Linear(1, 1).parameters()})
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2, 2]

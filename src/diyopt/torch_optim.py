@@ -109,6 +109,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"param group sets {extra}, but this optimizer has no hyperparameters to "
                                 "override (it was not built by a configurable factory)")
         if self._built:  # a group added later, after construction
+            if not isinstance(param_group["params"], (torch.nn.Module, Mapping, Tensor)):
+                param_group = {**param_group, "params": list(param_group["params"])}
             if _given_names(param_group["params"]) != self._named_input:
                 raise ValueError("all optimizer param groups should be with/without names. cannot add param "
                                  f"group {'without' if self._named_input else 'with'} names to the optimizer")
@@ -373,12 +375,15 @@ def _named_groups(params: Any) -> tuple[list[dict], bool]:
     for g in items:
         if "params" not in g:
             raise ValueError("each param group must have a 'params' entry")
-        group_named = _given_names(g["params"])
+        listed_params = g["params"]
+        if not isinstance(listed_params, (torch.nn.Module, Mapping, Tensor)):
+            listed_params = list(listed_params)  # a generator (model.parameters()) is read once
+        group_named = _given_names(listed_params)
         if named is not None and group_named != named:
             raise ValueError("all optimizer param groups should be with/without names. cannot add param group "
                              f"{'with' if group_named else 'without'} names to the optimizer")
         named = group_named
-        listed = _named_list(g["params"], start)
+        listed = _named_list(listed_params, start)
         start += len(listed)
         groups.append({**g, "params": listed})
     return groups, bool(named)
