@@ -73,7 +73,7 @@ def test_parse_spec(spec, name, kwargs):
 @pytest.mark.parametrize("spec, message", [
     ("rosenbrok", r"unknown problem 'rosenbrok' \(did you mean 'rosenbrock'\?\)"),
     ("rosenbrock:dims=4", r"argument of problem 'rosenbrock' 'dims' \(did you mean 'dim'\?\)"),
-    ("rosenbrock:dim=four", r"problem 'rosenbrock': dim='four': expected an integer"),
+    ("rosenbrock:dim=four", r"problem 'rosenbrock': dim must be an integer, got 'four'"),
     ("rosenbrock:dim=4,dim=5", r"'dim' given twice"),
     ("beale:3", r"problem 'beale' takes no arguments"),
     ("logistic:separable=maybe", r"separable='maybe': expected true or false"),
@@ -169,7 +169,7 @@ def test_cli_fit_csv_expression_model_and_loss(tmp_path):
     (["--problem", "rosenbrock", "--loss", "mse"], r"problem 'rosenbrock' has its own loss; --loss applies to: "
                                                    r"csv, line"),
     (["--problem", "csv:path=q.csv,loss=sse", "--loss", "mse"], r"--loss mse and loss=sse"),
-    (["--problem", "rosenbrock:dim=x"], r"dim='x': expected an integer"),
+    (["--problem", "rosenbrock:dim=x"], r"dim must be an integer, got 'x'"),
 ])
 def test_cli_fit_bad_problem_input(tmp_path, capsys, argv, message):
     import re

@@ -204,10 +204,15 @@ def _convert(problem: str, key: str, text: str, param: inspect.Parameter | None)
             if text.lower() in ("false", "0", "no"):
                 return False
             raise ValueError
-        if kind.startswith("int"):
-            return int(text)
-        if kind.startswith("float"):
-            return float(text)
+        if kind.startswith(("int", "float")):
+            # A number as written (dim=1e10 is 10**10): checked_arguments then types it and checks the
+            # size it asks for, and words what is not a number ("dim must be an integer, got 'two'").
+            for number in (int, float):
+                try:
+                    return number(text)
+                except ValueError:
+                    pass
+            return text
         if kind.startswith(("tuple", "list")):
             return tuple(float(v) for v in text.split("/"))
         if kind.startswith("dict"):
