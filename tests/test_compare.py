@@ -299,3 +299,12 @@ def test_converged_optimizers_on_booth_get_distinct_ranks():
     assert all(r["final_loss"] < 1e-20 for r in rows.values())  # all at the optimum, to rounding
     order = sorted(rows, key=lambda k: rows[k]["steps_to_tol"])
     assert [rows[k]["rank"] for k in order] == [1, 2, 3]
+
+
+def test_a_diverged_optimizer_ranks_after_every_finite_one():
+    """sgd at lr=0.01 blows up on Rosenbrock (final loss inf); it used to tie adam at rank 1 (inf - inf)."""
+    c = diyopt.compare("rosenbrock", {"sgd": "sgd:lr=0.01", "adam": "adam", "sgd2": "sgd:lr=0.02"},
+                       seeds=2, steps=200)
+    rows = {r["optimizer"]: r for r in c.table()}
+    assert not math.isfinite(rows["sgd"]["final_loss"]) and math.isfinite(rows["adam"]["final_loss"])
+    assert rows["adam"]["rank"] == 1 and rows["sgd"]["rank"] == rows["sgd2"]["rank"] == 2

@@ -156,8 +156,14 @@ class Comparison:
 
         Medians that differ only by rounding are equal: ``m_o < m_r - (1e-9 |m_r| + 1e-12 max(1, |f*|))``
         is a lower loss; the threshold grows with ``m_r``, so a lower loss never gets a worse rank."""
-        atol = 1e-12 * max(1.0, abs(self.f_star))
-        lower = lambda a, b: a < b - (RANK_RTOL * abs(b) + atol)
+        f_star = self.f_star if math.isfinite(self.f_star) else 0.0
+        atol = 1e-12 * max(1.0, abs(f_star))
+
+        def lower(a: float, b: float) -> bool:
+            if not (math.isfinite(a) and math.isfinite(b)):  # a diverged loss (inf, nan) ranks after
+                return math.isfinite(a) and not math.isfinite(b)  # every finite one, equal to the others
+            return a < b - (RANK_RTOL * abs(b) + atol)
+
         m_o, m_r = o["final_loss"], r["final_loss"]
         if lower(m_o, m_r):
             return True

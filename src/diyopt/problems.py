@@ -148,6 +148,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     for k, v in raw.items():
         try:
             kwargs[k] = _convert(name, k, v, params.get(k))
+            if positional == k:  # a number's type is checked here, so the hint below can join the error
+                checked_arguments(name, _PROBLEMS[name], {k: kwargs[k]})
         except ValueError as e:
             if positional == k:  # the user may have meant a key: say how the value was read
                 raise ValueError(f"{e} (arguments are key=value; a first value without key= is {k})") from None
