@@ -227,3 +227,28 @@ def test_compiled_training_step_has_no_graph_break_in_the_optimizer():
         compiled(a, ours, *batch)
         train_step(b, ref, *batch)
     assert_same_params(a, b)
+
+
+def test_lbfgs_state_dict_moves_between_diyopt_and_torch():
+    """L-BFGS's history (pairs, last direction and step) survives the move both ways: 2 steps with diyopt,
+    2 with torch.optim.LBFGS from its state dict, 2 with diyopt again == 6 steps of torch alone."""
+    a, b, data = _pair()
+    x, y = torch.cat([d[0] for d in data[:4]]), torch.cat([d[1] for d in data[:4]])
+    kwargs = {"lr": 0.5, "max_iter": 5, "history_size": 4}
+    ref = torch.optim.LBFGS(b.parameters(), **kwargs)
+    opt = diyopt.to_torch(diyopt.optim.lbfgs(**kwargs), a)
+    for k in range(6):
+        if k in (2, 4):
+            saved = opt.state_dict()
+            opt = torch.optim.LBFGS(a.parameters(), **kwargs) if k == 2 else \
+                diyopt.to_torch(diyopt.optim.lbfgs(**kwargs), a)
+            opt.load_state_dict(saved)
+        for model, o in ((a, opt), (b, ref)):
+            def closure(model=model, o=o):
+                o.zero_grad()
+                loss = _loss(model, (x, y))
+                loss.backward()
+                return loss
+
+            o.step(closure)
+        assert_same_params(a, b)
