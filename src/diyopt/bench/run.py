@@ -217,9 +217,11 @@ def _select(all_tasks: list[Task], names: Sequence[str] | None) -> list[Task]:
     from ..losses import unknown_name
 
     known = {t.name for t in all_tasks} | {t.family for t in all_tasks}
+    families = list(dict.fromkeys(t.family for t in all_tasks))
     for n in names:
         if n not in known:
-            raise ValueError(unknown_name("task", n, sorted(known)))
+            near = unknown_name("task", n, sorted(known)).split(";")[0]
+            raise ValueError(f"{near}; a task is FAMILY or FAMILY-LEVEL, families: {', '.join(families)}")
     return [t for t in all_tasks if t.name in names or t.family in names]
 
 
@@ -347,3 +349,21 @@ def matrix_png(rows: list[dict], path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_bench_cli(args: Any) -> int:
+    """``diyopt bench``: run, then print one line per optimizer (tasks solved) and where the files are."""
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    result = bench(args.optimizers, suite=args.suite, trials=args.trials, seeds=args.seeds, out=args.out,
+                   tasks=args.tasks, dtype=dtype, resume=args.resume, progress=None,
+                   flags={"command": "diyopt bench"})
+    n_tasks = len(result.manifest["config"]["tasks"])
+    for label in result.manifest["config"]["optimizers"]:
+        print(f"{label}: solved {len(result.solved(label))}/{n_tasks}")
+    loops = sorted({r["task"] for r in result.rows if "loop" in r["engine"]})
+    if loops:
+        print(f"diyopt: note: vmap refused {', '.join(loops)}; their trials ran one by one", file=sys.stderr)
+    if result.skipped:
+        print(f"resumed: {len(result.skipped)} task x optimizer pairs kept from the earlier run")
+    print(f"wrote {Path(args.out) / 'results.csv'}, matrix.png, manifest.json")
+    return 0
