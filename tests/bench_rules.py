@@ -28,3 +28,10 @@ def adam_ascent(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
 @adam_ascent.init
 def _init(param):
     return (0 * param, 0 * param, 0 * param)
+
+
+@diyopt.elementwise
+def gd_item(grad, state, param, *, lr=1e-3):
+    """Gradient descent through a Python float (``.item()``): vmap refuses it, so bench loops."""
+    scale = 1.0 if float(grad.abs().sum()) >= 0 else 0.0
+    return -lr * grad * scale, state

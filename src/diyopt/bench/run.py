@@ -112,7 +112,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             r = sweep(problem.loss, problem.params, opt, task.steps, grid=grid)
-        engines.add(r.info.get("engine", "vmap") + (" (vmap refused: loop)" if r.info.get("fallback") else ""))
+        engines.add("loop (vmap refused the rule or loss)" if r.info.get("fallback") else r.info.get("engine", "vmap"))
         for w in caught:
             if "fallback" not in r.info:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
