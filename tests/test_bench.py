@@ -205,3 +205,14 @@ def test_broken_rules_solve_no_task_of_the_suite():
     r = diyopt.bench(BROKEN, trials=2, seeds=1)
     for b in BROKEN:
         assert r.solved(b) == [], b
+
+
+def test_docs_table_lists_every_task_with_its_criterion():
+    text = (Path(__file__).parents[1] / "docs" / "bench.md").read_text()
+    lines = {ln.split("|")[1].strip().strip("`"): [c.strip() for c in ln.split("|")[1:-1]]
+             for ln in text.splitlines() if ln.startswith("| `")}
+    for t in suite():
+        assert t.name in lines, t.name
+        _, tests, criterion, target, steps, source = lines[t.name]
+        assert (tests, criterion, float(target), int(steps), source) == (t.tests, t.criterion, t.target, t.steps,
+                                                                          t.source)
