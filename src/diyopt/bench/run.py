@@ -72,13 +72,12 @@ def _cell(v: Any) -> str:
 
 def _resolve(spec: Any) -> tuple[str, Optimizer]:
     """A spec string (``adam``, ``adam:eps=1e-6``, ``my_rules.py:rule``) or ``(label, Optimizer)``."""
-    from ..specs import get, parse
+    from ..specs import get
 
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Optimizer):
         return str(spec[0]), spec[1]
     if not isinstance(spec, str):
         raise TypeError(f"an optimizer for bench is a spec string or (label, Optimizer), got {spec!r}")
-    target, attr, _ = parse(spec)
     return spec, get(spec)
 
 
@@ -106,6 +105,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
     grid = {"point": [tuple(pt[k] for k in keys) for pt in points(box, trials)]}
     t0 = time.perf_counter()
     firsts, bests, steps_hit, engines = [], [], [], set()
+    by_loss = task.problem(seeds[0], dtype).metric is None  # the criterion is the loss: its curve tells when
     for seed in seeds:
         problem = task.problem(seed, dtype)
         opt = tunable(optimizer, keys, problem.effect)
@@ -125,7 +125,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
         passed = [k for k, v in enumerate(values) if v <= task.target]
         firsts.append(passed[0] + 1 if passed else math.inf)
         bests.append(min(values))
-        if problem.metric is None and passed:  # the loss is the criterion: its curve says when
+        if by_loss and passed:
             below = r.losses[passed] <= task.target
             hit = torch.where(below.any(1), below.float().argmax(1), task.steps)
             steps_hit.append(float(hit.min()))
@@ -136,7 +136,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
     return {"task": task.name, "optimizer": label, "solved": solved,
             "attempts": statistics.median(firsts) if solved else math.inf,
             "best_metric": statistics.median(bests),
-            "steps_to_target": statistics.median(steps_hit) if problem.metric is None else None,
+            "steps_to_target": statistics.median(steps_hit) if by_loss else None,
             "seconds": round(time.perf_counter() - t0, 4), "criterion": task.criterion, "target": task.target,
             "studies_solved": f"{n_solved}/{len(seeds)}", "trials": trials, "engine": "; ".join(sorted(engines))}
 
@@ -317,6 +317,13 @@ def _publish(out: Path, rows: list[dict], manifest: dict, complete: bool) -> Non
             matrix_png(rows, tmp / "matrix.png")
 
 
+def _short(label: str) -> str:
+    """``my_rules.py:rule`` for a spec naming a file by a long path; built-in specs as they are."""
+    at = label.find(".py:")
+    short = os.path.basename(label[:at + 3]) + label[at + 3:] if at >= 0 else label
+    return short if len(short) <= 24 else short[:23] + "…"
+
+
 def matrix_png(rows: list[dict], path: str | os.PathLike) -> None:
     """Tasks (rows) x optimizers (columns), colour: the fraction of studies that solved the task;
     the cell's text: median attempts (trials to the first success) or "-"."""
@@ -339,12 +346,11 @@ def matrix_png(rows: list[dict], path: str | os.PathLike) -> None:
     im = ax.imshow(frac.numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for (i, j), s in text.items():
         ax.text(j, i, s, ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(opts)), [o if len(o) <= 18 else o[:17] + "…" for o in opts], rotation=30, ha="right",
-                  fontsize=8)
-    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
     solved = {o: sum(r["solved"] for r in rows if r["optimizer"] == o) for o in opts}
-    ax.set_title("solved (fraction of studies; text: median attempts)\n" +
-                 ", ".join(f"{o}: {solved[o]}/{len(tasks)}" for o in opts), fontsize=8)
+    ax.set_xticks(range(len(opts)), [f"{_short(o)}\n{solved[o]}/{len(tasks)}" for o in opts], rotation=30,
+                  ha="right", fontsize=8)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    ax.set_title("solved: fraction of studies (text: median attempts)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
