@@ -68,6 +68,21 @@ def test_noise_is_a_function_of_seed_and_step():
     assert not torch.equal(na, a.apply(g, (), torch.tensor(18))[0]["x"])
 
 
+def test_noise_kinds_have_their_documented_statistics():
+    from diyopt.bench.tasks import _noise_table
+
+    white = _noise_table(0, 20000, 4, "white", 1.0)
+    assert float(white.std()) == pytest.approx(1.0, abs=0.02)
+    ar = _noise_table(0, 20000, 4, "correlated", 1.0, rho=0.9)
+    lag1 = float((ar[1:] * ar[:-1]).mean() / (ar * ar).mean())
+    assert lag1 == pytest.approx(0.9, abs=0.02) and float(ar.std()) == pytest.approx(1.0, abs=0.1)
+    # Tail index 1.5: P(|e| > x) ~ x^-1.5, so ten times further is 10^1.5 ~ 32 times rarer (a normal: never).
+    heavy = _noise_table(0, 50000, 4, "heavy", 1.0).abs()
+    n10, n100 = int((heavy > 10).sum()), int((heavy > 100).sum())
+    assert math.log10(n10 / n100) == pytest.approx(1.5, abs=0.2)
+    assert int((white.abs() > 10).sum()) == 0
+
+
 def test_delay_feeds_the_gradient_of_d_steps_ago():
     t = {x.name: x for x in suite()}["delayed-1"]  # delay 2
     opt = with_effect(diyopt.optim.sgd(lr=1.0), t.problem(0).effect)
