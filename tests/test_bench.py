@@ -253,3 +253,11 @@ ADAM_SOUND = ["quadratic_diagonal-1", "quadratic_diagonal-2", "quadratic_diagona
 def test_tuned_adam_solves_the_documented_subset():
     r = diyopt.bench(["adam"], tasks=ADAM_SOUND, trials=8, seeds=1)
     assert sorted(r.solved("adam")) == sorted(ADAM_SOUND)
+
+
+def test_settings_in_the_spec_are_fixed_not_tuned():
+    r = diyopt.bench(["gradient_descent:lr=0.5", "gradient_descent:lr=1e-5"], tasks=["saddle-1"], trials=3, seeds=1)
+    fast, slow = r.rows
+    assert r.manifest["config"]["spaces"] == {"gradient_descent:lr=0.5": {}, "gradient_descent:lr=1e-5": {}}
+    # lr 1e-5 cannot leave the saddle in 200 steps, lr 0.5 does at once: with lr tuned both would pass.
+    assert fast["solved"] and fast["attempts"] == 1 and not slow["solved"]

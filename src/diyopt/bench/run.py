@@ -81,6 +81,19 @@ def _resolve(spec: Any) -> tuple[str, Optimizer]:
     return spec, get(spec)
 
 
+def _space(label: str, optimizer: Optimizer, space: Mapping | None) -> dict:
+    """The box tuned for ``label``: its search space less the hyperparameters the spec fixes
+    (``adam:lr=1e-2`` tunes ``beta1`` only; ``adam:betas=0.9/0.99`` tunes ``lr`` only)."""
+    from ..specs import parse
+
+    box = space_for(_space_name(label), optimizer, space)
+    try:
+        fixed = set(parse(label)[2])
+    except (ValueError, TypeError):
+        fixed = set()
+    return {k: v for k, v in box.items() if ("betas" if k == "beta1" else k) not in fixed}
+
+
 def _space_name(label: str) -> str:
     from ..specs import parse
 
@@ -100,7 +113,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
     ``engine``). Returns the results row."""
     from ..batched import sweep
 
-    box = space_for(_space_name(label), optimizer, space)
+    box = _space(label, optimizer, space)
     keys = list(box)
     grid = {"point": [tuple(pt[k] for k in keys) for pt in points(box, trials)]}
     t0 = time.perf_counter()
@@ -149,8 +162,9 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
 
     Args:
       optimizers: specs (``"adam"``, ``"sgd:nesterov=true"``, ``"my_rules.py:rule"``, as
-        :func:`diyopt.optim.get`) or ``(label, Optimizer)`` pairs. The spec's settings are the fixed ones;
-        the search space (:data:`diyopt.bench.tuning.SPACES`, by name; a user's rule: its ``lr``) sets the rest.
+        :func:`diyopt.optim.get`) or ``(label, Optimizer)`` pairs. The search space
+        (:data:`diyopt.bench.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned, less the settings
+        the spec fixes (``adam:lr=1e-2`` tunes only ``beta1``).
       trials: Sobol points per study; seeds: studies (a count ``S`` means seeds ``0..S-1``).
       out: the output folder (``results.csv``, ``matrix.png``, ``manifest.json``); None: write nothing.
       tasks: task names or family names to run (default: all).
@@ -179,10 +193,10 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
     chosen = _select(all_tasks, tasks)
     spaces = dict(spaces or {})
     for label, opt in resolved:  # every space checked before any work
-        space_for(_space_name(label), opt, spaces.get(label))
+        _space(label, opt, spaces.get(label))
     config = {"suite": suite, "tasks": [t.name for t in chosen], "optimizers": labels, "trials": trials,
               "seeds": seeds, "dtype": str(dtype).removeprefix("torch."),
-              "spaces": {l: space_for(_space_name(l), o, spaces.get(l)) for l, o in resolved}}
+              "spaces": {l: _space(l, o, spaces.get(l)) for l, o in resolved}}
     manifest = _manifest(config, flags)
     done: dict[tuple[str, str], dict] = {}
     if resume and out is not None:

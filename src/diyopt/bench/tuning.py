@@ -92,7 +92,10 @@ def _settings(base: Optimizer, keys: list[str], point: tuple) -> dict[str, Any]:
 def tunable(base: Optimizer, keys: list[str], effect=None) -> Optimizer:
     """``base`` with one hyperparameter, ``point`` (a tuple, one value per ``keys``), that sets the tuned
     ones -- so a list of arbitrary points is one ``sweep`` grid axis -- wrapped by :func:`with_effect`."""
-    def build(point=tuple(0.0 for _ in keys)) -> Optimizer:
+    hyper = base.hyperparams or {}
+    start = tuple(float(hyper["betas"][0]) if k == "beta1" else float(hyper[k]) for k in keys)
+
+    def build(point=start) -> Optimizer:
         inner = base.replace_hyperparams(**_settings(base, keys, point)) if keys else base
         opt = with_effect(inner, effect)
         return opt._replace(hyperparams={"point": point}, build=build)
