@@ -261,3 +261,4 @@ def test_settings_in_the_spec_are_fixed_not_tuned():
     assert r.manifest["config"]["spaces"] == {"gradient_descent:lr=0.5": {}, "gradient_descent:lr=1e-5": {}}
     # lr 1e-5 cannot leave the saddle in 200 steps, lr 0.5 does at once: with lr tuned both would pass.
     assert fast["solved"] and fast["attempts"] == 1 and not slow["solved"]
+    assert fast["trials"] == slow["trials"] == 1  # nothing to tune: one trial each

@@ -115,6 +115,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
 
     box = _space(label, optimizer, space)
     keys = list(box)
+    trials = trials if keys else 1  # nothing left to tune: one trial, the spec as given
     grid = {"point": [tuple(pt[k] for k in keys) for pt in points(box, trials)]}
     t0 = time.perf_counter()
     firsts, bests, steps_hit, engines = [], [], [], set()
