@@ -12,9 +12,9 @@ import argparse
 import time
 
 import torch
+from common import machine
 
 import diyopt
-from common import machine
 from diyopt.bench.tasks import suite
 
 BUILT_INS = ["sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta", "rprop",

@@ -22,14 +22,16 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from ..core import Optimizer
-from .tasks import Task, suite as get_suite
+from .tasks import Task
+from .tasks import suite as get_suite
 from .tuning import points, space_for, tunable
 
 COLUMNS = ["task", "optimizer", "solved", "attempts", "best_metric", "steps_to_target", "seconds",
@@ -257,7 +259,7 @@ def _now() -> str:
 def _git_revision() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
                              timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None

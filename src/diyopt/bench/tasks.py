@@ -25,8 +25,9 @@ deep linear networks (Saxe, McClelland & Ganguli 2014) for exploding/vanishing g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor

@@ -18,7 +18,8 @@ of a wrapper optimizer (:func:`tunable`), which ``diyopt.sweep`` maps over like 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
