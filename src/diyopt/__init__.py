@@ -17,6 +17,7 @@ from .compare import Comparison
 from .compare import compare
 from .batched import SweepResult
 from .batched import sweep
+from .bench import bench
 from .check import check
 from .check import check_loss
 from .core import Optimizer
@@ -54,6 +55,7 @@ __all__ = [
     "Result",
     "SweepResult",
     "apply_updates",
+    "bench",
     "chain",
     "check",
     "check_loss",

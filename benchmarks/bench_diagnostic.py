@@ -1,0 +1,66 @@
+"""Issue 16: the built-in optimizers on the diagnostic suite, tuned (quasi-random search, N trials x S
+studies); prints the solved matrix, seconds per optimizer and trials per second.
+
+A "trial" is one hyperparameter point run for a task's whole step budget from one study's seed; the trials of
+a study run as one vectorized ``diyopt.sweep``, so trials/second grows with --trials until the machine is
+busy. Run: python benchmarks/bench_diagnostic.py [--trials 16] [--seeds 1] [--optimizers adam sgd ...]
+       [--tasks FAMILY ...] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import machine
+
+import diyopt
+from diyopt.bench.tasks import suite
+
+BUILT_INS = ["sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta", "rprop",
+             "lion", "asgd", "gradient_descent"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--optimizers", nargs="+", default=BUILT_INS)
+    ap.add_argument("--tasks", nargs="+", default=None)
+    ap.add_argument("--out", default=None, help="also write results.csv, matrix.png, manifest.json here")
+    args = ap.parse_args()
+    print(f"machine: {machine()}, trials={args.trials}, seeds={args.seeds}")
+    tasks = [t for t in suite("diagnostic")
+             if not args.tasks or t.family in args.tasks or t.name in args.tasks]
+    rows, per_opt = [], {}
+    for spec in args.optimizers:  # one optimizer at a time, so each gets its own wall time
+        t0 = time.perf_counter()
+        r = diyopt.bench([spec], tasks=[t.name for t in tasks], trials=args.trials, seeds=args.seeds,
+                         progress=False)
+        per_opt[spec] = time.perf_counter() - t0
+        rows += r.rows
+        n = len(tasks) * args.trials * args.seeds
+        print(f"{spec:18s} solved {len(r.solved(spec)):2d}/{len(tasks)}  {per_opt[spec]:7.1f} s  "
+              f"{n / per_opt[spec]:7.1f} trials/s", flush=True)
+    total = sum(per_opt.values())
+    n_all = len(tasks) * args.trials * args.seeds * len(args.optimizers)
+    print(f"all: {len(args.optimizers)} optimizers x {len(tasks)} tasks x {args.trials} trials x {args.seeds} "
+          f"studies = {n_all} trials in {total:.1f} s: {n_all / total:.1f} trials/s")
+    names = list(dict.fromkeys(r["task"] for r in rows))
+    print("\nsolved matrix (x = solved; rows: tasks, columns: optimizers in the order above)")
+    for name in names:
+        marks = "".join(" x" if r["solved"] else " ." for r in rows if r["task"] == name)
+        print(f"{name:26s}{marks}")
+    if args.out:
+        from pathlib import Path
+
+        from diyopt.bench.run import _manifest, _publish
+
+        config = {"benchmark": "bench_diagnostic.py", "optimizers": args.optimizers, "trials": args.trials,
+                  "seeds": args.seeds}
+        _publish(Path(args.out), rows, _manifest(config, None), complete=True)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
