@@ -17,7 +17,7 @@ from .compare import Comparison
 from .compare import compare
 from .batched import SweepResult
 from .batched import sweep
-from .bench import bench
+from .benchmarking import bench
 from .check import check
 from .check import check_loss
 from .core import Optimizer

@@ -390,7 +390,7 @@ def add_bench(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
 
     def run(args) -> int:
-        from .bench.run import run_bench_cli
+        from .benchmarking.run import run_bench_cli
 
         return run_bench_cli(args)
 

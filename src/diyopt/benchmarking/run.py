@@ -1,4 +1,4 @@
-"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`diyopt.bench.tuning`, on every task.
+"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`diyopt.benchmarking.tuning`, on every task.
 
 The output folder (written through :func:`diyopt.outputs.output_folder`, so each publication is atomic):
 
@@ -166,7 +166,7 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
     Args:
       optimizers: specs (``"adam"``, ``"sgd:nesterov=true"``, ``"my_rules.py:rule"``, as
         :func:`diyopt.optim.get`) or ``(label, Optimizer)`` pairs. The search space
-        (:data:`diyopt.bench.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned, less the settings
+        (:data:`diyopt.benchmarking.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned, less the settings
         the spec fixes (``adam:lr=1e-2`` tunes only ``beta1``).
       trials: Sobol points per study; seeds: studies (a count ``S`` means seeds ``0..S-1``).
       out: the output folder (``results.csv``, ``matrix.png``, ``manifest.json``); None: write nothing.
@@ -175,7 +175,7 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
       resume: keep the rows of an earlier, interrupted run in ``out`` with the same settings.
       progress: a bar over task x optimizer pairs on stderr (None: when stderr is a terminal).
 
-    A task is solved when more than half of the studies have a passing trial; see :mod:`diyopt.bench.tuning`.
+    A task is solved when more than half of the studies have a passing trial; see :mod:`diyopt.benchmarking.tuning`.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
