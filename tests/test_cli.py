@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import math
 import os
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import diyopt
 from diyopt import problems

@@ -1,5 +1,4 @@
 """least_squares, curve_fit, newton and stats against scipy and closed forms."""
-import math
 
 import numpy as np
 import pytest

@@ -17,7 +17,6 @@ import torch
 import diyopt
 import diyopt.starts
 from diyopt.cli import main
-from diyopt.compare import start_point
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

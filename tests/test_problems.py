@@ -1,5 +1,4 @@
 """Problems with known answers: closed forms, known minima reached by newton and lbfgs, data problems."""
-import math
 
 import numpy as np
 import pytest

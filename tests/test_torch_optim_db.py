@@ -17,8 +17,6 @@ What is deliberately not matched is listed in ``NOT_MATCHED`` below, each with i
 from __future__ import annotations
 
 import copy
-import re
-import warnings
 
 import pytest
 import torch

@@ -138,7 +138,6 @@ def plot_sweep(result, path: str | Path | None = None):
     """
     import math
 
-    import numpy as np
 
     rows = result.rows
     swept = result.hyperparameters() if hasattr(result, "hyperparameters") else \
