@@ -120,8 +120,16 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's loading (by position, cast to each param), then the state is matched against diyopt's
-        layout again at the next step: a state dict saved by the torch.optim class loads too."""
+        layout again at the next step: a state dict saved by the torch.optim class loads too.
+
+        The loaded tensors are copies: torch's loading keeps the given tensors where dtype and device
+        already match, and the kernel engine updates state in place, which would otherwise change the
+        caller's state dict (or another live optimizer's state) too."""
         super().load_state_dict(state_dict)
+        for entry in self.state.values():
+            for k, v in entry.items():
+                if isinstance(v, Tensor):
+                    entry[k] = v.clone()
         self._layouts.clear()
         self._compiled_steps.clear()
 
@@ -154,6 +162,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         layout = self._layout(i, opt, structure, names, params)
         if self.compiled:
             self._compiled_step(i, group, opt, layout, names, params, grads)
+            return
+        if opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
             return
         leaves = layout.read(self.state, params, i)
         state = pytree.tree_unflatten(leaves, layout.spec)
@@ -210,6 +220,40 @@ class TorchOptimizer(torch.optim.Optimizer):
         fixed = {k: own[k] for k in _FROM_CONSTRUCTOR if k in own and not _same((own[k],), (opt.hyperparams[k],))}
         return opt.replace_hyperparams(**fixed) if fixed else opt
 
+    # ------------------------------------------------------------ the kernel engine
+
+    def _kernel_step(self, opt: Optimizer, layout: "_Layout", params: list, grads: list) -> bool:
+        """Run ``opt.kernel`` (torch's fused in-place step) on the group; False: not applicable, so the
+        pure ``update`` runs instead (the reference engine, which this one is tested against).
+
+        Applicable when the state is exactly the kernel's (same leaf names as the pure rule's layout, so
+        checkpoints move between engines) and every param, grad and state tensor is dense, of one floating
+        dtype and device. The divergence guard checks the *gradients* before anything is written (one
+        reduction, as the pure path's over the updates): a non-finite gradient hands the step to the pure
+        path, which raises its usual ``DivergedError`` with nothing written. For Adam and SGD a non-finite
+        gradient always gives a non-finite update; what this check does not see before writing is a finite
+        gradient whose update still overflows, or a non-finite state loaded from a checkpoint.
+        """
+        spec = _KERNELS.get(opt.kernel)
+        if spec is None or layout.has_global or {n for _, n in layout.slots} != set(spec[0](opt.hyperparams)):
+            return False
+        p0 = params[0]
+        if not p0.is_floating_point() or p0.is_complex():
+            return False
+        if self.on_nonfinite == "raise":
+            import math
+
+            if not math.isfinite(float(torch.stack([g.sum() for g in grads]).sum())):
+                return False  # the pure path raises, naming the parameter, before writing
+        states = [self.state[p] for p in params]
+        for p, g, s in zip(params, grads, states):
+            if (g.is_sparse or p.is_sparse or g.dtype != p0.dtype or p.dtype != p0.dtype or p.device != p0.device
+                    or any(isinstance(v, Tensor) and (v.dtype != p0.dtype or v.device != p0.device)
+                           for v in s.values())):
+                return False
+        return spec[1](opt.hyperparams, params, grads, states)
+
+
     # ------------------------------------------------------------ the compiled engine
 
     def _compiled_step(self, i, group, opt, layout, names, params, grads) -> None:
@@ -252,6 +296,57 @@ def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) 
     event = nonfinite_event(at, torch.zeros(()), {}, {n: updates[n] for n in names}, new)
     if event is not None:
         raise DivergedError(event)
+
+
+def _adam_state(hp: Mapping) -> tuple:
+    return ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _adam_kernel(decoupled: bool):
+    """torch's fused Adam / AdamW (``torch._fused_adam_``), as ``torch.optim.Adam(fused=True)`` calls it:
+    the step count first, then one in-place pass per tensor computing ``scale_by_adam``'s math."""
+
+    def run(hp: Mapping, params: list, grads: list, states: list) -> bool:
+        steps = [s["step"] for s in states]
+        if any(s.dim() != 0 for s in steps):
+            return False
+        amsgrad = bool(hp["amsgrad"])
+        torch._foreach_add_(steps, 1)
+        (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps, amsgrad=amsgrad,
+            lr=float(hp["lr"]), beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]),
+            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=False, grad_scale=None,
+            found_inf=None)
+        return True
+
+    return run
+
+
+def _sgd_state(hp: Mapping) -> tuple:
+    return ("step", "momentum_buffer")
+
+
+def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
+    """torch's fused SGD with momentum (``torch._fused_sgd_``). Its first step copies the gradient into
+    the buffer, as ``trace`` does where ``step == 0``: so all the group's steps must be 0, or none."""
+    steps = [s["step"] for s in states]
+    if any(s.dim() != 0 for s in steps):
+        return False
+    first = [bool(s == 0) for s in steps]
+    if any(first) and not all(first):
+        return False
+    torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states], weight_decay=float(hp["weight_decay"]),
+                      momentum=float(hp["momentum"]), lr=float(hp["lr"]), dampening=float(hp["dampening"]),
+                      nesterov=bool(hp["nesterov"]), maximize=False, is_first_step=first[0], grad_scale=None,
+                      found_inf=None)
+    torch._foreach_add_(steps, 1)
+    return True
+
+
+# Optimizer.kernel -> (the state leaf names the kernel keeps, the kernel): see TorchOptimizer._kernel_step
+_KERNELS = {"adam": (_adam_state, _adam_kernel(False)), "adamw": (_adam_state, _adam_kernel(True)),
+            "sgd": (_sgd_state, _sgd_kernel)}
 
 
 # Hyperparameters torch reads from the constructor, not the group, when it builds the state:
