@@ -235,6 +235,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         gradient whose update still overflows, or a non-finite state loaded from a checkpoint.
         """
         spec = _KERNELS.get(opt.kernel)
+        if torch.compiler.is_compiling():  # a step traced by torch.compile: the pure rule traces cleanly
+            return False
         if spec is None or layout.has_global or {n for _, n in layout.slots} != set(spec[0](opt.hyperparams)):
             return False
         p0 = params[0]
@@ -333,7 +335,7 @@ def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
     steps = [s["step"] for s in states]
     if any(s.dim() != 0 for s in steps):
         return False
-    first = [bool(s == 0) for s in steps]
+    first = torch.stack(steps).eq(0).tolist()  # one read, not one per tensor
     if any(first) and not all(first):
         return False
     torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states], weight_decay=float(hp["weight_decay"]),
