@@ -2,7 +2,7 @@
 
 The model of the speed target: 10M float32 parameters in 80 tensors ([1M]*8 + [250k]*8 + [1000]*64), fixed
 random gradients (the backward pass is the same for both and is left out). Prints, for each of Adam, AdamW
-and SGD with momentum 0.9 the torch class with ``foreach=True`` and diyopt's default ``to_torch`` (the kernel
+, SGD with momentum 0.9 and Adagrad the torch class with ``foreach=True`` and diyopt's default ``to_torch`` (the kernel
 engine: torch's fused in-place step, see :mod:`diyopt.torch_optim`), and for Adam diyopt compiled
 (``to_torch(..., compiled=True)``), with issue 15's target for the default path (<= 1.0x time, <= 1.1x peak
 memory of the torch class) and whether it is met: median step time over
@@ -102,6 +102,7 @@ PAIRS = [
     ("adam", torch.optim.Adam, diyopt.optim.adam, {}),
     ("adamw", torch.optim.AdamW, diyopt.optim.adamw, {}),
     ("sgd momentum", torch.optim.SGD, diyopt.optim.sgd, {"lr": 1e-2, "momentum": 0.9}),
+    ("adagrad", torch.optim.Adagrad, diyopt.optim.adagrad, {}),
 ]
 TIME_TARGET, PEAK_TARGET = 1.0, 1.1  # x the torch class with foreach=True
 

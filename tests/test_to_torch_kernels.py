@@ -1,4 +1,4 @@
-"""``to_torch``'s kernel engine (torch's fused in-place steps for ``adam``, ``adamw``, ``sgd`` with momentum)
+"""``to_torch``'s kernel engine (torch's fused in-place steps: ``adam``, ``adamw``, ``sgd`` with momentum, ``adagrad``)
 against the pure rule (``optimizer.update``, the reference) and the torch.optim class, in float64 and
 float32; which settings take the kernel and which fall back; state names, checkpoints, the guard."""
 from __future__ import annotations
@@ -19,6 +19,8 @@ CASES = [
     ("sgd", {"lr": 1e-2, "momentum": 0.9}, torch.optim.SGD),
     ("sgd", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, torch.optim.SGD),
     ("sgd", {"lr": 1e-2, "momentum": 0.5, "dampening": 0.3}, torch.optim.SGD),
+    ("adagrad", {}, torch.optim.Adagrad),
+    ("adagrad", {"weight_decay": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-6}, torch.optim.Adagrad),
 ]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
@@ -133,6 +135,7 @@ def test_lr_scheduler_and_param_groups_keep_the_kernel(kernel_calls):
     lambda: diyopt.optim.adam(maximize=True),
     lambda: diyopt.optim.sgd(lr=1e-2, momentum=0.9, maximize=True),
     lambda: diyopt.optim.sgd(lr=1e-2),
+    lambda: diyopt.optim.adagrad(lr_decay=1e-2),
     lambda: diyopt.chain(diyopt.optim.adam()),
 ])
 def test_settings_the_kernel_cannot_do_fall_back(make, kernel_calls):
@@ -156,7 +159,7 @@ def test_a_group_with_a_tensor_lr_falls_back_per_group(kernel_calls):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name,kwargs", [("adam", {}), ("sgd", {"momentum": 0.9})])
+@pytest.mark.parametrize("name,kwargs", [("adam", {}), ("sgd", {"momentum": 0.9}), ("adagrad", {})])
 def test_guard_raises_before_writing(name, kwargs, dtype, kernel_calls):
     ps = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
     opt = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs), ps)
@@ -179,3 +182,20 @@ def test_guard_raises_before_writing(name, kwargs, dtype, kernel_calls):
     ignoring.step()
     assert torch.isnan(ps[2]).any()
     assert kernel_calls[name] == 2
+
+
+def test_sgd_with_a_param_joining_late_matches_torch(kernel_calls):
+    """A param with no grad at first has step 0 while the others have 1: the fused SGD step's single
+    ``is_first_step`` cannot say that, so that step runs the pure rule; the next one the kernel again."""
+    ps = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    qs = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    opt = diyopt.to_torch(diyopt.optim.sgd(lr=1e-2, momentum=0.9), ps)
+    ref = torch.optim.SGD(qs, lr=1e-2, momentum=0.9, foreach=True)
+    for step in range(4):
+        for k, (p, q, g) in enumerate(zip(ps, qs, _grads(step, torch.float64))):
+            p.grad, q.grad = (None, None) if (k == 0 and step == 0) else (g.clone(), g.clone())
+        opt.step()
+        ref.step()
+        for p, q in zip(ps, qs):
+            assert_rel(p.detach(), q.detach(), 1e-12, f"step {step}")
+    assert kernel_calls["sgd"] == 3  # steps 0, 2, 3; step 1 mixed first and later steps

@@ -167,12 +167,17 @@ def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0
     check_weight_decay(weight_decay)
     check_nonnegative("initial_accumulator_value", initial_accumulator_value)
     check_eps(eps)
-    return chain(
+    rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
         T.scale_by_adagrad(eps=eps, initial_accumulator_value=initial_accumulator_value),
         T.scale_by_lr(_inverse_time_decay(lr, lr_decay) if nonzero(lr_decay) else lr),
     )
+    # torch's fused Adagrad step computes this rule in place without lr_decay (whose schedule keeps its own
+    # counter; see Optimizer.kernel)
+    fast = not maximize and _is_number(lr_decay) and lr_decay == 0 and all(
+        _is_number(x) for x in (lr, weight_decay, eps))
+    return rule._replace(kernel="adagrad") if fast else rule
 
 
 def _inverse_time_decay(lr, lr_decay) -> Callable:

@@ -18,7 +18,18 @@ names -- or the dotted full path where field names alone would collide. Leaves t
 (a schedule's counter) live in ``self.state["group<i>"]``, a key torch's ``state_dict`` carries as is.
 ``self.state`` is the only copy: every step rebuilds the tree from it, so a loaded state dict is used as is.
 
-Engines: the default runs the optimizer's pure ``update`` eagerly (the reference). ``compiled=True``
+Engines: the default runs, for a built-in whose settings torch's fused in-place step can do (``adam``,
+``adamw``, ``sgd`` with momentum, ``adagrad`` without ``lr_decay``, with Python-number hyperparameters and no
+``maximize``: the factory sets ``Optimizer.kernel``), that kernel -- ``torch._fused_adam_`` /
+``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, what
+``torch.optim.Adam(fused=True)`` runs -- on the very state tensors, under the very names, the pure rule
+keeps, so checkpoints move between engines; it is tested against the pure rule in float64 and float32
+(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through it. Anything else (a
+schedule or tensor as lr, ``maximize``, ``chain``/``masked`` around a rule, a user's ``elementwise`` rule, a
+state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the optimizer's pure
+``update`` eagerly (the reference), group by group. The kernel updates state in place as torch.optim does:
+a ``state_dict()`` taken earlier sees later steps (``copy.deepcopy`` it to keep a snapshot); loading copies
+the tensors. ``compiled=True``
 compiles each group's step -- update, state write-back and the parameter update -- with ``torch.compile``,
 which fuses the whole rule into one pass over memory and writes state and params in place: the fast path
 for big models (see ``benchmarks/to_torch_step.py``). The learning rate is passed as a tensor there, so a
@@ -53,7 +64,10 @@ def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = Fa
 
       on_nonfinite: ``"raise"`` (default): a step whose update would be nan or inf raises
         :class:`diyopt.fit.DivergedError` naming the parameter, before anything is written, so the params
-        and state stay the last finite ones (one reduction and one read per step); ``"ignore"``: no
+        and state stay the last finite ones (one reduction and one read per step; the kernel engine
+        reduces over the gradients, since a non-finite gradient gives a non-finite Adam, SGD or Adagrad update,
+        and hands such a step to the pure path, which raises: a finite gradient whose update overflows,
+        or a non-finite state loaded from a checkpoint, is not caught there before writing); ``"ignore"``: no
         check (torch.optim's behaviour). Neither ``compiled=True`` nor a step traced by ``torch.compile``
         checks.
 
@@ -231,7 +245,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         dtype and device. The divergence guard checks the *gradients* before anything is written (one
         reduction, as the pure path's over the updates): a non-finite gradient hands the step to the pure
         path, which raises its usual ``DivergedError`` with nothing written. For Adam and SGD a non-finite
-        gradient always gives a non-finite update; what this check does not see before writing is a finite
+        gradient always gives a non-finite update (Adagrad too); what this check does not see before writing is a finite
         gradient whose update still overflows, or a non-finite state loaded from a checkpoint.
         """
         spec = _KERNELS.get(opt.kernel)
@@ -346,9 +360,21 @@ def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
     return True
 
 
+def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
+    """torch's fused Adagrad (``torch._fused_adagrad_``), no ``lr_decay``: the step count, then one pass."""
+    steps = [s["step"] for s in states]
+    if any(s.dim() != 0 for s in steps):
+        return False
+    torch._foreach_add_(steps, 1)
+    torch._fused_adagrad_(params, grads, [s["sum"] for s in states], steps, lr=float(hp["lr"]), lr_decay=0.0,
+                          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=False,
+                          grad_scale=None, found_inf=None)
+    return True
+
+
 # Optimizer.kernel -> (the state leaf names the kernel keeps, the kernel): see TorchOptimizer._kernel_step
 _KERNELS = {"adam": (_adam_state, _adam_kernel(False)), "adamw": (_adam_state, _adam_kernel(True)),
-            "sgd": (_sgd_state, _sgd_kernel)}
+            "sgd": (_sgd_state, _sgd_kernel), "adagrad": (lambda hp: ("step", "sum"), _adagrad_kernel)}
 
 
 # Hyperparameters torch reads from the constructor, not the group, when it builds the state:
