@@ -199,3 +199,19 @@ def test_sgd_with_a_param_joining_late_matches_torch(kernel_calls):
         for p, q in zip(ps, qs):
             assert_rel(p.detach(), q.detach(), 1e-12, f"step {step}")
     assert kernel_calls["sgd"] == 3  # steps 0, 2, 3; step 1 mixed first and later steps
+
+
+def test_a_group_mixing_dtypes_runs_the_pure_rule_and_matches_torch(kernel_calls):
+    ps = [torch.nn.Parameter(torch.randn(5, dtype=torch.float64)), torch.nn.Parameter(torch.randn(4))]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt = diyopt.to_torch(diyopt.optim.adam(lr=1e-2), ps)
+    ref = torch.optim.Adam(qs, lr=1e-2, foreach=False)
+    for step in range(3):
+        for p, q in zip(ps, qs):
+            g = torch.randn(p.shape, dtype=p.dtype)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        for p, q in zip(ps, qs):
+            assert_rel(p.detach(), q.detach(), TOL[p.dtype], f"step {step}")
+    assert kernel_calls == {}
