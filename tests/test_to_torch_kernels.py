@@ -20,6 +20,10 @@ CASES = [
     ("sgd", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, torch.optim.SGD),
     ("sgd", {"lr": 1e-2, "momentum": 0.5, "dampening": 0.3}, torch.optim.SGD),
     ("adagrad", {}, torch.optim.Adagrad),
+    ("adam", {"maximize": True, "weight_decay": 0.1}, torch.optim.Adam),
+    ("adamw", {"maximize": True}, torch.optim.AdamW),
+    ("sgd", {"lr": 1e-2, "momentum": 0.9, "maximize": True, "weight_decay": 0.1}, torch.optim.SGD),
+    ("adagrad", {"maximize": True, "weight_decay": 0.1}, torch.optim.Adagrad),
     ("adagrad", {"weight_decay": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-6}, torch.optim.Adagrad),
 ]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -132,8 +136,8 @@ def test_lr_scheduler_and_param_groups_keep_the_kernel(kernel_calls):
 @pytest.mark.parametrize("make", [
     lambda: diyopt.optim.adam(lr=diyopt.schedules.constant(1e-3)),
     lambda: diyopt.optim.adam(lr=torch.tensor(1e-3)),
-    lambda: diyopt.optim.adam(maximize=True),
-    lambda: diyopt.optim.sgd(lr=1e-2, momentum=0.9, maximize=True),
+    lambda: diyopt.optim.adam(betas=(torch.tensor(0.9), torch.tensor(0.999))),
+    lambda: diyopt.optim.sgd(lr=1e-2, momentum=torch.tensor(0.9)),
     lambda: diyopt.optim.sgd(lr=1e-2),
     lambda: diyopt.optim.adagrad(lr_decay=1e-2),
     lambda: diyopt.chain(diyopt.optim.adam()),

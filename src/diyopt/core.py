@@ -45,8 +45,7 @@ class Optimizer(NamedTuple):
         no gradient transformation (L-BFGS evaluates the loss many times per step); None: the generic one.
       kernel: the name of an in-place multi-tensor kernel (torch's fused CPU/CUDA step) that computes
         exactly this update from ``hyperparams`` -- ``"adam"``, ``"adamw"``, ``"sgd"``, ``"adagrad"`` -- set by the named
-        factory only for settings the kernel can do (Python-number hyperparameters, no ``maximize``, no
-        schedule); ``to_torch``'s default engine then runs it instead of ``update`` (see
+        factory only for settings the kernel can do (Python-number hyperparameters, no schedule); ``to_torch``'s default engine then runs it instead of ``update`` (see
         :mod:`diyopt.torch_optim`). Anything built around it (``chain``, ``masked``) has None.
     """
 

@@ -144,7 +144,7 @@ def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, 
         T.scale_by_lr(lr),
     )
     # torch's fused SGD step computes this rule in place (momentum on; see Optimizer.kernel)
-    fast = not maximize and _is_number(momentum) and momentum > 0 and all(
+    fast = _is_number(momentum) and momentum > 0 and all(
         _is_number(x) for x in (lr, dampening, weight_decay))
     return rule._replace(kernel="sgd") if fast else rule
 
@@ -175,7 +175,7 @@ def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0
     )
     # torch's fused Adagrad step computes this rule in place without lr_decay (whose schedule keeps its own
     # counter; see Optimizer.kernel)
-    fast = not maximize and _is_number(lr_decay) and lr_decay == 0 and all(
+    fast = _is_number(lr_decay) and lr_decay == 0 and all(
         _is_number(x) for x in (lr, weight_decay, eps))
     return rule._replace(kernel="adagrad") if fast else rule
 
@@ -287,7 +287,7 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
 
     rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
     # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
-    fast = not maximize and all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
+    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
     return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
 
 
@@ -328,7 +328,7 @@ def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_deca
 
     rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
     # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
-    fast = not maximize and all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
+    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
     return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
 
 

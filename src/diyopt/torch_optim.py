@@ -19,13 +19,13 @@ names -- or the dotted full path where field names alone would collide. Leaves t
 ``self.state`` is the only copy: every step rebuilds the tree from it, so a loaded state dict is used as is.
 
 Engines: the default runs, for a built-in whose settings torch's fused in-place step can do (``adam``,
-``adamw``, ``sgd`` with momentum, ``adagrad`` without ``lr_decay``, with Python-number hyperparameters and no
-``maximize``: the factory sets ``Optimizer.kernel``), that kernel -- ``torch._fused_adam_`` /
+``adamw``, ``sgd`` with momentum, ``adagrad`` without ``lr_decay``, with Python-number hyperparameters:
+the factory sets ``Optimizer.kernel``), that kernel -- ``torch._fused_adam_`` /
 ``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, what
 ``torch.optim.Adam(fused=True)`` runs -- on the very state tensors, under the very names, the pure rule
 keeps, so checkpoints move between engines; it is tested against the pure rule in float64 and float32
 (``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through it. Anything else (a
-schedule or tensor as lr, ``maximize``, ``chain``/``masked`` around a rule, a user's ``elementwise`` rule, a
+schedule or tensor as lr or betas, ``chain``/``masked`` around a rule, a user's ``elementwise`` rule, a
 state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the optimizer's pure
 ``update`` eagerly (the reference), group by group. The kernel updates state in place as torch.optim does:
 a ``state_dict()`` taken earlier sees later steps (``copy.deepcopy`` it to keep a snapshot); loading copies
@@ -342,8 +342,8 @@ def _adam_kernel(decoupled: bool):
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
             [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps, amsgrad=amsgrad,
             lr=float(hp["lr"]), beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]),
-            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=False, grad_scale=None,
-            found_inf=None)
+            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
+            grad_scale=None, found_inf=None)
         return True
 
     return run
@@ -362,10 +362,10 @@ def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
     first = torch.stack(steps).eq(0).tolist()  # one read, not one per tensor
     if any(first) and not all(first):
         return False
-    torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states], weight_decay=float(hp["weight_decay"]),
-                      momentum=float(hp["momentum"]), lr=float(hp["lr"]), dampening=float(hp["dampening"]),
-                      nesterov=bool(hp["nesterov"]), maximize=False, is_first_step=first[0], grad_scale=None,
-                      found_inf=None)
+    torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states],
+                      weight_decay=float(hp["weight_decay"]), momentum=float(hp["momentum"]), lr=float(hp["lr"]),
+                      dampening=float(hp["dampening"]), nesterov=bool(hp["nesterov"]),
+                      maximize=bool(hp["maximize"]), is_first_step=first[0], grad_scale=None, found_inf=None)
     torch._foreach_add_(steps, 1)
     return True
 
@@ -377,7 +377,7 @@ def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> boo
         return False
     torch._foreach_add_(steps, 1)
     torch._fused_adagrad_(params, grads, [s["sum"] for s in states], steps, lr=float(hp["lr"]), lr_decay=0.0,
-                          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=False,
+                          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
                           grad_scale=None, found_inf=None)
     return True
 
