@@ -1,8 +1,11 @@
-"""diyopt's ``adam`` through ``to_torch`` vs ``torch.optim.Adam(foreach=True)``: step time and peak memory.
+"""diyopt's ``adam``, ``adamw``, ``sgd`` through ``to_torch`` vs the torch.optim class (foreach=True): time, memory.
 
 The model of the speed target: 10M float32 parameters in 80 tensors ([1M]*8 + [250k]*8 + [1000]*64), fixed
-random gradients (the backward pass is the same for both and is left out). Prints, for torch foreach, diyopt
-eager (the reference engine) and diyopt compiled (``to_torch(..., compiled=True)``): median step time over
+random gradients (the backward pass is the same for both and is left out). Prints, for each of Adam, AdamW
+, SGD with momentum 0.9 and Adagrad the torch class with ``foreach=True`` and diyopt's default ``to_torch`` (the kernel
+engine: torch's fused in-place step, see :mod:`diyopt.torch_optim`), and for Adam diyopt compiled
+(``to_torch(..., compiled=True)``), with issue 15's target for the default path (<= 1.0x time, <= 1.1x peak
+memory of the torch class) and whether it is met: median step time over
 ``--steps`` timed steps after warm-up (compilation excluded, reported apart; the engines' steps are timed
 round-robin so a shared machine's load hits all alike), the ratio to torch, and peak
 memory.
@@ -94,6 +97,16 @@ def measure(engines: dict, steps: int) -> list[dict]:
     return runs
 
 
+# (label, torch.optim class and kwargs, diyopt factory and kwargs): issue 15's target 1, first bullet
+PAIRS = [
+    ("adam", torch.optim.Adam, diyopt.optim.adam, {}),
+    ("adamw", torch.optim.AdamW, diyopt.optim.adamw, {}),
+    ("sgd momentum", torch.optim.SGD, diyopt.optim.sgd, {"lr": 1e-2, "momentum": 0.9}),
+    ("adagrad", torch.optim.Adagrad, diyopt.optim.adagrad, {}),
+]
+TIME_TARGET, PEAK_TARGET = 1.0, 1.1  # x the torch class with foreach=True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -102,17 +115,28 @@ def main() -> None:
     import warnings; warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{sum(SIZES) / 1e6:.0f}M float32 params in {len(SIZES)} tensors, {args.steps} timed steps")
-    engines = {"torch.optim.Adam(foreach=True)": lambda p: torch.optim.Adam(p, foreach=True),
-               "diyopt adam, to_torch (eager)": lambda p: diyopt.to_torch(diyopt.optim.adam(), p)}
+    engines, refs = {}, {}
+    for label, cls, factory, kw in PAIRS:
+        ref = f"torch.optim.{cls.__name__}(foreach=True)"
+        engines[ref] = lambda p, cls=cls, kw=kw: cls(p, foreach=True, **kw)
+        engines[f"diyopt {label}, to_torch (default)"] = lambda p, f=factory, kw=kw: diyopt.to_torch(f(**kw), p)
+        refs[ref] = ref
+        refs[f"diyopt {label}, to_torch (default)"] = ref
     if not args.no_compiled:
-        engines["diyopt adam, to_torch(compiled=True)"] = lambda p: diyopt.to_torch(diyopt.optim.adam(), p,
-                                                                                   compiled=True)
-    rows = measure(engines, args.steps)
-    ref = rows[0]
-    print(f"{'optimizer':40s} {'step ms':>9s} {'ratio':>6s} {'peak MB':>8s} {'peak ratio':>10s} {'1st step s':>10s}")
-    for r in rows:
-        print(f"{r['name']:40s} {r['ms']:9.1f} {r['ms'] / ref['ms']:6.2f} {r['peak_mb']:8.0f} "
-              f"{r['peak_mb'] / ref['peak_mb']:10.2f} {r['first_s']:10.1f}")
+        name = "diyopt adam, to_torch(compiled=True)"
+        engines[name] = lambda p: diyopt.to_torch(diyopt.optim.adam(), p, compiled=True)
+        refs[name] = "torch.optim.Adam(foreach=True)"
+    rows = {r["name"]: r for r in measure(engines, args.steps)}
+    print(f"{'optimizer':40s} {'step ms':>9s} {'ratio':>6s} {'peak MB':>8s} {'peak ratio':>10s} {'1st step s':>10s}"
+          f"  target (time, peak)")
+    for r in rows.values():
+        ref = rows[refs[r["name"]]]
+        t, m = r["ms"] / ref["ms"], r["peak_mb"] / ref["peak_mb"]
+        verdict = ""
+        if r is not ref and "(default)" in r["name"]:
+            met = t <= TIME_TARGET and m <= PEAK_TARGET
+            verdict = f"  <= {TIME_TARGET}x, <= {PEAK_TARGET}x: {'met' if met else 'missed'}"
+        print(f"{r['name']:40s} {r['ms']:9.1f} {t:6.2f} {r['peak_mb']:8.0f} {m:10.2f} {r['first_s']:10.1f}{verdict}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ class Optimizer(NamedTuple):
         updates (SparseAdam); ``to_torch`` refuses a sparse gradient otherwise, as torch.optim does.
       torch_optimizer: the ``torch.optim.Optimizer`` class ``to_torch`` builds for it, for a method that is
         no gradient transformation (L-BFGS evaluates the loss many times per step); None: the generic one.
+      kernel: the name of an in-place multi-tensor kernel (torch's fused CPU/CUDA step) that computes
+        exactly this update from ``hyperparams`` -- ``"adam"``, ``"adamw"``, ``"sgd"``, ``"adagrad"`` -- set by the named
+        factory only for settings the kernel can do (Python-number hyperparameters, no schedule); ``to_torch``'s default engine then runs it instead of ``update`` (see
+        :mod:`diyopt.torch_optim`). Anything built around it (``chain``, ``masked``) has None.
     """
 
     init: Callable[[Params], State]
@@ -52,6 +56,7 @@ class Optimizer(NamedTuple):
     flattenable: bool = False
     sparse_grads: bool = False
     torch_optimizer: type | None = None
+    kernel: str | None = None
 
     def replace_hyperparams(self, **changes: Any) -> "Optimizer":
         """The same optimizer built with some hyperparameters changed (floats or tensors)."""

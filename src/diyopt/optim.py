@@ -137,12 +137,16 @@ def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, 
     check_weight_decay(weight_decay)
     if nesterov and ((_is_number(momentum) and momentum <= 0) or (_is_number(dampening) and dampening != 0)):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    return chain(
+    rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
         *([T.trace(decay=momentum, dampening=dampening, nesterov=nesterov)] if nonzero(momentum) else []),
         T.scale_by_lr(lr),
     )
+    # torch's fused SGD step computes this rule in place (momentum on; see Optimizer.kernel)
+    fast = _is_number(momentum) and momentum > 0 and all(
+        _is_number(x) for x in (lr, dampening, weight_decay))
+    return rule._replace(kernel="sgd") if fast else rule
 
 
 # ---------------------------------------------------------------- Adagrad, RMSprop, Adadelta
@@ -163,12 +167,17 @@ def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0
     check_weight_decay(weight_decay)
     check_nonnegative("initial_accumulator_value", initial_accumulator_value)
     check_eps(eps)
-    return chain(
+    rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
         T.scale_by_adagrad(eps=eps, initial_accumulator_value=initial_accumulator_value),
         T.scale_by_lr(_inverse_time_decay(lr, lr_decay) if nonzero(lr_decay) else lr),
     )
+    # torch's fused Adagrad step computes this rule in place without lr_decay (whose schedule keeps its own
+    # counter; see Optimizer.kernel)
+    fast = _is_number(lr_decay) and lr_decay == 0 and all(
+        _is_number(x) for x in (lr, weight_decay, eps))
+    return rule._replace(kernel="adagrad") if fast else rule
 
 
 def _inverse_time_decay(lr, lr_decay) -> Callable:
@@ -276,7 +285,10 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
     def direction(step_lr):
         return T.scale_by_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad, lr=step_lr)
 
-    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
+    rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
+    # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
+    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
+    return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
 
 
 @configurable
@@ -314,7 +326,10 @@ def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_deca
     def direction(step_lr):
         return T.scale_by_nadam(b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay, lr=step_lr)
 
-    return _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
+    rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
+    # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
+    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
+    return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
 
 
 @configurable

@@ -18,7 +18,18 @@ names -- or the dotted full path where field names alone would collide. Leaves t
 (a schedule's counter) live in ``self.state["group<i>"]``, a key torch's ``state_dict`` carries as is.
 ``self.state`` is the only copy: every step rebuilds the tree from it, so a loaded state dict is used as is.
 
-Engines: the default runs the optimizer's pure ``update`` eagerly (the reference). ``compiled=True``
+Engines: the default runs, for a built-in whose settings torch's fused in-place step can do (``adam``,
+``adamw``, ``sgd`` with momentum, ``adagrad`` without ``lr_decay``, with Python-number hyperparameters:
+the factory sets ``Optimizer.kernel``), that kernel -- ``torch._fused_adam_`` /
+``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, what
+``torch.optim.Adam(fused=True)`` runs -- on the very state tensors, under the very names, the pure rule
+keeps, so checkpoints move between engines; it is tested against the pure rule in float64 and float32
+(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through it. Anything else (a
+schedule or tensor as lr or betas, ``chain``/``masked`` around a rule, a user's ``elementwise`` rule, a
+state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the optimizer's pure
+``update`` eagerly (the reference), group by group. The kernel updates state in place as torch.optim does:
+a ``state_dict()`` taken earlier sees later steps (``copy.deepcopy`` it to keep a snapshot); loading copies
+the tensors. ``compiled=True``
 compiles each group's step -- update, state write-back and the parameter update -- with ``torch.compile``,
 which fuses the whole rule into one pass over memory and writes state and params in place: the fast path
 for big models (see ``benchmarks/to_torch_step.py``). The learning rate is passed as a tensor there, so a
@@ -53,7 +64,10 @@ def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = Fa
 
       on_nonfinite: ``"raise"`` (default): a step whose update would be nan or inf raises
         :class:`diyopt.fit.DivergedError` naming the parameter, before anything is written, so the params
-        and state stay the last finite ones (one reduction and one read per step); ``"ignore"``: no
+        and state stay the last finite ones (one reduction and one read per step; the kernel engine
+        reduces over the gradients, since a non-finite gradient gives a non-finite Adam, SGD or Adagrad update,
+        and hands such a step to the pure path, which raises: a finite gradient whose update overflows,
+        or a non-finite state loaded from a checkpoint, is not caught there before writing); ``"ignore"``: no
         check (torch.optim's behaviour). Neither ``compiled=True`` nor a step traced by ``torch.compile``
         checks.
 
@@ -120,8 +134,16 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's loading (by position, cast to each param), then the state is matched against diyopt's
-        layout again at the next step: a state dict saved by the torch.optim class loads too."""
+        layout again at the next step: a state dict saved by the torch.optim class loads too.
+
+        The loaded tensors are copies: torch's loading keeps the given tensors where dtype and device
+        already match, and the kernel engine updates state in place, which would otherwise change the
+        caller's state dict (or another live optimizer's state) too."""
         super().load_state_dict(state_dict)
+        for entry in self.state.values():
+            for k, v in entry.items():
+                if isinstance(v, Tensor):
+                    entry[k] = v.clone()
         self._layouts.clear()
         self._compiled_steps.clear()
 
@@ -154,6 +176,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         layout = self._layout(i, opt, structure, names, params)
         if self.compiled:
             self._compiled_step(i, group, opt, layout, names, params, grads)
+            return
+        if opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
             return
         leaves = layout.read(self.state, params, i)
         state = pytree.tree_unflatten(leaves, layout.spec)
@@ -210,6 +234,52 @@ class TorchOptimizer(torch.optim.Optimizer):
         fixed = {k: own[k] for k in _FROM_CONSTRUCTOR if k in own and not _same((own[k],), (opt.hyperparams[k],))}
         return opt.replace_hyperparams(**fixed) if fixed else opt
 
+    # ------------------------------------------------------------ the kernel engine
+
+    def _kernel_step(self, opt: Optimizer, layout: "_Layout", params: list, grads: list) -> bool:
+        """Run ``opt.kernel`` (torch's fused in-place step) on the group; False: not applicable, so the
+        pure ``update`` runs instead (the reference engine, which this one is tested against).
+
+        Applicable when the state is exactly the kernel's (same leaf names as the pure rule's layout, so
+        checkpoints move between engines) and every param, grad and state tensor is dense, of one floating
+        dtype and device. The divergence guard checks the *gradients* before anything is written (one
+        reduction, a sum, as the pure path's over the updates): a non-finite gradient hands the step to the pure
+        path, which raises its usual ``DivergedError`` with nothing written. For Adam and SGD a non-finite
+        gradient always gives a non-finite update (Adagrad too); what this check does not see before
+        writing is a finite gradient whose update still overflows, or a non-finite state loaded from a
+        checkpoint.
+        """
+        spec = _KERNELS.get(opt.kernel)
+        if torch.compiler.is_compiling():  # a step traced by torch.compile: the pure rule traces cleanly
+            return False
+        if spec is None or layout.has_global or {n for _, n in layout.slots} != set(spec[0](opt.hyperparams)):
+            return False
+        p0 = params[0]
+        if not p0.is_floating_point() or p0.is_complex():
+            return False
+        kind = (p0.dtype, p0.device, False)
+        if any((t.dtype, t.device, t.is_sparse) != kind for t in (*params, *grads)):
+            return False
+        states = [self.state[p] for p in params]
+        # the state's dtypes and devices are checked once per set of state tensors (ids: a load, or a step
+        # of the pure path, puts new tensors in), not every step -- 80 params make that loop cost ~0.1 ms
+        ids = tuple(id(v) for s in states for v in s.values())
+        if layout.kernel_checked != ids:
+            if any(not isinstance(v, Tensor) or (v.dtype, v.device, v.is_sparse) != kind
+                   for s in states for v in s.values()):
+                return False
+            layout.kernel_checked = ids
+        if self.on_nonfinite == "raise":
+            import math
+
+            # the sum of every gradient: nan and inf propagate. (A finite sum that overflows hands the
+            # step to the pure path too, which checks the updates.) Plain sums run at memory speed on
+            # CPU; torch._foreach_norm (ord 1: 4x, ord inf: 19x) and abs().amax() are far slower.
+            if not math.isfinite(float(torch.stack([g.sum() for g in grads]).sum())):
+                return False  # the pure path raises, naming the parameter, before writing
+        return spec[1](opt.hyperparams, params, grads, states)
+
+
     # ------------------------------------------------------------ the compiled engine
 
     def _compiled_step(self, i, group, opt, layout, names, params, grads) -> None:
@@ -254,6 +324,69 @@ def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) 
         raise DivergedError(event)
 
 
+def _adam_state(hp: Mapping) -> tuple:
+    return ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _adam_kernel(decoupled: bool):
+    """torch's fused Adam / AdamW (``torch._fused_adam_``), as ``torch.optim.Adam(fused=True)`` calls it:
+    the step count first, then one in-place pass per tensor computing ``scale_by_adam``'s math."""
+
+    def run(hp: Mapping, params: list, grads: list, states: list) -> bool:
+        steps = [s["step"] for s in states]
+        if any(s.dim() != 0 for s in steps):
+            return False
+        amsgrad = bool(hp["amsgrad"])
+        torch._foreach_add_(steps, 1)
+        (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps, amsgrad=amsgrad,
+            lr=float(hp["lr"]), beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]),
+            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
+            grad_scale=None, found_inf=None)
+        return True
+
+    return run
+
+
+def _sgd_state(hp: Mapping) -> tuple:
+    return ("step", "momentum_buffer")
+
+
+def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
+    """torch's fused SGD with momentum (``torch._fused_sgd_``). Its first step copies the gradient into
+    the buffer, as ``trace`` does where ``step == 0``: so all the group's steps must be 0, or none."""
+    steps = [s["step"] for s in states]
+    if any(s.dim() != 0 for s in steps):
+        return False
+    first = torch.stack(steps).eq(0).tolist()  # one read, not one per tensor
+    if any(first) and not all(first):
+        return False
+    torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states],
+                      weight_decay=float(hp["weight_decay"]), momentum=float(hp["momentum"]), lr=float(hp["lr"]),
+                      dampening=float(hp["dampening"]), nesterov=bool(hp["nesterov"]),
+                      maximize=bool(hp["maximize"]), is_first_step=first[0], grad_scale=None, found_inf=None)
+    torch._foreach_add_(steps, 1)
+    return True
+
+
+def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
+    """torch's fused Adagrad (``torch._fused_adagrad_``), no ``lr_decay``: the step count, then one pass."""
+    steps = [s["step"] for s in states]
+    if any(s.dim() != 0 for s in steps):
+        return False
+    torch._foreach_add_(steps, 1)
+    torch._fused_adagrad_(params, grads, [s["sum"] for s in states], steps, lr=float(hp["lr"]), lr_decay=0.0,
+                          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
+                          grad_scale=None, found_inf=None)
+    return True
+
+
+# Optimizer.kernel -> (the state leaf names the kernel keeps, the kernel): see TorchOptimizer._kernel_step
+_KERNELS = {"adam": (_adam_state, _adam_kernel(False)), "adamw": (_adam_state, _adam_kernel(True)),
+            "sgd": (_sgd_state, _sgd_kernel), "adagrad": (lambda hp: ("step", "sum"), _adagrad_kernel)}
+
+
 # Hyperparameters torch reads from the constructor, not the group, when it builds the state:
 # torch.optim.Adagrad fills ``sum`` from its ``initial_accumulator_value`` default in ``__init__``.
 _FROM_CONSTRUCTOR = ("initial_accumulator_value",)
@@ -288,6 +421,7 @@ class _Layout:
     def __init__(self, spec, slots: list[tuple[int | None, str]]):
         self.spec = spec
         self.slots = slots
+        self.kernel_checked: tuple | None = None  # TorchOptimizer._kernel_step's cache of checked state
         self.has_global = any(j is None for j, _ in slots)
 
     @classmethod
