@@ -126,8 +126,9 @@ class Comparison:
         ``reached`` (``"k/n"`` seeds that met the tolerance), ``steps_to_tol`` and ``seconds_to_tol``
         (medians, inf when most seeds never met it), ``seconds`` (median total time), ``rank``
         (competition ranking, "1224": by median final loss, losses equal to about 9 significant digits
-        counting as equal; among equal losses, by median steps to the tolerance, so methods that all
-        converge are ordered by how fast they got there; equal on both = the same rank).
+        counting as equal, and so do the losses of two optimizers that both reached the tolerance; among
+        equal losses, by median steps to the tolerance, so methods that all converge are ordered by how
+        fast they got there; equal on both = the same rank).
         """
         steps, secs = self.costs("steps"), self.costs("seconds")
         rows = []
@@ -165,6 +166,9 @@ class Comparison:
             return a < b - (RANK_RTOL * abs(b) + atol)
 
         m_o, m_r = o["final_loss"], r["final_loss"]
+        s_o, s_r = o["steps_to_tol"], r["steps_to_tol"]
+        if math.isfinite(s_o) and math.isfinite(s_r):  # both reached the tolerance: their losses count as
+            return s_o < s_r or (s_o == s_r and lower(m_o, m_r))  # equal, the faster one ranks ahead
         if lower(m_o, m_r):
             return True
         if lower(m_r, m_o):
