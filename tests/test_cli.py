@@ -116,6 +116,21 @@ def test_cli_fit_rosenbrock_dim4(tmp_path):
     np.testing.assert_allclose(x, ref.params["x"].numpy(), rtol=1e-12)
 
 
+@pytest.mark.slow
+def test_cli_fit_engine_compiled_equals_eager(tmp_path):
+    """``--engine compiled`` used to be refused (the CLI's settings= reached an engine without checkpoints)."""
+    runs = {}
+    for engine in ("eager", "compiled"):
+        out = tmp_path / engine
+        proc = run_cli("fit", "--problem", "rosenbrock", "--optimizer", "adam", "--steps", "40",
+                       "--engine", engine, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        runs[engine] = read_result(out)
+    (eager, eager_losses), (compiled, compiled_losses) = runs["eager"], runs["compiled"]
+    np.testing.assert_allclose(compiled["params"]["x"], eager["params"]["x"], rtol=1e-12)
+    np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-12)
+
+
 def test_cli_fit_nist_misra1a(tmp_path):
     path = diyopt.nist.nist_dir() / "Misra1a.dat"
     if not path.exists():

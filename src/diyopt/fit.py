@@ -163,8 +163,10 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
                          f"got {on_nonfinite!r}")
+    # settings only join the checkpoint's fingerprint: without a checkpoint no engine needs them
     reliability = dict(on_nonfinite=on_nonfinite, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                       resume=resume, settings=settings, distributed=distributed, progress=progress)
+                       resume=resume, settings=settings if checkpoint is not None else None,
+                       distributed=distributed, progress=progress)
     if engine == "compiled":
         from .engines import fit_compiled
 
