@@ -128,3 +128,25 @@ def test_torch_optim_class_is_guarded_too(policy):
         assert r.info["diverged"]["step"] == K and r.info["diverged"]["param"] == "b"
     else:
         assert r.steps == 20 and r.info["skipped"] == list(range(K, 20))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_final_loss_after_a_divergence_is_the_loss_at_the_returned_params(dtype):
+    """A rule whose update goes nan at step 3 (and lr=inf at step 0): Result.params are the last finite
+    params, and final_loss (what result.json and the demo print) is the loss there, not nan."""
+    import diyopt
+
+    loss = lambda p: ((p["x"] - 3.0) ** 2).sum()
+    x0 = {"x": torch.ones(2, dtype=dtype)}
+
+    @diyopt.elementwise
+    def nan_at_3(grad, state, param, *, lr=0.1):
+        return torch.where(state >= 3, torch.nan, -lr * grad), state + 1
+
+    nan_at_3.init(lambda p: torch.zeros((), dtype=p.dtype))
+    cases = [(nan_at_3(), {}), (diyopt.optim.sgd(lr=float("inf")), {}), (torch.optim.SGD, {"lr": float("inf")})]
+    for optimizer, kwargs in cases:
+        r = diyopt.fit(loss, x0, optimizer, 10, **kwargs)
+        assert r.stop_reason == "diverged" and torch.isfinite(r.params["x"]).all()
+        assert r.final_loss == pytest.approx(float(loss(r.params)), rel=1e-6)
+    assert len(r.losses) == 0 and r.final_loss == pytest.approx(8.0)  # lr=inf: nothing taken, loss at x0

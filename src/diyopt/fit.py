@@ -59,9 +59,14 @@ class Result:
 
     @property
     def final_loss(self) -> float:
-        """The loss at the final params if it was evaluated, else the last recorded loss."""
+        """The loss at the final params if it was evaluated, else the last recorded loss.
+
+        After a divergence the final params are the last finite ones, and the guard evaluated the loss
+        there (``info["diverged"]["loss"]``): that value, finite unless the loss itself went non-finite."""
         if "final_loss" in self.info:
             return float(self.info["final_loss"])
+        if "diverged" in self.info and "loss" in self.info["diverged"]:
+            return float(self.info["diverged"]["loss"])
         return float(self.losses[-1]) if len(self.losses) else math.nan
 
     def plot_loss(self, ax=None, label: str | None = None, logy: bool = True):
