@@ -3,7 +3,7 @@
 The output folder (written through :func:`diyopt.outputs.output_folder`, so each publication is atomic):
 
 - ``results.csv`` -- one row per task x optimizer: ``task, optimizer, solved, attempts, best_metric,
-  steps_to_target, seconds`` and the criterion, target, studies solved, engine;
+  steps_to_target, seconds_to_target`` (workloads only), ``seconds`` and the criterion, target, studies solved, engine;
 - ``matrix.png`` -- tasks x optimizers, the fraction of studies that solved the task (LightBench's matrix);
 - ``manifest.json`` -- what ran: versions, seeds, trials, search spaces, git revision, machine, flags.
 
@@ -429,7 +429,7 @@ def run_bench_cli(args: Any) -> int:
     n_tasks = len(result.manifest["config"]["tasks"])
     for label in result.manifest["config"]["optimizers"]:
         print(f"{label}: solved {len(result.solved(label))}/{n_tasks}")
-    loops = sorted({r["task"] for r in result.rows if "loop" in r["engine"]})
+    loops = sorted({r["task"] for r in result.rows if "vmap refused" in r["engine"]})  # not the workloads
     if loops:
         print(f"diyopt: note: vmap refused {', '.join(loops)}; their trials ran one by one", file=sys.stderr)
     if result.skipped:

@@ -23,6 +23,9 @@ The workloads (the problems after the classic scikit-learn examples; the metric 
   (569 samples); metric: validation error ``mean(1[z > 0] != y)``.
 - ``digits_mlp``: an MLP 64 -> 32 (tanh) -> 10 (mean cross-entropy of the softmax) on the 8x8 digits
   (1,797 samples, pixels / 16); metric: validation error ``mean(argmax z != y)``.
+- ``digits_autoencoder``: an autoencoder 64 -> 32 (tanh) -> 8 -> 32 (tanh) -> 64 on the same pixels;
+  loss and metric: the mean squared reconstruction error (training / validation split; the pixels'
+  mean variance is about 0.074, so the target 0.03 asks for about 60% of it explained).
 
 scikit-learn is imported only when a workload builds its data (``pip install 'diyopt[data]'``).
 """
@@ -40,6 +43,7 @@ Params = dict[str, Tensor]
 
 SKLEARN = "scikit-learn datasets"
 MISSING = "the workloads need scikit-learn for their data: pip install 'diyopt[data]'"
+AE_TARGET = 0.03
 VAL_FRACTION = 0.25  # held out, stratified, random_state=0 (the same split in every study)
 
 
@@ -56,11 +60,14 @@ def require_sklearn():
 class WorkloadProblem:
     params: Params
     loss: Callable[[Params], Tensor]  # the training loss (full batch)
-    predict: Callable[[Params], Tensor]  # class predictions on the validation split
+    predict: Callable[[Params], Tensor]  # class predictions (or reconstructions) on the validation split
     y_val: Tensor
+    val_metric: Callable[[Params], Tensor] | None = None  # None: the classification error below
 
     def metric(self, params: Params) -> Tensor:
-        """The validation error: the fraction of validation samples ``predict`` gets wrong."""
+        """The validation error: the fraction of validation samples ``predict`` gets wrong (or ``val_metric``)."""
+        if self.val_metric is not None:
+            return self.val_metric(params)
         return (self.predict(params) != self.y_val).to(torch.float64).mean()
 
 
@@ -139,6 +146,32 @@ def digits_mlp(seed: int, dtype: torch.dtype, hidden: int = 32) -> WorkloadProbl
     return WorkloadProblem(params, loss, predict, yv)
 
 
+def digits_autoencoder(seed: int, dtype: torch.dtype, code: int = 8) -> WorkloadProblem:
+    """64 -> 32 (tanh) -> ``code`` (linear) -> 32 (tanh) -> 64 (linear); loss and metric: mean squared
+    reconstruction error of the pixels / 16 (training split / validation split)."""
+    datasets, _ = require_sklearn()
+    data = datasets.load_digits()
+    Xt, Xv, _, _ = _split(data.data / 16.0, data.target, dtype)
+    sizes = [(64, 32), (32, code), (code, 32), (32, 64)]
+    params = {}
+    for i, (a, b) in enumerate(sizes):
+        params[f"w{i}"] = _normal(seed, i + 1, (a, b), 1 / math.sqrt(a), dtype)
+        params[f"b{i}"] = torch.zeros(b, dtype=dtype)
+
+    def reconstruct(p, X):
+        h = torch.tanh(X @ p["w0"] + p["b0"])
+        z = h @ p["w1"] + p["b1"]
+        return torch.tanh(z @ p["w2"] + p["b2"]) @ p["w3"] + p["b3"]
+
+    def loss(p):
+        return (reconstruct(p, Xt) - Xt).square().mean()
+
+    def val_mse(p):
+        return (reconstruct(p, Xv) - Xv).to(torch.float64).square().mean()
+
+    return WorkloadProblem(params, loss, lambda p: reconstruct(p, Xv), Xv, val_mse)
+
+
 def workloads() -> list[Workload]:
     """The workloads suite, in a fixed order (building a problem needs scikit-learn; listing does not)."""
     err = "validation error"
@@ -148,6 +181,8 @@ def workloads() -> list[Workload]:
                  SKLEARN + " (load_breast_cancer)", breast_cancer_logreg),
         Workload("digits_mlp-1", "digits_mlp", 1, "MLP 64-32-10 tanh on 8x8 digits, 1,797 samples", err, 0.03,
                  300, 20, SKLEARN + " (load_digits)", digits_mlp),
+        Workload("digits_autoencoder-1", "digits_autoencoder", 1, "autoencoder 64-32-8-32-64 on 8x8 digits",
+                 "validation MSE", AE_TARGET, 300, 20, SKLEARN + " (load_digits)", digits_autoencoder),
     ]
 
 
