@@ -379,7 +379,8 @@ def add_bench(sub) -> None:
                        "on every task, from --seeds studies; a task is solved when more than half of the studies "
                        "have a passing trial. The trials of a study run as one vectorized computation. Writes "
                        "OUT/results.csv, OUT/matrix.png and OUT/manifest.json (docs/bench.md lists the tasks).")
-    p.add_argument("--suite", choices=["diagnostic"], default="diagnostic", help="default: diagnostic")
+    p.add_argument("--suite", choices=["diagnostic", "workloads", "all"], default="diagnostic",
+                   help="default: diagnostic")
     p.add_argument("--optimizers", nargs="+", required=True, metavar="SPEC",
                    help="optimizer specs, space-separated: adam sgd:nesterov=true my_rules.py:rule")
     p.add_argument("--trials", type=positive_int, default=16, help="trials per study (default: 16)")

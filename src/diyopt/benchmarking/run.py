@@ -3,7 +3,7 @@
 The output folder (written through :func:`diyopt.outputs.output_folder`, so each publication is atomic):
 
 - ``results.csv`` -- one row per task x optimizer: ``task, optimizer, solved, attempts, best_metric,
-  steps_to_target, seconds`` and the criterion, target, studies solved, engine;
+  steps_to_target, seconds_to_target`` (workloads only), ``seconds`` and the criterion, target, studies solved, engine;
 - ``matrix.png`` -- tasks x optimizers, the fraction of studies that solved the task (LightBench's matrix);
 - ``manifest.json`` -- what ran: versions, seeds, trials, search spaces, git revision, machine, flags.
 
@@ -33,9 +33,13 @@ from ..core import Optimizer
 from .tasks import Task
 from .tasks import suite as get_suite
 from .tuning import points, space_for, tunable
+from .workloads import Workload, require_sklearn, train
+from .workloads import workloads as get_workloads
 
-COLUMNS = ["task", "optimizer", "solved", "attempts", "best_metric", "steps_to_target", "seconds",
-           "criterion", "target", "studies_solved", "trials", "engine"]
+SUITES = ("diagnostic", "workloads", "all")
+
+COLUMNS = ["task", "optimizer", "solved", "attempts", "best_metric", "steps_to_target", "seconds_to_target",
+           "seconds", "criterion", "target", "studies_solved", "trials", "engine"]
 NOT_REACHED = "not reached"
 
 
@@ -152,9 +156,47 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
     return {"task": task.name, "optimizer": label, "solved": solved,
             "attempts": statistics.median(firsts) if solved else math.inf,
             "best_metric": statistics.median(bests),
-            "steps_to_target": statistics.median(steps_hit) if by_loss else None,
+            "steps_to_target": statistics.median(steps_hit) if by_loss else None, "seconds_to_target": None,
             "seconds": round(time.perf_counter() - t0, 4), "criterion": task.criterion, "target": task.target,
             "studies_solved": f"{n_solved}/{len(seeds)}", "trials": trials, "engine": "; ".join(sorted(engines))}
+
+
+def run_workload(workload: Workload, label: str, optimizer: Optimizer, *, trials: int, seeds: Sequence[int],
+                 space: Mapping | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """One workload x optimizer under the tuning rules of :func:`run_task`; the trials run one by one
+    (:func:`diyopt.benchmarking.workloads.train`: the score needs the metric every ``eval_every`` steps).
+    ``steps_to_target`` / ``seconds_to_target``: median over studies of the study's best passing trial."""
+    box = _space(label, optimizer, space)
+    keys = list(box)
+    trials = trials if keys else 1
+    pts = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
+    opt = tunable(optimizer, keys, None)
+    t0 = time.perf_counter()
+    firsts, bests, steps_hit, secs_hit = [], [], [], []
+    for seed in seeds:
+        problem = workload.problem(seed, dtype)
+        results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
+        passed = [k for k, r in enumerate(results) if math.isfinite(r["steps"])]
+        firsts.append(passed[0] + 1 if passed else math.inf)
+        bests.append(min(r["best"] for r in results))
+        steps_hit.append(min(r["steps"] for r in results))
+        secs_hit.append(min(r["seconds"] for r in results))
+    n_solved = sum(math.isfinite(f) for f in firsts)
+    solved = n_solved > len(seeds) / 2
+    return {"task": workload.name, "optimizer": label, "solved": solved,
+            "attempts": statistics.median(firsts) if solved else math.inf,
+            "best_metric": statistics.median(bests), "steps_to_target": statistics.median(steps_hit),
+            "seconds_to_target": round(statistics.median(secs_hit), 4),
+            "seconds": round(time.perf_counter() - t0, 4), "criterion": workload.criterion,
+            "target": workload.target, "studies_solved": f"{n_solved}/{len(seeds)}", "trials": trials,
+            "engine": f"loop (validation every {workload.eval_every} steps)"}
+
+
+def suite_tasks(name: str) -> list:
+    """The tasks of ``--suite``: ``diagnostic``, ``workloads`` or ``all`` (diagnostic, then workloads)."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; known: {', '.join(map(repr, SUITES))}")
+    return ((get_suite() if name != "workloads" else []) + (get_workloads() if name != "diagnostic" else []))
 
 
 def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int = 16, seeds: int | Sequence[int] = 3,
@@ -192,8 +234,10 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
     labels = [l for l, _ in resolved]
     if len(set(labels)) != len(labels):
         raise ValueError(f"optimizer given twice: {sorted(l for l in labels if labels.count(l) > 1)}")
-    all_tasks = get_suite(suite)
+    all_tasks = suite_tasks(suite)
     chosen = _select(all_tasks, tasks)
+    if any(isinstance(t, Workload) for t in chosen):
+        require_sklearn()  # before any work: a one-line error naming the extra
     spaces = dict(spaces or {})
     for label, opt in resolved:  # every space checked before any work
         _space(label, opt, spaces.get(label))
@@ -213,7 +257,8 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
             rows.append(done[(task.name, label)])
             skipped.append((task.name, label))
         else:
-            rows.append(run_task(task, label, opt, trials=trials, seeds=seeds, space=spaces.get(label),
+            runner = run_workload if isinstance(task, Workload) else run_task
+            rows.append(runner(task, label, opt, trials=trials, seeds=seeds, space=spaces.get(label),
                                  dtype=dtype))
             if out is not None:
                 _publish(Path(out), rows, manifest, complete=False)
@@ -311,7 +356,8 @@ def _parse_row(r: dict) -> dict:
 
     return {"task": r["task"], "optimizer": r["optimizer"], "solved": r["solved"] == "true",
             "attempts": num(r["attempts"]), "best_metric": num(r["best_metric"]),
-            "steps_to_target": num(r["steps_to_target"]), "seconds": num(r["seconds"]),
+            "steps_to_target": num(r["steps_to_target"]), "seconds_to_target": num(r["seconds_to_target"]),
+            "seconds": num(r["seconds"]),
             "criterion": r["criterion"], "target": num(r["target"]), "studies_solved": r["studies_solved"],
             "trials": int(r["trials"]), "engine": r["engine"]}
 
@@ -383,7 +429,7 @@ def run_bench_cli(args: Any) -> int:
     n_tasks = len(result.manifest["config"]["tasks"])
     for label in result.manifest["config"]["optimizers"]:
         print(f"{label}: solved {len(result.solved(label))}/{n_tasks}")
-    loops = sorted({r["task"] for r in result.rows if "loop" in r["engine"]})
+    loops = sorted({r["task"] for r in result.rows if "vmap refused" in r["engine"]})  # not the workloads
     if loops:
         print(f"diyopt: note: vmap refused {', '.join(loops)}; their trials ran one by one", file=sys.stderr)
     if result.skipped:

@@ -1,0 +1,113 @@
+"""diyopt bench --suite workloads: the validation metric, the scoring, the tuning rules, the CLI."""
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import diyopt
+from diyopt.benchmarking import run as bench_run
+from diyopt.benchmarking.workloads import MISSING, train, workloads
+from diyopt.cli import main
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+RULES = str(Path(__file__).with_name("bench_rules.py"))
+BROKEN = [f"{RULES}:frozen", f"{RULES}:ascent", f"{RULES}:adam_ascent"]
+
+
+def _workload(name):
+    return next(w for w in workloads() if w.name == name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["breast_cancer_logreg-1", "digits_mlp-1"])
+def test_metric_is_sklearn_error_on_the_same_predictions(name, dtype):
+    w = _workload(name)
+    p = w.problem(0, dtype)
+    assert all(v.dtype == dtype for v in p.params.values())
+    shifted = {k: v + 0.1 * torch.ones_like(v) for k, v in p.params.items()}  # not only the start
+    for params in (p.params, shifted):
+        pred = p.predict(params).numpy()
+        ref = 1.0 - sklearn_metrics.accuracy_score(p.y_val.numpy(), pred)
+        assert float(w.metric(p, params)) == pytest.approx(ref, abs=1e-12)
+    assert float(w.metric(p, p.params)) > w.target  # the start does not pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_autoencoder_metric_is_sklearn_mse_on_the_same_reconstructions(dtype):
+    w = _workload("digits_autoencoder-1")
+    p = w.problem(0, dtype)
+    shifted = {k: v + 0.05 * torch.ones_like(v) for k, v in p.params.items()}
+    for params in (p.params, shifted):
+        ref = sklearn_metrics.mean_squared_error(p.y_val.numpy().ravel(), p.predict(params).numpy().ravel())
+        assert float(w.metric(p, params)) == pytest.approx(ref, rel=1e-5 if dtype == torch.float32 else 1e-12)
+    assert float(w.metric(p, p.params)) > w.target
+
+
+def test_breast_cancer_loss_is_sklearn_log_loss():
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    p = _workload("breast_cancer_logreg-1").problem(1, torch.float64)
+    data = load_breast_cancer()
+    Xt, _, yt, _ = train_test_split(data.data, data.target, test_size=0.25, stratify=data.target, random_state=0)
+    Xt = (Xt - Xt.mean(0)) / Xt.std(0, ddof=1)  # torch's std is the unbiased one
+    z = torch.as_tensor(Xt) @ p.params["w"] + p.params["b"]
+    ref = sklearn_metrics.log_loss(yt, torch.sigmoid(z).numpy())
+    assert float(p.loss(p.params)) == pytest.approx(ref, rel=1e-9)
+
+
+def test_train_counts_steps_at_evaluations_and_stops_at_target():
+    w = _workload("breast_cancer_logreg-1")
+    p = w.problem(0, torch.float64)
+    r = train(w, p, diyopt.optim.adam(lr=0.05))
+    assert math.isfinite(r["steps"]) and r["steps"] % w.eval_every == 0 and r["seconds"] > 0
+    assert r["best"] <= w.target
+    # An independent loop with torch.optim.Adam: the same first passing evaluation.
+    params = {k: v.clone().requires_grad_(True) for k, v in p.params.items()}
+    opt = torch.optim.Adam(params.values(), lr=0.05)
+    hit = None
+    for step in range(1, w.steps + 1):
+        opt.zero_grad()
+        p.loss(params).backward()
+        opt.step()
+        if step % w.eval_every == 0 and float(p.metric({k: v.detach() for k, v in params.items()})) <= w.target:
+            hit = step
+            break
+    assert r["steps"] == hit
+
+
+def test_tuned_adam_reaches_the_breast_cancer_target_and_broken_rules_do_not():
+    r = diyopt.bench(["adam", *BROKEN], suite="workloads", tasks=["breast_cancer_logreg"], trials=4, seeds=1)
+    rows = {row["optimizer"]: row for row in r.rows}
+    assert rows["adam"]["solved"] and rows["adam"]["steps_to_target"] <= 300
+    assert 0 < rows["adam"]["seconds_to_target"] < math.inf
+    assert "loop" in rows["adam"]["engine"]
+    for b in BROKEN:
+        assert not rows[b]["solved"], b
+        assert rows[b]["steps_to_target"] == math.inf and rows[b]["seconds_to_target"] == math.inf
+
+
+def test_suite_all_is_diagnostic_then_workloads():
+    names = [t.name for t in bench_run.suite_tasks("all")]
+    diag = [t.name for t in bench_run.suite_tasks("diagnostic")]
+    assert names == diag + [w.name for w in workloads()]
+    with pytest.raises(ValueError, match="unknown suite"):
+        bench_run.suite_tasks("nope")
+
+
+def test_cli_workloads_writes_rows_and_missing_sklearn_is_one_line(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "b"
+    rc = main(["bench", "--suite", "workloads", "--tasks", "breast_cancer_logreg", "--optimizers", "adam",
+               "--trials", "2", "--seeds", "1", "--out", str(out)])
+    assert rc == 0
+    assert "vmap refused" not in capsys.readouterr().err  # the workloads loop by design, not as a fallback
+    text = (out / "results.csv").read_text().splitlines()
+    assert "seconds_to_target" in text[0].split(",") and text[1].startswith("breast_cancer_logreg-1,adam,")
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn now raises ImportError
+    rc = main(["bench", "--suite", "workloads", "--optimizers", "adam", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 2 and MISSING in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
