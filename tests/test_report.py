@@ -105,6 +105,19 @@ def test_cli_report(tmp_path, comparison_dir, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
+def test_report_never_overwrites_a_file_diyopt_did_not_write(tmp_path, comparison_dir, capsys):
+    """``--out mine.txt`` used to replace the user's file with the page; a page diyopt wrote is replaced."""
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine\n")
+    assert main(["report", str(comparison_dir), "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a report diyopt wrote" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+    page = tmp_path / "page.html"
+    assert main(["report", str(comparison_dir), "--out", str(page)]) == 0
+    assert main(["report", str(comparison_dir), "--out", str(page)]) == 0  # its own page: rewritten
+
+
 def test_missing_jinja2_is_a_clear_error(comparison_dir, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "jinja2", None)
     with pytest.raises(ImportError, match=r"pip install 'diyopt\[report\]'"):

@@ -60,10 +60,23 @@ def write_report(directory: str | Path, out: str | Path | None = None, title: st
     out = Path(out) if out is not None else directory / "report.html"
     if out.is_dir():  # --out an existing folder: the page goes inside it
         out = out / "report.html"
+    if out.exists() and not _written_by_diyopt(out):
+        raise FileExistsError(f"{out} exists and is not a report diyopt wrote; choose another --out, or move "
+                              "the file away first")
     out.parent.mkdir(parents=True, exist_ok=True)
     from .outputs import atomic_write
 
     return atomic_write(out, page)  # temp in the same folder, fsync, rename; the umask applies
+
+
+def _written_by_diyopt(path: Path) -> bool:
+    """Whether ``path`` is a page this module wrote (its generator tag, or an earlier version's title)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return '<meta name="generator" content="diyopt">' in head or "<title>diyopt comparison" in head
 
 
 def _section(folder: Path, top: bool) -> dict | None:
@@ -171,6 +184,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="diyopt">
 <title>{{ title }}</title>
 <style>
   :root { --fg: #1f2328; --muted: #57606a; --line: #d0d7de; --accent: #0969da; --bg-soft: #f6f8fa; }
