@@ -11,8 +11,8 @@ import torch
 import diyopt
 from diyopt.cli import main
 from diyopt.compare import compare_all, profile_costs, save_all, split_specs, start_point
-from diyopt.profiles import performance_profile
 from diyopt.data import least_squares_line
+from diyopt.profiles import performance_profile
 
 STEPS = 150
 LR = 1e-2
@@ -100,7 +100,7 @@ def test_table_ranks_by_median_final_loss_then_steps_to_tol(line_comparison):
     for r in rows:
         m, s = medians[r["optimizer"]], steps[r["optimizer"]]
         assert r["final_loss"] == m and r["steps_to_tol"] == s
-        both_reached = lambda o: np.isfinite(steps[o]) and np.isfinite(s)  # then losses count as equal
+        both_reached = lambda o, s=s: np.isfinite(steps[o]) and np.isfinite(s)  # then losses count as equal
         ahead = [o for o in medians if (steps[o] < s or (steps[o] == s and lower(medians[o], m))
                                         if both_reached(o) else
                                         lower(medians[o], m) or (not lower(m, medians[o]) and steps[o] < s))]

@@ -14,11 +14,11 @@ import math
 
 import pytest
 import torch
+from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases
 from torch._dynamo.utils import counters
 
 import diyopt
 from diyopt.engines import compiled_update, tensor_hyperparams
-from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases
 
 RTOL = 1e-12
 

@@ -7,7 +7,6 @@ import torch
 import diyopt
 from diyopt.lbfgs import lbfgs
 
-
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 

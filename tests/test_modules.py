@@ -225,7 +225,7 @@ def test_float64_solvers_on_a_module(solver, dtype):
             r = diyopt.least_squares(loss, model)
         else:
             gtol = 1e-4 if dtype == torch.float32 else 1e-10  # a float32 loss's gradient is float32-exact
-            r = diyopt.newton(lambda p: loss(p).square().sum(), model, gtol=gtol)
+            r = diyopt.newton(lambda p, loss=loss: loss(p).square().sum(), model, gtol=gtol)
         assert r.stop_reason == "converged", r.info["message"]
         torch.testing.assert_close(model.weight.detach().reshape(-1).double(), sol[:3], **tol)
         torch.testing.assert_close(model.bias.detach().double(), sol[3:], **tol)

@@ -30,7 +30,7 @@ def test_shared_nist_is_found():
     assert (NIST_DIR / "Misra1a.dat").exists(), f"shared/nist not found at {NIST_DIR}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fit(name: str, start: str):
     """LM with its *default* arguments: what a user calls (issue 10: the defaults reach certified accuracy)."""
     p = diyopt.problems.nist(name)

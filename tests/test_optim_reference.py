@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases, lockstep_problem
 
 import diyopt
-from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases, lockstep_problem
 
 STEPS = 100
 RTOL = 1e-12

@@ -11,9 +11,10 @@ import copy
 
 import pytest
 import torch
+from optimizer_table import case_id, cases
+from optimizer_table import lockstep_problem as problem
 
 import diyopt
-from optimizer_table import case_id, cases, lockstep_problem as problem
 
 STEPS = 100
 RTOL = 1e-12

@@ -8,8 +8,8 @@ import torch
 
 import diyopt
 import diyopt.schedules
-from diyopt.fit import DivergedError
 from diyopt import torch_optim
+from diyopt.fit import DivergedError
 
 CASES = [
     ("adam", {}, torch.optim.Adam),
@@ -127,7 +127,8 @@ def test_lr_scheduler_and_param_groups_keep_the_kernel(kernel_calls):
     for step in range(5):
         for p, q, g in zip(ps, qs, _grads(step, torch.float64)):
             p.grad, q.grad = g.clone(), g.clone()
-        opt.step(); ref.step(); s1.step(); s2.step()
+        for stepper in (opt, ref, s1, s2):
+            stepper.step()
         for p, q in zip(ps, qs):
             assert_rel(p.detach(), q.detach(), 1e-12, f"step {step}")
     assert kernel_calls["adamw"] == 10

@@ -220,7 +220,7 @@ def test_configuration_matches_torch(name, dname, j, shape, default_dtype):
     # L-BFGS runs up to 20 iterations per step: 4 steps carry the history across calls all the same
     for step in range(4 if name == "LBFGS" else STEPS):
         for opt, params in ((ours, ps), (ref, qs)):
-            def closure(opt=opt, params=params):
+            def closure(opt=opt, params=params, step=step):
                 opt.zero_grad()
                 value = loss(params, step)
                 value.backward()

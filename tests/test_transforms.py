@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optimizer_table import OPTIMIZERS_UNDER_TEST
 
 import diyopt
 from diyopt import optim, schedules
 from diyopt import transforms as T
-from optimizer_table import OPTIMIZERS_UNDER_TEST
 
 torch_f64 = torch.float64
 

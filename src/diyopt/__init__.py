@@ -2,36 +2,15 @@
 
 The public names, one per line. Everything else is an implementation detail.
 """
-from . import checkpoint
-from . import data
-from . import distributed
-from . import losses
-from . import nist
-from . import optim
-from . import problems
-from . import schedules
-from . import starts
-from . import stats
-from . import transforms
-from .compare import Comparison
-from .compare import compare
-from .batched import SweepResult
-from .batched import sweep
+from . import checkpoint, data, distributed, losses, nist, optim, problems, schedules, starts, stats, transforms
+from .batched import SweepResult, sweep
 from .benchmarking import bench
-from .check import check
-from .check import check_loss
-from .core import Optimizer
-from .core import apply_updates
-from .core import chain
-from .core import configurable
-from .core import elementwise
-from .fit import DivergedError
-from .fit import Result
-from .fit import fit
-from .least_squares import CurveFit
-from .least_squares import curve_fit
+from .check import check, check_loss
+from .compare import Comparison, compare
+from .core import Optimizer, apply_updates, chain, configurable, elementwise
+from .fit import DivergedError, Result, fit
 from .lbfgs import lbfgs
-from .least_squares import least_squares
+from .least_squares import CurveFit, curve_fit, least_squares
 from .profiles import performance_profile
 from .solvers import newton
 from .torch_optim import to_torch

@@ -37,8 +37,9 @@ from __future__ import annotations
 import copy
 import gc
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -221,7 +222,7 @@ def _downhill(opt: Optimizer) -> tuple[str, str]:
     f10 = float(q.loss(_steps(opt, q, 10)[0]))
     if slope < 0 and f10 < f0:
         return PASS, f"loss {f0:.4g} -> {f10:.4g} in 10 steps; first update . grad = {slope:.3g} < 0"
-    why = "first update points uphill (update . grad = %.3g >= 0)" % slope if slope >= 0 else \
+    why = f"first update points uphill (update . grad = {slope:.3g} >= 0)" if slope >= 0 else \
         f"loss did not go down in 10 steps ({f0:.4g} -> {f10:.4g})"
     return FAIL, why
 

@@ -23,8 +23,9 @@ import os
 import pickle
 import random
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,7 +153,7 @@ def check_fingerprint(saved: Mapping[str, str], now: Mapping[str, str], path: st
 
 
 def save(path: str | Path, *, params: Mapping[str, Tensor], state: Any, step: int,
-         losses: "Tensor | LossFile", fingerprint: Mapping[str, str], extra: Mapping[str, Any] | None = None) -> None:
+         losses: Tensor | LossFile, fingerprint: Mapping[str, str], extra: Mapping[str, Any] | None = None) -> None:
     """Write a checkpoint atomically. ``state`` is any pytree of tensors (NamedTuples, tuples, dicts).
 
     ``losses`` is the history as one tensor (stored inside the file), or a :class:`LossFile` the caller

@@ -32,9 +32,10 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,9 +45,8 @@ from .core import Optimizer, Params, as_params
 from .fit import fit
 from .outputs import dumps
 from .problems import Problem
-from .starts import perturbed
 from .profiles import linestyle, performance_profile, plot_performance_profile  # noqa: F401
-
+from .starts import perturbed
 
 RANK_RTOL = 1e-9  # median final losses this close (relatively) share a rank in the table
 

@@ -18,7 +18,8 @@ import functools
 import inspect
 import re
 import traceback
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -52,13 +53,13 @@ class Optimizer(NamedTuple):
     init: Callable[[Params], State]
     update: Callable[[Params, State, Params | None], tuple[Params, State]]
     hyperparams: Mapping[str, Any] | None = None
-    build: Callable[..., "Optimizer"] | None = None
+    build: Callable[..., Optimizer] | None = None
     flattenable: bool = False
     sparse_grads: bool = False
     torch_optimizer: type | None = None
     kernel: str | None = None
 
-    def replace_hyperparams(self, **changes: Any) -> "Optimizer":
+    def replace_hyperparams(self, **changes: Any) -> Optimizer:
         """The same optimizer built with some hyperparameters changed (floats or tensors)."""
         if self.build is None:
             raise TypeError("this optimizer was not built by a configurable factory; it cannot be rebuilt")

@@ -36,7 +36,8 @@ rank 0 collects the rows with :func:`gather` (``torch.distributed.all_gather_obj
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

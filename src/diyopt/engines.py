@@ -19,8 +19,9 @@ of the compilation; ``Result.compile_seconds`` reports what the first call cost.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from numbers import Real
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

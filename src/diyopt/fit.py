@@ -18,9 +18,10 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -375,7 +376,7 @@ def describe_nonfinite(event: dict) -> str:
 # ---------------------------------------------------------------- checks that run once, on the first step
 
 
-def check_updates(updates: Any, params: Params, optimizer: Optimizer, layout: "FlatLayout | None") -> None:
+def check_updates(updates: Any, params: Params, optimizer: Optimizer, layout: FlatLayout | None) -> None:
     """Updates must be tensors with each param's shape and dtype; name the param that breaks it."""
     try:
         _check_updates(updates, params)
@@ -469,7 +470,7 @@ class _Saver:
         self.saved_at = len(losses)
 
 
-def _loss_and_grads(loss_fn: LossFn, current: Params, layout: "FlatLayout | None", check: bool):
+def _loss_and_grads(loss_fn: LossFn, current: Params, layout: FlatLayout | None, check: bool):
     """The loss at ``current`` and its gradients, in the optimizer's layout (named, or one flat tensor).
 
     With a flat layout the loss sees named views of the buffer, each its own autograd leaf, and the
@@ -538,7 +539,7 @@ class FlatLayout:
         self.sizes = [p.numel() for p in params.values()]
 
     @classmethod
-    def maybe(cls, params: Params) -> "FlatLayout | None":
+    def maybe(cls, params: Params) -> FlatLayout | None:
         """A layout when the params can share one buffer (same dtype and device), else None."""
         first = next(iter(params.values()))
         if all(p.dtype == first.dtype and p.device == first.device for p in params.values()):

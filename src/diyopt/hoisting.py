@@ -20,7 +20,8 @@ The result is the same computation in the same order, so it equals the unsplit g
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node

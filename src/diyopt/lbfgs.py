@@ -15,7 +15,7 @@ the same arithmetic as torch's float64 0-dim tensors, so float64 runs agree to r
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .core import Params, as_params
-from .modules import bind_module, load_into
 from .fit import FlatLayout, Result, check_gradients
+from .modules import bind_module, load_into
 from .stats import covariance as _covariance
 from .stats import jacobian_fn
 

@@ -5,7 +5,7 @@ Any callable of that shape works wherever a loss is asked for; these are the nam
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

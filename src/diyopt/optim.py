@@ -26,14 +26,14 @@ with ``foreach=True``), so an input torch refuses is refused here too.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Real
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor
 
 from . import transforms as T
 from .core import Optimizer, chain, configurable, elementwise
-
 
 # ---------------------------------------------------------------- validation, torch's wording
 

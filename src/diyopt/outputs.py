@@ -28,8 +28,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 MANIFEST = ".diyopt-output.json"
 _TMP = re.compile(r"^\.(?P<name>.*)\.diyopt-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")

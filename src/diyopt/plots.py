@@ -6,8 +6,8 @@ on, and the ``save_*`` helpers write a PNG and close the figure.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import matplotlib
 
@@ -160,7 +160,7 @@ def plot_sweep(result, path: str | Path | None = None):
     for ax, key in zip(axes, keys):
         values = _distinct([r[key] for r in rows])
         categorical = any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values)
-        xpos = (lambda v: values.index(v)) if categorical else (lambda v: v)
+        xpos = values.index if categorical else (lambda v: v)
         zero = [r for r in ok if r["final_loss"] - best <= 0]
         rest = [r for r in ok if r["final_loss"] - best > 0]
         ax.scatter([xpos(r[key]) for r in rest], [gap_of(r) for r in rest], s=16, alpha=0.6,

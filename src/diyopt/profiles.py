@@ -9,7 +9,7 @@ Math. Program. 91 (2002) 201-213.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

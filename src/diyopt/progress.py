@@ -40,7 +40,7 @@ class StepBar:
         self.next = 0.0
 
     @classmethod
-    def maybe(cls, progress: bool | None, total: int, **kwargs: Any) -> "StepBar | None":
+    def maybe(cls, progress: bool | None, total: int, **kwargs: Any) -> StepBar | None:
         return cls(total, **kwargs) if wanted(progress) else None
 
     def update(self, done: int, loss: Any) -> None:

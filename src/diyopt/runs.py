@@ -24,8 +24,8 @@ import torch
 from . import data, losses, problems
 from . import distributed as dd
 from .checkpoint import atomic_folder
-from .outputs import dumps
 from .fit import DivergedError, describe_nonfinite, fit
+from .outputs import dumps
 from .problems import Problem
 
 

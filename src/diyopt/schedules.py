@@ -19,7 +19,7 @@ The ones torch also has agree with it value for value: ``cosine_decay`` with ``C
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

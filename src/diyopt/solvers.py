@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from .core import Params, as_params
-from .modules import bind_module, load_into
 from .fit import FlatLayout, Result
 from .lbfgs import lbfgs  # noqa: F401 -- L-BFGS lives in its own module; re-exported here
+from .modules import bind_module, load_into
 
 
 def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module, *,

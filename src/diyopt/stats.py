@@ -12,7 +12,7 @@ Standard errors are the square roots of the diagonal; NIST calls them the parame
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -14,7 +14,8 @@ them as float32 tensors, so float32 runs agree to float32 rounding only.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -37,7 +37,8 @@ scheduler changing it does not recompile.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ from .hoisting import hoisting_backend
 
 
 def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False,
-             on_nonfinite: str = "raise") -> "TorchOptimizer":
+             on_nonfinite: str = "raise") -> TorchOptimizer:
     """Wrap ``optimizer`` as a ``torch.optim.Optimizer`` over ``params_or_module``.
 
     Args:
@@ -213,7 +214,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._group_opts[i] = (values, opt, structure)
         return opt, structure
 
-    def _layout(self, i: int, opt: Optimizer, structure: tuple, names: list, params: list) -> "_Layout":
+    def _layout(self, i: int, opt: Optimizer, structure: tuple, names: list, params: list) -> _Layout:
         """Where each leaf of the state tree lives; fills in the state of params seen the first time."""
         key = (i, tuple(names), structure)
         layout = self._layouts.get(key)
@@ -236,7 +237,7 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ the kernel engine
 
-    def _kernel_step(self, opt: Optimizer, layout: "_Layout", params: list, grads: list) -> bool:
+    def _kernel_step(self, opt: Optimizer, layout: _Layout, params: list, grads: list) -> bool:
         """Run ``opt.kernel`` (torch's fused in-place step) on the group; False: not applicable, so the
         pure ``update`` runs instead (the reference engine, which this one is tested against).
 
@@ -425,7 +426,7 @@ class _Layout:
         self.has_global = any(j is None for j, _ in slots)
 
     @classmethod
-    def of(cls, tree: Any, names: list[str]) -> "_Layout":
+    def of(cls, tree: Any, names: list[str]) -> _Layout:
         index = {n: j for j, n in enumerate(names)}
         paths, spec = pytree.tree_flatten_with_path(tree)
         raw = []

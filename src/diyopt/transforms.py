@@ -13,17 +13,42 @@ re-exported here, so every transform is ``diyopt.transforms.X``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Mapping, NamedTuple
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .adaptive import (AdadeltaState, AdafactorState, AdagradState, AdamaxState, AdamState, AsgdState,
-                       LionState, MuonState, NadamState, RadamState, RmsState, RpropState, SparseAdamState,
-                       orthogonalize, scale_by_adadelta, scale_by_adafactor, scale_by_adagrad, scale_by_adam,
-                       scale_by_adamax, scale_by_asgd, scale_by_lion, scale_by_muon, scale_by_nadam,
-                       scale_by_radam, scale_by_rms, scale_by_rprop, scale_by_sparse_adam)
+from .adaptive import (
+    AdadeltaState,
+    AdafactorState,
+    AdagradState,
+    AdamaxState,
+    AdamState,
+    AsgdState,
+    LionState,
+    MuonState,
+    NadamState,
+    RadamState,
+    RmsState,
+    RpropState,
+    SparseAdamState,
+    orthogonalize,
+    scale_by_adadelta,
+    scale_by_adafactor,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_asgd,
+    scale_by_lion,
+    scale_by_muon,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_sparse_adam,
+)
 from .core import Optimizer, Params, elementwise
 
 Schedule = Callable[[Tensor], Tensor]
