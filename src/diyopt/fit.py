@@ -594,6 +594,9 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
     losses: list[Tensor] = []
     stop_reason, info, skipped = "steps", {"optimizer": cls.__name__}, []
     bar = StepBar.maybe(progress, steps, desc=cls.__name__)
+    # torch's step() writes the params in place: a copy to put back if they come out non-finite, kept in
+    # buffers allocated once (a copy per step, no allocation per step)
+    backup = [v.detach().clone() for v in leaves.values()] if guard else None
     start = time.perf_counter()
     for step in range(steps):
         now[0] = step
@@ -601,8 +604,8 @@ def _fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, s
             bar.update(len(losses), losses[-1])
         # step(closure) evaluates the loss at the current params first, so the recorded loss is the
         # seed's: before the update (for LBFGS, the first of its evaluations).
-        # torch's step() writes the params in place: keep a copy to put back if they come out non-finite.
-        backup = [v.detach().clone() for v in leaves.values()] if guard else None
+        if guard:
+            torch._foreach_copy_(backup, [v.detach() for v in leaves.values()])
         try:
             value = opt.step(closure).detach()
             if guard:
