@@ -15,7 +15,7 @@ import torch
 from common import machine
 
 import diyopt
-from diyopt.benchmarking.tasks import suite
+from diyopt.analysis.benchmarking.tasks import suite
 
 BUILT_INS = ["sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta", "rprop",
              "lion", "asgd", "gradient_descent"]
@@ -54,7 +54,7 @@ def main() -> None:
     if args.out:
         from pathlib import Path
 
-        from diyopt.benchmarking.run import _manifest, _publish
+        from diyopt.analysis.benchmarking.run import _manifest, _publish
 
         config = {"benchmark": "bench_diagnostic.py", "optimizers": args.optimizers, "trials": args.trials,
                   "seeds": args.seeds}

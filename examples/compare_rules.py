@@ -12,8 +12,8 @@ import argparse
 import torch
 
 import diyopt
-from diyopt.compare import compare_all, save_all
-from diyopt.report import write_report
+from diyopt.analysis._compare import compare_all, save_all
+from diyopt.analysis.report import write_report
 
 
 @diyopt.elementwise

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 import diyopt
-import diyopt.distributed as dd
 from diyopt.cli import main
+from diyopt.engines import distributed as dd
 
 STEPS = 1000
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.benchmarking import run as bench_run
-from diyopt.benchmarking.tasks import suite
-from diyopt.benchmarking.tuning import SPACES, points, tunable, with_effect
+from diyopt.analysis.benchmarking import run as bench_run
+from diyopt.analysis.benchmarking.tasks import suite
+from diyopt.analysis.benchmarking.tuning import SPACES, points, tunable, with_effect
 from diyopt.cli import main
 
 RULES = str(Path(__file__).with_name("bench_rules.py"))
@@ -69,7 +69,7 @@ def test_noise_is_a_function_of_seed_and_step():
 
 
 def test_noise_kinds_have_their_documented_statistics():
-    from diyopt.benchmarking.tasks import _noise_table
+    from diyopt.analysis.benchmarking.tasks import _noise_table
 
     white = _noise_table(0, 20000, 4, "white", 1.0)
     assert float(white.std()) == pytest.approx(1.0, abs=0.02)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.check import FAIL, INFO, PASS, SKIP
+from diyopt.analysis._conformance import FAIL, INFO, PASS, SKIP
 
 # The learning rate each built-in gets for the convergence checks (parabola, Rosenbrock from (-1.2, 1), to
 # 3e-2 within the default budget of 20,000 steps); the other checks use the optimizer's defaults.

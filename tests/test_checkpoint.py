@@ -17,7 +17,7 @@ import torch
 import diyopt
 from diyopt import checkpoint as ckpt
 from diyopt.cli import main
-from diyopt.runs import seed_everything
+from diyopt.cli.fit import seed_everything
 
 STEPS, EVERY = 2000, 50
 

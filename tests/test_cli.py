@@ -63,7 +63,7 @@ def test_parse_spec(spec, name, kwargs):
     parsed = problems.parse_spec(spec)
     assert parsed == (name, kwargs)
     # every value has the type the factory's annotation names
-    sig = inspect.signature(problems._PROBLEMS[name]).parameters
+    sig = inspect.signature(problems.PROBLEMS[name]).parameters
     for k, v in kwargs.items():
         assert type(v).__name__ in str(sig[k].annotation), (k, v, sig[k].annotation)
 
@@ -88,9 +88,9 @@ def test_one_parser_for_get_compare_and_sweep():
     assert a.params0["x"].tolist() == [-1.2, 1.0, -1.2, 1.0]
     cmp = diyopt.compare("rosenbrock:dim=4", ["adam"], seeds=1, steps=3)
     assert cmp.problem.params0["x"].shape == (4,)
-    from diyopt.compare import _as_problem
+    from diyopt.analysis._compare import as_problem
 
-    assert _as_problem("quadratic:dim=3,cond=1e3").info["cond"] == 1000.0
+    assert as_problem("quadratic:dim=3,cond=1e3").info["cond"] == 1000.0
 
 
 # ---------------------------------------------------------------- diyopt fit on every problem form
@@ -225,7 +225,7 @@ def test_cli_list_problems_shows_arguments_and_description(capsys):
     assert main(["list", "problems"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     for name in problems.names():
-        sig = inspect.signature(problems._PROBLEMS[name]).parameters
+        sig = inspect.signature(problems.PROBLEMS[name]).parameters
         fields = lines[name].split(None, 2)
         shown = fields[1].split(",") if fields[1] != "-" else []
         assert [s.partition("=")[0] for s in shown] == list(sig), name   # every argument, in order
@@ -258,7 +258,7 @@ def test_cli_fit_defaults_for_steps_and_out(tmp_path):
 
 
 def test_cli_on_nonfinite_takes_every_policy_of_the_api(tmp_path):
-    from diyopt.fit import NONFINITE_POLICIES
+    from diyopt.engines._fit import NONFINITE_POLICIES
 
     assert set(NONFINITE_POLICIES) == {"stop", "raise", "skip", "ignore"}
     expected = {"stop": 3, "raise": 3, "skip": 0, "ignore": 0}  # sgd at lr=1 on Rosenbrock blows up at step 4

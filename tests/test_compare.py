@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import diyopt
+from diyopt.analysis._compare import compare_all, profile_costs, save_all, split_specs, start_point
+from diyopt.analysis.profiles import performance_profile
 from diyopt.cli import main
-from diyopt.compare import compare_all, profile_costs, save_all, split_specs, start_point
-from diyopt.data import least_squares_line
-from diyopt.profiles import performance_profile
+from diyopt.problems.data import least_squares_line
 
 STEPS = 150
 LR = 1e-2
@@ -282,7 +282,7 @@ def test_cli_compare_with_a_user_rule_file_and_settings(tmp_path):
 def test_equal_final_losses_rank_by_steps_to_tol():
     """The issue's case: optimizers that all converge (final losses equal to rounding) used to share rank 1
     whatever their speed; now the steps to the tolerance order them, and only true ties share a rank."""
-    from diyopt.compare import Comparison, Run
+    from diyopt.analysis._compare import Comparison, Run
 
     problem = diyopt.problems.get("booth")
 

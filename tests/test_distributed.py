@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import diyopt
-import diyopt.distributed as dd
+from diyopt.engines import distributed as dd
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_worker  # noqa: E402

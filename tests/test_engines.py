@@ -18,7 +18,7 @@ from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases
 from torch._dynamo.utils import counters
 
 import diyopt
-from diyopt.engines import compiled_update, tensor_hyperparams
+from diyopt.engines.compiled import compiled_update, tensor_hyperparams
 
 RTOL = 1e-12
 
@@ -327,7 +327,7 @@ def test_compiled_update_with_hoisted_scalars_equals_torch_adam(which):
 
 
 def test_scalar_prelude_takes_the_scalar_math_and_stops_at_the_first_write():
-    from diyopt.hoisting import scalar_prelude
+    from diyopt.engines.hoisting import scalar_prelude
 
     graphs = []
 
@@ -350,7 +350,7 @@ def test_scalar_prelude_takes_the_scalar_math_and_stops_at_the_first_write():
     assert len(prelude) == 3, ops  # t + 1, b ** t_next, 1 - ...
     assert not any("copy_" in o for o in ops)
     # and the split graph computes what eager does, writes included
-    from diyopt.hoisting import hoisting_backend
+    from diyopt.engines.hoisting import hoisting_backend
 
     t1, t2 = t.clone(), t.clone()
     got = torch.compile(step, backend=hoisting_backend(), fullgraph=True)(x, t1, b)

@@ -14,9 +14,9 @@ import torch
 from matplotlib.colors import to_rgba
 
 import diyopt
-import diyopt.demo
+import diyopt.analysis.demo
 from diyopt import plots
-from diyopt.compare import _flat2
+from diyopt.analysis._compare import _flat2
 
 
 def legend_texts(ax_or_fig) -> list[str]:
@@ -26,14 +26,14 @@ def legend_texts(ax_or_fig) -> list[str]:
 
 def test_demo_figures_say_step_loss_and_the_method(tmp_path, monkeypatch):
     seen = {}
-    original = diyopt.demo._save
+    original = diyopt.analysis.demo._save
 
     def spy(ax, path):
         seen[path.name] = (ax.get_xlabel(), ax.get_ylabel(), legend_texts(ax))
         original(ax, path)
 
-    monkeypatch.setattr(diyopt.demo, "_save", spy)
-    diyopt.demo.run_demo(out=tmp_path / "demo", steps=30, parallel=False)
+    monkeypatch.setattr(diyopt.analysis.demo, "_save", spy)
+    diyopt.analysis.demo.run_demo(out=tmp_path / "demo", steps=30, parallel=False)
     # the seed's five file names, plus the overlay
     assert {p.name for p in (tmp_path / "demo").glob("*.png")} == {
         "sample.png", "Adam_loss.png", "Adam.png", "original_loss.png", "original.png", "compare_loss.png"}
@@ -131,7 +131,7 @@ def test_loss_figure_of_a_result_says_step(dtype):
 def test_performance_profile_ticks_are_plain_factors():
     import matplotlib.pyplot as plt
 
-    from diyopt.profiles import plot_performance_profile
+    from diyopt.analysis.profiles import plot_performance_profile
 
     ax = plot_performance_profile({"a": [10.0, 20.0, math.inf], "b": [40.0, 20.0, 90.0]})
     ax.figure.canvas.draw()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.data import least_squares_line, make_line
-from diyopt.demo import initial_params, run_demo
-from diyopt.losses import l2_norm
+from diyopt.analysis.demo import initial_params, run_demo
+from diyopt.problems.data import least_squares_line, make_line
+from diyopt.problems.losses import l2_norm
 
 STEPS = 300
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.losses import mse
+from diyopt.problems.losses import mse
 
 STEPS = 30
 LR = 0.1

@@ -14,7 +14,7 @@ import torch
 
 import diyopt
 from diyopt import nist
-from diyopt.data import DataError
+from diyopt.problems.data import DataError
 
 NIST_DIR = nist.nist_dir()
 FILES = sorted(NIST_DIR.glob("*.dat"))

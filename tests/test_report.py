@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import diyopt
+from diyopt.analysis._compare import compare_all, save_all
+from diyopt.analysis.report import write_report
 from diyopt.cli import main
-from diyopt.compare import compare_all, save_all
-from diyopt.report import write_report
 
 
 @pytest.fixture(scope="module")

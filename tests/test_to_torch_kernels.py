@@ -8,8 +8,8 @@ import torch
 
 import diyopt
 import diyopt.schedules
-from diyopt import torch_optim
-from diyopt.fit import DivergedError
+from diyopt.engines import _to_torch as torch_optim
+from diyopt.engines._fit import DivergedError
 
 CASES = [
     ("adam", {}, torch.optim.Adam),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.benchmarking import run as bench_run
-from diyopt.benchmarking.workloads import MISSING, train, workloads
+from diyopt.analysis.benchmarking import run as bench_run
+from diyopt.analysis.benchmarking.workloads import MISSING, train, workloads
 from diyopt.cli import main
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")

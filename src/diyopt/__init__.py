@@ -1,30 +1,28 @@
 """diyopt: write the loss and the update rule yourself; autograd supplies the gradients.
 
-The public names, one per line. Everything else is an implementation detail.
+The public names, one per line. Everything else is an implementation detail. The folders, and which way
+the imports go, are drawn in the README's layout section.
 """
-from . import checkpoint, data, distributed, losses, nist, optim, problems, schedules, starts, stats, transforms
-from .batched import SweepResult, sweep
-from .benchmarking import bench
-from .check import check, check_loss
-from .compare import Comparison, compare
-from .core import Optimizer, apply_updates, chain, configurable, elementwise
-from .fit import DivergedError, Result, fit
-from .lbfgs import lbfgs
-from .least_squares import CurveFit, curve_fit, least_squares
-from .profiles import performance_profile
-from .solvers import newton
-from .torch_optim import to_torch
+from diyopt import optim, problems, schedules, transforms
+from diyopt.analysis import Comparison, bench, check, check_loss, compare, performance_profile
+from diyopt.core import Optimizer, Result, apply_updates, chain, configurable, elementwise
+from diyopt.engines import SweepResult, checkpoint, distributed, fit, sweep, to_torch
+from diyopt.errors import DivergedError
+from diyopt.problems import data, losses, starts
+from diyopt.problems import strd as nist
+from diyopt.solvers import CurveFit, curve_fit, lbfgs, least_squares, newton, stats
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # matplotlib costs half a second to import: load diyopt.plots only when it is first used.
+    # matplotlib costs half a second to import: load the figures module only when diyopt.plots is used.
     if name == "plots":
         import importlib
 
-        return importlib.import_module(".plots", __name__)
+        return importlib.import_module("diyopt.analysis.figures")
     raise AttributeError(f"module 'diyopt' has no attribute {name!r}")
+
 
 __all__ = [
     "Comparison",

@@ -1,0 +1,16 @@
+"""Judging optimizers: compare, conformance checks, performance profiles, figures, the HTML report, the
+demo and the benchmark suite (:mod:`~diyopt.analysis.benchmarking`).
+"""
+from ._compare import Comparison, compare
+from ._conformance import check, check_loss
+from .benchmarking import bench
+from .profiles import performance_profile
+
+__all__ = [
+    "Comparison",
+    "bench",
+    "check",
+    "check_loss",
+    "compare",
+    "performance_profile",
+]

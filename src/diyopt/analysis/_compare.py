@@ -1,0 +1,675 @@
+"""Side by side: many optimizers on one problem from the same starting points, in figures and a table.
+
+    cmp = diyopt.compare("line", {"sgd": optim.sgd(lr=1e-3), "adam": optim.adam(lr=1e-2)}, seeds=5)
+    print(cmp.to_markdown()); cmp.save("runs/line")
+
+**Starting points.** Seed 0 starts at the problem's ``params0``; seed ``s > 0`` starts at
+``params0 + perturb * (1 + |params0|) * z`` with ``z ~ N(0, 1)`` drawn elementwise from
+``torch.Generator().manual_seed(s)`` (the scale follows each entry's magnitude, so a start at 0 and a
+start at 1e3 are both moved by a comparable *relative* amount). A problem with named starts (NIST's
+Start 1 and Start 2, ``problem.starts``) uses them first, and a problem may supply its own sampler as
+``problem.info["sample_start"](seed) -> params``. Every optimizer gets the same starts.
+
+**What a run records.** ``losses[i]`` is the loss after ``i`` updates (``losses[0]`` at the start, the last
+one evaluated at the final params after the fit), ``seconds[i]`` the wall time from just before the fit
+began to the end of update ``i`` -- time-stamped by the fit callback, so it is the real cumulative time,
+set-up included; the callback (one ``perf_counter`` per step, plus one copy of the params on 2-D problems
+for the paths) costs every optimizer the same.
+
+**Reaching the tolerance.** With ``f*`` the known optimum (``problem.optimum``) or, when none is known,
+the lowest loss any run reached, a run has *converged* at the first ``i`` with
+``f(x_i) - f* <= tol * (f(x_0) - f*)`` -- the Moré--Wild test: the gap is cut by a factor ``1/tol``.
+Steps and seconds to reach it are ``inf`` for a run that never does. A run whose loss became
+nan or inf counts as final loss ``inf``.
+
+**Across problems**, :func:`compare_all` and :func:`save_all` add Dolan--Moré performance profiles
+(:mod:`diyopt.profiles`); each (problem, seed) pair is one instance, its cost the steps or seconds to the
+tolerance.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diyopt._util.files import dumps
+from diyopt._util.format import NOT_REACHED
+from diyopt._util.progress import progress_bar
+from diyopt.analysis.profiles import linestyle, performance_profile, plot_performance_profile  # noqa: F401
+from diyopt.core.contract import Optimizer
+from diyopt.core.tree import Params
+from diyopt.engines._fit import fit
+from diyopt.optim import split_specs
+from diyopt.problems import as_problem
+from diyopt.problems._problem import Problem
+from diyopt.problems.starts import start_point
+
+RANK_RTOL = 1e-9  # median final losses this close (relatively) share a rank in the table
+
+
+@dataclass
+class Run:
+    """One optimizer from one start.
+
+    Attributes:
+      seed: which start (0 = the problem's ``params0``).
+      losses: ``losses[i]`` = loss after ``i`` updates, length ``steps + 1``.
+      seconds: ``seconds[i]`` = wall time at the end of update ``i`` (``seconds[0] = 0``).
+      params: final parameters.
+      stop_reason: the fit's.
+      path: ``(steps + 1, 2)`` array of the parameters along the way on 2-D problems, else None.
+    """
+
+    seed: int
+    losses: np.ndarray
+    seconds: np.ndarray
+    params: Params
+    stop_reason: str
+    path: np.ndarray | None = None
+
+    @property
+    def final_loss(self) -> float:
+        last = float(self.losses[-1])
+        return last if math.isfinite(last) else math.inf
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` returns: every run, the settings, and the table and figures made from them.
+
+    Attributes:
+      problem: the :class:`~diyopt.problems.Problem`.
+      runs: ``{label: [Run per seed]}`` in the order the optimizers were given.
+      tol: the tolerance of the convergence test (see the module docstring).
+      f_star: the reference minimum ``f*`` used by that test.
+      settings: what was run, with versions, as written to ``settings.json``.
+    """
+
+    problem: Problem
+    runs: dict[str, list[Run]]
+    tol: float
+    f_star: float
+    settings: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------ numbers
+
+    def reached(self, run: Run) -> int | None:
+        """First step count ``i`` at which ``run`` passes the tolerance test, or None."""
+        gap0 = float(run.losses[0]) - self.f_star
+        gaps = run.losses - self.f_star
+        ok = np.flatnonzero(np.isfinite(gaps) & (gaps <= self.tol * max(gap0, 0.0)))
+        return int(ok[0]) if len(ok) else None
+
+    def costs(self, kind: str = "steps") -> dict[str, np.ndarray]:
+        """``{label: cost per seed}``: steps or seconds to reach the tolerance, ``inf`` when never reached."""
+        if kind not in ("steps", "seconds"):
+            raise ValueError(f"cost must be 'steps' or 'seconds', got {kind!r}")
+        out = {}
+        for label, runs in self.runs.items():
+            values = []
+            for run in runs:
+                i = self.reached(run)
+                values.append(math.inf if i is None else (float(i) if kind == "steps" else float(run.seconds[i])))
+            out[label] = np.array(values)
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per optimizer: medians over seeds, and the rank by median final loss (1 = lowest).
+
+        Columns: ``optimizer``, ``final_loss`` (median), ``final_loss_min``, ``final_loss_max``,
+        ``final_gap`` (median of ``final loss - f*``), ``distance`` (median Euclidean distance to the
+        nearest known minimizer, nan if none is known),
+        ``reached`` (``"k/n"`` seeds that met the tolerance), ``steps_to_tol`` and ``seconds_to_tol``
+        (medians, inf when most seeds never met it), ``seconds`` (median total time), ``rank``
+        (competition ranking, "1224": by median final loss, losses equal to about 9 significant digits
+        counting as equal, and so do the losses of two optimizers that both reached the tolerance; among
+        equal losses, by median steps to the tolerance, so methods that all converge are ordered by how
+        fast they got there; equal on both = the same rank).
+        """
+        steps, secs = self.costs("steps"), self.costs("seconds")
+        rows = []
+        for label, runs in self.runs.items():
+            finals = np.array([r.final_loss for r in runs])
+            rows.append({
+                "optimizer": label,
+                "final_loss": float(np.median(finals)),
+                "final_loss_min": float(finals.min()),
+                "final_loss_max": float(finals.max()),
+                "final_gap": float(np.median(finals - self.f_star)),
+                "distance": float(np.median([self.problem.distance(r.params) for r in runs])),
+                "reached": f"{int(np.isfinite(steps[label]).sum())}/{len(runs)}",
+                "steps_to_tol": float(np.median(steps[label])),
+                "seconds_to_tol": float(np.median(secs[label])),
+                "seconds": float(np.median([r.seconds[-1] for r in runs])),
+                "diverged": f"{sum(r.stop_reason == 'diverged' for r in runs)}/{len(runs)}",
+            })
+        for row in rows:
+            row["rank"] = 1 + sum(self._beats(o, row) for o in rows)
+        return rows
+
+    def _beats(self, o: dict, r: dict) -> bool:
+        """Row ``o`` ranks ahead of row ``r``: a lower median final loss, or an equal one (within rounding)
+        and fewer median steps to the tolerance.
+
+        Medians that differ only by rounding are equal: ``m_o < m_r - (1e-9 |m_r| + 1e-12 max(1, |f*|))``
+        is a lower loss; the threshold grows with ``m_r``, so a lower loss never gets a worse rank."""
+        f_star = self.f_star if math.isfinite(self.f_star) else 0.0
+        atol = 1e-12 * max(1.0, abs(f_star))
+
+        def lower(a: float, b: float) -> bool:
+            if not (math.isfinite(a) and math.isfinite(b)):  # a diverged loss (inf, nan) ranks after
+                return math.isfinite(a) and not math.isfinite(b)  # every finite one, equal to the others
+            return a < b - (RANK_RTOL * abs(b) + atol)
+
+        m_o, m_r = o["final_loss"], r["final_loss"]
+        s_o, s_r = o["steps_to_tol"], r["steps_to_tol"]
+        if math.isfinite(s_o) and math.isfinite(s_r):  # both reached the tolerance: their losses count as
+            return s_o < s_r or (s_o == s_r and lower(m_o, m_r))  # equal, the faster one ranks ahead
+        if lower(m_o, m_r):
+            return True
+        if lower(m_r, m_o):
+            return False
+        return o["steps_to_tol"] < r["steps_to_tol"]
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """The table as CSV (full precision, "not reached" for a tolerance most seeds never met); written to
+        ``path`` when given."""
+        import csv
+        import io
+
+        rows = self.table()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _csv_value(v, k) for k, v in row.items()} for row in rows)
+        if path is not None:
+            Path(path).write_text(buf.getvalue())
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        """The table as GitHub Markdown, sorted by rank, numbers to 4 significant digits; a tolerance no
+        seed (or fewer than half of them) reached is "not reached"."""
+        rows = sorted(self.table(), key=lambda r: r["rank"])
+        head = ["rank", "optimizer", "final loss (median)", "min", "max", "loss − f* (median)",
+                "distance to optimum",
+                "reached tol", "steps to tol", "seconds to tol", "seconds", "diverged"]
+        keys = ["rank", "optimizer", "final_loss", "final_loss_min", "final_loss_max", "final_gap", "distance",
+                "reached", "steps_to_tol", "seconds_to_tol", "seconds", "diverged"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in rows:
+            lines.append("| " + " | ".join(_md_value(row[k], k) for k in keys) + " |")
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------ figures
+
+    def plot_loss_vs_step(self, ax=None):
+        """Median over seeds per optimizer, with the min--max band; log y (linear if a loss is <= 0).
+        Plots ``loss - f*`` when the optimum is known (so convergence shows as a falling line, not a
+        plateau)."""
+        from diyopt.analysis.figures import axes
+
+        ax = axes(ax)
+        for i, (label, runs) in enumerate(self.runs.items()):
+            curves = self._gaps(runs)
+            x = np.arange(curves.shape[1])
+            line, = ax.plot(x, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
+            ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+        self._log_if_positive(ax)
+        ax.set_xlabel("step")
+        ax.set_ylabel(self._ylabel())
+        ax.set_title(f"{self.problem.name}: median and min–max over {self._n_seeds()} seeds")
+        ax.legend()
+        return ax
+
+    def plot_loss_vs_time(self, ax=None):
+        """Median loss (or ``loss - f*``) against median cumulative wall time, per optimizer; log y."""
+        from diyopt.analysis.figures import axes
+
+        ax = axes(ax)
+        for i, (label, runs) in enumerate(self.runs.items()):
+            curves = self._gaps(runs)
+            seconds = np.median(np.stack([_pad(r.seconds, curves.shape[1]) for r in runs]), axis=0)
+            ax.plot(seconds, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
+        self._log_if_positive(ax)
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel(self._ylabel())
+        ax.set_title(f"{self.problem.name}: median over {self._n_seeds()} seeds")
+        ax.legend()
+        return ax
+
+    def plot_paths(self, ax=None, levels: int = 30):
+        """2-D problems: every run's path over contours of the loss, known minimizers as stars."""
+        from diyopt.analysis.figures import axes
+
+        if not self.is_2d:
+            raise ValueError(f"plot_paths needs a problem with 2 parameters, {self.problem.name!r} has "
+                             f"{sum(p.numel() for p in self.problem.params0.values())}")
+        ax = axes(ax)
+        # The view: every start, the known minima and the paths of the runs that did not diverge. A
+        # diverged run is drawn as far as it stays in view and marked with an x where it leaves it.
+        kept = [r.path for runs in self.runs.values() for r in runs if r.stop_reason != "diverged"]
+        points = kept + [r.path[:1] for runs in self.runs.values() for r in runs]
+        points += [_flat2(m) for m in self._minima()]
+        allp = np.concatenate([np.atleast_2d(p) for p in points])
+        allp = allp[np.isfinite(allp).all(axis=1)]
+        lo, hi = allp.min(axis=0), allp.max(axis=0)
+        pad = 0.1 * np.maximum(hi - lo, 1e-3 * np.maximum(np.abs(hi), 1.0))
+        box_lo, box_hi = lo - pad, hi + pad
+        xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 120)
+        ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 120)
+        zz = self._grid_loss(xs, ys)
+        finite = zz[np.isfinite(zz)]
+        zmin = finite.min()
+        # Contours of log(loss - min) at quantiles of the grid's values: each band covers about the same
+        # area, so both the valley floor and the walls get lines whatever the loss's range.
+        logz = np.log10(np.maximum(zz - zmin, 1e-12 * max(1.0, abs(zmin), float(finite.max() - zmin))))
+        marks = np.unique(np.quantile(logz[np.isfinite(logz)], np.linspace(0.0, 1.0, levels + 2)[1:-1]))
+        # Grey contours, white starts and a gold optimum: colours no optimizer's line uses (they take
+        # matplotlib's colour cycle), so each mark is told apart in the legend.
+        ax.contour(xs, ys, logz, levels=marks, colors="0.72", linewidths=0.5)
+        for i, (label, runs) in enumerate(self.runs.items()):
+            color = None
+            diverged = any(r.stop_reason == "diverged" for r in runs)
+            for k, run in enumerate(runs):
+                path = run.path
+                if run.stop_reason == "diverged":  # as far as it is finite and in view
+                    inside = np.isfinite(path).all(axis=1) & (path >= box_lo).all(axis=1) & (path <= box_hi).all(axis=1)
+                    stop = len(path) if inside.all() else int(np.argmin(inside))
+                    path = path[:max(stop, 1)]
+                line, = ax.plot(path[:, 0], path[:, 1], color=color, lw=1.4 if k == 0 else 0.7,
+                                linestyle=linestyle(i), alpha=1.0 if k == 0 else 0.5,
+                                label=(f"{label} (diverged)" if diverged else label) if k == 0 else None)
+                color = line.get_color()
+                if run.stop_reason == "diverged":
+                    ax.plot(*path[-1], "x", color=color, ms=7, mew=2)
+        starts = [r.path[0] for r in next(iter(self.runs.values()))]  # every optimizer has the same starts
+        for k, p in enumerate(starts):
+            ax.plot(*p, "o", mfc="white", mec="black", mew=1.0, ms=7 if k == 0 else 5, zorder=5,
+                    label=(f"starts (seeds 0–{len(starts) - 1}; seed 0 large)" if len(starts) > 1 else "start")
+                    if k == 0 else None)
+        minima = self._minima()
+        for k, m in enumerate(minima):
+            ax.plot(*_flat2(m), "*", mfc="gold", mec="black", mew=0.8, ms=15, zorder=6,
+                    label=("known minimum" if len(minima) == 1 else f"known minima ({len(minima)})")
+                    if k == 0 else None)
+        ax.set_xlim(box_lo[0], box_hi[0])
+        ax.set_ylim(box_lo[1], box_hi[1])
+        names = self._names2()
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+        ax.set_title(f"{self.problem.name}: paths (seed 0 bold) over contours of log(loss)")
+        ax.legend(framealpha=0.9, fontsize="small")
+        return ax
+
+    @property
+    def is_2d(self) -> bool:
+        return sum(p.numel() for p in self.problem.params0.values()) == 2
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``loss_vs_step.png``, ``loss_vs_time.png``, ``paths.png`` (2-D problems), ``table.csv``,
+        ``table.md`` and ``settings.json`` into ``out_dir``, via a temporary folder moved into place."""
+        from diyopt.analysis.figures import save
+
+        def write(tmp: Path) -> None:
+            save(self.plot_loss_vs_step(), tmp / "loss_vs_step.png")
+            save(self.plot_loss_vs_time(), tmp / "loss_vs_time.png")
+            if self.is_2d:
+                save(self.plot_paths(), tmp / "paths.png")
+            self.to_csv(tmp / "table.csv")
+            (tmp / "table.md").write_text(self.to_markdown())
+            (tmp / "settings.json").write_text(dumps(self.settings))  # strict JSON
+
+        return write_atomically(out_dir, write)
+
+    # ------------------------------------------------------------ helpers
+
+    def _log_if_positive(self, ax) -> None:
+        """Log y when every plotted value is positive (a loss without known optimum may go negative)."""
+        values = np.concatenate([self._gaps(runs).ravel() for runs in self.runs.values()])
+        values = values[np.isfinite(values)]
+        if len(values) and values.min() > 0:
+            from diyopt.analysis.figures import readable_log_ticks
+
+            ax.set_yscale("log")
+            readable_log_ticks(ax)
+
+    def _n_seeds(self) -> int:
+        return len(next(iter(self.runs.values())))
+
+    def _ylabel(self) -> str:
+        return "loss − known optimum" if self.problem.optimum is not None else "loss"
+
+    def _gaps(self, runs: list[Run]) -> np.ndarray:
+        n = max(len(r.losses) for r in runs)
+        curves = np.stack([_pad(r.losses, n) for r in runs])
+        curves = np.where(np.isfinite(curves), curves, np.nan)
+        if self.problem.optimum is None:
+            return curves
+        # Rounding can put a converged loss a hair below the optimum; keep it on the log axis.
+        floor = 1e-16 * max(1.0, abs(self.problem.optimum))
+        return np.maximum(curves - self.problem.optimum, floor)
+
+    def _minima(self) -> list[Params]:
+        return self.problem.info.get("minima") or ([self.problem.solution] if self.problem.solution else [])
+
+    def _names2(self) -> list[str]:
+        p0 = self.problem.params0
+        if len(p0) == 2:
+            return list(p0)
+        name = next(iter(p0))
+        return [f"{name}[0]", f"{name}[1]"]
+
+    def _grid_loss(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        p0 = self.problem.params0
+        template = {k: v.detach() for k, v in p0.items()}
+        keys = list(template)
+
+        def at(flat: Tensor) -> Tensor:
+            if len(keys) == 2:
+                params = {keys[0]: flat[0].reshape(template[keys[0]].shape),
+                          keys[1]: flat[1].reshape(template[keys[1]].shape)}
+            else:
+                params = {keys[0]: flat.reshape(template[keys[0]].shape)}
+            return self.problem.loss(params)
+
+        gx, gy = np.meshgrid(xs, ys)
+        dtype = next(iter(template.values())).dtype
+        pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=dtype)
+        with torch.no_grad():
+            try:  # one batched call when the loss is vmappable, else one call per point
+                values = torch.func.vmap(at)(pts)
+            except Exception:
+                values = torch.stack([at(p) for p in pts])
+        return values.double().numpy().reshape(gx.shape)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def compare(problem: Problem | str, optimizers: Mapping[str, Any] | Sequence[Any], *, seeds: int = 5,
+            steps: int = 1000, tol: float = 1e-6, perturb: float = 0.1, engine: str = "eager",
+            progress: bool | None = None) -> Comparison:
+    """Run every optimizer from the same ``seeds`` starting points for ``steps`` updates.
+
+    Args:
+      problem: a :class:`~diyopt.problems.Problem`, or a registry name (``"line"``,
+        ``"rosenbrock:dim=4"`` -- arguments after ``:`` go to the problem's factory).
+      optimizers: ``{label: optimizer}`` or a list. An optimizer is a diyopt :class:`Optimizer`, a
+        spec string (``"adam:lr=1e-2"``, ``"my_rules.py:rule"``; see :func:`diyopt.optim.get`), a
+        ``torch.optim.Optimizer`` class, or a ``(torch.optim class, kwargs)`` pair. In a list, a
+        spec's label is the spec itself and an Optimizer's is its factory's name.
+      seeds: how many starts (seed 0 = ``params0``, see the module docstring for the others).
+      steps: updates per run.
+      tol: the convergence test's factor (module docstring); ``0 < tol < 1``.
+      perturb: the relative size of the start perturbation for seeds > 0.
+      engine: passed to :func:`~diyopt.fit` for diyopt optimizers.
+      progress: a progress bar on stderr; default: only when stderr is a terminal (needs ``tqdm``).
+
+    Returns:
+      A :class:`Comparison`.
+    """
+    problem = as_problem(problem)
+    resolved = resolve_optimizers(optimizers)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    if not 0.0 < tol < 1.0:
+        raise ValueError(f"Invalid tol value: {tol} (need 0 < tol < 1)")
+    starts = [start_point(problem, s, perturb) for s in range(seeds)]
+    two_d = sum(p.numel() for p in problem.params0.values()) == 2
+
+    runs: dict[str, list[Run]] = {label: [] for label in resolved}
+    with progress_bar(len(resolved) * seeds, progress, desc=f"compare {problem.name}") as bar:
+        for label, (opt, kwargs, _) in resolved.items():
+            for seed, p0 in enumerate(starts):
+                runs[label].append(_one_run(problem, opt, kwargs, p0, seed, steps, engine, two_d))
+                bar.update(1)
+
+    known = problem.optimum
+    f_star = float(known) if known is not None else min(
+        float(np.nanmin(np.where(np.isfinite(r.losses), r.losses, np.nan))) for rs in runs.values() for r in rs)
+    settings = {
+        "problem": problem.name,
+        "problem_info": {k: v for k, v in problem.info.items() if isinstance(v, (str, int, float, bool))},
+        "optimizers": {label: _describe(opt, kwargs, spec) for label, (opt, kwargs, spec) in resolved.items()},
+        "seeds": seeds, "steps": steps, "tol": tol, "perturb": perturb, "engine": engine,
+        "f_star": f_star, "f_star_source": "problem.optimum" if known is not None else "best loss seen",
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    return Comparison(problem, runs, tol, f_star, settings)
+
+
+def _one_run(problem: Problem, opt: Any, kwargs: dict, p0: Params, seed: int, steps: int, engine: str,
+             two_d: bool) -> Run:
+    stamps = np.full(steps, np.nan)
+    path = np.empty((steps + 1, 2)) if two_d else None
+    if two_d:
+        path[0] = _flat2(p0)
+
+    def callback(step: int, loss: Tensor, params: Params) -> None:
+        stamps[step] = time.perf_counter()
+        if two_d:
+            path[step + 1] = torch.cat([v.detach().reshape(-1) for v in params.values()]).double().numpy()
+
+    if isinstance(opt, Optimizer):
+        options = {"engine": engine} if engine != "eager" else {}
+        start = time.perf_counter()
+        result = fit(problem.loss, p0, opt, steps, callback=callback, **options)
+    else:
+        start = time.perf_counter()
+        result = fit(problem.loss, p0, opt, steps, optimizer_kwargs=kwargs, callback=callback)
+    end = time.perf_counter()
+    n = result.steps
+    stamps = np.where(np.isnan(stamps), end, stamps)  # a step that stopped the fit before its callback
+    with torch.no_grad():  # the loss at the final params, outside the timed loop
+        final = float(problem.loss(result.params))
+    losses = np.append(result.losses.detach().double().cpu().numpy()[:n], final)
+    seconds = np.concatenate([[0.0], stamps[:n] - start])
+    return Run(seed, losses, seconds, result.params, result.stop_reason, None if path is None else path[:n + 1])
+
+
+
+
+# ---------------------------------------------------------------- optimizers and problems by name
+
+
+def resolve_optimizers(optimizers: Mapping[str, Any] | Sequence[Any]) -> dict[str, tuple[Any, dict, str | None]]:
+    """``{label: (Optimizer or torch.optim class, torch kwargs, spec string or None)}`` from what
+    :func:`compare` accepts."""
+    if isinstance(optimizers, str):
+        optimizers = split_specs(optimizers)
+    if isinstance(optimizers, Mapping):
+        items = list(optimizers.items())
+    else:
+        items = [(_label(o), o) for o in optimizers]
+    if not items:
+        raise ValueError("optimizers is empty: give at least one")
+    out: dict[str, tuple[Any, dict, str | None]] = {}
+    for label, o in items:
+        if label in out:
+            raise ValueError(f"optimizer label {label!r} appears twice; give a dict with distinct labels")
+        out[str(label)] = (*_resolve_one(o), o if isinstance(o, str) else None)
+    return out
+
+
+_KINDS = "a diyopt Optimizer, a spec string, a torch.optim.Optimizer class or a (class, kwargs) pair"
+
+
+def _resolve_one(o: Any) -> tuple[Any, dict]:
+    if isinstance(o, str):
+        return _from_spec(o), {}
+    if isinstance(o, Optimizer):
+        return o, {}
+    if isinstance(o, type) and issubclass(o, torch.optim.Optimizer):
+        return o, {}
+    if (isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], type)
+            and issubclass(o[0], torch.optim.Optimizer) and isinstance(o[1], Mapping)):
+        return o[0], dict(o[1])
+    raise TypeError(f"an optimizer must be {_KINDS}, got {type(o).__name__}")
+
+
+def _from_spec(spec: str) -> Optimizer:
+    from diyopt import optim
+
+    return optim.get(spec)
+
+
+def _label(o: Any) -> str:
+    if isinstance(o, str):
+        return o
+    if isinstance(o, Optimizer) and o.build is not None:
+        return getattr(o.build, "__name__", "optimizer")
+    if isinstance(o, type):
+        return o.__name__
+    if isinstance(o, tuple) and o and isinstance(o[0], type):
+        return o[0].__name__
+    if isinstance(o, Optimizer):
+        raise TypeError("cannot name an optimizer built without a factory; pass a dict {label: optimizer}")
+    raise TypeError(f"an optimizer must be {_KINDS}, got {type(o).__name__}")
+
+
+
+
+
+
+def _describe(opt: Any, kwargs: dict, spec: str | None) -> dict:
+    """What settings.json records of an optimizer: the spec it came from, its factory, its settings."""
+    if isinstance(opt, Optimizer):
+        name = getattr(opt.build, "__name__", None) if opt.build is not None else None
+        hyper = opt.hyperparams or {}
+    else:
+        name, hyper = f"{opt.__module__}.{opt.__qualname__}", kwargs
+    return {"spec": spec, "optimizer": name or "custom",
+            "hyperparams": {k: _jsonable(v) for k, v in hyper.items()}}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.tolist()
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    return repr(v)
+
+
+def versions() -> dict[str, str]:
+    """The versions a result depends on: diyopt, torch, numpy, matplotlib, python, platform."""
+    import matplotlib
+
+    from diyopt import __version__
+
+    return {"diyopt": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "matplotlib": matplotlib.__version__, "python": sys.version.split()[0],
+            "platform": platform.platform(), "threads": str(torch.get_num_threads())}
+
+
+# ---------------------------------------------------------------- across problems
+
+
+def profile_costs(comparisons: Iterable[Comparison], kind: str = "steps") -> dict[str, np.ndarray]:
+    """Costs for :func:`performance_profile` across comparisons: each (problem, seed) is one instance.
+
+    All comparisons must have the same optimizer labels."""
+    comparisons = list(comparisons)
+    if not comparisons:
+        raise ValueError("no comparisons given")
+    labels = list(comparisons[0].runs)
+    out: dict[str, list] = {s: [] for s in labels}
+    for c in comparisons:
+        if list(c.runs) != labels:
+            raise ValueError(f"comparison on {c.problem.name!r} has optimizers {list(c.runs)}, expected {labels}")
+        for s, v in c.costs(kind).items():
+            out[s].extend(v.tolist())
+    return {s: np.array(v) for s, v in out.items()}
+
+
+def compare_all(problems: Sequence[Problem | str], optimizers: Mapping[str, Any] | Sequence[Any],
+                **options: Any) -> list[Comparison]:
+    """:func:`compare` on each problem with the same optimizers and options."""
+    return [compare(p, optimizers, **options) for p in problems]
+
+
+def save_all(comparisons: Sequence[Comparison], out_dir: str | Path) -> Path:
+    """Each comparison in ``out_dir/<problem>/`` and the performance profiles (steps and seconds) on top."""
+    from diyopt.analysis.figures import save
+
+    def write(tmp: Path) -> None:
+        seen: dict[str, int] = {}
+        folders = []
+        for c in comparisons:
+            name = _safe_name(c.problem.name)
+            seen[name] = seen.get(name, 0) + 1
+            folders.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+            c.save(tmp / folders[-1])
+        for kind in ("steps", "seconds"):
+            save(plot_performance_profile(profile_costs(comparisons, kind), cost=kind),
+                 tmp / f"performance_profile_{kind}.png")
+        settings = {"problems": [c.problem.name for c in comparisons], "folders": folders,
+                    "optimizers": list(comparisons[0].runs), "versions": versions()}
+        (tmp / "settings.json").write_text(dumps(settings))
+
+    return write_atomically(out_dir, write)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+#: The files a comparison writes (save_all adds sub-folders and the profiles).
+OUTPUT_FILES = ("loss_vs_step.png", "loss_vs_time.png", "paths.png", "table.csv", "table.md", "settings.json",
+                "performance_profile_steps.png", "performance_profile_seconds.png")
+
+
+def write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a fresh staging folder, then publish its files into ``out_dir`` with
+    :func:`diyopt.outputs.output_folder`: a reader never sees half a file, a failed run leaves the old
+    result as it was, and files diyopt did not write (a user's notes beside the results) are kept --
+    one that has the name of a file a comparison writes is refused before any work."""
+    from diyopt._util.files import write_folder
+
+    return write_folder(out_dir, write, names=OUTPUT_FILES, kind="compare")
+
+
+
+
+
+
+def _pad(a: np.ndarray, n: int) -> np.ndarray:
+    """Runs stopped early (callback) hold their last value, so curves stack."""
+    return a if len(a) == n else np.concatenate([a, np.full(n - len(a), a[-1])])
+
+
+def _flat2(params: Params) -> np.ndarray:
+    return torch.cat([v.detach().reshape(-1) for v in params.values()]).double().numpy()
+
+
+def _csv_value(v: Any, key: str = "") -> Any:
+    if isinstance(v, float) and key.endswith("_to_tol") and v == math.inf:
+        return NOT_REACHED
+    return repr(v) if isinstance(v, float) else v
+
+
+
+
+def _md_value(v: Any, key: str = "") -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        if math.isinf(v):
+            return NOT_REACHED if key.endswith("_to_tol") and v > 0 else ("inf" if v > 0 else "-inf")
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,6 @@
+"""``python -m diyopt.cli ...``: the command line."""
+import sys
+
+from diyopt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diyopt.core.contract import Optimizer
+from diyopt.core.tree import FlatLayout, LossFn, Params
+
+NONFINITE_POLICIES = ("stop", "raise", "skip", "ignore")
+
+
+def all_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
+    """The guard's per-step check, kept cheap: a sum is finite when every term is, so the loss and the sum
+    of all gradient and new-parameter elements being finite means all are -- unless the sum overflowed,
+    which the exact check in :func:`nonfinite_event` then clears. A few reductions and two reads of
+    finished values (both wait on the same queue on a GPU: one sync); ``isfinite(...).all()`` costs
+    several times more. Finite old and new params mean a finite update, so the update needs no check."""
+    tensors = list(grads.values()) + (list(new.values()) if new is not None else [])
+    total = tensors[0].sum() if len(tensors) == 1 else sum(t.sum() for t in tensors)
+    return math.isfinite(float(loss)) and math.isfinite(float(total))
+
+
+#: What went non-finite, in the order the guard reports it, and the words its message uses.
+NONFINITE_WHAT = {"loss": "loss", "grad": "gradient", "update": "update", "param": "parameter"}
+
+
+def nonfinite_event(step: int, loss: Tensor, grads: Params, updates: Params | None = None,
+                    new: Params | None = None) -> dict | None:
+    """Where a step went non-finite: ``{"step", "what", "param", "loss"}``, or None if everything is finite
+    after all (an overflowed sum in the cheap check).
+
+    ``what`` is the first of ``"loss"``, ``"grad"`` (a gradient), ``"update"`` (what the rule returned)
+    and ``"param"`` (a finite update that overflowed the parameter) that is not finite; ``param`` the
+    first parameter (in order) where it is, or None for the loss. Runs only on the failure path, so it
+    may look at every tensor.
+    """
+    def first_bad(tensors: Params | None) -> str | None:
+        return next((k for k, t in (tensors or {}).items() if not bool(torch.isfinite(t).all())), None)
+
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return {"step": step, "what": "loss", "param": None, "loss": value}
+    for what, tensors in (("grad", grads), ("update", updates), ("param", new)):
+        if (name := first_bad(tensors)) is not None:
+            return {"step": step, "what": what, "param": name, "loss": value}
+    return None
+
+
+def describe_nonfinite(event: dict) -> str:
+    """``diverged: non-finite update of parameter 'a' at step 5`` -- what, where and when."""
+    what = NONFINITE_WHAT.get(event["what"], event["what"])
+    where = f" of parameter {event['param']!r}" if event.get("param") else ""
+    return f"diverged: non-finite {what}{where} at step {event['step']}"
+
+
+def check_updates(updates: Any, params: Params, optimizer: Optimizer, layout: FlatLayout | None) -> None:
+    """Updates must be tensors with each param's shape and dtype; name the param that breaks it."""
+    try:
+        _check_updates(updates, params)
+    except (TypeError, ValueError):
+        if layout is None:
+            raise
+        # The loop ran the rule on one flat buffer; run it once on the named params to name the culprit.
+        named = layout.unflatten(params)
+        zeros = {k: torch.zeros_like(v) for k, v in named.items()}
+        _check_updates(optimizer.update(zeros, optimizer.init(named), named)[0], named)
+        raise
+
+
+def _check_updates(updates: Any, params: Params) -> None:
+    if not isinstance(updates, Mapping) or list(updates) != list(params):
+        got = list(updates) if isinstance(updates, Mapping) else type(updates).__name__
+        raise TypeError(f"the update rule must return a dict of updates for {list(params)}, got {got}")
+    for k, p in params.items():
+        u = updates[k]
+        if not isinstance(u, Tensor):
+            raise TypeError(f"the update for parameter {k!r} must be a Tensor, got {type(u).__name__}")
+        if u.shape != p.shape:
+            raise ValueError(f"the update for parameter {k!r} has shape {tuple(u.shape)}, "
+                             f"expected the parameter's shape {tuple(p.shape)}")
+        if u.dtype != p.dtype:
+            raise TypeError(f"the update for parameter {k!r} has dtype {u.dtype}, expected the "
+                            f"parameter's dtype {p.dtype}")
+
+
+def check_loss_value(loss: Any, names: Any = None) -> None:
+    """A loss must be a scalar tensor with a gradient path to the params (``names``, to say which); say
+    which rule it breaks."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"loss_fn must return a scalar Tensor, got {type(loss).__name__}")
+    if loss.numel() != 1 or loss.dim() > 1:
+        raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
+    if not loss.requires_grad:
+        which = f" {', '.join(map(repr, names))}" if names else ""
+        raise ValueError(f"loss has no gradient path to the params{which}: it does not depend on them through "
+                         "differentiable torch operations (was .item(), .detach() or numpy used?)")
+
+
+def check_gradients(grads: Mapping[str, Tensor | None]) -> None:
+    """On the first step: no gradient at all is an error, some params without one is a warning (once).
+
+    ``grads[k] is None`` where autograd found no path from the loss to param ``k``. A loss that uses no
+    optimized tensor (it closes over other tensors: a model's own parameters, a copy) would otherwise
+    run every step at the same loss.
+    """
+    missing = [k for k, g in grads.items() if g is None]
+    if not missing:
+        return
+    names = ", ".join(map(repr, missing))
+    if len(missing) == len(grads):
+        raise ValueError(f"the loss does not depend on the parameters being optimized: no gradient for "
+                         f"{names}. It must compute with the tensors it is given (a loss that calls an "
+                         f"nn.Module is given that module as the params: fit(loss_fn, model, ...))")
+    warnings.warn(f"the loss does not depend on parameter(s) {names}: they get no gradient (a zero one is "
+                  "used)", stacklevel=2)
+
+
+def first_step_check(loss_fn: LossFn, params: Params) -> None:
+    """The eager loop's first-step checks (loss value, gradients) for engines that trace the step."""
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    loss = loss_fn(leaves)
+    check_loss_value(loss, leaves)
+    check_gradients(dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))))

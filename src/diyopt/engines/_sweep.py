@@ -1,0 +1,552 @@
+"""The batched engine: ``diyopt.sweep`` runs a grid of hyperparameters x seeds as one computation.
+
+Every run is the eager step of ``fit`` for one set of settings; ``torch.func.vmap`` maps that step over a
+leading *run* axis, so params, optimizer state and the swept hyperparameters (per-run 0-dim tensors inside
+the map) all carry that axis and 1,000 runs cost a handful of large tensor ops per step instead of 1,000
+small ones. Run ``k`` equals ``fit`` with run ``k``'s settings, up to rounding.
+
+What a seed means: the same as in :func:`diyopt.compare` (:mod:`diyopt.starts`): seed 0 starts at
+``params``, seed ``s > 0`` at ``params + 0.1 (1 + |params|) z``, ``z ~ N(0, 1)`` drawn with
+``torch.Generator().manual_seed(s)``; ``init(s)`` replaces that rule when given. Without ``seeds`` every
+run starts at ``params``.
+
+What ``tol`` means: the same as in :func:`diyopt.compare`: a run reaches it at the first step ``i`` with
+``f(x_i) - f* <= tol * (f(x_0) - f*)`` (the gap to ``f*`` cut by ``1/tol``), where ``f*`` is ``f_star``
+when known, else the lowest loss any run of the sweep reached.
+
+What "best" means: the setting (grid point) with the lowest *median* final loss over its seeds, a
+diverged run counting as ``inf`` (:meth:`SweepResult.best`); :meth:`SweepResult.by_setting` has the
+medians of every setting.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from diyopt._util.format import NOT_REACHED, format_value
+from diyopt._util.progress import CompileNotice, StepBar
+from diyopt.core.checks import first_step_check
+from diyopt.core.contract import Optimizer
+from diyopt.core.modules import bind_module
+from diyopt.core.tree import FlatLayout, Params, as_params
+from diyopt.engines.compiled import call_compiled
+from diyopt.problems.starts import perturbed
+
+ENGINES = ("vmap", "compiled")
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` returns.
+
+    Attributes:
+      rows: one dict per run: the swept hyperparameters, ``seed``, ``final_loss`` (the loss at the final
+        params), ``steps_to_tol`` (the first step that passes the tolerance test of the module docstring,
+        None when never or without ``tol``), ``diverged`` (a non-finite loss at some step), ``run`` (its
+        index).
+      losses: ``(runs, steps)`` tensor, every run's loss curve (``losses[k, i]`` before update ``i``).
+      params: the final params, ``dict[str, Tensor]`` with a leading run axis.
+      seconds: wall time of the runs (compilation excluded); compile_seconds: the first call's extra time.
+      info: engine, batch size, number of batches, ``tol``, ``f_star`` and where it came from.
+    """
+
+    rows: list[dict]
+    losses: Tensor
+    params: Params
+    seconds: float
+    compile_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def hyperparameters(self) -> list[str]:
+        """The swept hyperparameters' names, in the grid's order."""
+        return [k for k in self.rows[0] if k not in _ROW_FIELDS]
+
+    def by_setting(self) -> list[dict]:
+        """One dict per setting (grid point), in grid order: its hyperparameters, ``seeds`` (runs),
+        ``final_loss`` (median over seeds, a diverged run counting as ``inf``), ``final_loss_min`` /
+        ``final_loss_max``, ``diverged`` (how many runs), ``reached`` (``"k/n"`` runs that met ``tol``)
+        and ``steps_to_tol`` (median over seeds, ``inf`` where most never met it; None without ``tol``).
+        """
+        keys = self.hyperparameters()
+        groups: dict[tuple, list[dict]] = {}
+        for row in self.rows:
+            groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+        out = []
+        for values, rows in groups.items():
+            finals = [r["final_loss"] if math.isfinite(r["final_loss"]) and not r["diverged"] else math.inf
+                      for r in rows]
+            summary = dict(zip(keys, values))
+            summary.update(seeds=len(rows), final_loss=_median(finals), final_loss_min=min(finals),
+                           final_loss_max=max(finals), diverged=sum(r["diverged"] for r in rows))
+            if self.info.get("tol") is not None:
+                steps = [math.inf if r["steps_to_tol"] is None else float(r["steps_to_tol"]) for r in rows]
+                summary["reached"] = f"{sum(math.isfinite(v) for v in steps)}/{len(rows)}"
+                summary["steps_to_tol"] = _median(steps)
+            else:
+                summary["reached"] = summary["steps_to_tol"] = None
+            out.append(summary)
+        return out
+
+    def best(self) -> dict:
+        """The best setting: the lowest median final loss over seeds (:meth:`by_setting`'s row); ties go to
+        fewer median steps to ``tol``, then to the first in grid order."""
+        settings = [s for s in self.by_setting() if math.isfinite(s["final_loss"])]
+        if not settings:
+            raise ValueError("no setting has a finite median final loss: most runs of every setting diverged")
+        return min(settings, key=lambda s: (s["final_loss"], s["steps_to_tol"] if s["steps_to_tol"] is not None
+                                            else math.inf))
+
+    def best_run(self) -> dict:
+        """The single run (row) with the lowest finite final loss -- one run, not a setting; see :meth:`best`."""
+        finite = [r for r in self.rows if math.isfinite(r["final_loss"])]
+        if not finite:
+            raise ValueError("every run diverged: there is no best run")
+        return min(finite, key=lambda r: r["final_loss"])
+
+    def run_params(self, k: int) -> Params:
+        """Run ``k``'s final params."""
+        return {n: v[k] for n, v in self.params.items()}
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """The table as CSV text, one line per run, written to ``path`` when given (as
+        :meth:`Comparison.to_csv <diyopt.compare.Comparison.to_csv>`); parameters with at most 8 elements
+        get a column per element (``a[0]``)."""
+        import io
+
+        small = {n: v for n, v in self.params.items() if v[0].numel() <= 8}
+        columns = list(self.rows[0]) + [f"{n}[{i}]" for n, v in small.items() for i in range(v[0].numel())]
+        with io.StringIO(newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(columns)
+            reached = self.info.get("tol") is not None
+            for k, row in enumerate(self.rows):
+                values = [NOT_REACHED if c == "steps_to_tol" and reached and row[c] is None else format_value(row[c])
+                          for c in row]
+                values += [repr(float(x)) for v in small.values() for x in v[k].reshape(-1)]
+                writer.writerow(values)
+            text = f.getvalue()
+        if path is not None:
+            with open(path, "w", newline="") as out:
+                out.write(text)
+        return text
+
+    def __repr__(self) -> str:
+        diverged = sum(r["diverged"] for r in self.rows)
+        return (f"SweepResult(runs={len(self.rows)}, steps={self.losses.shape[1]}, diverged={diverged}, "
+                f"seconds={self.seconds:.3g})")
+
+
+_ROW_FIELDS = ("run", "seed", "final_loss", "steps_to_tol", "diverged")
+
+
+def _median(values: Sequence[float]) -> float:
+    """The median, with ``inf`` entries allowed (``statistics.median`` sorts them last)."""
+    import statistics
+
+    return float(statistics.median(values))
+
+
+
+
+def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module,
+          optimizer: Optimizer, steps: int, *, grid: Mapping[str, Sequence[Any]] | None = None,
+          seeds: Sequence[int] | int | None = None, init: Callable[[int], Params] | None = None,
+          tol: float | None = None, f_star: float | None = None, engine: str = "vmap",
+          batch_size: int | None = None, memory_bytes: int | None = None, chunk: int = 8,
+          progress: bool | None = False) -> SweepResult:
+    """Run every combination of ``grid`` x ``seeds`` as one vectorized fit.
+
+    Args:
+      loss_fn, params, optimizer, steps: as in :func:`diyopt.fit`; ``optimizer`` is a diyopt optimizer
+        built by a factory (``diyopt.optim.adam()``, a user's ``elementwise`` rule), so it can be rebuilt
+        with per-run hyperparameters. With an ``nn.Module`` the loss may call it or close over it, as in
+        ``fit``; the module itself is left as it was (many runs, no one result: see ``run_params``).
+      grid: ``{hyperparameter: [values]}``, e.g. ``{"lr": [1e-3, 1e-2], "betas": [(0.9, 0.999)]}``; runs
+        are the Cartesian product, in the order given (the last key varies fastest), then the seeds.
+      seeds: a list of seeds or a count ``n`` (seeds ``0..n-1``); see the module docstring for their meaning.
+      init: ``init(seed) -> params``, the starting point of a seed's runs.
+      tol: the tolerance of the module docstring's test, ``0 < tol < 1``: each row's ``steps_to_tol`` counts
+        the updates before the gap to ``f*`` first shrank by the factor ``tol``.
+      f_star: the known minimum of ``loss_fn``; default: the lowest loss any run reached.
+      engine: ``"vmap"`` (eager ``torch.func.vmap``) or ``"compiled"`` (the vmapped steps compiled; batches
+        are padded to one size so one graph serves all of them).
+      chunk: steps per vmapped (or compiled) call; the leftover steps run in one eager call.
+      batch_size / memory_bytes: runs per vectorized batch; by default as many as fit in ``memory_bytes``
+        (default: a quarter of the machine's memory, or of the GPU's free memory), estimated from the
+        bytes one run allocates in a step.
+      progress: a bar on stderr over the steps of every batch, with the best loss so far (``None``: when
+        stderr is a terminal, as ``diyopt sweep`` does); with ``engine="compiled"`` the first call's
+        "compiling" notice and its time too (shown on a terminal anyway).
+
+    Returns:
+      A :class:`SweepResult`: a row per run, the ``(runs, steps)`` loss curves and the final params.
+      Runs whose loss goes non-finite are marked ``diverged``; they do not stop the others.
+    """
+    from diyopt._util.validate import check_steps
+
+    steps = check_steps(steps)
+    if tol is not None and not 0.0 < tol < 1.0:
+        raise ValueError(f"Invalid tol value: {tol} (need 0 < tol < 1: the factor the gap to f* must shrink by)")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(map(repr, ENGINES))}")
+    if not isinstance(optimizer, Optimizer) or optimizer.build is None:
+        raise TypeError("sweep needs a diyopt optimizer built by a factory (diyopt.optim.adam(...), an "
+                        f"elementwise rule called with its settings), got {type(optimizer).__name__}")
+    if isinstance(params, torch.nn.Module):  # the loss may call it or close over it (diyopt.modules)
+        loss_fn, params = bind_module(loss_fn, params)
+    params = as_params(params)
+    grid = dict(grid or {})
+    unknown = set(grid) - set(optimizer.hyperparams or {})
+    if unknown:
+        raise ValueError(f"grid names unknown hyperparameter(s) {sorted(unknown)}; "
+                         f"known: {sorted(optimizer.hyperparams or {})}")
+    for k, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ValueError(f"grid[{k!r}] must be a non-empty list of values, got {values!r}")
+        for v in values:  # each value goes through the optimizer's own validation (torch's wording)
+            try:
+                optimizer.replace_hyperparams(**{k: v})
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"grid value {k}={format_value(v)} is not valid: {e}") from None
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"seeds must be a positive count or a list of seeds, got {seeds}")
+        seeds = list(range(seeds))
+    seed_list = list(seeds) if seeds is not None else [None]
+    if init is not None and seeds is None:
+        raise ValueError("init(seed) needs seeds=[...]")
+
+    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    runs = [(s, seed) for s in settings for seed in seed_list]
+    starts = {seed: _start(params, seed, init) for seed in seed_list}
+    # Check the loss once, eagerly, with fit's messages.
+    first = starts[seed_list[0]]
+    first_step_check(loss_fn, first)
+
+    layout = FlatLayout.maybe(first) if optimizer.flattenable else None
+    view = layout.unflatten if layout else (lambda p: p)
+    pack = (lambda p: {"flat": layout.flatten(p)}) if layout else (lambda p: dict(p))
+    ref = next(iter(first.values()))
+    if batch_size is None:
+        per_run = _bytes_per_run(loss_fn, pack(first), view, optimizer, steps)
+        budget = memory_bytes or _default_memory(ref.device)
+        batch_size = max(1, min(len(runs), budget // max(per_run, 1)))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = min(batch_size, len(runs))
+
+    chunk = min(chunk, steps)
+    steps_fn = _vmapped_steps(loss_fn, view, optimizer)
+    compiled = None
+    if engine == "compiled":
+        cpp = ref.device.type == "cpu"  # Inductor's C++ wrapper: no Python call per kernel (see engines)
+        compiled = torch.compile(lambda h, c, s: steps_fn(h, c, s, chunk), fullgraph=True,
+                                 options={"cpp_wrapper": True} if cpp else None)
+
+    try:
+        result = _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk,
+                          layout, view, pack, ref, steps_fn, compiled, progress)
+    except RuntimeError as e:
+        reason = _not_vectorizable(e)
+        if reason is None:
+            raise
+        import warnings
+
+        note = (f"the loss or update rule cannot be vectorized with torch.func.vmap ({reason}); "
+                f"ran the {len(runs)} runs one by one instead (engine='loop')")
+        warnings.warn(note, stacklevel=2)
+        result = _sweep_loop(loss_fn, optimizer, steps, runs, starts, tol)
+        result.info["fallback"] = note
+    if tol is not None:
+        result.info.update(_steps_to_tol(result.rows, result.losses, tol, f_star))
+    return result
+
+
+def _not_vectorizable(e: RuntimeError) -> str | None:
+    """The reason vmap gave for refusing the rule or loss (data-dependent control flow, .item(), ...)."""
+    text = " ".join(str(e).split())
+    if "vmap" not in text and "Batching rule" not in text and "batched tensor" not in text.lower():
+        return None
+    text = text.removeprefix("vmap: ").split(". ")[0]
+    return text[:200]
+
+
+def _sweep_loop(loss_fn, optimizer: Optimizer, steps: int, runs: list, starts: dict, tol) -> SweepResult:
+    """Every run as its own eager ``fit`` (the reference engine), for rules vmap cannot map. A run that
+    diverges stops at its last finite params; its curve is nan from there, as in the vectorized engine."""
+    from diyopt.engines._fit import fit
+
+    curves, finals, rows = [], [], []
+    t0 = time.perf_counter()
+    for setting, seed in runs:
+        r = fit(loss_fn, starts[seed], _rebuild(optimizer, setting), steps)
+        curve = torch.full((steps,), math.nan, dtype=r.losses.dtype if len(r.losses) else torch.float64)
+        curve[:len(r.losses)] = r.losses.detach()
+        with torch.no_grad():
+            final_loss = loss_fn(r.params).detach()
+        curves.append(curve)
+        finals.append(r.params)
+        rows.append(_row(len(rows), setting, seed, curve, final_loss))
+    params = {k: torch.stack([f[k] for f in finals]) for k in finals[0]}
+    return SweepResult(rows, torch.stack(curves), params, time.perf_counter() - t0, 0.0,
+                       {"engine": "loop", "batch_size": 1, "batches": len(runs), "tol": tol})
+
+
+def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk, layout, view, pack,
+             ref, steps_fn, compiled, progress) -> SweepResult:
+    all_losses, finals, rows = [], [], []
+    seconds = compile_seconds = 0.0
+    n_batches = math.ceil(len(runs) / batch_size)
+    bar = StepBar.maybe(progress, steps * n_batches, desc=f"sweep {len(runs)} runs", label="best loss")
+    notice = CompileNotice(progress) if compiled is not None else None
+    for lo in range(0, len(runs), batch_size):
+        batch = runs[lo:lo + batch_size]
+        padded = batch + [batch[-1]] * (batch_size - len(batch)) if compiled is not None else batch
+        hyper = {k: _stack_values([s[k] for s, _ in padded], ref) for k in sorted(grid)}
+        current = _stack([pack(starts[seed]) for _, seed in padded])
+        state = torch.func.vmap(lambda h, c: _rebuild(optimizer, h).init(c))(hyper, current)
+        # vmap returns what the init did not batch as expanded views: materialize them, so the compiled
+        # step sees the same strides on every call (else it compiles a second graph).
+        state = torch.utils._pytree.tree_map(lambda t: t.contiguous() if isinstance(t, Tensor) else t, state)
+        t0 = time.perf_counter()
+        curve, current, state, first_call = _run(steps_fn, compiled, hyper, current, state, steps, chunk,
+                                                 bar, (lo // batch_size) * steps, notice if lo == 0 else None)
+        if lo == 0 and compiled is not None:
+            compile_seconds = first_call
+        seconds += time.perf_counter() - t0
+        n = len(batch)
+        final = {k: v[:n] for k, v in current.items()}
+        final_loss = torch.func.vmap(lambda c: loss_fn(view(c)))(final).detach()
+        all_losses.append(curve[:n])
+        finals.append(final)
+        for (s, seed), c, fl in zip(batch, curve[:n], final_loss):
+            rows.append(_row(len(rows), s, seed, c, fl))
+    seconds -= compile_seconds
+    losses = torch.cat(all_losses)
+    if bar is not None:
+        bar.close(steps * n_batches, _best(losses[:, -1]))
+    final_params = view({k: torch.cat([f[k] for f in finals]) for k in finals[0]}) if layout is None else \
+        _unflatten_runs(layout, torch.cat([f["flat"] for f in finals]))
+    info = {"engine": engine, "batch_size": batch_size, "batches": math.ceil(len(runs) / batch_size),
+            "tol": tol}
+    return SweepResult(rows, losses, final_params, seconds, compile_seconds, info)
+
+
+# ---------------------------------------------------------------- the vmapped step
+
+
+def _rebuild(optimizer: Optimizer, hyper: Mapping[str, Any]) -> Optimizer:
+    return optimizer.replace_hyperparams(**hyper) if hyper else optimizer
+
+
+def _vmapped_steps(loss_fn: Callable, view: Callable, optimizer: Optimizer) -> Callable:
+    """``steps(hyper, current, state, count) -> (current, state, losses)``: ``count`` steps of every run.
+
+    The map is over runs: inside it each run sees its own 0-dim hyperparameters, so the optimizer is
+    rebuilt there (once per call, not per step) and the steps are ``fit``'s eager step for that run.
+    ``losses`` is ``(runs, count)``.
+    """
+    grad_and_value = torch.func.grad_and_value(lambda current: loss_fn(view(current)))
+
+    def one_run(hyper: dict, current: Params, state: Any, count: int):
+        update = _rebuild(optimizer, hyper).update
+        losses = []
+        for _ in range(count):
+            grads, loss = grad_and_value(current)
+            updates, new_state = update(grads, state, current)
+            new = {k: v + updates[k] for k, v in current.items()}
+            # The guard, per run: a step whose loss, gradients or new params are not finite is not taken
+            # (the run keeps its last finite params and state) and records a nan loss: it diverged there.
+            ok = torch.isfinite(loss)
+            for t in (*grads.values(), *new.values()):
+                ok = ok & torch.isfinite(t).all()
+            current = {k: torch.where(ok, new[k], v) for k, v in current.items()}
+            state = _keep_finite(ok, new_state, state)
+            losses.append(torch.where(ok, loss.detach(), torch.full_like(loss.detach(), math.nan)))
+        return current, state, torch.stack(losses)
+
+    def steps(hyper: dict, current: Params, state: Any, count: int):
+        return torch.func.vmap(lambda h, c, s: one_run(h, c, s, count))(hyper, current, state)
+
+    return steps
+
+
+def _keep_finite(ok: Tensor, new: Any, old: Any) -> Any:
+    """``new`` where ``ok``, else ``old``, leaf by leaf (a state whose structure changed is taken as is)."""
+    pytree = torch.utils._pytree
+    new_leaves, spec = pytree.tree_flatten(new)
+    old_leaves, old_spec = pytree.tree_flatten(old)
+    if spec != old_spec:
+        return new
+    return pytree.tree_unflatten([torch.where(ok, n, o) if isinstance(n, Tensor) and isinstance(o, Tensor) else n
+                                  for n, o in zip(new_leaves, old_leaves)], spec)
+
+
+def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, steps: int, chunk: int,
+         bar=None, offset: int = 0, notice=None):
+    """Whole chunks (compiled when asked), then the leftover steps eagerly (the same math).
+
+    Returns the ``(runs, steps)`` losses, the final params and state, and the first call's extra time.
+    ``bar`` (a :class:`~diyopt.progress.StepBar`) advances after each call, from ``offset`` (earlier
+    batches' steps); ``notice`` announces the first compiled call.
+    """
+    curves = []
+    first_call = per_call = 0.0
+    calls = steps // chunk
+    start = None
+    for i in range(calls):
+        if i == 0 and notice is not None:
+            notice.start()
+        t0 = time.perf_counter()
+        if compiled is not None:
+            current, state, c = call_compiled(compiled, hyper, current, state, may_compile=i == 0)
+        else:
+            current, state, c = steps_fn(hyper, current, state, chunk)
+        if i == 0:
+            first_call = time.perf_counter() - t0
+            if notice is not None:
+                notice.done(first_call)
+            start = time.perf_counter()
+        curves.append(c)
+        if bar is not None:
+            bar.update(offset + (i + 1) * chunk, _best(c[:, -1]))
+    if calls > 1:
+        per_call = (time.perf_counter() - start) / (calls - 1)
+    if steps > calls * chunk:
+        current, state, c = steps_fn(hyper, current, state, steps - calls * chunk)
+        curves.append(c)
+    return torch.cat(curves, 1), current, state, max(first_call - per_call, 0.0)
+
+
+# ---------------------------------------------------------------- runs: starts, hyperparameters, rows
+
+
+def _best(losses: Tensor) -> Tensor:
+    """The lowest loss of a batch, diverged runs (nan, inf) left out; inf when all diverged. No sync: the
+    bar reads it only when it redraws."""
+    return torch.where(torch.isfinite(losses), losses, math.inf).min()
+
+
+def _start(params: Params, seed: int | None, init: Callable | None) -> Params:
+    if seed is None:
+        return params
+    if init is not None:
+        start = as_params(init(seed))
+        if list(start) != list(params) or any(start[k].shape != params[k].shape for k in params):
+            raise ValueError(f"init({seed}) must return the same names and shapes as params: "
+                             f"{ {k: tuple(v.shape) for k, v in params.items()} }")
+        return start
+    return perturbed(params, seed)
+
+
+def _stack_values(values: list, ref: Tensor):
+    """Per-run hyperparameter values as a run-axis tensor (a tuple of them for tuple values like betas)."""
+    def column(vs):
+        return torch.tensor([float(v) for v in vs], dtype=ref.dtype, device=ref.device)
+
+    if isinstance(values[0], (tuple, list)):
+        return tuple(column([v[i] for v in values]) for i in range(len(values[0])))
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise TypeError(f"grid values must be numbers or tuples of numbers, got {values[0]!r}")
+    return column(values)
+
+
+def _stack(trees: list[Params]) -> Params:
+    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
+
+
+def _unflatten_runs(layout: FlatLayout, flat: Tensor) -> Params:
+    chunks = flat.split(layout.sizes, dim=1)
+    return {n: c.reshape(flat.shape[0], *s) for n, c, s in zip(layout.names, chunks, layout.shapes)}
+
+
+def _row(k: int, setting: dict, seed, curve: Tensor, final_loss: Tensor) -> dict:
+    row = {"run": k}
+    row.update({name: _plain(v) for name, v in setting.items()})
+    row["seed"] = seed
+    row["final_loss"] = float(final_loss)
+    row["steps_to_tol"] = None  # filled in by _steps_to_tol once f* is known
+    row["diverged"] = not bool(torch.isfinite(curve).all() and torch.isfinite(final_loss))
+    return row
+
+
+def _steps_to_tol(rows: list[dict], losses: Tensor, tol: float, f_star: float | None) -> dict:
+    """Fill in each row's ``steps_to_tol``: the first ``i`` with ``f_i - f* <= tol (f_0 - f*)``, ``f*`` the
+    known minimum or the lowest finite loss of any run (recorded or final), as :mod:`diyopt.compare` does."""
+    curves = losses.detach().double().cpu()
+    source = "given"
+    if f_star is None:
+        seen = torch.cat([curves.reshape(-1), torch.tensor([r["final_loss"] for r in rows], dtype=torch.float64)])
+        seen = seen[torch.isfinite(seen)]
+        f_star, source = (float(seen.min()) if len(seen) else math.nan), "best loss seen"
+    gaps = curves - f_star
+    ok = torch.isfinite(gaps) & (gaps <= tol * gaps[:, :1].clamp(min=0.0))
+    for row, hits in zip(rows, ok):
+        where = hits.nonzero()
+        row["steps_to_tol"] = int(where[0, 0]) if len(where) else None
+    return {"f_star": float(f_star), "f_star_source": source}
+
+
+def _plain(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+# ---------------------------------------------------------------- memory: how many runs per batch
+
+
+class _CountBytes(TorchDispatchMode):
+    """Sum the bytes of every tensor an op returns: an upper bound on what one step keeps alive."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, Tensor):
+                self.bytes += t.numel() * t.element_size()
+        return out
+
+
+def _bytes_per_run(loss_fn, current: Params, view, optimizer: Optimizer, steps: int) -> int:
+    """Bytes one run needs: what one eager step allocates, its state, and its loss curve."""
+    grad_and_value = torch.func.grad_and_value(lambda c: loss_fn(view(c)))
+    state = optimizer.init(current)
+    with _CountBytes() as counter:
+        grads, loss = grad_and_value(current)
+        optimizer.update(grads, state, current)
+    state_bytes = sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(state)
+                      if isinstance(t, Tensor))
+    return counter.bytes + 2 * state_bytes + steps * loss.element_size()
+
+
+def _default_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+# ---------------------------------------------------------------- diyopt sweep (the command line)
+
+
+
+
+
+

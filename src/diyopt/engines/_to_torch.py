@@ -1,0 +1,578 @@
+"""``to_torch``: any diyopt :class:`~diyopt.core.Optimizer` as a real ``torch.optim.Optimizer``.
+
+    opt = diyopt.to_torch(diyopt.optim.adam(lr=1e-3), model)
+    for x, y in batches:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+What it keeps from torch: ``param_groups`` (per-group ``lr`` and any other hyperparameter of the diyopt
+optimizer, so ``torch.optim.lr_scheduler`` works), ``state_dict()`` / ``load_state_dict()`` (portable by
+position, loadable into a fresh instance), step pre/post hooks (the base class wraps ``step``), params whose
+``grad`` is None skipped for that step.
+
+How the state is kept: the diyopt state is a tree (tuples, NamedTuples, dicts) whose per-parameter leaves sit
+under the parameter's name. Each leaf is stored in ``self.state[param]`` under a readable name -- the field
+names on its path, e.g. Adam's ``step`` / ``exp_avg`` / ``exp_avg_sq`` / ``max_exp_avg_sq``, torch's own
+names -- or the dotted full path where field names alone would collide. Leaves that belong to no parameter
+(a schedule's counter) live in ``self.state["group<i>"]``, a key torch's ``state_dict`` carries as is.
+``self.state`` is the only copy: every step rebuilds the tree from it, so a loaded state dict is used as is.
+
+Engines: the default runs, for a built-in whose settings torch's fused in-place step can do (``adam``,
+``adamw``, ``sgd`` with momentum, ``adagrad`` without ``lr_decay``, with Python-number hyperparameters:
+the factory sets ``Optimizer.kernel``), that kernel -- ``torch._fused_adam_`` /
+``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, what
+``torch.optim.Adam(fused=True)`` runs -- on the very state tensors, under the very names, the pure rule
+keeps, so checkpoints move between engines; it is tested against the pure rule in float64 and float32
+(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through it. Anything else (a
+schedule or tensor as lr or betas, ``chain``/``masked`` around a rule, a user's ``elementwise`` rule, a
+state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the optimizer's pure
+``update`` eagerly (the reference), group by group. The kernel updates state in place as torch.optim does:
+a ``state_dict()`` taken earlier sees later steps (``copy.deepcopy`` it to keep a snapshot); loading copies
+the tensors. ``compiled=True``
+compiles each group's step -- update, state write-back and the parameter update -- with ``torch.compile``,
+which fuses the whole rule into one pass over memory and writes state and params in place: the fast path
+for big models (see ``benchmarks/to_torch_step.py``). The learning rate is passed as a tensor there, so a
+scheduler changing it does not recompile.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from diyopt.core.contract import Optimizer
+from diyopt.engines.hoisting import hoisting_backend
+
+
+def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False,
+             on_nonfinite: str = "raise") -> TorchOptimizer:
+    """Wrap ``optimizer`` as a ``torch.optim.Optimizer`` over ``params_or_module``.
+
+    Args:
+      optimizer: any diyopt :class:`~diyopt.core.Optimizer` (a named one, a ``chain``, a user's
+        ``elementwise`` rule). Its ``hyperparams`` become the groups' defaults.
+      params_or_module: an ``nn.Module``, a dict ``name -> tensor``, an iterable of tensors or of
+        ``(name, tensor)`` pairs, or a list of param-group dicts as torch takes them
+        (``[{"params": ..., "lr": 1e-2}, ...]``). Names are what the diyopt optimizer sees (a module's
+        ``named_parameters`` names; positions ``"0"``, ``"1"``, ... for bare tensors).
+      compiled: run each group's step through ``torch.compile``: one fused pass over memory, in place --
+        faster than ``torch.optim.Adam(foreach=True)`` on big models, but the first step compiles (about a
+        minute or more for an 80-tensor model on 2 CPU cores). Leave it off for small models and tests.
+
+      on_nonfinite: ``"raise"`` (default): a step whose update would be nan or inf raises
+        :class:`diyopt.fit.DivergedError` naming the parameter, before anything is written, so the params
+        and state stay the last finite ones (one reduction and one read per step; the kernel engine
+        reduces over the gradients, since a non-finite gradient gives a non-finite Adam, SGD or Adagrad update,
+        and hands such a step to the pure path, which raises: a finite gradient whose update overflows,
+        or a non-finite state loaded from a checkpoint, is not caught there before writing); ``"ignore"``: no
+        check (torch.optim's behaviour). Neither ``compiled=True`` nor a step traced by ``torch.compile``
+        checks.
+
+    Returns:
+      A :class:`TorchOptimizer`.
+    """
+    if isinstance(optimizer, Optimizer) and optimizer.torch_optimizer is not None:  # diyopt.optim.lbfgs
+        return optimizer.torch_optimizer(optimizer, params_or_module, compiled=compiled)
+    return TorchOptimizer(optimizer, params_or_module, compiled=compiled, on_nonfinite=on_nonfinite)
+
+
+class TorchOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` running a diyopt optimizer; see :func:`to_torch`."""
+
+    def __init__(self, optimizer: Optimizer, params: Any, *, compiled: bool = False, on_nonfinite: str = "raise"):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a diyopt Optimizer, got {type(optimizer).__name__}")
+        if on_nonfinite not in ("raise", "ignore"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'ignore', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.optimizer = optimizer
+        self.compiled = compiled
+        self._hyper_keys = tuple(optimizer.hyperparams or {})
+        self._group_opts: dict[int, tuple[tuple, Optimizer, tuple]] = {}
+        self._lr_tensors: dict[int, Tensor] = {}
+        self._layouts: dict[tuple, _Layout] = {}
+        self._compiled_steps: dict[tuple, Any] = {}
+        groups, self._named_input = _named_groups(params)
+        self._built = False
+        super().__init__(groups, dict(optimizer.hyperparams or {}))
+        self._built = True
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Run each group's ``init`` on meta copies of its params (no memory, no numbers), so a rule's
+        ``ValueError`` about the params -- Muon's "only supports 2D parameters", SparseAdam's "requires dense
+        parameter tensors" -- comes at construction, where torch raises it. Only ``ValueError`` counts: an
+        init that cannot run on meta tensors is simply checked at the first step instead."""
+        for i, group in enumerate(self.param_groups):
+            try:
+                opt, _ = self._group_optimizer(i, group)
+                self._init_optimizer(opt).init(
+                    {n: p if p.is_sparse else p.detach().to("meta") for n, p in zip(group["param_names"], group["params"])})
+            except ValueError:
+                raise
+            except Exception:  # noqa: BLE001 -- not a verdict on the params; the first step will tell
+                pass
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.optimizer.build is None:
+            extra = sorted(k for k in param_group if k not in ("params", "param_names"))
+            if extra:
+                raise TypeError(f"param group sets {extra}, but this optimizer has no hyperparameters to "
+                                "override (it was not built by a configurable factory)")
+        if self._built:  # a group added later, after construction
+            if not isinstance(param_group["params"], (torch.nn.Module, Mapping, Tensor)):
+                param_group = {**param_group, "params": list(param_group["params"])}
+            if _given_names(param_group["params"]) != self._named_input:
+                raise ValueError("all optimizer param groups should be with/without names. cannot add param "
+                                 f"group {'without' if self._named_input else 'with'} names to the optimizer")
+            start = sum(len(g["params"]) for g in self.param_groups)
+            param_group = {**param_group, "params": _named_list(param_group["params"], start)}
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loading (by position, cast to each param), then the state is matched against diyopt's
+        layout again at the next step: a state dict saved by the torch.optim class loads too.
+
+        The loaded tensors are copies: torch's loading keeps the given tensors where dtype and device
+        already match, and the kernel engine updates state in place, which would otherwise change the
+        caller's state dict (or another live optimizer's state) too."""
+        super().load_state_dict(state_dict)
+        for entry in self.state.values():
+            for k, v in entry.items():
+                if isinstance(v, Tensor):
+                    entry[k] = v.clone()
+        self._layouts.clear()
+        self._compiled_steps.clear()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every group; returns ``closure()``'s loss when a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, group in enumerate(self.param_groups):
+            self._step_group(i, group)
+        return loss
+
+    # ------------------------------------------------------------ one group
+
+    def _step_group(self, i: int, group: dict) -> None:
+        names, params, grads = [], [], []
+        for name, p in zip(group["param_names"], group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse and not self.optimizer.sparse_grads:
+                raise RuntimeError(f"{_label(self.optimizer)} does not support sparse gradients")
+            names.append(name)
+            params.append(p)
+            grads.append(p.grad)
+        if not params:
+            return
+        opt, structure = self._group_optimizer(i, group)
+        layout = self._layout(i, opt, structure, names, params)
+        if self.compiled:
+            self._compiled_step(i, group, opt, layout, names, params, grads)
+            return
+        if opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
+            return
+        leaves = layout.read(self.state, params, i)
+        state = pytree.tree_unflatten(leaves, layout.spec)
+        updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)))
+        if self.on_nonfinite == "raise":  # the guard: nothing non-finite is written (diyopt.fit's check)
+            _guard(updates, names, params, self.state[params[0]].get("step"))
+        new_leaves, spec = pytree.tree_flatten(new_state)
+        if spec != layout.spec:  # the rule changed its state's shape (e.g. () at init, (m,) after)
+            layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
+        layout.write(self.state, params, i, new_leaves)
+        if self.optimizer.sparse_grads:  # the updates may be sparse: no foreach kernel takes those
+            for n, p in zip(names, params):
+                p.add_(updates[n].to(p.dtype))
+            return
+        torch._foreach_add_(params, [updates[n].to(p.dtype) for n, p in zip(names, params)])
+
+    def _group_optimizer(self, i: int, group: dict) -> tuple[Optimizer, tuple]:
+        """The diyopt optimizer with this group's hyperparameters (rebuilt only when they changed)."""
+        values = tuple(group[k] for k in self._hyper_keys)
+        if self.compiled and isinstance(group.get("lr"), (int, float)):
+            # the compiled step takes the lr as a tensor input: a scheduler changing it rebuilds nothing
+            values = tuple(None if k == "lr" else v for k, v in zip(self._hyper_keys, values))
+        cached = self._group_opts.get(i)
+        if cached is not None and _same(cached[0], values):
+            return cached[1], cached[2]
+        own = self.optimizer.hyperparams or {}
+        changes = {k: v for k, v in zip(self._hyper_keys, values) if not (v is None and k == "lr")}
+        if all(_same((own[k],), (v,)) for k, v in changes.items()):
+            opt = self.optimizer
+        else:
+            opt = self.optimizer.replace_hyperparams(**changes)
+        structure = _structure_key(values)
+        self._group_opts[i] = (values, opt, structure)
+        return opt, structure
+
+    def _layout(self, i: int, opt: Optimizer, structure: tuple, names: list, params: list) -> _Layout:
+        """Where each leaf of the state tree lives; fills in the state of params seen the first time."""
+        key = (i, tuple(names), structure)
+        layout = self._layouts.get(key)
+        gkey = f"group{i}"
+        missing = layout is None or any(not self.state[p] for p in params) or (
+            layout.has_global and gkey not in self.state)
+        if missing:
+            fresh = self._init_optimizer(opt).init(dict(zip(names, params)))
+            if layout is None:
+                layout = self._layouts[key] = _Layout.of(fresh, names)
+            layout.fill_missing(self.state, params, i, pytree.tree_leaves(fresh))
+        return layout
+
+    def _init_optimizer(self, opt: Optimizer) -> Optimizer:
+        """The optimizer whose ``init`` builds a group's state: torch builds some state from the
+        constructor's values whatever the group says (``_FROM_CONSTRUCTOR``)."""
+        own = self.optimizer.hyperparams or {}
+        fixed = {k: own[k] for k in _FROM_CONSTRUCTOR if k in own and not _same((own[k],), (opt.hyperparams[k],))}
+        return opt.replace_hyperparams(**fixed) if fixed else opt
+
+    # ------------------------------------------------------------ the kernel engine
+
+    def _kernel_step(self, opt: Optimizer, layout: _Layout, params: list, grads: list) -> bool:
+        """Run ``opt.kernel`` (torch's fused in-place step) on the group; False: not applicable, so the
+        pure ``update`` runs instead (the reference engine, which this one is tested against).
+
+        Applicable when the state is exactly the kernel's (same leaf names as the pure rule's layout, so
+        checkpoints move between engines) and every param, grad and state tensor is dense, of one floating
+        dtype and device. The divergence guard checks the *gradients* before anything is written (one
+        reduction, a sum, as the pure path's over the updates): a non-finite gradient hands the step to the pure
+        path, which raises its usual ``DivergedError`` with nothing written. For Adam and SGD a non-finite
+        gradient always gives a non-finite update (Adagrad too); what this check does not see before
+        writing is a finite gradient whose update still overflows, or a non-finite state loaded from a
+        checkpoint.
+        """
+        spec = _KERNELS.get(opt.kernel)
+        if torch.compiler.is_compiling():  # a step traced by torch.compile: the pure rule traces cleanly
+            return False
+        if spec is None or layout.has_global or {n for _, n in layout.slots} != set(spec[0](opt.hyperparams)):
+            return False
+        p0 = params[0]
+        if not p0.is_floating_point() or p0.is_complex():
+            return False
+        kind = (p0.dtype, p0.device, False)
+        if any((t.dtype, t.device, t.is_sparse) != kind for t in (*params, *grads)):
+            return False
+        states = [self.state[p] for p in params]
+        # the state's dtypes and devices are checked once per set of state tensors (ids: a load, or a step
+        # of the pure path, puts new tensors in), not every step -- 80 params make that loop cost ~0.1 ms
+        ids = tuple(id(v) for s in states for v in s.values())
+        if layout.kernel_checked != ids:
+            if any(not isinstance(v, Tensor) or (v.dtype, v.device, v.is_sparse) != kind
+                   for s in states for v in s.values()):
+                return False
+            layout.kernel_checked = ids
+        if self.on_nonfinite == "raise":
+            import math
+
+            # the sum of every gradient: nan and inf propagate. (A finite sum that overflows hands the
+            # step to the pure path too, which checks the updates.) Plain sums run at memory speed on
+            # CPU; torch._foreach_norm (ord 1: 4x, ord inf: 19x) and abs().amax() are far slower.
+            if not math.isfinite(float(torch.stack([g.sum() for g in grads]).sum())):
+                return False  # the pure path raises, naming the parameter, before writing
+        return spec[1](opt.hyperparams, params, grads, states)
+
+
+    # ------------------------------------------------------------ the compiled engine
+
+    def _compiled_step(self, i, group, opt, layout, names, params, grads) -> None:
+        lr = group.get("lr")
+        tensor_lr = isinstance(lr, (int, float))
+        if tensor_lr:
+            t = self._lr_tensors.get(i)
+            if t is None:
+                t = self._lr_tensors[i] = torch.tensor(float(lr), dtype=params[0].dtype, device=params[0].device)
+            t.fill_(float(lr))
+        leaves = layout.read(self.state, params, i)
+        # 0-dim tensors go in as 1-element views: torch.compile (2.13, CPU) drops in-place writes to 0-dim inputs
+        scalars = tuple(isinstance(x, Tensor) and x.dim() == 0 for x in leaves)
+        key = (i, tuple(names), id(opt), scalars)
+        fn = self._compiled_steps.get(key)
+        if fn is None:
+            step = _make_group_step(opt, names, layout.spec, tensor_lr, scalars)
+            # hoisting_backend: Inductor, with the scalar math (bias corrections) done once per step
+            fn = self._compiled_steps[key] = torch.compile(step, backend=hoisting_backend())
+        fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
+
+
+def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) -> None:
+    """Raise ``DivergedError`` if an update is not finite, before anything is written.
+
+    The per-step cost is one reduction over the updates and one sync, with no new tensors (a finite
+    update on finite params that overflows them shows up as a non-finite gradient on the next step).
+    Inside ``torch.compile`` the check is left out: a data-dependent branch would break the graph.
+    """
+    import math
+
+    from diyopt.core.checks import nonfinite_event
+    from diyopt.errors import DivergedError
+
+    if torch.compiler.is_compiling():
+        return
+    if math.isfinite(float(sum(updates[n].sum() for n in names))):
+        return
+    at = int(step) if isinstance(step, Tensor) and step.numel() == 1 else -1
+    new = {n: p + updates[n] for n, p in zip(names, params)}
+    event = nonfinite_event(at, torch.zeros(()), {}, {n: updates[n] for n in names}, new)
+    if event is not None:
+        raise DivergedError(event)
+
+
+def _adam_state(hp: Mapping) -> tuple:
+    return ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _adam_kernel(decoupled: bool):
+    """torch's fused Adam / AdamW (``torch._fused_adam_``), as ``torch.optim.Adam(fused=True)`` calls it:
+    the step count first, then one in-place pass per tensor computing ``scale_by_adam``'s math."""
+
+    def run(hp: Mapping, params: list, grads: list, states: list) -> bool:
+        steps = [s["step"] for s in states]
+        if any(s.dim() != 0 for s in steps):
+            return False
+        amsgrad = bool(hp["amsgrad"])
+        torch._foreach_add_(steps, 1)
+        (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps, amsgrad=amsgrad,
+            lr=float(hp["lr"]), beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]),
+            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
+            grad_scale=None, found_inf=None)
+        return True
+
+    return run
+
+
+def _sgd_state(hp: Mapping) -> tuple:
+    return ("step", "momentum_buffer")
+
+
+def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
+    """torch's fused SGD with momentum (``torch._fused_sgd_``). Its first step copies the gradient into
+    the buffer, as ``trace`` does where ``step == 0``: so all the group's steps must be 0, or none."""
+    steps = [s["step"] for s in states]
+    if any(s.dim() != 0 for s in steps):
+        return False
+    first = torch.stack(steps).eq(0).tolist()  # one read, not one per tensor
+    if any(first) and not all(first):
+        return False
+    torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states],
+                      weight_decay=float(hp["weight_decay"]), momentum=float(hp["momentum"]), lr=float(hp["lr"]),
+                      dampening=float(hp["dampening"]), nesterov=bool(hp["nesterov"]),
+                      maximize=bool(hp["maximize"]), is_first_step=first[0], grad_scale=None, found_inf=None)
+    torch._foreach_add_(steps, 1)
+    return True
+
+
+def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
+    """torch's fused Adagrad (``torch._fused_adagrad_``), no ``lr_decay``: the step count, then one pass."""
+    steps = [s["step"] for s in states]
+    if any(s.dim() != 0 for s in steps):
+        return False
+    torch._foreach_add_(steps, 1)
+    torch._fused_adagrad_(params, grads, [s["sum"] for s in states], steps, lr=float(hp["lr"]), lr_decay=0.0,
+                          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
+                          grad_scale=None, found_inf=None)
+    return True
+
+
+# Optimizer.kernel -> (the state leaf names the kernel keeps, the kernel): see TorchOptimizer._kernel_step
+_KERNELS = {"adam": (_adam_state, _adam_kernel(False)), "adamw": (_adam_state, _adam_kernel(True)),
+            "sgd": (_sgd_state, _sgd_kernel), "adagrad": (lambda hp: ("step", "sum"), _adagrad_kernel)}
+
+
+# Hyperparameters torch reads from the constructor, not the group, when it builds the state:
+# torch.optim.Adagrad fills ``sum`` from its ``initial_accumulator_value`` default in ``__init__``.
+_FROM_CONSTRUCTOR = ("initial_accumulator_value",)
+
+
+def _make_group_step(opt: Optimizer, names: list, spec, tensor_lr: bool, scalars: tuple):
+    """The whole step of one group as one function of tensors, writing state and params in place.
+
+    With ``tensor_lr`` the optimizer is rebuilt inside the traced function with the lr tensor input, so
+    the lr reaches every place the factory uses it (``scale_by_lr`` negates it when built).
+    """
+
+    def group_step(params: list, grads: list, leaves: list, lr: Tensor | None) -> None:
+        o = opt.replace_hyperparams(lr=lr) if tensor_lr else opt
+        state = pytree.tree_unflatten([x.view(()) if s else x for x, s in zip(leaves, scalars)], spec)
+        updates, new_state = o.update(dict(zip(names, grads)), state, dict(zip(names, params)))
+        for old, new in zip(leaves, pytree.tree_leaves(new_state)):
+            if isinstance(old, Tensor):
+                old.copy_(new.reshape(old.shape))
+        for n, p in zip(names, params):
+            p.add_(updates[n].to(p.dtype))
+
+    return group_step
+
+
+# ---------------------------------------------------------------- the state tree <-> self.state
+
+
+class _Layout:
+    """The state tree's spec and, per leaf, ``(param index or None, readable name)``."""
+
+    def __init__(self, spec, slots: list[tuple[int | None, str]]):
+        self.spec = spec
+        self.slots = slots
+        self.kernel_checked: tuple | None = None  # TorchOptimizer._kernel_step's cache of checked state
+        self.has_global = any(j is None for j, _ in slots)
+
+    @classmethod
+    def of(cls, tree: Any, names: list[str]) -> _Layout:
+        index = {n: j for j, n in enumerate(names)}
+        paths, spec = pytree.tree_flatten_with_path(tree)
+        raw = []
+        for path, _ in paths:
+            owner, parts = None, []
+            for k in path:
+                if owner is None and isinstance(k, pytree.MappingKey) and k.key in index:
+                    owner = index[k.key]
+                    continue
+                parts.append(k)
+            raw.append((owner, parts))
+        slots = []
+        for owner, parts in raw:
+            short = ".".join(str(k.name if isinstance(k, pytree.GetAttrKey) else k.key)
+                             for k in parts if not isinstance(k, pytree.SequenceKey))
+            clash = sum(1 for o, p in raw if o == owner and _short(p) == short) > 1
+            full = ".".join(_part(k) for k in parts) or "value"
+            slots.append((owner, full if clash or not short else short))
+        return cls(spec, slots)
+
+    def read(self, store, params: list, i: int) -> list:
+        gkey = f"group{i}"
+        return [store[gkey][name] if j is None else store[params[j]][name] for j, name in self.slots]
+
+    def write(self, store, params: list, i: int, leaves: list) -> None:
+        gkey = f"group{i}"
+        for (j, name), leaf in zip(self.slots, leaves):
+            if j is None:
+                store.setdefault(gkey, {})[name] = leaf
+            else:
+                store[params[j]][name] = leaf
+
+    def fill_missing(self, store, params: list, i: int, leaves: list) -> None:
+        """Put in each leaf the state lacks; one it has in another dtype (a torch.optim state dict keeps
+        ``step`` in float32, or as an int) is cast to the dtype diyopt's init gives it."""
+        gkey = f"group{i}"
+        for (j, name), leaf in zip(self.slots, leaves):
+            target = store.setdefault(gkey, {}) if j is None else store[params[j]]
+            have = target.get(name)
+            if have is None:
+                target[name] = leaf
+            elif isinstance(leaf, Tensor) and not (isinstance(have, Tensor) and have.dtype == leaf.dtype):
+                target[name] = torch.as_tensor(have).to(dtype=leaf.dtype, device=leaf.device)
+
+
+def _part(k) -> str:
+    if isinstance(k, pytree.GetAttrKey):
+        return k.name
+    if isinstance(k, pytree.MappingKey):
+        return str(k.key)
+    return str(getattr(k, "idx", k))
+
+
+def _short(parts) -> str:
+    return ".".join(_part(k) for k in parts if not isinstance(k, pytree.SequenceKey))
+
+
+# ---------------------------------------------------------------- params and groups
+
+
+def _named_groups(params: Any) -> tuple[list[dict], bool]:
+    """torch's param-group list, every group with ``(name, tensor)`` pairs so the names reach diyopt, and
+    whether the caller gave the names (a module, a dict, ``(name, tensor)`` pairs) or diyopt made them up.
+
+    torch's rules and words: a bare tensor is not an iterable of params (``TypeError``); params within a
+    group, and groups within an optimizer, are either all named or all unnamed.
+    """
+    if isinstance(params, torch.nn.Module):
+        return [{"params": list(params.named_parameters())}], True
+    if isinstance(params, Tensor):
+        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                        f"but got {torch.typename(params)}")
+    if isinstance(params, Mapping):
+        return [{"params": [(str(k), v) for k, v in params.items()]}], True
+    items = list(params)
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    if not all(isinstance(g, Mapping) for g in items):
+        return [{"params": _named_list(items, 0)}], _given_names(items)
+    groups, start, named = [], 0, None
+    for g in items:
+        if "params" not in g:
+            raise ValueError("each param group must have a 'params' entry")
+        listed_params = g["params"]
+        if not isinstance(listed_params, (torch.nn.Module, Mapping, Tensor)):
+            listed_params = list(listed_params)  # a generator (model.parameters()) is read once
+        group_named = _given_names(listed_params)
+        if named is not None and group_named != named:
+            raise ValueError("all optimizer param groups should be with/without names. cannot add param group "
+                             f"{'with' if group_named else 'without'} names to the optimizer")
+        named = group_named
+        listed = _named_list(listed_params, start)
+        start += len(listed)
+        groups.append({**g, "params": listed})
+    return groups, bool(named)
+
+
+def _given_names(params: Any) -> bool:
+    """Whether a group's params come with names; a mix is torch's ``ValueError``."""
+    if isinstance(params, (torch.nn.Module, Mapping)):
+        return True
+    if isinstance(params, Tensor):
+        return False
+    params = list(params)
+    named = [isinstance(p, tuple) for p in params]
+    if any(named) and not all(named):
+        raise ValueError("all optimizer params should be with/without names. Some param names are missing")
+    return bool(params) and all(named)
+
+
+def _named_list(params: Any, start: int) -> list[tuple[str, Tensor]]:
+    if isinstance(params, torch.nn.Module):
+        return list(params.named_parameters())
+    if isinstance(params, Tensor):
+        params = [params]
+    if isinstance(params, Mapping):
+        return [(str(k), v) for k, v in params.items()]
+    return [(str(p[0]), p[1]) if isinstance(p, tuple) else (str(start + j), p) for j, p in enumerate(params)]
+
+
+def _label(optimizer: Optimizer) -> str:
+    build = optimizer.build
+    return getattr(build, "__name__", None) or type(optimizer).__name__
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Hyperparameter values equal (tensors by identity: an in-place change is seen through the closure)."""
+    for x, y in zip(a, b):
+        if x is y:
+            continue
+        if isinstance(x, Tensor) or isinstance(y, Tensor) or x != y:
+            return False
+    return True
+
+
+def _structure_key(values: tuple) -> tuple:
+    """What may change the state's shape: flags and which numbers are zero (``nonzero`` builds a term)."""
+    out = []
+    for v in values:
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, (int, float)):
+            out.append(v != 0)
+        elif isinstance(v, tuple):
+            out.append(_structure_key(v))
+        else:
+            out.append(type(v).__name__)
+    return tuple(out)

@@ -1,0 +1,347 @@
+"""The fast engines: the same pure step as the eager loop in ``fit.py``, compiled or batched.
+
+- :func:`fit_compiled` (``fit(..., engine="compiled")``): ``torch.compile`` of the whole step -- loss,
+  gradient (``torch.func.grad_and_value``) and update -- several steps per compiled call.
+- :func:`compiled_update`: the optimizer's ``update`` + ``apply_updates`` compiled, for real training loops
+  (``to_torch(..., compiled=True)``).
+- ``diyopt.sweep`` (in :mod:`diyopt.batched`) runs many fits as one vectorized computation.
+
+Why hyperparameters become tensors: ``torch.compile`` specializes on Python numbers (a new ``lr`` would
+mean a new graph), but treats tensors as inputs. So the optimizer is rebuilt once with each numeric
+hyperparameter as a 0-dim tensor (``optimizer.replace_hyperparams(lr=torch.tensor(lr), ...)``); the step
+count already is a tensor in the state, so schedules evaluate on it inside the graph. Structural flags
+(``amsgrad``, ``nesterov``, ...) stay Python booleans: changing one is a different algorithm and graph.
+
+Compiled graphs live in Inductor's on-disk cache (``/tmp/torchinductor_$USER`` unless
+``TORCHINDUCTOR_CACHE_DIR`` says otherwise), so a second process with the same loss and rule skips most
+of the compilation; ``Result.compile_seconds`` reports what the first call cost.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from numbers import Real
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch._higher_order_ops.while_loop import while_loop
+
+from diyopt._util.progress import CompileNotice, StepBar
+from diyopt.core.checks import check_updates, first_step_check, nonfinite_event
+from diyopt.core.contract import Optimizer
+from diyopt.core.result import Result
+from diyopt.core.tree import FlatLayout, Params
+from diyopt.engines.hoisting import hoisting_backend
+from diyopt.errors import DivergedError
+
+#: Steps per compiled call when the parameters are small: Python's per-call overhead (guards, wrapper,
+#: allocation) is paid once per chunk. Large models gain nothing from it, so they run one step per call.
+SMALL_PROBLEM_CHUNK = 256
+SMALL_PROBLEM_NUMEL = 1 << 16
+
+#: Steps per turn of the compiled loop. One turn allocates its buffers once, so 4 steps per turn ran the
+#: seed fit in 5 us/step against 17.5 us with 1 (and 13 with 2); more steps per turn compile longer.
+STEPS_PER_TURN = 4
+
+#: Every fit shares the chunk function's code object, and Dynamo caches graphs per code object (8 by
+#: default): each loss x optimizer structure is one entry, so a process that compiles many is allowed more.
+RECOMPILE_LIMIT = 64
+
+
+def more_graphs():
+    """Context for calling the engines' compiled functions: room for RECOMPILE_LIMIT cached graphs."""
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
+                                      accumulated_recompile_limit=max(RECOMPILE_LIMIT * 4, 256))
+
+
+def call_compiled(compiled: Callable, *args: Any, may_compile: bool) -> Any:
+    """Call a ``torch.compile``'d function, with room for more graphs only on calls that may compile.
+
+    Patching Dynamo's config costs about 100 us per call here (more than a 32-step chunk of the seed fit
+    runs), so only the first call of a run -- the one that traces -- is made inside :func:`more_graphs`.
+    Should a later call's guards fail with the default limit already reached, Dynamo refuses
+    (``fullgraph=True``) before tracing anything, and the call is simply repeated with room.
+    """
+    if not may_compile:
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            pass
+    with more_graphs():
+        return compiled(*args)
+
+
+def tensor_hyperparams(optimizer: Optimizer, like: Tensor) -> Optimizer:
+    """The optimizer rebuilt with every numeric hyperparameter a 0-dim tensor (``like``'s dtype, device).
+
+    Numbers inside tuples (``betas``) become tensors too; booleans, strings, callables (schedules) and
+    top-level integers (structural, e.g. a history size) stay as they are. An optimizer that cannot be
+    rebuilt (no ``build``) is returned unchanged: it still compiles, but a new value of a number baked into
+    it is a new graph.
+    """
+    if optimizer.build is None or not optimizer.hyperparams:
+        return optimizer
+
+    def as_tensor(v: Any) -> Tensor:
+        return torch.tensor(v, dtype=like.dtype, device=like.device)
+
+    changes = {}
+    for k, v in optimizer.hyperparams.items():
+        if isinstance(v, float):
+            changes[k] = as_tensor(v)
+        elif isinstance(v, tuple) and v and all(isinstance(e, Real) and not isinstance(e, bool) for e in v):
+            changes[k] = tuple(as_tensor(float(e)) for e in v)
+    return optimizer.replace_hyperparams(**changes) if changes else optimizer
+
+
+# ---------------------------------------------------------------- fit(..., engine="compiled")
+
+
+def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer: Optimizer, steps: int,
+                 callback: Callable | None = None, *, on_nonfinite: str = "stop", chunk: int | None = None,
+                 mode: str | None = None, backend: str = "inductor", progress: bool = False) -> Result:
+    """``fit`` with the whole step compiled; equal to the eager engine up to rounding.
+
+    Args:
+      chunk: steps per compiled call, run as a loop inside the compiled code. Default: 256 for problems
+        up to 65,536 parameters, else 1; with a ``callback`` it is 1 (the callback sees every step's
+        params). The last call runs the steps left over, with the same graph; fewer than 4 (the steps
+        per turn of the compiled loop) left over run in the eager engine's step (the same math).
+      mode: ``torch.compile``'s mode (``None``, ``"max-autotune-no-cudagraphs"``, ``"reduce-overhead"``
+        for CUDA graphs on a GPU). With ``None`` on CPU, Inductor's C++ wrapper is used.
+      backend: ``torch.compile``'s backend; ``"aot_eager"`` skips code generation (for debugging).
+      on_nonfinite: ``"stop"`` (default), ``"raise"`` or ``"ignore"``, as in ``fit``. A chunk that went
+        non-finite is replayed step by step to stop at the last finite params, exactly as the eager loop.
+      progress: a bar on stderr, advanced after each compiled call. The first call's "compiling" notice
+        and its time are shown with it, or whenever stderr is a terminal.
+
+    The recorded losses, ``Result.seconds`` (the loop, compilation excluded) and ``Result.compile_seconds``
+    (the first call's extra time: tracing, compiling or loading from Inductor's cache) are as in ``fit``.
+    """
+    if on_nonfinite not in ("stop", "raise", "ignore"):
+        raise ValueError(f"engine='compiled' supports on_nonfinite='stop', 'raise' or 'ignore', got "
+                         f"{on_nonfinite!r}; use engine='eager' for 'skip'")
+    numel = sum(p.numel() for p in params.values())
+    if chunk is None:
+        chunk = 1 if callback is not None or numel > SMALL_PROBLEM_NUMEL else SMALL_PROBLEM_CHUNK
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+
+    layout = FlatLayout.maybe(params) if optimizer.flattenable else None
+    current = {"flat": layout.flatten(params)} if layout else dict(params)
+    view = layout.unflatten if layout else (lambda p: p)
+    optimizer = tensor_hyperparams(optimizer, next(iter(current.values())))
+    state = optimizer.init(current)
+    guard = on_nonfinite != "ignore"
+
+    # First-step checks run eagerly, so a bad loss or rule fails with fit's message, not a compiler trace.
+    eager_step = _make_step(loss_fn, view, optimizer.update)
+    first_step_check(loss_fn, view(current))
+    zero = {k: torch.zeros_like(v) for k, v in current.items()}
+    check_updates(optimizer.update(zero, state, current)[0], current, optimizer, layout)
+
+    # On CPU, Inductor's C++ wrapper calls the chunk's kernels without a Python call and allocation
+    # per kernel: 2-3x less time per step on small problems (measured, BENCHMARKS.md).
+    cpp = backend == "inductor" and mode is None and current[next(iter(current))].device.type == "cpu"
+    per_turn = next(k for k in (STEPS_PER_TURN, 2, 1) if chunk % k == 0)
+    run = _make_loop(eager_step, chunk, per_turn, guard) if chunk > 1 else _make_single(eager_step, guard)
+    # dynamic=False: one graph per problem shape. A second shape would otherwise make Dynamo trace with
+    # symbolic sizes, which while_loop does not take for the sizes the loss captures.
+    compiled = torch.compile(run, fullgraph=True, dynamic=False, mode=mode, backend=backend,
+                             options={"cpp_wrapper": True} if cpp else None)
+    losses = torch.empty(steps, dtype=current[next(iter(current))].dtype)
+    counts = {}  # steps per call, as the 0-dim tensors the graph takes (at most two distinct values)
+    stop_reason, info = "steps", {}
+
+    def diverged(event: dict) -> str:
+        if on_nonfinite == "raise":
+            raise DivergedError(event)
+        info["diverged"] = event
+        return "diverged"
+
+    done = 0
+    first_call = None
+    bar = StepBar.maybe(progress, steps)
+    notice = CompileNotice(progress)
+    notice.start()
+    start = time.perf_counter()
+    while steps - done >= per_turn:
+        n = min(chunk, steps - done) // per_turn * per_turn
+        count = counts.setdefault(n, torch.tensor(n))
+        t0 = time.perf_counter()
+        try:
+            new_current, new_state, chunk_losses, finite = call_compiled(
+                compiled, current, state, count, may_compile=first_call is None)
+        except torch._dynamo.exc.Unsupported as e:  # e.g. .item() or numpy inside loss_fn or the rule
+            raise TypeError(f"engine='compiled' cannot compile this loss or update rule as one graph "
+                            f"({str(e).strip().splitlines()[0]}); use engine='eager'") from e
+        if first_call is None:
+            first_call = time.perf_counter() - t0
+            notice.done(first_call)
+        if guard and not bool(finite[:n].all()):
+            # Replay the chunk in the eager step to stop exactly where the eager loop would.
+            done, current, state, event = _replay(eager_step, current, state, losses, done, n, view)
+            if event is None:  # cannot happen (same math), but never report a divergence that wasn't
+                continue
+            stop_reason = diverged(event)
+            break
+        losses[done:done + n] = chunk_losses[:n]
+        current, state = new_current, new_state
+        done += n
+        if bar is not None:
+            bar.update(done, losses[done - 1])
+        if callback is not None:
+            if callback(done - 1, losses[done - 1], view(current)):
+                stop_reason = "callback"
+                break
+    if stop_reason == "steps" and done < steps:  # fewer than per_turn steps left: the eager step (same math)
+        done, current, state, event = _replay(eager_step, current, state, losses, done, steps - done, view,
+                                              guard)
+        if event is not None:
+            stop_reason = diverged(event)
+    total = time.perf_counter() - start
+    if bar is not None:
+        bar.close(done, losses[done - 1] if done else None)
+    calls = max(-(-done // chunk), 1)
+    per_call = (total - first_call) / (calls - 1) if calls > 1 and first_call is not None else 0.0
+    compile_seconds = max((first_call or 0.0) - per_call, 0.0)
+    info.update(engine="compiled", chunk=chunk, steps_per_turn=per_turn)
+    return Result(view(current), losses[:done].clone(), done, total - compile_seconds, stop_reason, state,
+                  compile_seconds=compile_seconds, info=info)
+
+
+def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:
+    """One pure step ``(current, state) -> (current, state, loss, finite)`` on the (flat or named) params."""
+    grad_and_value = torch.func.grad_and_value(lambda current: loss_fn(view(current)))
+
+    def step(current: Params, state: Any):
+        grads, loss = grad_and_value(current)
+        updates, state = update(grads, state, current)
+        new = {k: v + updates[k] for k, v in current.items()}
+        # The guard: the loss, the gradients and the new params (finite old and new params mean a
+        # finite update) -- nothing non-finite is ever written.
+        finite = torch.isfinite(loss)
+        for t in (*grads.values(), *new.values()):
+            finite = finite & torch.isfinite(t).all()
+        return new, state, loss.detach(), finite
+
+    def event(current: Params, state: Any, at: int) -> dict | None:
+        """What went non-finite at step ``at`` (the guard's report, off the hot path)."""
+        grads, loss = grad_and_value(current)
+        updates, _ = update(grads, state, current)
+        new = {k: v + updates[k] for k, v in current.items()}
+        return nonfinite_event(at, loss, view(grads), view(updates), view(new))
+
+    step.event = event
+    return step
+
+
+def _make_single(step: Callable, guard: bool) -> Callable:
+    """One step per compiled call, with :func:`_make_loop`'s signature (``count`` is always 1)."""
+
+    def run(current: Params, state: Any, count: Tensor):
+        current, state, loss, ok = step(current, state)
+        return current, state, loss.reshape(1), ok.reshape(1) if guard else torch.ones((), dtype=torch.bool)
+
+    return run
+
+
+def _make_loop(step: Callable, chunk: int, per_turn: int, guard: bool) -> Callable:
+    """Up to ``chunk`` steps in one compiled call: ``run(current, state, count)``, every step's loss recorded.
+
+    The steps run in ``torch._higher_order_ops.while_loop``, ``per_turn`` steps per turn, so the compiler
+    traces and compiles ``per_turn`` steps however long the chunk is (32 unrolled steps took 2.6x longer
+    to compile from an empty cache, measured), and the loop runs inside the compiled code. ``count`` (a
+    multiple of ``per_turn``) is a 0-dim tensor: a fit's last, shorter chunk uses the same graph.
+    Returns ``(current, state, losses, finite)``: buffers of length ``chunk``, filled up to ``count``.
+    """
+    flatten, unflatten = torch.utils._pytree.tree_flatten, torch.utils._pytree.tree_unflatten
+
+    def run(current: Params, state: Any, count: Tensor):
+        leaves, spec = flatten((current, state))
+        # Only tensors are carried through the loop; anything else in the state is a constant.
+        carried = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+        ref = leaves[carried[0]]
+
+        def rebuild(values):
+            full = list(leaves)
+            for i, v in zip(carried, values):
+                full[i] = v
+            return unflatten(full, spec)
+
+        def cond(i, losses, finite, *values):
+            return i < count
+
+        def body(i, losses, finite, *values):
+            current, state = rebuild(values)
+            for k in range(per_turn):
+                current, state, loss, ok = step(current, state)
+                losses = losses.index_put((i + k,), loss)
+                finite = finite.index_put((i + k,), ok)
+            new = [flatten((current, state))[0][j] for j in carried]
+            # A loop may not return its input as is (e.g. an empty state passed through): copy those.
+            new = [n.clone() if n is old else n for n, old in zip(new, values)]
+            return (i + per_turn, losses, finite, *new)
+
+        start = (torch.zeros((), dtype=torch.int64, device=ref.device),
+                 torch.zeros(chunk, dtype=ref.dtype, device=ref.device),
+                 torch.ones(chunk, dtype=torch.bool, device=ref.device))
+        # The loop's carry must keep its layout; contiguous() makes init's expanded zeros plain tensors.
+        _, losses, finite, *values = while_loop(cond, body, (*start, *(leaves[j].contiguous() for j in carried)))
+        current, state = rebuild(values)
+        return current, state, losses, finite if guard else torch.ones((), dtype=torch.bool)
+
+    return run
+
+
+def _replay(step: Callable, current: Params, state: Any, losses: Tensor, done: int, count: int,
+            view: Callable, guard: bool = True):
+    """Run up to ``count`` eager steps from ``done``; stop before the first non-finite one (as fit does)."""
+    for _ in range(count):
+        new_current, new_state, loss, finite = step(current, state)
+        if guard and not bool(finite):
+            return done, current, state, step.event(current, state, done)
+        losses[done] = loss
+        current, state = new_current, new_state
+        done += 1
+    return done, current, state, None
+
+
+# ---------------------------------------------------------------- compiled optimizer step for training loops
+
+
+def compiled_update(optimizer: Optimizer, *, mode: str | None = None, backend: str = "inductor") -> Callable:
+    """``step_(params, grads, state)``: update + apply_updates compiled as one graph, *in place*.
+
+    For real training loops: the per-tensor rule over all tensors is fused into a few kernels that read
+    the params, grads and state once and write the params and state back into their own memory, like
+    ``torch.optim.Adam(fused=True)``. ``state`` is ``optimizer.init(params)``; its tensors are overwritten.
+    Build the optimizer with tensor hyperparameters (:func:`tensor_hyperparams`) so a scheduler changing
+    them does not recompile.
+    """
+    update = optimizer.update
+    leaves = torch.utils._pytree.tree_leaves
+
+    def step_(params: Params, grads: Params, state: Any) -> None:
+        updates, new_state = update(grads, state, params)
+        for k, p in params.items():
+            p.copy_(p + updates[k])
+        for old, new in zip(leaves(state), leaves(new_state)):
+            if isinstance(old, Tensor) and new is not old and old.numel():
+                # torch 2.13 drops a copy_ into a 0-dim input under torch.compile (the step count would
+                # stay 0); the same write through a 1-element view is kept.
+                old.unsqueeze(0).copy_(new.unsqueeze(0)) if old.dim() == 0 else old.copy_(new)
+
+    if backend == "inductor" and mode is None:
+        backend = hoisting_backend()  # the scalar math once per step, not once per element
+    compiled = torch.compile(step_, fullgraph=True, mode=mode, backend=backend)
+
+    calls = 0
+
+    def step(params: Params, grads: Params, state: Any) -> None:
+        nonlocal calls
+        call_compiled(compiled, params, grads, state, may_compile=calls == 0)
+        calls += 1
+
+    return step

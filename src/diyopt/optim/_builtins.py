@@ -1,0 +1,524 @@
+"""Named optimizers, each a short :func:`~diyopt.core.chain` of transforms.
+
+Each takes torch.optim's argument names and defaults for the same algorithm (``maximize`` is
+keyword-only everywhere), and validates them here, in one layer, with torch's wording
+(``Invalid learning rate: -1``). Values are checked only when they are Python numbers: a tensor
+hyperparameter (the compiled and batched engines sweep them) is taken as given. Any ``lr`` may be a
+schedule ``step -> value`` (see :mod:`diyopt.schedules`), except Rprop's, which is an initial step size.
+
+torch's implementation flags are accepted wherever the torch class takes them, so code written for
+torch.optim runs unchanged; none changes the numbers, and in diyopt they mean:
+
+- ``foreach``: torch's choice between a per-tensor loop and one multi-tensor kernel per op. diyopt's eager
+  step is one loop of tensor ops (the reference); ``fit`` runs flattenable rules on one flat buffer and
+  ``to_torch(..., compiled=True)`` fuses the whole step -- that is where diyopt's speed comes from.
+- ``fused``: torch's single-kernel CUDA/CPU step. The diyopt counterpart is ``compiled=True``.
+- ``capturable``: torch keeps ``step`` on the device and avoids host syncs so the step can be captured in
+  a CUDA graph. diyopt always does: state lives on the param's device and no rule calls ``.item()``.
+- ``differentiable``: torch lets autograd run through ``step()``. diyopt's ``update`` is a pure function
+  of tensors, differentiable as it stands (call it under ``torch.func``); ``to_torch``'s ``step()`` runs
+  under ``no_grad``, as torch's does by default.
+
+torch's checks that concern them are kept (``fused`` with ``foreach``; Adam's tensor ``lr`` or ``betas``
+with ``foreach=True``), so an input torch refuses is refused here too.
+
+``names()`` lists the registry; ``BUILTINS`` maps each name to its factory.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from numbers import Real
+from typing import Any
+
+from torch import Tensor
+
+from diyopt import transforms as T
+from diyopt.core.contract import Optimizer, chain, configurable, elementwise
+
+# ---------------------------------------------------------------- validation, torch's wording
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def check_lr(lr: Any) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if _is_number(lr) and not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+def check_eps(eps: Any) -> None:
+    if _is_number(eps) and not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+
+
+def check_betas(betas: Any) -> None:
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if _is_number(b) and not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+    if sum(isinstance(b, Tensor) for b in betas) == 1:
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, b in enumerate(betas):
+        if isinstance(b, Tensor) and b.numel() != 1:
+            raise ValueError(f"Tensor betas[{i}] must be 1-element")
+
+
+def _to_scalar(x: Any) -> Any:
+    """torch's ``_to_scalar``: a 1-element tensor of any shape becomes 0-dim (``tensor([[0.9]])``)."""
+    return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 and x.numel() == 1 else x
+
+
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def check_impl(foreach=None, fused=None, differentiable=False) -> None:
+    """torch's checks of its implementation flags (see the module docstring for what they mean here)."""
+    if fused and differentiable:
+        raise RuntimeError("`fused` does not support `differentiable`")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def check_weight_decay(weight_decay: Any) -> None:
+    check_nonnegative("weight_decay", weight_decay)
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """torch's ``Invalid momentum value: -1`` for any argument that must be >= 0."""
+    if _is_number(value) and not value >= 0.0:
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
+def _check(value: Any, ok: Callable[[float], bool], message: str) -> None:
+    """``ValueError(message.format(value))`` when ``value`` is a Python number failing ``ok``; formatted
+    only then (formatting a tensor reads it out, which vmap and torch.compile refuse)."""
+    if _is_number(value) and not ok(value):
+        raise ValueError(message.format(value))
+
+
+def nonzero(x: Any) -> bool:
+    """Whether a term must be built: a tensor hyperparameter (swept, compiled) may be nonzero at run time."""
+    return isinstance(x, Tensor) or x != 0
+
+
+def _maximize(maximize: bool) -> list[Optimizer]:
+    """torch's ``maximize``: ascend, by negating the gradient before anything else sees it."""
+    return [T.scale(-1.0)] if maximize else []
+
+
+def _coupled_decay(weight_decay: Any) -> list[Optimizer]:
+    """torch's default (L2) weight decay: ``grad += weight_decay * param`` before the scaling."""
+    return [T.add_decayed_weights(weight_decay)] if nonzero(weight_decay) else []
+
+
+# ---------------------------------------------------------------- the seed's own rule
+
+
+@elementwise
+def gradient_descent(grad, state, param, *, lr=1e-3):
+    """The seed's update, ``a = a - eta * a.grad``: ``update = -lr * grad``."""
+    return -lr * grad, state
+
+
+# ---------------------------------------------------------------- SGD
+
+
+@configurable
+def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False,
+        foreach=None, differentiable=False, fused=None) -> Optimizer:
+    """SGD with momentum, equal to ``torch.optim.SGD``: ``chain(decay, trace, scale_by_lr)``."""
+    check_impl(foreach, fused, differentiable)
+    check_lr(lr)
+    check_nonnegative("momentum", momentum)
+    check_weight_decay(weight_decay)
+    if nesterov and ((_is_number(momentum) and momentum <= 0) or (_is_number(dampening) and dampening != 0)):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    rule = chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        *([T.trace(decay=momentum, dampening=dampening, nesterov=nesterov)] if nonzero(momentum) else []),
+        T.scale_by_lr(lr),
+    )
+    # torch's fused SGD step computes this rule in place (momentum on; see Optimizer.kernel)
+    fast = _is_number(momentum) and momentum > 0 and all(
+        _is_number(x) for x in (lr, dampening, weight_decay))
+    return rule._replace(kernel="sgd") if fast else rule
+
+
+# ---------------------------------------------------------------- Adagrad, RMSprop, Adadelta
+
+
+@configurable
+def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
+            maximize=False, foreach=None, differentiable=False, fused=None) -> Optimizer:
+    """Adagrad, equal to ``torch.optim.Adagrad``; ``lr_decay`` makes the step ``lr / (1 + t lr_decay)``.
+
+    As in torch, ``to_torch`` fills every accumulator from the constructor's ``initial_accumulator_value``;
+    a param group's own value is kept in the group but does not reach the state (torch.optim.Adagrad
+    builds its state in ``__init__`` from its defaults).
+    """
+    check_impl(foreach, fused, differentiable)
+    check_lr(lr)
+    check_nonnegative("lr_decay", lr_decay)
+    check_weight_decay(weight_decay)
+    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+    check_eps(eps)
+    rule = chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        T.scale_by_adagrad(eps=eps, initial_accumulator_value=initial_accumulator_value),
+        T.scale_by_lr(_inverse_time_decay(lr, lr_decay) if nonzero(lr_decay) else lr),
+    )
+    # torch's fused Adagrad step computes this rule in place without lr_decay (whose schedule keeps its own
+    # counter; see Optimizer.kernel)
+    fast = _is_number(lr_decay) and lr_decay == 0 and all(
+        _is_number(x) for x in (lr, weight_decay, eps))
+    return rule._replace(kernel="adagrad") if fast else rule
+
+
+def _inverse_time_decay(lr, lr_decay) -> Callable:
+    """Adagrad's ``lr_t = lr / (1 + t lr_decay)``, t = 0, 1, ...; ``lr`` itself may be a schedule."""
+    if callable(lr) and not isinstance(lr, Tensor):
+        return lambda count: lr(count) / (1 + count * lr_decay)
+    return lambda count: lr / (1 + count * lr_decay)
+
+
+@configurable
+def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
+            maximize=False, capturable=False, foreach=None, differentiable=False) -> Optimizer:
+    """RMSprop, equal to ``torch.optim.RMSprop``: ``chain(decay, scale_by_rms, trace, scale_by_lr)``."""
+    check_impl(foreach, None, differentiable)
+    check_lr(lr)
+    check_eps(eps)
+    check_nonnegative("momentum", momentum)
+    check_weight_decay(weight_decay)
+    check_nonnegative("alpha", alpha)
+    return chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        T.scale_by_rms(alpha=alpha, eps=eps, centered=centered),
+        # torch's buffer starts at zero: b = momentum * b + g / avg
+        *([T.heavy_ball(decay=momentum)] if nonzero(momentum) else []),
+        T.scale_by_lr(lr),
+    )
+
+
+@configurable
+def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, foreach=None, capturable=False,
+             differentiable=False) -> Optimizer:
+    """Adadelta, equal to ``torch.optim.Adadelta``."""
+    check_impl(foreach, None, differentiable)
+    check_lr(lr)
+    _check(rho, lambda r: 0.0 <= r <= 1.0, "Invalid rho value: {}")
+    check_eps(eps)
+    check_weight_decay(weight_decay)
+    return chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        T.scale_by_adadelta(rho=rho, eps=eps),
+        T.scale_by_lr(lr),
+    )
+
+
+# ---------------------------------------------------------------- Adam family
+
+
+def _check_adam_like(lr, betas, eps, weight_decay) -> None:
+    check_lr(lr)
+    check_eps(eps)
+    check_betas(betas)
+    check_weight_decay(weight_decay)
+
+
+def _is_schedule(lr: Any) -> bool:
+    return callable(lr) and not isinstance(lr, Tensor)
+
+
+def _adam_like(direction: Callable[[Any], Optimizer], weight_decay, decoupled: bool, maximize: bool, lr,
+               folds_lr: bool = False) -> Optimizer:
+    """``chain([negate], [coupled decay], direction, scale_by_lr, [decoupled decay])``.
+
+    ``direction(lr)`` builds the adaptive transform; with ``folds_lr`` it takes the learning rate and
+    returns the step itself (Adam, Adamax, NAdam fold ``lr`` into their bias corrections, as torch does, so
+    a tensor lr rounds there in its own dtype), otherwise it is called with None and ``scale_by_lr``
+    follows. Decoupled decay is torch's ``param *= 1 - lr * weight_decay``. A schedule lr (a function of
+    the step) goes through ``scale_by_lr``, with decoupled decay folded in before it.
+    """
+    decay = [T.add_decayed_weights(weight_decay)] if nonzero(weight_decay) else []
+    if _is_schedule(lr):
+        return chain(
+            *_maximize(maximize),
+            *([] if decoupled else decay),
+            direction(None),
+            *(decay if decoupled else []),
+            T.scale_by_lr(lr),
+        )
+    return chain(
+        *_maximize(maximize),
+        *([] if decoupled else decay),
+        *([direction(lr)] if folds_lr else [direction(None), T.scale_by_lr(lr)]),
+        *([T.add_decoupled_weight_decay(lr, weight_decay)] if decoupled and decay else []),
+    )
+
+
+@configurable
+def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *, maximize=False,
+         decoupled_weight_decay=False, foreach=None, capturable=False, differentiable=False,
+         fused=None) -> Optimizer:
+    """Adam, equal to ``torch.optim.Adam`` with the same arguments.
+
+    ``chain([negate if maximize], [coupled decay], scale_by_adam(lr=lr), [decoupled decay])``.
+    ``lr`` and ``betas`` may be tensors (any 1-element shape, as torch takes them).
+    """
+    check_impl(foreach, fused, differentiable)
+    if isinstance(lr, Tensor) and foreach and not capturable:
+        raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+    _check_adam_like(lr, betas, eps, weight_decay)
+    if isinstance(betas[0], Tensor) and foreach and not capturable:
+        raise ValueError("betas[0] as a Tensor is not supported for capturable=False and foreach=True")
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+
+    def direction(step_lr):
+        return T.scale_by_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad, lr=step_lr)
+
+    rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
+    # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
+    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
+    return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
+
+
+@configurable
+def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *, maximize=False,
+          foreach=None, capturable=False, differentiable=False, fused=None) -> Optimizer:
+    """AdamW (Loshchilov & Hutter, 2019), equal to ``torch.optim.AdamW``: Adam with decoupled weight decay."""
+    return adam(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True,
+                foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused)
+
+
+@configurable
+def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False, foreach=None,
+           differentiable=False, capturable=False) -> Optimizer:
+    """Adamax, equal to ``torch.optim.Adamax``."""
+    check_impl(foreach, None, differentiable)
+    _check_adam_like(lr, betas, eps, weight_decay)
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+
+    def direction(step_lr):
+        return T.scale_by_adamax(b1=b1, b2=b2, eps=eps, lr=step_lr)
+
+    return _adam_like(direction, weight_decay, False, maximize, lr, folds_lr=True)
+
+
+@configurable
+def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+          decoupled_weight_decay=False, *, maximize=False, foreach=None, capturable=False,
+          differentiable=False) -> Optimizer:
+    """NAdam, equal to ``torch.optim.NAdam`` (decoupled_weight_decay=True is torch's NAdamW)."""
+    check_impl(foreach, None, differentiable)
+    _check_adam_like(lr, betas, eps, weight_decay)
+    check_nonnegative("momentum_decay", momentum_decay)
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+
+    def direction(step_lr):
+        return T.scale_by_nadam(b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay, lr=step_lr)
+
+    rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
+    # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
+    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
+    return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
+
+
+@configurable
+def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *,
+          maximize=False, foreach=None, capturable=False, differentiable=False) -> Optimizer:
+    """RAdam, equal to ``torch.optim.RAdam`` (decoupled_weight_decay=True is torch's RAdamW)."""
+    check_impl(foreach, None, differentiable)
+    _check_adam_like(lr, betas, eps, weight_decay)
+    lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
+    return _adam_like(lambda _: T.scale_by_radam(b1=b1, b2=b2, eps=eps), weight_decay, decoupled_weight_decay,
+                      maximize, lr)
+
+
+# ---------------------------------------------------------------- averaged, factored, orthogonalized, sparse
+
+
+def _no_schedule(name: str, lr: Any) -> None:
+    """These rules take ``lr`` into their own step-size arithmetic (as torch's do), so it is a number or a
+    tensor; a schedule goes through ``torch.optim.lr_scheduler`` on ``to_torch`` instead."""
+    if _is_schedule(lr):
+        raise TypeError(f"{name}'s lr cannot be a schedule (it enters the rule's own step-size arithmetic); "
+                        "use a number or a tensor, and torch.optim.lr_scheduler on to_torch(...)")
+
+
+@configurable
+def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False, foreach=None,
+         differentiable=False, capturable=False) -> Optimizer:
+    """Averaged SGD, equal to ``torch.optim.ASGD``: ``chain([negate], [coupled decay], scale_by_asgd)``.
+
+    The averaged iterate is the state's ``ax`` (``to_torch(...).state[p]["ax"]``), as in torch.
+    """
+    _no_schedule("asgd", lr)
+    check_impl(foreach, None, differentiable)
+    check_lr(lr)
+    check_weight_decay(weight_decay)
+    return chain(*_maximize(maximize), *_coupled_decay(weight_decay),
+                 T.scale_by_asgd(lr=_to_scalar(lr), lambd=lambd, alpha=alpha, t0=t0))
+
+
+@configurable
+def adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, maximize=False,
+              foreach=None) -> Optimizer:
+    """Adafactor, equal to ``torch.optim.Adafactor`` (its ``eps`` is the pair ``(eps1, eps2)``)."""
+    _no_schedule("adafactor", lr)
+    check_impl(foreach)
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v >= 0.0, "Learning rate should be >= 0 but is: {}")
+    _check(beta2_decay, lambda v: v <= 0.0, "beta2_decay should be <= 0 but is: {}")
+    if eps[0] is not None:
+        _check(eps[0], lambda v: v >= 0.0, "epsilon1 should be >= 0 but is: {}")
+    _check(eps[1], lambda v: v >= 0.0, "epsilon2 should be >= 0 but is: {}")
+    _check(d, lambda v: v >= 1.0, "Clipping threshold d should be >= 1 but is: {}")
+    _check(weight_decay, lambda v: v >= 0.0, "weight_decay should be >= 0 but is: {}")
+    return chain(*_maximize(maximize),
+                 T.scale_by_adafactor(lr=_to_scalar(lr), beta2_decay=beta2_decay, eps=tuple(eps), d=d,
+                                      weight_decay=weight_decay))
+
+
+@configurable
+def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.7750, 2.0315),
+         eps=1e-7, ns_steps=5, adjust_lr_fn=None) -> Optimizer:
+    """Muon, equal to ``torch.optim.Muon``: momentum, orthogonalized by Newton-Schulz, for 2-D params.
+
+    ``chain(scale_by_muon, decoupled decay)``. As torch's, it refuses a parameter that is not a matrix
+    (``ValueError: Muon only supports 2D parameters``, from ``to_torch`` at construction). Route the
+    others -- biases, norms, embeddings -- to another rule with :func:`diyopt.transforms.masked`, by name::
+
+        matrices = {n for n, p in model.named_parameters() if p.ndim == 2}
+        opt = diyopt.to_torch(diyopt.chain(
+            masked(diyopt.optim.muon(lr=0.02), matrices),
+            masked(diyopt.optim.adamw(lr=3e-4), lambda n: n not in matrices)), model)
+
+    Each ``masked`` rule sees (and keeps state for) its own params only; together they equal torch's
+    ``Muon`` on the matrices plus ``AdamW`` on the rest.
+    """
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v >= 0.0, "Learning rate should be >= 0 but is: {}")
+    _check(momentum, lambda v: v >= 0.0, "momentum should be >= 0 but is: {}")
+    _check(weight_decay, lambda v: v >= 0.0, "weight decay should be >= 0 but is: {}")
+    _no_schedule("muon", lr)
+    if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
+        raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+    lr = _to_scalar(lr)
+    return chain(
+        T.scale_by_muon(lr=lr, momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
+                        eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn),
+        *([T.add_decoupled_weight_decay(lr, weight_decay)] if nonzero(weight_decay) else []),
+    )
+
+
+@configurable
+def sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, maximize=False) -> Optimizer:
+    """SparseAdam, equal to ``torch.optim.SparseAdam``: lazy Adam for sparse gradients
+    (``nn.Embedding(sparse=True)``); only the rows with a gradient move. Dense gradients are refused."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _check(lr, lambda v: v > 0.0, "Invalid learning rate: {}")
+    _check(eps, lambda v: v > 0.0, "Invalid epsilon value: {}")
+    _no_schedule("sparse_adam", lr)
+    check_betas(betas)
+    rule = T.scale_by_sparse_adam(lr=_to_scalar(lr), b1=betas[0], b2=betas[1], eps=eps, maximize=maximize)
+    return rule._replace(sparse_grads=True, flattenable=False)
+
+
+# ---------------------------------------------------------------- L-BFGS, for to_torch
+
+
+@configurable
+def lbfgs(lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9, history_size=100,
+          line_search_fn=None) -> Optimizer:
+    """L-BFGS for ``to_torch``, equal to ``torch.optim.LBFGS``: ``to_torch(lbfgs(), model).step(closure)``
+    runs up to ``max_iter`` iterations and keeps the history across steps (see :mod:`diyopt.torch_lbfgs`).
+
+    It needs the loss at several points per step, so it has no ``update`` of its own (calling it raises);
+    to minimize a loss function to the end, ``diyopt.lbfgs(loss_fn, params)`` is the solver.
+    """
+    from diyopt.optim._lbfgs import TorchLBFGS
+
+    check_lr(lr)
+    if line_search_fn not in (None, "strong_wolfe"):
+        raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
+
+    def update(grads, state, params=None):
+        raise TypeError("diyopt.optim.lbfgs evaluates the loss several times per step: use it as "
+                        "to_torch(lbfgs(...), params).step(closure), or minimize with diyopt.lbfgs(loss_fn, params)")
+
+    return Optimizer(lambda params: (), update, torch_optimizer=TorchLBFGS)
+
+
+# ---------------------------------------------------------------- sign methods
+
+
+@configurable
+def rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False, capturable=False, foreach=None,
+          differentiable=False) -> Optimizer:
+    """Rprop, equal to ``torch.optim.Rprop``; ``lr`` is the initial per-element step size."""
+    check_impl(foreach, None, differentiable)
+    check_lr(lr)
+    if callable(lr) and not isinstance(lr, Tensor):
+        raise TypeError("rprop's lr is its initial step size and cannot be a schedule")
+    etaminus, etaplus = etas
+    if _is_number(etaminus) and _is_number(etaplus) and not 0.0 < etaminus < 1.0 < etaplus:
+        raise ValueError(f"Invalid eta values: {etaminus}, {etaplus}")
+    lo, hi = step_sizes
+    if _is_number(lo) and _is_number(hi) and not 0.0 <= lo <= hi:
+        raise ValueError(f"Invalid step_sizes values: {lo}, {hi}")
+    return chain(
+        *_maximize(maximize),
+        T.scale_by_rprop(lr=lr, etaminus=etaminus, etaplus=etaplus, step_size_min=lo, step_size_max=hi),
+    )
+
+
+@configurable
+def lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False) -> Optimizer:
+    """Lion (Chen et al., 2023, Algorithm 2) with the paper's defaults; torch.optim has no Lion.
+
+    ``param -= lr * (sign(b1 m + (1-b1) g) + weight_decay * param)``; ``m = b2 m + (1-b2) g``.
+    """
+    check_lr(lr)
+    check_betas(betas)
+    check_weight_decay(weight_decay)
+    return _adam_like(lambda _: T.scale_by_lion(b1=betas[0], b2=betas[1]), weight_decay, True, maximize, lr)
+
+
+# ---------------------------------------------------------------- registry
+
+
+BUILTINS: dict[str, Callable[..., Optimizer]] = {
+    "adadelta": adadelta,
+    "adafactor": adafactor,
+    "asgd": asgd,
+    "muon": muon,
+    "sparse_adam": sparse_adam,
+    "adagrad": adagrad,
+    "adam": adam,
+    "adamax": adamax,
+    "adamw": adamw,
+    "gradient_descent": gradient_descent,
+    "lbfgs": lbfgs,
+    "lion": lion,
+    "nadam": nadam,
+    "radam": radam,
+    "rmsprop": rmsprop,
+    "rprop": rprop,
+    "sgd": sgd,
+}
+
+
+
+

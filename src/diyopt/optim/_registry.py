@@ -1,0 +1,224 @@
+"""Optimizer specs: one string names an optimizer and its settings, for the CLI and config files.
+
+The syntax::
+
+    NAME[:KEY=VALUE,KEY=VALUE,...]            a built-in optimizer, e.g.  adam:lr=1e-2,betas=0.8/0.99
+    FILE.py:ATTR[:KEY=VALUE,...]              a user's rule in a file,  e.g.  my_rules.py:signum:lr=0.1
+
+- ``NAME`` is one of ``diyopt.optim.names()``.
+- ``FILE.py`` is a path (relative to the working directory, or absolute) to a Python file; ``ATTR`` is a name
+  in it: an ``Optimizer`` (settings then go through ``replace_hyperparams``), an ``@diyopt.elementwise`` rule
+  or a factory returning an ``Optimizer`` (called with the settings as keyword arguments).
+- ``VALUE`` is an int (``10``), a float (``1e-2``, ``0.9``), ``true`` / ``false``, ``none``, or a tuple of
+  those joined by ``/`` (``0.8/0.99``). Nothing else: a spec carries numbers and flags, not code.
+
+Errors are one line: an unknown name suggests the closest, a malformed part is quoted, and a file that fails
+to import is named with the line that failed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from typing import Any
+
+from diyopt.core.contract import Optimizer
+from diyopt.errors import unknown_name
+from diyopt.optim._builtins import BUILTINS
+
+
+def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:
+    """Split a spec into ``(target, attr, kwargs)``: ``target`` is a built-in name or a ``.py`` path,
+    ``attr`` the name inside the file (None for built-ins).
+
+    >>> parse("adam:lr=1e-2,betas=0.8/0.99,amsgrad=true")
+    ('adam', None, {'lr': 0.01, 'betas': (0.8, 0.99), 'amsgrad': True})
+    >>> parse("rules/my.py:signum:lr=0.1")
+    ('rules/my.py', 'signum', {'lr': 0.1})
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"an optimizer spec must be a string, got {type(spec).__name__}")
+    text = spec.strip()
+    if not text:
+        raise ValueError("empty optimizer spec; expected NAME[:key=value,...] or FILE.py:NAME[:key=value,...]")
+    at = text.find(".py:")
+    if at >= 0 or text.endswith(".py"):
+        if at < 0:
+            raise ValueError(f"spec {spec!r} names a file but no object in it; write FILE.py:NAME")
+        target, rest = text[:at + 3], text[at + 4:]
+        attr, _, settings = rest.partition(":")
+        if not attr.isidentifier():
+            raise ValueError(f"bad object name {attr!r} in spec {spec!r}: expected a Python identifier after "
+                             "FILE.py:")
+    else:
+        target, _, settings = text.partition(":")
+        attr = None
+        if not target.isidentifier():
+            raise ValueError(f"bad optimizer name {target!r} in spec {spec!r}")
+    return target, attr, parse_settings(settings, spec)
+
+
+def parse_settings(text: str, spec: str | None = None) -> dict[str, Any]:
+    """``"lr=1e-2,betas=0.8/0.99"`` -> ``{"lr": 0.01, "betas": (0.8, 0.99)}``."""
+    where = f" in spec {spec!r}" if spec is not None else ""
+    out: dict[str, Any] = {}
+    if not text.strip():
+        return out
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier() or not value.strip():
+            raise ValueError(f"bad setting {part!r}{where}: expected key=value")
+        if key in out:
+            raise ValueError(f"setting {key!r} given twice{where}")
+        out[key] = _value(value.strip(), key, where)
+    return out
+
+
+def _value(text: str, key: str, where: str) -> Any:
+    if "/" in text:
+        return tuple(_value(v.strip(), key, where) for v in text.split("/"))
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ValueError(f"bad value {text!r} for {key!r}{where}: expected a number, true/false, none or a/b")
+
+
+def get(spec: str) -> Optimizer:
+    """An optimizer from a spec: ``get("adam:lr=1e-2,betas=0.8/0.99")``, ``get("my_rules.py:signum:lr=0.1")``.
+
+    Syntax: ``NAME[:key=value,...]`` or ``FILE.py:NAME[:key=value,...]``; values are numbers, ``true`` /
+    ``false``, ``none``, or tuples joined by ``/`` (see the module docstring).
+    """
+    target, attr, kwargs = parse(spec)
+    if attr is None:
+        if target not in BUILTINS:
+            raise ValueError(unknown_name("optimizer", target, BUILTINS))
+        return _build(BUILTINS[target], kwargs, target)
+    obj = getattr_from_file(target, attr)
+    if isinstance(obj, Optimizer):
+        return obj.replace_hyperparams(**kwargs) if kwargs else obj
+    if callable(obj):
+        return _build(obj, kwargs, f"{target}:{attr}")
+    raise TypeError(f"{target}:{attr} is a {type(obj).__name__}; expected an Optimizer, an elementwise rule "
+                    "or a function returning an Optimizer")
+
+
+def _build(factory: Any, kwargs: dict, label: str) -> Optimizer:
+    known = _known_settings(factory)
+    if known is not None:
+        for k in kwargs:
+            if k not in known:
+                raise ValueError(unknown_name(f"setting for {label}:", k, known))
+    for k, v in kwargs.items():  # lr=true is not lr=1.0: a flag only where the default is a flag
+        default = _default_of(factory, k)
+        if isinstance(v, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise ValueError(f"bad value {str(v).lower()!r} for {k!r} in {label}: expected a number")
+    opt = factory(**kwargs)
+    if not isinstance(opt, Optimizer):
+        raise TypeError(f"{label} returned a {type(opt).__name__}, not a diyopt Optimizer")
+    return opt
+
+
+def _default_of(factory: Any, key: str) -> Any:
+    defaults = getattr(factory, "defaults", None)  # an elementwise rule
+    if isinstance(defaults, dict):
+        return defaults.get(key)
+    try:
+        p = inspect.signature(factory).parameters.get(key)
+    except (TypeError, ValueError):
+        return None
+    return None if p is None or p.default is p.empty else p.default
+
+
+def _known_settings(factory: Any) -> list[str] | None:
+    """The keyword arguments a factory takes, or None when it takes ``**kwargs`` (anything goes)."""
+    defaults = getattr(factory, "defaults", None)  # an elementwise rule
+    if isinstance(defaults, dict):
+        return list(defaults)
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+# ---------------------------------------------------------------- a user's file
+
+
+def load_file(path: str):
+    """Import a Python file by path; a failure is one ``ImportError`` line naming the file and line."""
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"no such file: {path}")
+    name = "diyopt_user_" + os.path.splitext(os.path.basename(full))[0].replace("-", "_").replace(".", "_")
+    module_spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up here
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(name, None)
+        raise ImportError(f"cannot import {path}, line {e.lineno}: SyntaxError: {e.msg}") from None
+    except (Exception, SystemExit) as e:  # SystemExit: sys.exit() at import must not end diyopt with 0
+        sys.modules.pop(name, None)
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == full]
+        line = f", line {frames[-1].lineno}" if frames else ""
+        if isinstance(e, SystemExit):
+            raise ImportError(f"cannot import {path}{line}: it calls sys.exit({e.code!r}) at import; a rule or "
+                              "loss file should only define things") from None
+        message = " ".join(str(e).split())[:500]
+        raise ImportError(f"cannot import {path}{line}: {type(e).__name__}: {message}") from None
+    except KeyboardInterrupt:
+        sys.modules.pop(name, None)
+        raise KeyboardInterrupt(f"interrupted while importing {path}") from None
+    USER_FILES[full] = path
+    return module
+
+
+#: The users' files loaded so far (absolute path -> the path as given): an error raised inside one is
+#: reported on the command line as that file and line (see diyopt.cli.user_code_line).
+USER_FILES: dict[str, str] = {}
+
+
+def getattr_from_file(path: str, attr: str) -> Any:
+    module = load_file(path)
+    if not hasattr(module, attr):
+        public = [n for n in vars(module) if not n.startswith("_")]
+        raise ValueError(unknown_name(f"name in {path}:", attr, public))
+    return getattr(module, attr)
+
+
+def split_specs(text: str) -> list[str]:
+    """Split the CLI's ``--optimizers`` list on commas; a piece that starts with ``name=`` continues the
+    previous spec's settings: ``"sgd,adam:lr=1e-2,betas=0.8/0.99,my.py:rule"`` ->
+    ``["sgd", "adam:lr=1e-2,betas=0.8/0.99", "my.py:rule"]``."""
+    import re
+
+    specs: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if specs and re.match(r"^[A-Za-z_]\w*\s*=", piece):
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    if not specs:
+        raise ValueError(f"no optimizer in {text!r}")
+    return specs
+
+
+def names() -> list[str]:
+    """The names of the built-in optimizers, sorted."""
+    return sorted(BUILTINS)

@@ -1,0 +1,54 @@
+"""Problems with known answers: classic test functions, regression, NIST StRD, user CSV files.
+
+``get("rosenbrock:dim=4")`` builds one from a spec; ``names()`` lists them. Public modules:
+:mod:`~diyopt.problems.losses`, :mod:`~diyopt.problems.data`, :mod:`~diyopt.problems.strd` (NIST StRD
+files), :mod:`~diyopt.problems.expressions` (model formulas), :mod:`~diyopt.problems.starts`.
+"""
+from ._problem import NistProblem, Problem
+from ._problems import (
+    PROBLEMS,
+    arguments,
+    as_problem,
+    beale,
+    booth,
+    breast_cancer,
+    checked_arguments,
+    csv,
+    describe,
+    get,
+    himmelblau,
+    line,
+    logistic,
+    names,
+    nist,
+    parse_spec,
+    polynomial,
+    quadratic,
+    register,
+    rosenbrock,
+)
+
+__all__ = [
+    "PROBLEMS",
+    "arguments",
+    "as_problem",
+    "beale",
+    "booth",
+    "breast_cancer",
+    "checked_arguments",
+    "csv",
+    "describe",
+    "get",
+    "himmelblau",
+    "line",
+    "logistic",
+    "names",
+    "nist",
+    "NistProblem",
+    "parse_spec",
+    "polynomial",
+    "Problem",
+    "quadratic",
+    "register",
+    "rosenbrock",
+]

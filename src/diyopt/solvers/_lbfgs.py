@@ -1,0 +1,182 @@
+r"""L-BFGS (Liu & Nocedal, 1989), written from scratch on one flat vector, iterate for iterate
+``torch.optim.LBFGS`` -- with a fixed step or the strong-Wolfe line search.
+
+Each iteration builds the direction :math:`d = -H_k g` by the two-loop recursion over the last
+``history_size`` pairs :math:`s_i = x_{i+1} - x_i,\ y_i = g_{i+1} - g_i` (a pair is kept only when
+:math:`y^\top s > 10^{-10}`), with :math:`H_0 = (y^\top s / y^\top y) I`, then steps
+:math:`x \leftarrow x + t d`: :math:`t` = ``lr`` (the first iteration: :math:`\min(1, 1/\lVert g\rVert_1)\,`
+``lr``), or the strong-Wolfe step (cubic interpolation, :math:`c_1 = 10^{-4}, c_2 = 0.9`).
+
+The loss is a function of the params, not a sample of it: this is a solver, not a gradient
+transformation. ``lbfgs(loss_fn, params, max_iter=k)`` takes the same iterates as one
+``torch.optim.LBFGS(params, max_iter=k).step(closure)``; scalars are handled as Python floats, which is
+the same arithmetic as torch's float64 0-dim tensors, so float64 runs agree to rounding.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from diyopt.core.checks import check_loss_value
+from diyopt.core.linesearch import strong_wolfe, two_loop
+from diyopt.core.modules import bind_module, load_into
+from diyopt.core.result import Result
+from diyopt.core.tree import FlatLayout, Params, as_params
+
+__all__ = ["lbfgs"]
+
+
+def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module, *,
+          max_iter: int = 100, max_eval: int | None = None, lr: float = 1.0, history_size: int = 100,
+          tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9,
+          line_search_fn: str | None = None) -> Result:
+    """Minimize ``loss_fn(params)`` by L-BFGS; arguments as ``torch.optim.LBFGS``.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar Tensor``.
+      params: the starting point, a dict of tensors (one dtype) or an ``nn.Module`` (as in
+        :func:`~diyopt.fit`: the loss may call it or close over it; afterwards it holds the result).
+      max_iter: the most iterations. max_eval: the most loss evaluations (default ``max_iter * 5 // 4``).
+      lr: the step length (the line search's first trial step).
+      history_size: pairs kept for the inverse-Hessian approximation.
+      tolerance_grad: stop when ``max |g| <= tolerance_grad``.
+      tolerance_change: stop when a step or a loss change is below it.
+      line_search_fn: None (fixed step) or ``"strong_wolfe"``.
+
+    Returns:
+      A :class:`~diyopt.Result`; ``losses[i]`` is the loss at the start of iteration ``i``; ``stop_reason``
+      is ``"converged"`` (``max |g| <= tolerance_grad``), ``"max_iter"``, ``"max_eval"`` or
+      ``"tolerance_change"`` (a step, a loss change or the slope along the direction below it);
+      ``info`` holds ``func_evals`` (as torch counts them) and ``final_loss``.
+
+    Example::
+
+        >>> import torch, diyopt
+        >>> p = diyopt.problems.get("rosenbrock")
+        >>> r = diyopt.lbfgs(p.loss, p.params0, max_iter=200, line_search_fn="strong_wolfe",
+        ...                  tolerance_change=1e-15)
+        >>> [round(v, 6) for v in r.params["x"].tolist()], r.final_loss < 1e-12, r.steps
+        ([1.0, 1.0], True, 37)
+    """
+    _check(max_iter, max_eval, lr, history_size, line_search_fn)
+    if isinstance(params, torch.nn.Module):  # as in fit: every loss style trains it, it holds the result
+        module = params
+        loss_fn, params = bind_module(loss_fn, module)
+        result = lbfgs(loss_fn, params, max_iter=max_iter, max_eval=max_eval, lr=lr, history_size=history_size,
+                       tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+                       line_search_fn=line_search_fn)
+        load_into(module, result.params)
+        return result
+    if max_eval is None:
+        max_eval = max_iter * 5 // 4
+    params = as_params(params)
+    layout = FlatLayout.maybe(params)
+    if layout is None:
+        raise TypeError("lbfgs needs all params to share one dtype and device")
+
+    def evaluate(x: Tensor) -> tuple[float, Tensor]:
+        leaf = x.detach().requires_grad_()
+        loss = loss_fn(layout.unflatten({"flat": leaf}))
+        check_loss_value(loss)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return float(loss.detach()), grad
+
+    start = time.perf_counter()
+    x = layout.flatten(params)
+    loss, g = evaluate(x)
+    evals = 1
+    losses = [loss]
+    if float(g.abs().max()) <= tolerance_grad:
+        return _result(layout, x, losses, 0, start, "converged", evals, loss)
+
+    old_dirs: list[Tensor] = []   # y_i
+    old_stps: list[Tensor] = []   # s_i
+    ro: list[float] = []          # 1 / y_i^T s_i
+    h_diag = 1.0
+    d = t = prev_g = None
+    stop = "max_iter"
+    n_iter = 0
+    known = True  # whether `loss` is the loss at the current x
+    while n_iter < max_iter:
+        n_iter += 1
+        if n_iter == 1:
+            d = -g
+        else:
+            y, s = g - prev_g, d * t
+            ys = float(y.dot(s))
+            if ys > 1e-10:
+                if len(old_dirs) == history_size:
+                    old_dirs.pop(0), old_stps.pop(0), ro.pop(0)
+                old_dirs.append(y)
+                old_stps.append(s)
+                ro.append(1.0 / ys)
+                h_diag = ys / float(y.dot(y))
+            d = two_loop(-g, old_dirs, old_stps, ro, h_diag)
+        prev_g, prev_loss = g, loss
+        t = min(1.0, 1.0 / float(g.abs().sum())) * lr if n_iter == 1 else lr
+        gtd = float(g.dot(d))
+        if gtd > -tolerance_change:  # the slope along d is below tolerance: nothing left to gain
+            stop = "tolerance_change"
+            break
+
+        if line_search_fn == "strong_wolfe":
+            def along(x0: Tensor, step: float, direction: Tensor) -> tuple[float, Tensor]:
+                return evaluate(torch.add(x0, direction, alpha=step))
+
+            loss, g, t, ls_evals = strong_wolfe(along, x, t, d, loss, g, gtd, tolerance_change=tolerance_change,
+                                                 max_ls=max_eval - evals)
+            x = torch.add(x, d, alpha=t)
+        else:
+            x = torch.add(x, d, alpha=t)
+            ls_evals = 0
+            if n_iter != max_iter:  # torch skips the evaluation after the last iteration
+                loss, g = evaluate(x)
+                ls_evals = 1
+        evals += ls_evals
+        known = ls_evals > 0
+        if n_iter == max_iter:
+            break
+        losses.append(loss)
+        if evals >= max_eval:
+            stop = "max_eval"
+            break
+        if float(g.abs().max()) <= tolerance_grad:
+            stop = "converged"
+            break
+        if float((d * t).abs().max()) <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
+            stop = "tolerance_change"
+            break
+    # The loss at the final x, for the report; torch does not evaluate it (nor count it) after the last
+    # fixed-step iteration, so neither do func_evals here.
+    final = loss if known else evaluate(x)[0]
+    return _result(layout, x, losses, n_iter, start, stop, evals, final)
+
+
+
+
+def _result(layout, x, losses, n_iter, start, stop, evals, final_loss) -> Result:
+    info = {"func_evals": evals, "final_loss": final_loss}
+    return Result(layout.unflatten({"flat": x.detach()}), torch.tensor(losses, dtype=torch.float64), n_iter,
+                  time.perf_counter() - start, stop, info=info)
+
+
+def _check(max_iter, max_eval, lr, history_size, line_search_fn) -> None:
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    for name, value in (("max_iter", max_iter), ("history_size", history_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if max_eval is not None and (isinstance(max_eval, bool) or not isinstance(max_eval, int) or max_eval < 1):
+        raise ValueError(f"max_eval must be a positive integer or None, got {max_eval!r}")
+    if line_search_fn not in (None, "strong_wolfe"):
+        raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
+
+
+# ---------------------------------------------------------------- strong-Wolfe line search
+
+
+
+
