@@ -23,7 +23,8 @@ import torch
 
 from diyopt import problems
 from diyopt._util.files import dumps, output_folder
-from diyopt.core.checks import describe_nonfinite
+from diyopt._util.validate import positive_int
+from diyopt.core.checks import NONFINITE_POLICIES, describe_nonfinite
 from diyopt.engines import distributed as dd
 from diyopt.engines._fit import fit
 from diyopt.errors import DivergedError
@@ -195,3 +196,40 @@ class _nowhere:
 
     def __exit__(self, *exc):
         return False
+
+
+def add(sub) -> None:
+    p = sub.add_parser("fit", help="one fit of a problem with an optimizer spec; checkpoints, resume, "
+                       "divergence guard; writes result.json and losses.csv",
+                       description="Fit --problem with --optimizer for --steps updates and write "
+                       "OUT/result.json and OUT/losses.csv (complete or not at all). Exit 2 on bad input, "
+                       "3 when the fit diverged (the last finite params are written). Runs under torchrun "
+                       "too: the data is sharded by rank, rank 0 writes.")
+    p.add_argument("--problem", required=True, help="problem spec NAME[:key=value,...] as in compare and sweep: "
+                   "rosenbrock:dim=4, nist:Misra1a, csv:path=data.csv,model=poly:2 (diyopt list problems)")
+    p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam:lr=1e-2 or my_rule.py:name")
+    p.add_argument("--steps", type=positive_int, default=1000, help="number of updates (default: 1000)")
+    p.add_argument("--out", default=None, help="output folder for result.json and losses.csv (default: "
+                   "runs/fit-PROBLEM-OPTIMIZER, e.g. runs/fit-rosenbrock_dim_4-adam)")
+    p.add_argument("--loss", help="loss name for problems that take one (line, csv): l2_norm, mse, sse, ...; "
+                   "with --problem line also FILE.py:NAME")
+    p.add_argument("--seed", type=int, default=0, help="seed for the data and RNGs (default: 0)")
+    p.add_argument("--data", help="a CSV file with columns x, y: the path of --problem csv (any model it takes: "
+                   "csv:model=poly:2), or the data of --problem line")
+    p.add_argument("--checkpoint", help="checkpoint file, saved atomically every --checkpoint-every updates")
+    p.add_argument("--checkpoint-every", type=positive_int, help="updates between checkpoints (default: 100)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    p.add_argument("--engine", choices=["eager", "compiled"], default="eager", help="default: eager")
+    p.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default="stop",
+                   help="what a nan/inf loss or gradient does: stop (exit 3, the last finite params "
+                   "written), raise (exit 3, nothing written), skip (leave params and state as they were for "
+                   "that step), ignore (no check) (default: stop)")
+
+    def run(args) -> int:
+
+        if args.out is None:
+            args.out = default_out(args.problem, args.optimizer)
+        return run_fit(args)
+
+    p.set_defaults(run=run)

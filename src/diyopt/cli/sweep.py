@@ -1,4 +1,4 @@
-"""TODO docstring."""
+
 from __future__ import annotations
 
 import math
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from diyopt._util.format import NOT_REACHED, format_value
+from diyopt._util.validate import positive_int, unit_interval
+from diyopt.cli._meanings import SEEDS_MEANING, TOL_MEANING
 from diyopt.engines import SweepResult, sweep
 
 
@@ -90,3 +92,32 @@ def format_settings(result: SweepResult) -> str:
                                                s["reached"] or "–", steps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def add(sub) -> None:
+    p = sub.add_parser("sweep", help="a grid of hyperparameters x seeds as one vectorized run: sweep.csv and "
+                       "a plot of the loss gap to the best setting against each hyperparameter",
+                       description="Run every combination of --grid values and --seeds starting points as one "
+                       "vectorized computation (torch.func.vmap over runs) and write OUT/sweep.csv (one row per "
+                       "run: hyperparameters, seed, final loss, steps to --tol, diverged, final params) and "
+                       "OUT/sweep.png, and print one row per setting (medians over seeds) and the best "
+                       "setting: the lowest median final loss over seeds. " + SEEDS_MEANING + " " + TOL_MEANING)
+    p.add_argument("--problem", required=True, help="problem spec NAME[:key=value,...] (rosenbrock:dim=4, "
+                   "nist:Misra1a; diyopt list problems)")
+    p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam or my_rule.py:name")
+    p.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                   help="values of one hyperparameter (tuples as 0.9/0.999); repeat for more")
+    p.add_argument("--seeds", type=positive_int, default=None,
+                   help="starting points per setting, seeds 0..N-1 (default: one run per setting, from the "
+                   "standard start)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
+    p.add_argument("--tol", type=unit_interval, default=1e-6, help="the convergence tolerance, as in compare "
+                   "(default: 1e-6)")
+    p.add_argument("--engine", choices=["vmap", "compiled"], default="vmap", help="default: vmap (no compile)")
+    p.add_argument("--out", required=True, help="output folder")
+
+    def run(args) -> int:
+
+        return run_sweep_cli(args)
+
+    p.set_defaults(run=run)
