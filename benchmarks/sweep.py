@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import diyopt
-import diyopt.problems.starts
+import diyopt.core.starts
 from common import best_of, jax_or_none, jax_seed_fit, machine, row
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     opt = diyopt.optim.adam(lr=1e-3)
 
     def start(seed):  # what seed s means in sweep (and compare): diyopt.starts
-        return diyopt.problems.starts.perturbed(p0, seed)
+        return diyopt.core.starts.perturbed(p0, seed)
 
     t = time.perf_counter()
     for s in range(args.eager_fits):

@@ -1,6 +1,6 @@
 """One meaning of a seed, of ``tol`` and of "best" in compare and sweep (issue 10, item 9).
 
-- seed 0 is the standard start, seed s > 0 the start moved by diyopt.problems.starts.perturbed (the same in both);
+- seed 0 is the standard start, seed s > 0 the start moved by diyopt.core.starts.perturbed (the same in both);
 - a run reaches ``tol`` at the first step with ``f_i - f* <= tol (f_0 - f*)`` (the same in both);
 - sweep's best is the best *setting* by the median over seeds, not the single best run;
 - a tolerance not reached prints "not reached", never an empty cell.
@@ -15,20 +15,20 @@ import pytest
 import torch
 
 import diyopt
-import diyopt.problems.starts
+import diyopt.core.starts
 from diyopt.cli import main
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_seed_s_is_the_documented_rule(dtype):
     params = {"a": torch.tensor([0.0, 2.0, -1e3], dtype=dtype), "b": torch.tensor(5.0, dtype=dtype)}
-    same = diyopt.problems.starts.perturbed(params, 0)
+    same = diyopt.core.starts.perturbed(params, 0)
     assert all(torch.equal(same[k], params[k]) for k in params)
     for seed in (1, 7):
         gen = torch.Generator().manual_seed(seed)
         za = torch.randn(3, generator=gen, dtype=torch.float64)
         zb = torch.randn((), generator=gen, dtype=torch.float64)
-        got = diyopt.problems.starts.perturbed(params, seed)
+        got = diyopt.core.starts.perturbed(params, seed)
         assert got["a"].dtype == dtype
         torch.testing.assert_close(got["a"], (params["a"].double() + 0.1 * (1 + params["a"].double().abs()) * za).to(dtype))
         torch.testing.assert_close(got["b"], (params["b"].double() + 0.1 * (1 + params["b"].double().abs()) * zb).to(dtype))

@@ -3,14 +3,55 @@
 The public names, one per line. Everything else is an implementation detail. The folders, and which way
 the imports go, are drawn in the README's layout section.
 """
-from diyopt import optim, problems, schedules, transforms
-from diyopt.analysis import Comparison, bench, check, check_loss, compare, performance_profile
-from diyopt.core import Optimizer, Result, apply_updates, chain, configurable, elementwise
-from diyopt.engines import SweepResult, checkpoint, distributed, fit, sweep, to_torch
-from diyopt.errors import DivergedError
-from diyopt.problems import data, losses, starts
-from diyopt.problems import strd as nist
-from diyopt.solvers import CurveFit, curve_fit, lbfgs, least_squares, newton, stats
+from diyopt import (
+    optim,
+    problems,
+    schedules,
+    transforms,
+)
+from diyopt.analysis import (
+    Comparison,
+    bench,
+    check,
+    check_loss,
+    compare,
+    performance_profile,
+)
+from diyopt.core import (
+    Optimizer,
+    Result,
+    apply_updates,
+    chain,
+    configurable,
+    elementwise,
+    starts,
+)
+from diyopt.engines import (
+    SweepResult,
+    checkpoint,
+    distributed,
+    fit,
+    sweep,
+    to_torch,
+)
+from diyopt.errors import (
+    DivergedError,
+)
+from diyopt.problems import (
+    data,
+    losses,
+)
+from diyopt.problems import (
+    strd as nist,
+)
+from diyopt.solvers import (
+    CurveFit,
+    curve_fit,
+    lbfgs,
+    least_squares,
+    newton,
+    stats,
+)
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,19 @@
-"""TODO docstring."""
+"""Every error type diyopt raises, the CLI's exit codes, and the one "unknown name, did you mean" message.
+
+A CLI run that meets any of these prints one line and exits ``EXIT_BAD_INPUT`` (2); a fit that diverged
+exits ``EXIT_DIVERGED`` (3).
+"""
 from __future__ import annotations
 
-from diyopt.core.checks import describe_nonfinite
+#: What went non-finite, in the order the guard reports it, and the words its message uses.
+NONFINITE_WHAT = {"loss": "loss", "grad": "gradient", "update": "update", "param": "parameter"}
+
+
+def describe_nonfinite(event: dict) -> str:
+    """``diverged: non-finite update of parameter 'a' at step 5`` -- what, where and when."""
+    what = NONFINITE_WHAT.get(event["what"], event["what"])
+    where = f" of parameter {event['param']!r}" if event.get("param") else ""
+    return f"diverged: non-finite {what}{where} at step {event['step']}"
 
 
 class DivergedError(FloatingPointError):
@@ -12,10 +24,8 @@ class DivergedError(FloatingPointError):
         super().__init__(describe_nonfinite(event))
 
 
-EXIT_BAD_INPUT = 2
-
-
-EXIT_DIVERGED = 3
+EXIT_BAD_INPUT = 2  # bad input of any kind: one line on stderr, no traceback
+EXIT_DIVERGED = 3  # a fit that met a non-finite loss or gradient and stopped
 
 
 class UsageError(Exception):

@@ -1,12 +1,19 @@
 """Judging optimizers: compare, conformance checks, performance profiles, figures, the HTML report, the
 demo and the benchmark suite (:mod:`~diyopt.analysis.benchmarking`).
 """
-from ._compare import Comparison, compare
+from ._compare import (
+    Comparison,
+    compare,
+    compare_all,
+    save_all,
+)
 from ._conformance import check, check_loss
 from .benchmarking import bench
 from .profiles import performance_profile
 
 __all__ = [
+    "compare_all",
+    "save_all",
     "Comparison",
     "bench",
     "check",

@@ -47,11 +47,9 @@ from diyopt._util.progress import progress_bar
 from diyopt.analysis.profiles import linestyle, performance_profile, plot_performance_profile  # noqa: F401
 from diyopt.core.contract import Optimizer
 from diyopt.core.tree import Params
-from diyopt.engines._fit import fit
+from diyopt.engines import fit
 from diyopt.optim import split_specs
-from diyopt.problems import as_problem
-from diyopt.problems._problem import Problem
-from diyopt.problems.starts import start_point
+from diyopt.problems import Problem, as_problem, start_point
 
 RANK_RTOL = 1e-9  # median final losses this close (relatively) share a rank in the table
 

@@ -341,7 +341,7 @@ def _torch_scalar(leaf: Tensor) -> bool:
 
 
 def _to_torch_round_trip(opt: Optimizer) -> tuple[str, str]:
-    from diyopt.engines._to_torch import to_torch
+    from diyopt.engines import to_torch
 
     q = _quadratic()
     reference, _ = _steps(opt, q, 10)

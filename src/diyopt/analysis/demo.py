@@ -26,8 +26,8 @@ import torch
 
 from diyopt._util.files import dumps
 from diyopt.core.result import Result
-from diyopt.engines._fit import fit
-from diyopt.optim._builtins import gradient_descent
+from diyopt.engines import fit
+from diyopt.optim import gradient_descent
 from diyopt.problems.data import least_squares_line, make_line
 from diyopt.problems.losses import l2_norm
 
@@ -172,7 +172,7 @@ def _fit_summary(result: Result, exact_a: float, exact_b: float) -> dict:
                "seconds": result.seconds, "steps": result.steps, "abs_error_a": abs(a - exact_a),
                "abs_error_b": abs(b - exact_b), "stop_reason": result.stop_reason}
     if "diverged" in result.info:
-        from diyopt.core.checks import describe_nonfinite
+        from diyopt.errors import describe_nonfinite
 
         summary["diverged"] = describe_nonfinite(result.info["diverged"])
     return summary

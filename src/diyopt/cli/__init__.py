@@ -84,7 +84,7 @@ def user_code_line(e: BaseException) -> str | None:
     import os
     import traceback
 
-    from diyopt.optim._registry import USER_FILES
+    from diyopt.optim import USER_FILES
 
     if not USER_FILES:
         return None

@@ -17,8 +17,8 @@ def add(sub) -> None:
                    help="most steps for the parabola and Rosenbrock checks (default: 20000)")
 
     def run(args) -> int:
-        from diyopt.analysis._conformance import check
-        from diyopt.optim._registry import get
+        from diyopt.analysis import check
+        from diyopt.optim import get
 
         report = check(get(args.spec), lr=args.lr, **({} if args.budget is None else {"budget": args.budget}))
         print(f"diyopt check {args.spec}")

@@ -28,8 +28,8 @@ def add(sub) -> None:
     p.add_argument("--report", action="store_true", help="also write OUT/report.html")
 
     def run(args) -> int:
-        from diyopt.analysis._compare import compare_all, save_all
-        from diyopt.optim._registry import split_specs
+        from diyopt.analysis import compare_all, save_all
+        from diyopt.optim import split_specs
 
         specs = [s for text in args.optimizers for s in split_specs(text)]
         comparisons = compare_all(args.problem, specs, seeds=args.seeds, steps=args.steps, tol=args.tol)

@@ -26,10 +26,9 @@ from diyopt._util.files import dumps, output_folder
 from diyopt._util.validate import positive_int
 from diyopt.core.checks import NONFINITE_POLICIES, describe_nonfinite
 from diyopt.engines import distributed as dd
-from diyopt.engines._fit import fit
+from diyopt.engines import fit
 from diyopt.errors import DivergedError
-from diyopt.problems import data, losses
-from diyopt.problems._problem import Problem
+from diyopt.problems import Problem, data, losses
 
 
 def run_fit(args: Any) -> int:
@@ -163,7 +162,7 @@ def _is_file_spec(spec: str | None) -> bool:
 
 def load_from_file(spec: str) -> Any:
     """``path/to/file.py:name`` -> that object, by the spec registry's loader (errors name file and line)."""
-    from diyopt.optim._registry import getattr_from_file
+    from diyopt.optim import getattr_from_file
 
     path, _, name = spec.rpartition(":")
     return getattr_from_file(path, name)

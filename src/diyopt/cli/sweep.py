@@ -39,9 +39,8 @@ def run_sweep_cli(args: Any) -> int:
     from pathlib import Path
 
     from diyopt.analysis.figures import plot_sweep
-    from diyopt.optim._registry import get
-    from diyopt.problems._problems import as_problem
-    from diyopt.problems.starts import start_point
+    from diyopt.optim import get
+    from diyopt.problems import as_problem, start_point
 
     problem = as_problem(args.problem)
     optimizer = get(args.optimizer)

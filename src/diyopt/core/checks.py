@@ -26,8 +26,6 @@ def all_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
     return math.isfinite(float(loss)) and math.isfinite(float(total))
 
 
-#: What went non-finite, in the order the guard reports it, and the words its message uses.
-NONFINITE_WHAT = {"loss": "loss", "grad": "gradient", "update": "update", "param": "parameter"}
 
 
 def nonfinite_event(step: int, loss: Tensor, grads: Params, updates: Params | None = None,
@@ -52,11 +50,6 @@ def nonfinite_event(step: int, loss: Tensor, grads: Params, updates: Params | No
     return None
 
 
-def describe_nonfinite(event: dict) -> str:
-    """``diverged: non-finite update of parameter 'a' at step 5`` -- what, where and when."""
-    what = NONFINITE_WHAT.get(event["what"], event["what"])
-    where = f" of parameter {event['param']!r}" if event.get("param") else ""
-    return f"diverged: non-finite {what}{where} at step {event['step']}"
 
 
 def check_updates(updates: Any, params: Params, optimizer: Optimizer, layout: FlatLayout | None) -> None:

@@ -46,11 +46,6 @@ class Result:
             return float(self.info["diverged"]["loss"])
         return float(self.losses[-1]) if len(self.losses) else math.nan
 
-    def plot_loss(self, ax=None, label: str | None = None, logy: bool = True):
-        """Loss per step on a log y-axis; returns the matplotlib Axes."""
-        from diyopt.analysis.figures import plot_loss
-
-        return plot_loss(self.losses, ax=ax, label=label, logy=logy)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())

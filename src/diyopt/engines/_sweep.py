@@ -38,9 +38,9 @@ from diyopt._util.progress import CompileNotice, StepBar
 from diyopt.core.checks import first_step_check
 from diyopt.core.contract import Optimizer
 from diyopt.core.modules import bind_module
+from diyopt.core.starts import perturbed
 from diyopt.core.tree import FlatLayout, Params, as_params
 from diyopt.engines.compiled import call_compiled
-from diyopt.problems.starts import perturbed
 
 ENGINES = ("vmap", "compiled")
 

@@ -30,13 +30,17 @@ from ._builtins import (
     sparse_adam,
 )
 from ._registry import (
+    USER_FILES,
     get,
+    getattr_from_file,
     names,
     parse,
     split_specs,
 )
 
 __all__ = [
+    "USER_FILES",
+    "getattr_from_file",
     "adadelta",
     "adafactor",
     "adagrad",

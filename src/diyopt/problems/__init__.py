@@ -2,7 +2,7 @@
 
 ``get("rosenbrock:dim=4")`` builds one from a spec; ``names()`` lists them. Public modules:
 :mod:`~diyopt.problems.losses`, :mod:`~diyopt.problems.data`, :mod:`~diyopt.problems.strd` (NIST StRD
-files), :mod:`~diyopt.problems.expressions` (model formulas), :mod:`~diyopt.problems.starts`.
+files), :mod:`~diyopt.problems.expressions` (model formulas), :mod:`~diyopt.core.starts`.
 """
 from ._problem import NistProblem, Problem
 from ._problems import (
@@ -26,12 +26,14 @@ from ._problems import (
     quadratic,
     register,
     rosenbrock,
+    start_point,
 )
 
 __all__ = [
     "PROBLEMS",
     "arguments",
     "as_problem",
+    "start_point",
     "beale",
     "booth",
     "breast_cancer",

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diyopt.core.tree import Params
+from diyopt.core.starts import perturbed
+from diyopt.core.tree import Params, as_params
 from diyopt.errors import unknown_name
 from diyopt.problems import Problem
 
@@ -375,7 +376,7 @@ def _logistic_problem(name: str, features: Tensor, labels: Tensor, l2: float, no
     if no_minimizer:
         optimum = 0.0
     else:
-        from diyopt.solvers._newton import newton
+        from diyopt.solvers import newton
 
         fit = newton(loss, params0, gtol=1e-12)
         solution, optimum = fit.params, fit.final_loss
@@ -546,3 +547,20 @@ def as_problem(problem: Problem | str) -> Problem:
     from diyopt import problems
 
     return problems.get(problem)
+
+
+def start_point(problem: Problem, seed: int, perturb: float = 0.1) -> Params:
+    """The start for ``seed``: ``params0`` for seed 0; a problem's own named starts next (a NIST problem's
+    ``starts``: seed 1 = Start 2); then ``problem.info["sample_start"](seed)`` if the problem has a
+    sampler, else ``params0 + perturb * (1 + |params0|) * z`` with ``z ~ N(0, 1)`` from a generator
+    seeded with ``seed`` (:func:`diyopt.starts.perturbed`, the rule ``sweep`` uses too)."""
+    p0 = as_params(problem.params0)
+    if seed == 0:
+        return p0
+    named = list(getattr(problem, "starts", None) or {})  # NIST: Start 1 (= params0), Start 2
+    if seed < len(named):
+        return as_params(problem.starts[named[seed]])
+    sampler = problem.info.get("sample_start")
+    if sampler is not None:
+        return as_params(sampler(seed))
+    return perturbed(p0, seed, perturb)

@@ -79,7 +79,7 @@ def _cell(v: Any) -> str:
 
 def _resolve(spec: Any) -> tuple[str, Optimizer]:
     """A spec string (``adam``, ``adam:eps=1e-6``, ``my_rules.py:rule``) or ``(label, Optimizer)``."""
-    from diyopt.optim._registry import get
+    from diyopt.optim import get
 
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Optimizer):
         return str(spec[0]), spec[1]
@@ -91,7 +91,7 @@ def _resolve(spec: Any) -> tuple[str, Optimizer]:
 def _space(label: str, optimizer: Optimizer, space: Mapping | None) -> dict:
     """The box tuned for ``label``: its search space less the hyperparameters the spec fixes
     (``adam:lr=1e-2`` tunes ``beta1`` only; ``adam:betas=0.9/0.99`` tunes ``lr`` only)."""
-    from diyopt.optim._registry import parse
+    from diyopt.optim import parse
 
     box = space_for(_space_name(label), optimizer, space)
     try:
@@ -102,7 +102,7 @@ def _space(label: str, optimizer: Optimizer, space: Mapping | None) -> dict:
 
 
 def _space_name(label: str) -> str:
-    from diyopt.optim._registry import parse
+    from diyopt.optim import parse
 
     if isinstance(label, str):
         try:
@@ -118,7 +118,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
     """One task x optimizer: ``len(seeds)`` studies of ``trials`` Sobol points each, every study one
     :func:`diyopt.sweep` (the vectorized engine; its loop fallback where vmap refuses, recorded in
     ``engine``). Returns the results row."""
-    from diyopt.engines._sweep import sweep
+    from diyopt.engines import sweep
 
     box = _space(label, optimizer, space)
     keys = list(box)

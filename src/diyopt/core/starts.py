@@ -9,14 +9,13 @@ with ``z`` drawn in float64 from ``torch.Generator().manual_seed(s)``, tensor by
 order (then cast to each tensor's dtype). The scale follows each entry's magnitude, so an entry at 0 and
 one at 1e3 move by a comparable *relative* amount; ``perturb`` is 0.1 unless a caller says otherwise.
 A problem with named starts (NIST's Start 1 and Start 2) uses them first, see
-:func:`diyopt.compare.start_point`.
+:func:`diyopt.problems.start_point`.
 """
 from __future__ import annotations
 
 import torch
 
 from diyopt.core.tree import Params, as_params
-from diyopt.problems import Problem
 
 PERTURB = 0.1  # the default relative size of the perturbation for seeds > 0
 
@@ -34,18 +33,3 @@ def perturbed(params: Params, seed: int, perturb: float = PERTURB) -> Params:
     return out
 
 
-def start_point(problem: Problem, seed: int, perturb: float = 0.1) -> Params:
-    """The start for ``seed``: ``params0`` for seed 0; a problem's own named starts next (a NIST problem's
-    ``starts``: seed 1 = Start 2); then ``problem.info["sample_start"](seed)`` if the problem has a
-    sampler, else ``params0 + perturb * (1 + |params0|) * z`` with ``z ~ N(0, 1)`` from a generator
-    seeded with ``seed`` (:func:`diyopt.starts.perturbed`, the rule ``sweep`` uses too)."""
-    p0 = as_params(problem.params0)
-    if seed == 0:
-        return p0
-    named = list(getattr(problem, "starts", None) or {})  # NIST: Start 1 (= params0), Start 2
-    if seed < len(named):
-        return as_params(problem.starts[named[seed]])
-    sampler = problem.info.get("sample_start")
-    if sampler is not None:
-        return as_params(sampler(seed))
-    return perturbed(p0, seed, perturb)
