@@ -43,7 +43,7 @@ def gradient_descent(grad, state, param, *, lr=0.001):
 own = diyopt.fit(loss, params0, gradient_descent(lr=0.001), steps=4000)
 
 for name, result, label in (("Adam", adam, "Adam result"), ("original", own, "original result")):
-    plots.save(result.plot_loss(), out / f"{name}_loss.png")
+    plots.save(plots.plot_loss(result.losses), out / f"{name}_loss.png")
     a, b = result.params["a"].item(), result.params["b"].item()
     plots.save(plots.plot_line_fit(x, y, a, b, label), out / f"{name}.png")
     print(f"{name:>8}: a={a:.6f} b={b:.6f} final loss={result.losses[-1]:.6f} ({result.seconds:.2f} s)")

@@ -24,10 +24,10 @@ import torch
 from diyopt import problems
 from diyopt._util.files import dumps, output_folder
 from diyopt._util.validate import positive_int
-from diyopt.core.checks import NONFINITE_POLICIES, describe_nonfinite
+from diyopt.core.checks import NONFINITE_POLICIES
 from diyopt.engines import distributed as dd
 from diyopt.engines import fit
-from diyopt.errors import DivergedError
+from diyopt.errors import DivergedError, describe_nonfinite
 from diyopt.problems import Problem, data, losses
 
 

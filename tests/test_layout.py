@@ -1,0 +1,72 @@
+"""The house's rules (README, "Layout"): one-way imports, no cycles, no public name shadowing a module,
+no folder reaching into another folder's private names, every public name importable."""
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import diyopt
+
+SRC = Path(diyopt.__file__).parent
+
+
+def _packages():
+    yield diyopt
+    for info in pkgutil.walk_packages(diyopt.__path__, "diyopt."):
+        if info.ispkg:
+            yield importlib.import_module(info.name)
+
+
+@pytest.mark.parametrize("package", list(_packages()), ids=lambda p: p.__name__)
+def test_no_public_name_shadows_a_module(package):
+    """``import diyopt.X.y as m`` gives the module y, never a function of the same name."""
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("__"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        attr = package.__dict__.get(info.name, module)
+        assert attr is module, f"{package.__name__}.{info.name} is {attr!r}, not the module of that name"
+
+
+def _folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else ""
+
+
+def test_no_private_names_imported_across_folders():
+    bad = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        importer = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("diyopt."):
+                if _folder(node.module + ".x") == _folder(importer + ".x") and _folder(importer + ".x"):
+                    continue  # inside one folder, its private parts are its own
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    bad.append(f"{importer}:{node.lineno} imports {private} from {node.module}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_public_name_is_importable():
+    for name in diyopt.__all__:
+        assert getattr(diyopt, name) is not None, name
+    assert sorted(diyopt.__all__) == sorted(set(diyopt.__all__))
+
+
+def test_import_contracts_are_kept():
+    """import-linter's contracts (pyproject.toml): the layers, private modules, no cycles between siblings."""
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.fail("lint-imports is not installed: `make test` installs import-linter with the test extra")
+    proc = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=SRC.parent.parent, timeout=300,
+                          env={"PYTHONPATH": str(SRC.parent), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "3 kept, 0 broken" in proc.stdout
