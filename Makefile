@@ -30,7 +30,8 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.bench
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -20,9 +20,9 @@ import importlib.util
 import sys
 
 import torch
+from common import ROOT, best_of, jax_or_none, machine, median_ratio, round_robin, row
 
 import diyopt
-from common import ROOT, best_of, jax_or_none, machine, median_ratio, round_robin, row
 from diyopt.engines.compiled import compiled_update, tensor_hyperparams
 
 SIZES = [1_000_000] * 8 + [250_000] * 8 + [1000] * 64

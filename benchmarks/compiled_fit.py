@@ -21,9 +21,9 @@ import tempfile
 
 import numpy as np
 import torch
+from common import ANCHORS, best_of, jax_or_none, jax_seed_fit, machine, row
 
 import diyopt
-from common import ANCHORS, best_of, jax_or_none, jax_seed_fit, machine, row
 
 
 def seed_adam_loop(x_data, y_data, epoch):

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 import torch
+from common import best_of, jax_or_none, jax_seed_fit, machine, row
 
 import diyopt
 import diyopt.core.starts
-from common import best_of, jax_or_none, jax_seed_fit, machine, row
 
 
 def main() -> None:

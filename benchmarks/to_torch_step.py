@@ -112,7 +112,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled engine")
     args = parser.parse_args()
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+
+    warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{sum(SIZES) / 1e6:.0f}M float32 params in {len(SIZES)} tensors, {args.steps} timed steps")
     engines, refs = {}, {}

@@ -144,3 +144,30 @@ def test_a_stateless_rule_without_init_keeps_its_own_errors():
     with pytest.raises(AttributeError, match="no_such_method") as info:
         diyopt.fit(lambda p: p["w"].square().sum(), {"w": torch.ones(2)}, broken(), 3)
     assert ".init" not in str(info.value)
+
+
+def test_a_users_chain_keeps_its_members_settings_and_sweeps_like_a_named_optimizer():
+    """chain(clip, rule(lr=...)) exposes lr; rebuilding it changes only that member, and a sweep over lr
+    equals one fit per lr (the reference: the same chain built by hand with each lr)."""
+    from diyopt.transforms import clip_by_global_norm
+
+    @diyopt.elementwise
+    def signum(grad, state, param, *, lr=0.1):
+        return -lr * torch.sign(grad), state
+
+    mine = diyopt.chain(clip_by_global_norm(1.0), signum(lr=0.1))
+    assert mine.hyperparams == {"lr": 0.1}
+    assert mine.replace_hyperparams(lr=0.5).hyperparams == {"lr": 0.5}
+    shared = diyopt.chain(signum(lr=0.1), signum(lr=0.2))
+    assert shared.hyperparams is None and shared.build is None  # ambiguous name: left out
+
+    x = torch.linspace(-1, 1, 20, dtype=torch.float64)
+    y = 3 * x - 1
+    loss = lambda p: ((p["a"] * x + p["b"] - y) ** 2).mean()
+    p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
+    lrs = [0.01, 0.05]
+    swept = diyopt.sweep(loss, p0, mine, 50, grid={"lr": lrs})
+    for k, lr in enumerate(lrs):
+        alone = diyopt.fit(loss, p0, diyopt.chain(clip_by_global_norm(1.0), signum(lr=lr)), 50)
+        for name in p0:
+            torch.testing.assert_close(swept.params[name][k], alone.params[name], rtol=0, atol=1e-12)

@@ -1,21 +1,28 @@
-"""TODO docstring."""
+"""Argument checks, written once: the library's (``ValueError`` naming the argument) and the CLI's
+(argparse types whose message argparse prefixes with the option).
+"""
 from __future__ import annotations
 
 import argparse
+import operator
 from typing import Any
 
 
-def check_steps(steps: Any) -> int:
-    """A positive integer of any integer type (``np.int64`` too); bools and floats are refused."""
-    import operator
-
+def positive_integer(value: Any, name: str) -> int:
+    """``value`` as an int if it is a positive integer of any integer type (``np.int64`` too); bools and
+    floats are refused with ``ValueError("<name> must be a positive integer, got ...")``."""
     try:
-        value = operator.index(steps) if not isinstance(steps, bool) else None
+        number = operator.index(value) if not isinstance(value, bool) else None
     except TypeError:
-        value = None
-    if value is None or value < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return value
+        number = None
+    if number is None or number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def check_steps(steps: Any) -> int:
+    """The step budget of a fit or a sweep: a positive integer."""
+    return positive_integer(steps, "steps")
 
 
 def positive_int(text: str) -> int:

@@ -23,7 +23,7 @@ Steps and seconds to reach it are ``inf`` for a run that never does. A run whose
 nan or inf counts as final loss ``inf``.
 
 **Across problems**, :func:`compare_all` and :func:`save_all` add Dolan--Moré performance profiles
-(:mod:`diyopt.profiles`); each (problem, seed) pair is one instance, its cost the steps or seconds to the
+(:mod:`diyopt.analysis.profiles`); each (problem, seed) pair is one instance, its cost the steps or seconds to the
 tolerance.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diyopt._util.files import dumps
+from diyopt._util.files import dumps, write_folder
 from diyopt._util.format import NOT_REACHED
 from diyopt._util.progress import progress_bar
 from diyopt.analysis.profiles import linestyle, performance_profile, plot_performance_profile  # noqa: F401
@@ -327,7 +327,7 @@ class Comparison:
             (tmp / "table.md").write_text(self.to_markdown())
             (tmp / "settings.json").write_text(dumps(self.settings))  # strict JSON
 
-        return write_atomically(out_dir, write)
+        return write_folder(out_dir, write, names=OUTPUT_FILES, kind="compare")
 
     # ------------------------------------------------------------ helpers
 
@@ -617,7 +617,7 @@ def save_all(comparisons: Sequence[Comparison], out_dir: str | Path) -> Path:
                     "optimizers": list(comparisons[0].runs), "versions": versions()}
         (tmp / "settings.json").write_text(dumps(settings))
 
-    return write_atomically(out_dir, write)
+    return write_folder(out_dir, write, names=OUTPUT_FILES, kind="compare")
 
 
 def _safe_name(name: str) -> str:
@@ -630,16 +630,6 @@ def _safe_name(name: str) -> str:
 #: The files a comparison writes (save_all adds sub-folders and the profiles).
 OUTPUT_FILES = ("loss_vs_step.png", "loss_vs_time.png", "paths.png", "table.csv", "table.md", "settings.json",
                 "performance_profile_steps.png", "performance_profile_seconds.png")
-
-
-def write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh staging folder, then publish its files into ``out_dir`` with
-    :func:`diyopt.outputs.output_folder`: a reader never sees half a file, a failed run leaves the old
-    result as it was, and files diyopt did not write (a user's notes beside the results) are kept --
-    one that has the name of a file a comparison writes is refused before any work."""
-    from diyopt._util.files import write_folder
-
-    return write_folder(out_dir, write, names=OUTPUT_FILES, kind="compare")
 
 
 

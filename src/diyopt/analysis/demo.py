@@ -8,7 +8,7 @@
 4. Overlay both loss curves (``compare_loss.png``) and write ``summary.json``, with each fit's error
    against the exact least-squares line for the same data.
 
-Everything is written to a staging folder first and published at the end (:mod:`diyopt.outputs`), so
+Everything is written to a staging folder first and published at the end (:mod:`diyopt._util.files`), so
 a failed or interrupted run leaves no half-written output, and files in ``out`` that diyopt did not write
 are never touched. Both fits go through ``fit``'s divergence guard: a fit that diverges stops at its last
 finite params, and the summary says so (``"stop_reason": "diverged"``; the CLI exits 3).

@@ -2,7 +2,7 @@
 
 The page embeds every figure as a base64 PNG, renders each ``table.csv`` as an HTML table, and shows the
 settings and versions from ``settings.json``; it needs no other file and no network. A folder written by
-:func:`diyopt.compare.save_all` (one sub-folder per problem, performance profiles on top) gives one
+:func:`diyopt.analysis.save_all` (one sub-folder per problem, performance profiles on top) gives one
 section per problem after the profiles.
 
 When every figure has loaded, the page's script sets ``data-figures="ok"`` on ``<body>`` (``"missing"``

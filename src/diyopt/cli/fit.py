@@ -6,7 +6,7 @@
 
 writes ``OUT/result.json`` (final params, final loss, steps, stop_reason, settings) and ``OUT/losses.csv``
 (``step,loss``, one row per step, floats written exactly). Outputs are staged and published by
-:mod:`diyopt.outputs`, so a failure or a kill never leaves half an output, and files in ``OUT`` that
+:mod:`diyopt._util.files`, so a failure or a kill never leaves half an output, and files in ``OUT`` that
 diyopt did not write are never touched. Bad input: one line, exit
 2; a fit that diverged: its last finite params are written, exit 3. Under ``torchrun`` the line data is
 sharded across ranks and rank 0 writes.

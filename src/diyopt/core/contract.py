@@ -45,7 +45,7 @@ class Optimizer(NamedTuple):
       kernel: the name of an in-place multi-tensor kernel (torch's fused CPU/CUDA step) that computes
         exactly this update from ``hyperparams`` -- ``"adam"``, ``"adamw"``, ``"sgd"``, ``"adagrad"`` -- set by the named
         factory only for settings the kernel can do (Python-number hyperparameters, no schedule); ``to_torch``'s default engine then runs it instead of ``update`` (see
-        :mod:`diyopt.torch_optim`). Anything built around it (``chain``, ``masked``) has None.
+        :mod:`diyopt.engines`). Anything built around it (``chain``, ``masked``) has None.
     """
 
     init: Callable[[Params], State]
@@ -95,6 +95,11 @@ def chain(*transforms: Optimizer) -> Optimizer:
 
     The state is a tuple with one entry per transform.
     Example: ``adam = chain(scale_by_adam(), scale_by_lr(1e-3))``.
+
+    The chain keeps its members' settings: a hyperparameter that exactly one rebuildable member has
+    (``chain(clip_by_global_norm(1.0), my_rule(lr=0.1))`` has ``lr``) is the chain's, so a user's own
+    chain can be swept, tuned and given per-group settings like a named optimizer. A name two members
+    share is left out (changing it would be ambiguous).
     """
 
     def init(params: Params) -> tuple:
@@ -107,7 +112,25 @@ def chain(*transforms: Optimizer) -> Optimizer:
             new_state.append(s)
         return grads, tuple(new_state)
 
-    return Optimizer(init, update, flattenable=all(t.flattenable for t in transforms))
+    owners: dict[str, list[int]] = {}
+    for i, t in enumerate(transforms):
+        if t.build is not None:
+            for name in t.hyperparams or {}:
+                owners.setdefault(name, []).append(i)
+    owner = {name: ids[0] for name, ids in owners.items() if len(ids) == 1}
+    flattenable = all(t.flattenable for t in transforms)
+    if not owner:
+        return Optimizer(init, update, flattenable=flattenable)
+
+    def build(**hyperparams: Any) -> Optimizer:
+        members = list(transforms)
+        for i in sorted({owner[name] for name in hyperparams}):
+            mine = {name: v for name, v in hyperparams.items() if owner[name] == i}
+            members[i] = members[i].replace_hyperparams(**mine)
+        return chain(*members)
+
+    hyperparams = {name: transforms[i].hyperparams[name] for name, i in owner.items()}
+    return Optimizer(init, update, hyperparams=hyperparams, build=build, flattenable=flattenable)
 
 
 class elementwise:

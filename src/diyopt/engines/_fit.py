@@ -25,7 +25,7 @@ from torch import Tensor
 
 from diyopt._util.interrupts import PENDING, interrupted
 from diyopt._util.progress import StepBar
-from diyopt._util.validate import check_steps
+from diyopt._util.validate import check_steps, positive_integer
 from diyopt.core.checks import (
     NONFINITE_POLICIES,
     all_finite,
@@ -59,7 +59,7 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         the module it closes over (``lambda p: mse(model(x), y)``), one that calls what it is given
         (``lambda m: mse(m(x), y)``: a dict of the fit's tensors that also calls the module and reads
         its attributes), or the dict style (``p["weight"]``, ``functional_call(model, p, (x,))``). During
-        each loss call the module's parameters are the fit's tensors (see :mod:`diyopt.modules`). **After
+        each loss call the module's parameters are the fit's tensors (see :mod:`diyopt.core.modules`). **After
         the fit the module holds the fitted parameters**, equal to ``Result.params``.
       optimizer: a diyopt :class:`Optimizer`, or a ``torch.optim.Optimizer`` *class* (used as is, with
         ``optimizer_kwargs`` or extra keyword arguments), e.g. ``fit(loss, p, torch.optim.Adam, 4000)``.
@@ -101,7 +101,7 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
     """
     steps = check_steps(steps)
     module = params if isinstance(params, torch.nn.Module) else None
-    if module is not None:  # every loss style trains it: see diyopt.modules
+    if module is not None:  # every loss style trains it: see diyopt.core.modules
         loss_fn, params = bind_module(loss_fn, module)
     params = as_params(params)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
@@ -132,8 +132,11 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
     if engine == "compiled":
         from diyopt.engines.compiled import fit_compiled
 
+        asked = [k for k in EAGER_ONLY if reliability[k] not in (None, False)]
+        if asked:
+            raise ValueError(f"engine='compiled' does not support {asked[0]}= yet; use engine='eager'")
         return _into(module, fit_compiled(loss_fn, params, optimizer, steps, callback=callback,
-                                          **_supported_options(fit_compiled, reliability), **options))
+                                          on_nonfinite=on_nonfinite, progress=progress, **options))
     if engine != "eager":
         raise ValueError(f"unknown engine {engine!r}; known: 'eager', 'compiled'")
     if options:
@@ -159,24 +162,8 @@ def _into(module: torch.nn.Module | None, result: Result) -> Result:
     return result
 
 
-_DEFAULTS = dict(on_nonfinite="stop", checkpoint=None, checkpoint_every=None, resume=False, settings=None,
-                 distributed=None, progress=False)
-
-
-def _supported_options(engine_fn: Callable, options: dict) -> dict:
-    """The reliability options an engine accepts; one it lacks must be at its default, or we say so."""
-    import inspect
-
-    accepted = inspect.signature(engine_fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        return options
-    for k, v in options.items():
-        if k not in accepted and v is not _DEFAULTS[k] and v != _DEFAULTS[k]:
-            raise ValueError(f"engine {engine_fn.__module__}.{engine_fn.__name__} does not support {k}= yet; "
-                             "use engine='eager'")
-    return {k: v for k, v in options.items() if k in accepted}
-
-
+# What only the eager engine does yet; the compiled engine refuses them rather than ignore them.
+EAGER_ONLY = ("checkpoint", "checkpoint_every", "resume", "distributed")
 
 
 # ---------------------------------------------------------------- the eager engine (source of truth)
@@ -263,23 +250,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
 # ---------------------------------------------------------------- the divergence guard
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- checks that run once, on the first step
-
-
-
-
 
 
 # ---------------------------------------------------------------- checkpoints from the loop
@@ -293,8 +264,7 @@ class _Saver:
 
         if every is None:
             every = 100
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}")
+        every = positive_integer(every, "checkpoint_every")
         self.path, self.every, self.ckpt = Path(path), every, ckpt
         extra = dict(settings or {})
         if reduce is not None:
@@ -366,16 +336,6 @@ def _loss_and_grads(loss_fn: LossFn, current: Params, layout: FlatLayout | None,
     return loss, dict(zip(leaves, grads))
 
 
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- torch.optim classes, used as they are
-
-
 
 

@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from diyopt._util.format import NOT_REACHED, format_value
 from diyopt._util.progress import CompileNotice, StepBar
+from diyopt._util.validate import positive_integer
 from diyopt.core.checks import first_step_check
 from diyopt.core.contract import Optimizer
 from diyopt.core.modules import bind_module
@@ -205,7 +206,7 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     if not isinstance(optimizer, Optimizer) or optimizer.build is None:
         raise TypeError("sweep needs a diyopt optimizer built by a factory (diyopt.optim.adam(...), an "
                         f"elementwise rule called with its settings), got {type(optimizer).__name__}")
-    if isinstance(params, torch.nn.Module):  # the loss may call it or close over it (diyopt.modules)
+    if isinstance(params, torch.nn.Module):  # the loss may call it or close over it (diyopt.core.modules)
         loss_fn, params = bind_module(loss_fn, params)
     params = as_params(params)
     grid = dict(grid or {})
@@ -244,8 +245,7 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
         per_run = _bytes_per_run(loss_fn, pack(first), view, optimizer, steps)
         budget = memory_bytes or _default_memory(ref.device)
         batch_size = max(1, min(len(runs), budget // max(per_run, 1)))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_integer(batch_size, "batch_size")
     batch_size = min(batch_size, len(runs))
 
     chunk = min(chunk, steps)
@@ -400,7 +400,7 @@ def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, s
     """Whole chunks (compiled when asked), then the leftover steps eagerly (the same math).
 
     Returns the ``(runs, steps)`` losses, the final params and state, and the first call's extra time.
-    ``bar`` (a :class:`~diyopt.progress.StepBar`) advances after each call, from ``offset`` (earlier
+    ``bar`` (a :class:`~diyopt._util.progress.StepBar`) advances after each call, from ``offset`` (earlier
     batches' steps); ``notice`` announces the first compiled call.
     """
     curves = []

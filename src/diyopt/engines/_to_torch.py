@@ -64,7 +64,7 @@ def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = Fa
         minute or more for an 80-tensor model on 2 CPU cores). Leave it off for small models and tests.
 
       on_nonfinite: ``"raise"`` (default): a step whose update would be nan or inf raises
-        :class:`diyopt.fit.DivergedError` naming the parameter, before anything is written, so the params
+        :class:`diyopt.DivergedError` naming the parameter, before anything is written, so the params
         and state stay the last finite ones (one reduction and one read per step; the kernel engine
         reduces over the gradients, since a non-finite gradient gives a non-finite Adam, SGD or Adagrad update,
         and hands such a step to the pure path, which raises: a finite gradient whose update overflows,

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from diyopt._util import files as outputs
+# One helper writes every output (temp in the same folder, fsync, rename, umask honoured, no temp left).
+from diyopt._util.files import atomic_write, fsync_dir
 from diyopt.errors import CheckpointError
 
 FORMAT = "diyopt-checkpoint"
@@ -43,10 +44,6 @@ VERSION = 2  # 2: the loss history may live beside the file (LossFile); 1 is sti
 
 # ---------------------------------------------------------------- atomic file and folder writes
 
-# One helper writes every output (temp in the same folder, fsync, rename, umask honoured, no temp left):
-# see diyopt.outputs. The names stay here for the callers that import them from this module.
-atomic_write = outputs.atomic_write
-_fsync_dir = outputs.fsync_dir
 
 
 
@@ -208,7 +205,7 @@ class LossFile:
         finally:
             os.close(fd)
         if new:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.count += len(values)
 
 

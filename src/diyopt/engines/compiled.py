@@ -4,7 +4,7 @@
   gradient (``torch.func.grad_and_value``) and update -- several steps per compiled call.
 - :func:`compiled_update`: the optimizer's ``update`` + ``apply_updates`` compiled, for real training loops
   (``to_torch(..., compiled=True)``).
-- ``diyopt.sweep`` (in :mod:`diyopt.batched`) runs many fits as one vectorized computation.
+- ``diyopt.sweep`` (in :mod:`diyopt.engines`) runs many fits as one vectorized computation.
 
 Why hyperparameters become tensors: ``torch.compile`` specializes on Python numbers (a new ``lr`` would
 mean a new graph), but treats tensors as inputs. So the optimizer is rebuilt once with each numeric
@@ -28,6 +28,7 @@ from torch import Tensor
 from torch._higher_order_ops.while_loop import while_loop
 
 from diyopt._util.progress import CompileNotice, StepBar
+from diyopt._util.validate import positive_integer
 from diyopt.core.checks import check_updates, first_step_check, nonfinite_event
 from diyopt.core.contract import Optimizer
 from diyopt.core.result import Result
@@ -125,8 +126,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     numel = sum(p.numel() for p in params.values())
     if chunk is None:
         chunk = 1 if callback is not None or numel > SMALL_PROBLEM_NUMEL else SMALL_PROBLEM_CHUNK
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    chunk = positive_integer(chunk, "chunk")
 
     layout = FlatLayout.maybe(params) if optimizer.flattenable else None
     current = {"flat": layout.flatten(params)} if layout else dict(params)

@@ -8,7 +8,7 @@ hyperparameters lives one layer up, in ``diyopt.optim``.
 
 Here: scaling and schedules, weight decay, momentum, clipping, and the wrappers that change *when* or
 *where* an inner transform applies (``masked``, ``freeze``, ``apply_if_finite``, ``accumulate``).
-The adaptive per-tensor scalings (Adam, RMSprop, Adagrad, ...) live in :mod:`diyopt.adaptive` and are
+The adaptive per-tensor scalings (Adam, RMSprop, Adagrad, ...) live in :mod:`diyopt.transforms` and are
 re-exported here, so every transform is ``diyopt.transforms.X``.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
+from diyopt._util.validate import positive_integer
 from diyopt.core.contract import Optimizer, elementwise
 from diyopt.core.tree import Params
 from diyopt.transforms._adaptive import (
@@ -328,8 +329,7 @@ def accumulate(inner: Optimizer, every_k: int) -> Optimizer:
     Steps in between return zero updates. With ``every_k`` micro-batches of one batch this is the same
     as one step on the whole batch. ``every_k`` is structural (a Python int).
     """
-    if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
-        raise ValueError(f"every_k must be a positive integer, got {every_k!r}")
+    every_k = positive_integer(every_k, "every_k")
 
     def init(params: Params) -> AccumulateState:
         zero = _zero_count(params)

@@ -1,6 +1,6 @@
-"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`diyopt.benchmarking.tuning`, on every task.
+"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`diyopt.analysis.benchmarking.tuning`, on every task.
 
-The output folder (written through :func:`diyopt.outputs.output_folder`, so each publication is atomic):
+The output folder (written through :func:`diyopt._util.files.output_folder`, so each publication is atomic):
 
 - ``results.csv`` -- one row per task x optimizer: ``task, optimizer, solved, attempts, best_metric,
   steps_to_target, seconds_to_target`` (workloads only), ``seconds`` and the criterion, target, studies solved, engine;
@@ -165,7 +165,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds
 def run_workload(workload: Workload, label: str, optimizer: Optimizer, *, trials: int, seeds: Sequence[int],
                  space: Mapping | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """One workload x optimizer under the tuning rules of :func:`run_task`; the trials run one by one
-    (:func:`diyopt.benchmarking.workloads.train`: the score needs the metric every ``eval_every`` steps).
+    (:func:`diyopt.analysis.benchmarking.workloads.train`: the score needs the metric every ``eval_every`` steps).
     ``steps_to_target`` / ``seconds_to_target``: median over studies of the study's best passing trial."""
     box = _space(label, optimizer, space)
     keys = list(box)
@@ -209,7 +209,7 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
     Args:
       optimizers: specs (``"adam"``, ``"sgd:nesterov=true"``, ``"my_rules.py:rule"``, as
         :func:`diyopt.optim.get`) or ``(label, Optimizer)`` pairs. The search space
-        (:data:`diyopt.benchmarking.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned, less the settings
+        (:data:`diyopt.analysis.benchmarking.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned, less the settings
         the spec fixes (``adam:lr=1e-2`` tunes only ``beta1``).
       trials: Sobol points per study; seeds: studies (a count ``S`` means seeds ``0..S-1``).
       out: the output folder (``results.csv``, ``matrix.png``, ``manifest.json``); None: write nothing.
@@ -218,7 +218,7 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
       resume: keep the rows of an earlier, interrupted run in ``out`` with the same settings.
       progress: a bar over task x optimizer pairs on stderr (None: when stderr is a terminal).
 
-    A task is solved when more than half of the studies have a passing trial; see :mod:`diyopt.benchmarking.tuning`.
+    A task is solved when more than half of the studies have a passing trial; see :mod:`diyopt.analysis.benchmarking.tuning`.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")

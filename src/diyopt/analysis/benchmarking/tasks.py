@@ -7,7 +7,7 @@ optimum, or a held-out error) and, for the tasks whose gradient oracle is not th
 metric at the params after ``steps`` updates is ``<= target``.
 
 How a task sees the step: the loss never does (``diyopt.sweep`` evaluates ``loss(params)``, one pure
-function). The step lives in the optimizer's state instead: :func:`diyopt.benchmarking.tuning.with_effect` wraps the
+function). The step lives in the optimizer's state instead: :func:`diyopt.analysis.benchmarking.tuning.with_effect` wraps the
 tuned optimizer in a transform whose state holds a step counter (a tensor) beside the inner state, and
 whose update rewrites the gradients with ``Effect.apply(grads, extra, step)`` before the inner rule sees
 them. Noise is read from a table drawn once per study with ``torch.Generator().manual_seed(seed)`` and
