@@ -16,7 +16,7 @@ from matplotlib.colors import to_rgba
 import diyopt
 import diyopt.analysis.demo
 from diyopt import plots
-from diyopt.analysis._compare import _flat2
+from diyopt.analysis._arrays import flat2 as _flat2
 
 
 def legend_texts(ax_or_fig) -> list[str]:
@@ -64,7 +64,7 @@ def test_paths_mark_starts_and_optimum_in_the_legend_in_colours_no_optimizer_use
         assert to_rgba(color) not in used
     assert to_rgba(start.get_markerfacecolor()) != to_rgba(star.get_markerfacecolor())
     # the star sits on a known minimizer and the starts are the comparison's starts
-    assert tuple(star.get_xydata()[0]) in {tuple(_flat2(m)) for m in c._minima()}
+    assert tuple(star.get_xydata()[0]) in {tuple(_flat2(m)) for m in c.minima()}
     np.testing.assert_allclose(start.get_xydata()[0], c.runs[texts[0]][0].path[0])
 
 

@@ -70,3 +70,10 @@ def test_import_contracts_are_kept():
                           env={"PYTHONPATH": str(SRC.parent), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "3 kept, 0 broken" in proc.stdout
+
+
+def test_import_diyopt_does_not_load_matplotlib():
+    """``import diyopt`` stays light: figures load on first use (matplotlib costs half a second)."""
+    code = "import sys, diyopt; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"

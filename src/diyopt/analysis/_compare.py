@@ -42,9 +42,10 @@ import torch
 from torch import Tensor
 
 from diyopt._util.files import dumps, write_folder
-from diyopt._util.format import NOT_REACHED
 from diyopt._util.progress import progress_bar
-from diyopt.analysis.profiles import linestyle, performance_profile, plot_performance_profile  # noqa: F401
+from diyopt.analysis import tables
+from diyopt.analysis._arrays import flat2, pad
+from diyopt.analysis.profiles import performance_profile, plot_performance_profile  # noqa: F401
 from diyopt.core.contract import Optimizer
 from diyopt.core.tree import Params
 from diyopt.engines import fit
@@ -179,135 +180,33 @@ class Comparison:
         return o["steps_to_tol"] < r["steps_to_tol"]
 
     def to_csv(self, path: str | Path | None = None) -> str:
-        """The table as CSV (full precision, "not reached" for a tolerance most seeds never met); written to
-        ``path`` when given."""
-        import csv
-        import io
-
-        rows = self.table()
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: _csv_value(v, k) for k, v in row.items()} for row in rows)
+        """The table as CSV (:func:`diyopt.analysis.tables.comparison_csv`); written to ``path`` when given."""
+        text = tables.comparison_csv(self.table())
         if path is not None:
-            Path(path).write_text(buf.getvalue())
-        return buf.getvalue()
+            Path(path).write_text(text)
+        return text
 
     def to_markdown(self) -> str:
-        """The table as GitHub Markdown, sorted by rank, numbers to 4 significant digits; a tolerance no
-        seed (or fewer than half of them) reached is "not reached"."""
-        rows = sorted(self.table(), key=lambda r: r["rank"])
-        head = ["rank", "optimizer", "final loss (median)", "min", "max", "loss − f* (median)",
-                "distance to optimum",
-                "reached tol", "steps to tol", "seconds to tol", "seconds", "diverged"]
-        keys = ["rank", "optimizer", "final_loss", "final_loss_min", "final_loss_max", "final_gap", "distance",
-                "reached", "steps_to_tol", "seconds_to_tol", "seconds", "diverged"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in rows:
-            lines.append("| " + " | ".join(_md_value(row[k], k) for k in keys) + " |")
-        return "\n".join(lines) + "\n"
-
-    # ------------------------------------------------------------ figures
+        """The table as GitHub Markdown (:func:`diyopt.analysis.tables.comparison_markdown`)."""
+        return tables.comparison_markdown(self.table())
 
     def plot_loss_vs_step(self, ax=None):
-        """Median over seeds per optimizer, with the min--max band; log y (linear if a loss is <= 0).
-        Plots ``loss - f*`` when the optimum is known (so convergence shows as a falling line, not a
-        plateau)."""
-        from diyopt.analysis.figures import axes
+        """Median over seeds per optimizer with the min--max band (:func:`diyopt.analysis.figures.comparison_loss_vs_step`)."""
+        from diyopt.analysis import figures
 
-        ax = axes(ax)
-        for i, (label, runs) in enumerate(self.runs.items()):
-            curves = self._gaps(runs)
-            x = np.arange(curves.shape[1])
-            line, = ax.plot(x, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
-            ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2,
-                            linewidth=0)
-        self._log_if_positive(ax)
-        ax.set_xlabel("step")
-        ax.set_ylabel(self._ylabel())
-        ax.set_title(f"{self.problem.name}: median and min–max over {self._n_seeds()} seeds")
-        ax.legend()
-        return ax
+        return figures.comparison_loss_vs_step(self, ax)
 
     def plot_loss_vs_time(self, ax=None):
-        """Median loss (or ``loss - f*``) against median cumulative wall time, per optimizer; log y."""
-        from diyopt.analysis.figures import axes
+        """Median loss against median wall time per optimizer (:func:`diyopt.analysis.figures.comparison_loss_vs_time`)."""
+        from diyopt.analysis import figures
 
-        ax = axes(ax)
-        for i, (label, runs) in enumerate(self.runs.items()):
-            curves = self._gaps(runs)
-            seconds = np.median(np.stack([_pad(r.seconds, curves.shape[1]) for r in runs]), axis=0)
-            ax.plot(seconds, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
-        self._log_if_positive(ax)
-        ax.set_xlabel("wall time (s)")
-        ax.set_ylabel(self._ylabel())
-        ax.set_title(f"{self.problem.name}: median over {self._n_seeds()} seeds")
-        ax.legend()
-        return ax
+        return figures.comparison_loss_vs_time(self, ax)
 
     def plot_paths(self, ax=None, levels: int = 30):
-        """2-D problems: every run's path over contours of the loss, known minimizers as stars."""
-        from diyopt.analysis.figures import axes
+        """2-D problems: every run's path over contours of the loss (:func:`diyopt.analysis.figures.comparison_paths`)."""
+        from diyopt.analysis import figures
 
-        if not self.is_2d:
-            raise ValueError(f"plot_paths needs a problem with 2 parameters, {self.problem.name!r} has "
-                             f"{sum(p.numel() for p in self.problem.params0.values())}")
-        ax = axes(ax)
-        # The view: every start, the known minima and the paths of the runs that did not diverge. A
-        # diverged run is drawn as far as it stays in view and marked with an x where it leaves it.
-        kept = [r.path for runs in self.runs.values() for r in runs if r.stop_reason != "diverged"]
-        points = kept + [r.path[:1] for runs in self.runs.values() for r in runs]
-        points += [_flat2(m) for m in self._minima()]
-        allp = np.concatenate([np.atleast_2d(p) for p in points])
-        allp = allp[np.isfinite(allp).all(axis=1)]
-        lo, hi = allp.min(axis=0), allp.max(axis=0)
-        pad = 0.1 * np.maximum(hi - lo, 1e-3 * np.maximum(np.abs(hi), 1.0))
-        box_lo, box_hi = lo - pad, hi + pad
-        xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 120)
-        ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 120)
-        zz = self._grid_loss(xs, ys)
-        finite = zz[np.isfinite(zz)]
-        zmin = finite.min()
-        # Contours of log(loss - min) at quantiles of the grid's values: each band covers about the same
-        # area, so both the valley floor and the walls get lines whatever the loss's range.
-        logz = np.log10(np.maximum(zz - zmin, 1e-12 * max(1.0, abs(zmin), float(finite.max() - zmin))))
-        marks = np.unique(np.quantile(logz[np.isfinite(logz)], np.linspace(0.0, 1.0, levels + 2)[1:-1]))
-        # Grey contours, white starts and a gold optimum: colours no optimizer's line uses (they take
-        # matplotlib's colour cycle), so each mark is told apart in the legend.
-        ax.contour(xs, ys, logz, levels=marks, colors="0.72", linewidths=0.5)
-        for i, (label, runs) in enumerate(self.runs.items()):
-            color = None
-            diverged = any(r.stop_reason == "diverged" for r in runs)
-            for k, run in enumerate(runs):
-                path = run.path
-                if run.stop_reason == "diverged":  # as far as it is finite and in view
-                    inside = np.isfinite(path).all(axis=1) & (path >= box_lo).all(axis=1) & (path <= box_hi).all(axis=1)
-                    stop = len(path) if inside.all() else int(np.argmin(inside))
-                    path = path[:max(stop, 1)]
-                line, = ax.plot(path[:, 0], path[:, 1], color=color, lw=1.4 if k == 0 else 0.7,
-                                linestyle=linestyle(i), alpha=1.0 if k == 0 else 0.5,
-                                label=(f"{label} (diverged)" if diverged else label) if k == 0 else None)
-                color = line.get_color()
-                if run.stop_reason == "diverged":
-                    ax.plot(*path[-1], "x", color=color, ms=7, mew=2)
-        starts = [r.path[0] for r in next(iter(self.runs.values()))]  # every optimizer has the same starts
-        for k, p in enumerate(starts):
-            ax.plot(*p, "o", mfc="white", mec="black", mew=1.0, ms=7 if k == 0 else 5, zorder=5,
-                    label=(f"starts (seeds 0–{len(starts) - 1}; seed 0 large)" if len(starts) > 1 else "start")
-                    if k == 0 else None)
-        minima = self._minima()
-        for k, m in enumerate(minima):
-            ax.plot(*_flat2(m), "*", mfc="gold", mec="black", mew=0.8, ms=15, zorder=6,
-                    label=("known minimum" if len(minima) == 1 else f"known minima ({len(minima)})")
-                    if k == 0 else None)
-        ax.set_xlim(box_lo[0], box_hi[0])
-        ax.set_ylim(box_lo[1], box_hi[1])
-        names = self._names2()
-        ax.set_xlabel(names[0])
-        ax.set_ylabel(names[1])
-        ax.set_title(f"{self.problem.name}: paths (seed 0 bold) over contours of log(loss)")
-        ax.legend(framealpha=0.9, fontsize="small")
-        return ax
+        return figures.comparison_paths(self, ax, levels)
 
     @property
     def is_2d(self) -> bool:
@@ -329,27 +228,16 @@ class Comparison:
 
         return write_folder(out_dir, write, names=OUTPUT_FILES, kind="compare")
 
-    # ------------------------------------------------------------ helpers
-
-    def _log_if_positive(self, ax) -> None:
-        """Log y when every plotted value is positive (a loss without known optimum may go negative)."""
-        values = np.concatenate([self._gaps(runs).ravel() for runs in self.runs.values()])
-        values = values[np.isfinite(values)]
-        if len(values) and values.min() > 0:
-            from diyopt.analysis.figures import readable_log_ticks
-
-            ax.set_yscale("log")
-            readable_log_ticks(ax)
-
     def _n_seeds(self) -> int:
         return len(next(iter(self.runs.values())))
 
-    def _ylabel(self) -> str:
-        return "loss − known optimum" if self.problem.optimum is not None else "loss"
+    def minima(self) -> list[Params]:
+        """The problem's known minimizers (several for Himmelblau), or its one solution, or none."""
+        return self.problem.info.get("minima") or ([self.problem.solution] if self.problem.solution else [])
 
-    def _gaps(self, runs: list[Run]) -> np.ndarray:
+    def gaps(self, runs: list[Run]) -> np.ndarray:
         n = max(len(r.losses) for r in runs)
-        curves = np.stack([_pad(r.losses, n) for r in runs])
+        curves = np.stack([pad(r.losses, n) for r in runs])
         curves = np.where(np.isfinite(curves), curves, np.nan)
         if self.problem.optimum is None:
             return curves
@@ -357,38 +245,8 @@ class Comparison:
         floor = 1e-16 * max(1.0, abs(self.problem.optimum))
         return np.maximum(curves - self.problem.optimum, floor)
 
-    def _minima(self) -> list[Params]:
-        return self.problem.info.get("minima") or ([self.problem.solution] if self.problem.solution else [])
 
-    def _names2(self) -> list[str]:
-        p0 = self.problem.params0
-        if len(p0) == 2:
-            return list(p0)
-        name = next(iter(p0))
-        return [f"{name}[0]", f"{name}[1]"]
 
-    def _grid_loss(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        p0 = self.problem.params0
-        template = {k: v.detach() for k, v in p0.items()}
-        keys = list(template)
-
-        def at(flat: Tensor) -> Tensor:
-            if len(keys) == 2:
-                params = {keys[0]: flat[0].reshape(template[keys[0]].shape),
-                          keys[1]: flat[1].reshape(template[keys[1]].shape)}
-            else:
-                params = {keys[0]: flat.reshape(template[keys[0]].shape)}
-            return self.problem.loss(params)
-
-        gx, gy = np.meshgrid(xs, ys)
-        dtype = next(iter(template.values())).dtype
-        pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=dtype)
-        with torch.no_grad():
-            try:  # one batched call when the loss is vmappable, else one call per point
-                values = torch.func.vmap(at)(pts)
-            except Exception:
-                values = torch.stack([at(p) for p in pts])
-        return values.double().numpy().reshape(gx.shape)
 
 
 # ---------------------------------------------------------------- compare
@@ -452,7 +310,7 @@ def _one_run(problem: Problem, opt: Any, kwargs: dict, p0: Params, seed: int, st
     stamps = np.full(steps, np.nan)
     path = np.empty((steps + 1, 2)) if two_d else None
     if two_d:
-        path[0] = _flat2(p0)
+        path[0] = flat2(p0)
 
     def callback(step: int, loss: Tensor, params: Params) -> None:
         stamps[step] = time.perf_counter()
@@ -636,28 +494,11 @@ OUTPUT_FILES = ("loss_vs_step.png", "loss_vs_time.png", "paths.png", "table.csv"
 
 
 
-def _pad(a: np.ndarray, n: int) -> np.ndarray:
-    """Runs stopped early (callback) hold their last value, so curves stack."""
-    return a if len(a) == n else np.concatenate([a, np.full(n - len(a), a[-1])])
-
-
-def _flat2(params: Params) -> np.ndarray:
-    return torch.cat([v.detach().reshape(-1) for v in params.values()]).double().numpy()
-
-
-def _csv_value(v: Any, key: str = "") -> Any:
-    if isinstance(v, float) and key.endswith("_to_tol") and v == math.inf:
-        return NOT_REACHED
-    return repr(v) if isinstance(v, float) else v
 
 
 
 
-def _md_value(v: Any, key: str = "") -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        if math.isinf(v):
-            return NOT_REACHED if key.endswith("_to_tol") and v > 0 else ("inf" if v > 0 else "-inf")
-        return f"{v:.4g}"
-    return str(v)
+
+
+
+

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+
+from diyopt.analysis._arrays import flat2, pad
 
 if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
     matplotlib.use("Agg")
@@ -286,3 +289,163 @@ def _sweep_heatmap(ax, result, swept: list[str], best: float, floor: float, fig)
     ax.set_xlabel(kx)
     ax.set_ylabel(ky)
     ax.set_title("median gap to the best run")
+
+
+# ---------------------------------------------------------------- a comparison's figures
+
+
+def comparison_loss_vs_step(cmp, ax=None):
+    """Median over seeds per optimizer, with the min--max band; log y (linear if a loss is <= 0).
+    Plots ``loss - f*`` when the optimum is known (so convergence shows as a falling line, not a
+    plateau)."""
+    from diyopt.analysis.figures import axes
+
+    ax = axes(ax)
+    for i, (label, runs) in enumerate(cmp.runs.items()):
+        curves = cmp.gaps(runs)
+        x = np.arange(curves.shape[1])
+        line, = ax.plot(x, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
+        ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2,
+                        linewidth=0)
+    _log_if_positive(cmp, ax)
+    ax.set_xlabel("step")
+    ax.set_ylabel(_ylabel(cmp))
+    ax.set_title(f"{cmp.problem.name}: median and min–max over {cmp._n_seeds()} seeds")
+    ax.legend()
+    return ax
+
+
+def comparison_loss_vs_time(cmp, ax=None):
+    """Median loss (or ``loss - f*``) against median cumulative wall time, per optimizer; log y."""
+    from diyopt.analysis.figures import axes
+
+    ax = axes(ax)
+    for i, (label, runs) in enumerate(cmp.runs.items()):
+        curves = cmp.gaps(runs)
+        seconds = np.median(np.stack([pad(r.seconds, curves.shape[1]) for r in runs]), axis=0)
+        ax.plot(seconds, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
+    _log_if_positive(cmp, ax)
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel(_ylabel(cmp))
+    ax.set_title(f"{cmp.problem.name}: median over {cmp._n_seeds()} seeds")
+    ax.legend()
+    return ax
+
+
+def comparison_paths(cmp, ax=None, levels: int = 30):
+    """2-D problems: every run's path over contours of the loss, known minimizers as stars."""
+    from diyopt.analysis.figures import axes
+
+    if not cmp.is_2d:
+        raise ValueError(f"plot_paths needs a problem with 2 parameters, {cmp.problem.name!r} has "
+                         f"{sum(p.numel() for p in cmp.problem.params0.values())}")
+    ax = axes(ax)
+    # The view: every start, the known minima and the paths of the runs that did not diverge. A
+    # diverged run is drawn as far as it stays in view and marked with an x where it leaves it.
+    kept = [r.path for runs in cmp.runs.values() for r in runs if r.stop_reason != "diverged"]
+    points = kept + [r.path[:1] for runs in cmp.runs.values() for r in runs]
+    points += [flat2(m) for m in cmp.minima()]
+    allp = np.concatenate([np.atleast_2d(p) for p in points])
+    allp = allp[np.isfinite(allp).all(axis=1)]
+    lo, hi = allp.min(axis=0), allp.max(axis=0)
+    pad = 0.1 * np.maximum(hi - lo, 1e-3 * np.maximum(np.abs(hi), 1.0))
+    box_lo, box_hi = lo - pad, hi + pad
+    xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 120)
+    ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 120)
+    zz = _grid_loss(cmp, xs, ys)
+    finite = zz[np.isfinite(zz)]
+    zmin = finite.min()
+    # Contours of log(loss - min) at quantiles of the grid's values: each band covers about the same
+    # area, so both the valley floor and the walls get lines whatever the loss's range.
+    logz = np.log10(np.maximum(zz - zmin, 1e-12 * max(1.0, abs(zmin), float(finite.max() - zmin))))
+    marks = np.unique(np.quantile(logz[np.isfinite(logz)], np.linspace(0.0, 1.0, levels + 2)[1:-1]))
+    # Grey contours, white starts and a gold optimum: colours no optimizer's line uses (they take
+    # matplotlib's colour cycle), so each mark is told apart in the legend.
+    ax.contour(xs, ys, logz, levels=marks, colors="0.72", linewidths=0.5)
+    for i, (label, runs) in enumerate(cmp.runs.items()):
+        color = None
+        diverged = any(r.stop_reason == "diverged" for r in runs)
+        for k, run in enumerate(runs):
+            path = run.path
+            if run.stop_reason == "diverged":  # as far as it is finite and in view
+                inside = np.isfinite(path).all(axis=1) & (path >= box_lo).all(axis=1) & (path <= box_hi).all(axis=1)
+                stop = len(path) if inside.all() else int(np.argmin(inside))
+                path = path[:max(stop, 1)]
+            line, = ax.plot(path[:, 0], path[:, 1], color=color, lw=1.4 if k == 0 else 0.7,
+                            linestyle=linestyle(i), alpha=1.0 if k == 0 else 0.5,
+                            label=(f"{label} (diverged)" if diverged else label) if k == 0 else None)
+            color = line.get_color()
+            if run.stop_reason == "diverged":
+                ax.plot(*path[-1], "x", color=color, ms=7, mew=2)
+    starts = [r.path[0] for r in next(iter(cmp.runs.values()))]  # every optimizer has the same starts
+    for k, p in enumerate(starts):
+        ax.plot(*p, "o", mfc="white", mec="black", mew=1.0, ms=7 if k == 0 else 5, zorder=5,
+                label=(f"starts (seeds 0–{len(starts) - 1}; seed 0 large)" if len(starts) > 1 else "start")
+                if k == 0 else None)
+    minima = cmp.minima()
+    for k, m in enumerate(minima):
+        ax.plot(*flat2(m), "*", mfc="gold", mec="black", mew=0.8, ms=15, zorder=6,
+                label=("known minimum" if len(minima) == 1 else f"known minima ({len(minima)})")
+                if k == 0 else None)
+    ax.set_xlim(box_lo[0], box_hi[0])
+    ax.set_ylim(box_lo[1], box_hi[1])
+    names = _names2(cmp)
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(f"{cmp.problem.name}: paths (seed 0 bold) over contours of log(loss)")
+    ax.legend(framealpha=0.9, fontsize="small")
+    return ax
+
+
+def _log_if_positive(cmp, ax) -> None:
+    """Log y when every plotted value is positive (a loss without known optimum may go negative)."""
+    values = np.concatenate([cmp.gaps(runs).ravel() for runs in cmp.runs.values()])
+    values = values[np.isfinite(values)]
+    if len(values) and values.min() > 0:
+        from diyopt.analysis.figures import readable_log_ticks
+
+        ax.set_yscale("log")
+        readable_log_ticks(ax)
+
+
+def _ylabel(cmp) -> str:
+    return "loss − known optimum" if cmp.problem.optimum is not None else "loss"
+
+
+
+
+def _names2(cmp) -> list[str]:
+    p0 = cmp.problem.params0
+    if len(p0) == 2:
+        return list(p0)
+    name = next(iter(p0))
+    return [f"{name}[0]", f"{name}[1]"]
+
+
+def _grid_loss(cmp, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    p0 = cmp.problem.params0
+    template = {k: v.detach() for k, v in p0.items()}
+    keys = list(template)
+
+    def at(flat: Tensor) -> Tensor:
+        if len(keys) == 2:
+            params = {keys[0]: flat[0].reshape(template[keys[0]].shape),
+                      keys[1]: flat[1].reshape(template[keys[1]].shape)}
+        else:
+            params = {keys[0]: flat.reshape(template[keys[0]].shape)}
+        return cmp.problem.loss(params)
+
+    gx, gy = np.meshgrid(xs, ys)
+    dtype = next(iter(template.values())).dtype
+    pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=dtype)
+    with torch.no_grad():
+        try:  # one batched call when the loss is vmappable, else one call per point
+            values = torch.func.vmap(at)(pts)
+        except Exception:
+            values = torch.stack([at(p) for p in pts])
+    return values.double().numpy().reshape(gx.shape)
+
+
+def linestyle(i: int):
+    """Solid, dashed, dotted, dash-dot: identical methods draw on top of each other, and stay visible."""
+    return ["-", (0, (5, 3)), (0, (1, 2)), (0, (6, 2, 1, 2))][i % 4]

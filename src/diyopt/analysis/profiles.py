@@ -57,7 +57,7 @@ def performance_profile(costs: Mapping[str, Sequence[float]] | np.ndarray, taus:
 
 def plot_performance_profile(costs: Mapping[str, Sequence[float]], ax=None, cost: str = "steps"):
     """The profile as step functions on a log2 ``tau`` axis."""
-    from diyopt.analysis.figures import axes
+    from diyopt.analysis.figures import axes, linestyle
 
     ax = axes(ax)
     taus, rho = performance_profile(costs)
@@ -82,6 +82,3 @@ def plot_performance_profile(costs: Mapping[str, Sequence[float]], ax=None, cost
     return ax
 
 
-def linestyle(i: int):
-    """Solid, dashed, dotted, dash-dot: identical methods draw on top of each other, and stay visible."""
-    return ["-", (0, (5, 3)), (0, (1, 2)), (0, (6, 2, 1, 2))][i % 4]
