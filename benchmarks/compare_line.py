@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import diyopt
-from diyopt.analysis._compare import start_point
+from diyopt.problems import start_point
 
 
 def plain_loop(problem, params, steps, lr):

@@ -12,7 +12,7 @@ import argparse
 import torch
 
 import diyopt
-from diyopt.analysis._compare import compare_all, save_all
+from diyopt.analysis import compare_all, save_all
 from diyopt.analysis.report import write_report
 
 

@@ -88,7 +88,7 @@ def test_one_parser_for_get_compare_and_sweep():
     assert a.params0["x"].tolist() == [-1.2, 1.0, -1.2, 1.0]
     cmp = diyopt.compare("rosenbrock:dim=4", ["adam"], seeds=1, steps=3)
     assert cmp.problem.params0["x"].shape == (4,)
-    from diyopt.analysis._compare import as_problem
+    from diyopt.problems import as_problem
 
     assert as_problem("quadratic:dim=3,cond=1e3").info["cond"] == 1000.0
 
@@ -258,7 +258,7 @@ def test_cli_fit_defaults_for_steps_and_out(tmp_path):
 
 
 def test_cli_on_nonfinite_takes_every_policy_of_the_api(tmp_path):
-    from diyopt.engines._fit import NONFINITE_POLICIES
+    from diyopt.core.checks import NONFINITE_POLICIES
 
     assert set(NONFINITE_POLICIES) == {"stop", "raise", "skip", "ignore"}
     expected = {"stop": 3, "raise": 3, "skip": 0, "ignore": 0}  # sgd at lr=1 on Rosenbrock blows up at step 4

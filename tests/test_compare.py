@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.analysis._compare import compare_all, profile_costs, save_all, split_specs, start_point
+from diyopt.analysis import compare_all, save_all
+from diyopt.analysis._compare import profile_costs
 from diyopt.analysis.profiles import performance_profile
 from diyopt.cli import main
+from diyopt.optim import split_specs
+from diyopt.problems import start_point
 from diyopt.problems.data import least_squares_line
 
 STEPS = 150

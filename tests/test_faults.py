@@ -25,7 +25,7 @@ import torch
 import diyopt
 from diyopt._util import files as outputs
 from diyopt.cli import main
-from diyopt.engines._fit import DivergedError
+from diyopt.errors import DivergedError
 
 RAISES = """import torch
 import diyopt
@@ -391,7 +391,7 @@ def test_sweep_falls_back_to_a_loop_for_an_unvectorizable_rule(tmp_path, capsys)
     assert len(err.splitlines()) == 1 and "cannot be vectorized" in err and "data-dependent control flow" in err
     rows = (out / "sweep.csv").read_text().splitlines()
     assert len(rows) == 3
-    rule = diyopt.optim._registry.getattr_from_file(str(tmp_path / "r.py"), "rule")
+    rule = diyopt.optim.getattr_from_file(str(tmp_path / "r.py"), "rule")
     problem = diyopt.problems.get("rosenbrock")
     ref = diyopt.fit(problem.loss, problem.params0, rule(lr=1e-3), 30)
     assert rows[1].split(",")[-2:] == [repr(float(x)) for x in ref.params["x"]]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.engines._fit import DivergedError
+from diyopt.errors import DivergedError
 
 K = 7
 A = [1 - 0.8**k for k in range(K + 1)]  # a_k, gradient descent with lr=0.1 on (a-1)^2

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.solvers._lbfgs import lbfgs
+from diyopt.solvers import lbfgs
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 

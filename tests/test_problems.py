@@ -13,7 +13,7 @@ TEST_FUNCTIONS = [("rosenbrock", {}), ("rosenbrock", {"dim": 3}), ("beale", {}),
 
 def _lbfgs():
     try:
-        from diyopt.solvers._lbfgs import lbfgs
+        from diyopt.solvers import lbfgs
     except ImportError:
         pytest.skip("diyopt.lbfgs (issue 3) is not there yet")
     return lbfgs

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.optim._registry import parse
+from diyopt.optim import parse
 
 
 @pytest.mark.parametrize("spec, expected", [

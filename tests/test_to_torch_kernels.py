@@ -9,7 +9,7 @@ import torch
 import diyopt
 import diyopt.schedules
 from diyopt.engines import _to_torch as torch_optim
-from diyopt.engines._fit import DivergedError
+from diyopt.errors import DivergedError
 
 CASES = [
     ("adam", {}, torch.optim.Adam),

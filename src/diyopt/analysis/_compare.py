@@ -49,7 +49,7 @@ from diyopt.analysis.profiles import performance_profile, plot_performance_profi
 from diyopt.core.contract import Optimizer
 from diyopt.core.tree import Params
 from diyopt.engines import fit
-from diyopt.optim import split_specs
+from diyopt.optim import describe, resolve_optimizers
 from diyopt.problems import Problem, as_problem, start_point
 
 RANK_RTOL = 1e-9  # median final losses this close (relatively) share a rank in the table
@@ -246,9 +246,6 @@ class Comparison:
         return np.maximum(curves - self.problem.optimum, floor)
 
 
-
-
-
 # ---------------------------------------------------------------- compare
 
 
@@ -296,7 +293,7 @@ def compare(problem: Problem | str, optimizers: Mapping[str, Any] | Sequence[Any
     settings = {
         "problem": problem.name,
         "problem_info": {k: v for k, v in problem.info.items() if isinstance(v, (str, int, float, bool))},
-        "optimizers": {label: _describe(opt, kwargs, spec) for label, (opt, kwargs, spec) in resolved.items()},
+        "optimizers": {label: describe(opt, kwargs, spec) for label, (opt, kwargs, spec) in resolved.items()},
         "seeds": seeds, "steps": steps, "tol": tol, "perturb": perturb, "engine": engine,
         "f_star": f_star, "f_star_source": "problem.optimum" if known is not None else "best loss seen",
         "versions": versions(),
@@ -334,89 +331,7 @@ def _one_run(problem: Problem, opt: Any, kwargs: dict, p0: Params, seed: int, st
     return Run(seed, losses, seconds, result.params, result.stop_reason, None if path is None else path[:n + 1])
 
 
-
-
 # ---------------------------------------------------------------- optimizers and problems by name
-
-
-def resolve_optimizers(optimizers: Mapping[str, Any] | Sequence[Any]) -> dict[str, tuple[Any, dict, str | None]]:
-    """``{label: (Optimizer or torch.optim class, torch kwargs, spec string or None)}`` from what
-    :func:`compare` accepts."""
-    if isinstance(optimizers, str):
-        optimizers = split_specs(optimizers)
-    if isinstance(optimizers, Mapping):
-        items = list(optimizers.items())
-    else:
-        items = [(_label(o), o) for o in optimizers]
-    if not items:
-        raise ValueError("optimizers is empty: give at least one")
-    out: dict[str, tuple[Any, dict, str | None]] = {}
-    for label, o in items:
-        if label in out:
-            raise ValueError(f"optimizer label {label!r} appears twice; give a dict with distinct labels")
-        out[str(label)] = (*_resolve_one(o), o if isinstance(o, str) else None)
-    return out
-
-
-_KINDS = "a diyopt Optimizer, a spec string, a torch.optim.Optimizer class or a (class, kwargs) pair"
-
-
-def _resolve_one(o: Any) -> tuple[Any, dict]:
-    if isinstance(o, str):
-        return _from_spec(o), {}
-    if isinstance(o, Optimizer):
-        return o, {}
-    if isinstance(o, type) and issubclass(o, torch.optim.Optimizer):
-        return o, {}
-    if (isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], type)
-            and issubclass(o[0], torch.optim.Optimizer) and isinstance(o[1], Mapping)):
-        return o[0], dict(o[1])
-    raise TypeError(f"an optimizer must be {_KINDS}, got {type(o).__name__}")
-
-
-def _from_spec(spec: str) -> Optimizer:
-    from diyopt import optim
-
-    return optim.get(spec)
-
-
-def _label(o: Any) -> str:
-    if isinstance(o, str):
-        return o
-    if isinstance(o, Optimizer) and o.build is not None:
-        return getattr(o.build, "__name__", "optimizer")
-    if isinstance(o, type):
-        return o.__name__
-    if isinstance(o, tuple) and o and isinstance(o[0], type):
-        return o[0].__name__
-    if isinstance(o, Optimizer):
-        raise TypeError("cannot name an optimizer built without a factory; pass a dict {label: optimizer}")
-    raise TypeError(f"an optimizer must be {_KINDS}, got {type(o).__name__}")
-
-
-
-
-
-
-def _describe(opt: Any, kwargs: dict, spec: str | None) -> dict:
-    """What settings.json records of an optimizer: the spec it came from, its factory, its settings."""
-    if isinstance(opt, Optimizer):
-        name = getattr(opt.build, "__name__", None) if opt.build is not None else None
-        hyper = opt.hyperparams or {}
-    else:
-        name, hyper = f"{opt.__module__}.{opt.__qualname__}", kwargs
-    return {"spec": spec, "optimizer": name or "custom",
-            "hyperparams": {k: _jsonable(v) for k, v in hyper.items()}}
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Tensor):
-        return v.tolist()
-    if isinstance(v, (int, float, str, bool)) or v is None:
-        return v
-    if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
-    return repr(v)
 
 
 def versions() -> dict[str, str]:
@@ -488,17 +403,5 @@ def _safe_name(name: str) -> str:
 #: The files a comparison writes (save_all adds sub-folders and the profiles).
 OUTPUT_FILES = ("loss_vs_step.png", "loss_vs_time.png", "paths.png", "table.csv", "table.md", "settings.json",
                 "performance_profile_steps.png", "performance_profile_seconds.png")
-
-
-
-
-
-
-
-
-
-
-
-
 
 

@@ -31,14 +31,18 @@ from ._builtins import (
 )
 from ._registry import (
     USER_FILES,
+    describe,
     get,
     getattr_from_file,
     names,
     parse,
+    resolve_optimizers,
     split_specs,
 )
 
 __all__ = [
+    "describe",
+    "resolve_optimizers",
     "USER_FILES",
     "getattr_from_file",
     "adadelta",

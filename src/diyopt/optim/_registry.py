@@ -22,7 +22,11 @@ import inspect
 import os
 import sys
 import traceback
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from diyopt.core.contract import Optimizer
 from diyopt.errors import unknown_name
@@ -222,3 +226,73 @@ def split_specs(text: str) -> list[str]:
 def names() -> list[str]:
     """The names of the built-in optimizers, sorted."""
     return sorted(BUILTINS)
+
+
+def resolve_optimizers(optimizers: Mapping[str, Any] | Sequence[Any]) -> dict[str, tuple[Any, dict, str | None]]:
+    """``{label: (Optimizer or torch.optim class, torch kwargs, spec string or None)}`` from what
+    :func:`compare` accepts."""
+    if isinstance(optimizers, str):
+        optimizers = split_specs(optimizers)
+    if isinstance(optimizers, Mapping):
+        items = list(optimizers.items())
+    else:
+        items = [(_label(o), o) for o in optimizers]
+    if not items:
+        raise ValueError("optimizers is empty: give at least one")
+    out: dict[str, tuple[Any, dict, str | None]] = {}
+    for label, o in items:
+        if label in out:
+            raise ValueError(f"optimizer label {label!r} appears twice; give a dict with distinct labels")
+        out[str(label)] = (*_resolve_one(o), o if isinstance(o, str) else None)
+    return out
+
+
+_KINDS = "a diyopt Optimizer, a spec string, a torch.optim.Optimizer class or a (class, kwargs) pair"
+
+
+def _resolve_one(o: Any) -> tuple[Any, dict]:
+    if isinstance(o, str):
+        return get(o), {}
+    if isinstance(o, Optimizer):
+        return o, {}
+    if isinstance(o, type) and issubclass(o, torch.optim.Optimizer):
+        return o, {}
+    if (isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], type)
+            and issubclass(o[0], torch.optim.Optimizer) and isinstance(o[1], Mapping)):
+        return o[0], dict(o[1])
+    raise TypeError(f"an optimizer must be {_KINDS}, got {type(o).__name__}")
+
+
+def _label(o: Any) -> str:
+    if isinstance(o, str):
+        return o
+    if isinstance(o, Optimizer) and o.build is not None:
+        return getattr(o.build, "__name__", "optimizer")
+    if isinstance(o, type):
+        return o.__name__
+    if isinstance(o, tuple) and o and isinstance(o[0], type):
+        return o[0].__name__
+    if isinstance(o, Optimizer):
+        raise TypeError("cannot name an optimizer built without a factory; pass a dict {label: optimizer}")
+    raise TypeError(f"an optimizer must be {_KINDS}, got {type(o).__name__}")
+
+
+def describe(opt: Any, kwargs: dict, spec: str | None) -> dict:
+    """What settings.json records of an optimizer: the spec it came from, its factory, its settings."""
+    if isinstance(opt, Optimizer):
+        name = getattr(opt.build, "__name__", None) if opt.build is not None else None
+        hyper = opt.hyperparams or {}
+    else:
+        name, hyper = f"{opt.__module__}.{opt.__qualname__}", kwargs
+    return {"spec": spec, "optimizer": name or "custom",
+            "hyperparams": {k: _jsonable(v) for k, v in hyper.items()}}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.tolist()
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    return repr(v)

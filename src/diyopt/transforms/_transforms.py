@@ -23,48 +23,9 @@ from torch.utils import _pytree as pytree
 from diyopt._util.validate import positive_integer
 from diyopt.core.contract import Optimizer, elementwise
 from diyopt.core.tree import Params
-from diyopt.transforms._adaptive import (
-    AdadeltaState,
-    AdafactorState,
-    AdagradState,
-    AdamaxState,
-    AdamState,
-    AsgdState,
-    LionState,
-    MuonState,
-    NadamState,
-    RadamState,
-    RmsState,
-    RpropState,
-    SparseAdamState,
-    orthogonalize,
-    scale_by_adadelta,
-    scale_by_adafactor,
-    scale_by_adagrad,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_asgd,
-    scale_by_lion,
-    scale_by_muon,
-    scale_by_nadam,
-    scale_by_radam,
-    scale_by_rms,
-    scale_by_rprop,
-    scale_by_sparse_adam,
-)
 
 Schedule = Callable[[Tensor], Tensor]
 
-__all__ = [
-    "AdadeltaState", "AdafactorState", "AdagradState", "AdamState", "AdamaxState", "ApplyIfFiniteState",
-    "AccumulateState", "AsgdState", "LionState", "MuonState", "NadamState", "RadamState", "RmsState",
-    "RpropState", "ScheduleState", "SparseAdamState", "TraceState", "orthogonalize", "scale_by_adafactor",
-    "scale_by_asgd", "scale_by_muon", "scale_by_sparse_adam",
-    "MomentumState", "accumulate", "add_decayed_weights", "add_decoupled_weight_decay", "heavy_ball", "apply_if_finite", "clip", "clip_by_global_norm", "freeze",
-    "masked", "scale", "scale_by_adadelta", "scale_by_adagrad", "scale_by_adam", "scale_by_adamax",
-    "scale_by_lion", "scale_by_lr", "scale_by_nadam", "scale_by_radam", "scale_by_rms", "scale_by_rprop",
-    "scale_by_schedule", "set_to_zero", "trace",
-]
 
 
 def _zero_count(params: Params) -> Tensor:
