@@ -1,4 +1,12 @@
-"""Small transforms, each one concern; a named optimizer is a chain of them (see :mod:`diyopt.optim`).
+"""Small composable gradient transformations; a named optimizer (:mod:`diyopt.optim`) is a chain of them.
+
+Each transform is an :class:`~diyopt.core.Optimizer`. Per-tensor ones are :func:`~diyopt.core.elementwise`
+rules with a ``NamedTuple`` state of tensors; hyperparameters may be Python numbers or tensors (the fast
+engines pass tensors so nothing recompiles when they change), so no rule branches in Python on a
+hyperparameter's value -- ``torch.where`` selects instead. Validation lives one layer up, in
+:mod:`diyopt.optim`. One concern per private module: scaling and schedules, weight decay, momentum,
+clipping, the wrappers that change *where* or *when* an inner transform applies, and the adaptive
+per-tensor scalings of Adam, RMSprop, Adagrad, ...
 """
 from ._adaptive import (
     AdadeltaState,
@@ -29,26 +37,36 @@ from ._adaptive import (
     scale_by_rprop,
     scale_by_sparse_adam,
 )
-from ._transforms import (
-    AccumulateState,
-    ApplyIfFiniteState,
-    MomentumState,
-    ScheduleState,
-    TraceState,
-    accumulate,
-    add_decayed_weights,
-    add_decoupled_weight_decay,
-    apply_if_finite,
+from ._clipping import (
     clip,
     clip_by_global_norm,
-    freeze,
+)
+from ._decay import (
+    add_decayed_weights,
+    add_decoupled_weight_decay,
+)
+from ._momentum import (
+    MomentumState,
+    TraceState,
     heavy_ball,
-    masked,
+    trace,
+)
+from ._scaling import (
+    Schedule,
+    ScheduleState,
     scale,
     scale_by_lr,
     scale_by_schedule,
     set_to_zero,
-    trace,
+)
+from ._wrappers import (
+    AccumulateState,
+    ApplyIfFiniteState,
+    Mask,
+    accumulate,
+    apply_if_finite,
+    freeze,
+    masked,
 )
 
 __all__ = [
@@ -69,6 +87,7 @@ __all__ = [
     "freeze",
     "heavy_ball",
     "LionState",
+    "Mask",
     "masked",
     "MomentumState",
     "MuonState",
@@ -93,6 +112,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_schedule",
     "scale_by_sparse_adam",
+    "Schedule",
     "ScheduleState",
     "set_to_zero",
     "SparseAdamState",
