@@ -77,3 +77,17 @@ def test_import_diyopt_does_not_load_matplotlib():
     code = "import sys, diyopt; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_readme_draws_every_folder_and_only_real_ones():
+    """The README's layout drawing names each folder and top-level module of src/diyopt, and nothing else."""
+    import re
+
+    readme = (SRC.parent.parent / "README.md").read_text()
+    drawing = readme.split("## Layout", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    drawn = set(re.findall(r"\b([a-z_]+(?:/|\.py))", drawing)) - {"src/", "diyopt/"}
+    real = {p.name + "/" for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    real |= {p.name for p in SRC.glob("*.py") if p.name != "__main__.py"}
+    nested = {p.parent.name + "/" for p in SRC.glob("*/*/__init__.py")}  # may be drawn inside their folder
+    assert real <= drawn, f"not drawn: {sorted(real - drawn)}"
+    assert drawn <= real | nested, f"drawn but not in src/diyopt: {sorted(drawn - real - nested)}"

@@ -5,6 +5,7 @@
 """
 from ._builtins import (
     BUILTINS,
+    IMPLEMENTATION_FLAGS,
     adadelta,
     adafactor,
     adagrad,
@@ -41,6 +42,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "IMPLEMENTATION_FLAGS",
     "describe",
     "resolve_optimizers",
     "USER_FILES",
