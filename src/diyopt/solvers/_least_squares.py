@@ -34,7 +34,7 @@ from torch import Tensor
 from diyopt.core.checks import check_gradients
 from diyopt.core.linesearch import backtracking
 from diyopt.core.modules import bind_module, load_into
-from diyopt.core.result import Result
+from diyopt.core.result import CONVERGED, DIVERGED, FALSE_CONVERGENCE, MAX_STEPS, PRECISION, Result
 from diyopt.core.tree import FlatLayout, Params, as_params
 from diyopt.solvers.stats import covariance as _covariance
 from diyopt.solvers.stats import jacobian_fn
@@ -52,8 +52,9 @@ _MESSAGES = {
     7: "xtol is too small: no further improvement in the approximate solution is possible",
     8: "gtol is too small: the residuals are orthogonal to the Jacobian columns to machine precision",
 }
-_STOP = {0: "diverged", 1: "converged", 2: "converged", 3: "converged", 4: "converged", 5: "max_nfev",
-         6: "precision", 7: "precision", 8: "precision"}
+#: MINPACK's code -> the stop_reason every solver uses (diyopt.core.result).
+_STOP = {0: DIVERGED, 1: CONVERGED, 2: CONVERGED, 3: CONVERGED, 4: CONVERGED, 5: MAX_STEPS,
+         6: PRECISION, 7: PRECISION, 8: PRECISION}
 
 
 def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module,
@@ -71,28 +72,27 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
         with a backtracking line search).
       ftol, xtol, gtol: MINPACK's tests -- relative reduction of the cost, relative size of the step
         (in the scaled norm ``||D x||``), and the cosine between the residuals and the Jacobian columns.
-        The defaults, 1e-15, stop at float64's limit: at NIST's sizes the extra evaluations cost
-        milliseconds, and they are what certified accuracy needs (MINPACK's usual 1.5e-8 stops at LRE
-        4.2 on ENSO; BENCHMARKS.md).
+        The defaults, 1e-15, stop at float64's limit: what certified accuracy needs, for a few more
+        evaluations than MINPACK's usual 1.5e-8 (BENCHMARKS.md, NIST).
       max_nfev: the budget of residual evaluations (default ``1000 * (n + 1)``, n = number of parameters;
-        MGH17 from NIST's start 1 needs 856 with n = 5).
+        room for NIST's hardest files, BENCHMARKS.md).
       loss: ``"linear"`` (least squares) or a robust loss ``"huber"``, ``"soft_l1"``, ``"cauchy"``,
         ``"arctan"`` applied to ``(r / f_scale)**2`` as in ``scipy.optimize.least_squares``.
       factor: the initial trust radius is ``factor * ||D x0||`` (MINPACK's ``factor``). With a loss that
         saturates (``arctan``, or ``cauchy`` with a small ``f_scale``) far from the start, the rescaled
-        Jacobian is nearly zero and the first steps can run off: ``factor=0.1`` keeps them local
-        (measured: arctan, f_scale 0.1 -- wanders to max_nfev with 100, matches scipy with 0.1).
+        Jacobian is nearly zero and the first steps can run off: ``factor=0.1`` keeps them local.
       jac: ``"fwd"`` (``torch.func.jacfwd``), ``"rev"`` (``jacrev``) or ``"auto"`` (rev for at most 64
         residuals or more parameters than residuals, else fwd).
 
     Returns:
-      A :class:`~diyopt.Result`: ``params`` the fit; ``losses`` the cost :math:`\\sum \\rho(r_i^2)` (for
-      ``loss="linear"`` the residual sum of squares :math:`\\|r\\|^2`, NIST's RSS -- not scipy's
-      :math:`\\frac12\\|r\\|^2`) at the start and after every accepted step; ``steps`` the Jacobian
-      evaluations; ``stop_reason`` ``"converged"`` (an ftol/xtol/gtol test held), ``"precision"`` (a
-      tolerance below machine precision: nothing more to gain), ``"max_nfev"``, ``"diverged"`` or
-      ``"false_convergence"`` (a test held, but not at a minimum: see below); ``info`` with ``nfev``,
-      ``njev``, ``status`` (MINPACK's code), ``message``, ``jacobian`` (the final one, unscaled),
+      A :class:`~diyopt.Result` (its words and counts: :mod:`diyopt.core.result`): ``params`` the fit;
+      ``losses`` the cost :math:`\\sum \\rho(r_i^2)` (for ``loss="linear"`` the residual sum of squares
+      :math:`\\|r\\|^2`, NIST's RSS -- not scipy's :math:`\\frac12\\|r\\|^2`) at the start and after
+      every accepted step; ``steps`` the iterations (one Jacobian each: ``njev == steps``), ``nfev`` the
+      residual evaluations, a restart's included; ``stop_reason`` ``"converged"`` (an ftol/xtol/gtol test
+      held), ``"precision"`` (a tolerance below machine precision: nothing more to gain), ``"max_steps"``
+      (``max_nfev`` used), ``"diverged"`` or ``"false_convergence"`` (a test held, but not at a minimum:
+      see below); ``info`` with ``status`` (MINPACK's code), ``message``, ``jacobian`` (the final one, unscaled),
       ``final_loss``, and for converged fits ``optimality`` (the largest cosine between the residuals
       and a Jacobian column: 0 at a minimum), ``degenerate`` (parameters that stopped affecting the
       residuals) and ``restarts``.
@@ -127,12 +127,11 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
     params = {k: v.detach().to(torch.float64) for k, v in as_params(params).items()}
     layout = FlatLayout(params)
     x0 = layout.flatten(params)
-    unflat = lambda v: layout.unflatten({"flat": v})
-    f0 = residual_fn(unflat(x0))
+    f0 = residual_fn(layout.unflatten(x0))
     if not isinstance(f0, Tensor):
         raise TypeError(f"residual_fn must return a Tensor, got {type(f0).__name__}")
     _check_dependence(residual_fn, params)
-    fun = lambda v: residual_fn(unflat(v)).reshape(-1).to(torch.float64)  # float32 data: solve in float64
+    fun = lambda v: residual_fn(layout.unflatten(v)).reshape(-1).to(torch.float64)  # float32 data: solve in float64
     f0 = f0.reshape(-1).to(torch.float64)
     jac_fn = jacobian_fn(fun, f0.numel(), x0.numel(), jac)
     max_nfev = 1000 * (x0.numel() + 1) if max_nfev is None else max_nfev
@@ -146,7 +145,7 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
         run = _gauss_newton(problem, x0, f0.detach(), tol)
     nfev, njev, stop, message = run.nfev, run.njev, _STOP[run.status], _MESSAGES[run.status]
     restarts, check = 0, None
-    if stop == "converged":
+    if stop == CONVERGED:
         names = _element_names(layout)
         bar = max(OPTIMALITY_TOL, math.sqrt(ftol))
         check = _false_convergence(problem, x0, run.x, run.jacobian, names, bar)
@@ -155,23 +154,23 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
             # jumping to where the model saturates (BoxBOD from NIST's start 1: b2 -> 110).
             again = _lm(problem, x0, f0.detach(), tol._replace(max_nfev=max_nfev - nfev), RESTART_FACTOR)
             restarts, nfev, njev = 1, nfev + again.nfev, njev + again.njev
-            if _STOP[again.status] == "converged":
+            if _STOP[again.status] == CONVERGED:
                 check_again = _false_convergence(problem, x0, again.x, again.jacobian, names, bar)
                 if not check_again.suspect or again.costs[-1] < run.costs[-1]:
                     run, check, message = again, check_again, _MESSAGES[again.status]
         if check.suspect:
-            stop = "false_convergence"
+            stop = FALSE_CONVERGENCE
             message = f"{message}, but {check.why} (false convergence: try another start)"
     seconds = time.perf_counter() - start
     x, costs = run.x, run.costs
     losses = torch.tensor(costs, dtype=torch.float64)
-    info = {"nfev": nfev, "njev": njev, "status": run.status, "message": message, "method": method,
+    info = {"status": run.status, "message": message, "method": method,
             "loss": loss, "jacobian": run.jacobian, "final_loss": costs[-1], "restarts": restarts}
     if check is not None:
         info.update(optimality=check.optimality, degenerate=check.degenerate)
     if module is not None:
-        load_into(module, unflat(x))
-    return Result(unflat(x.clone()), losses, njev, seconds, stop, info=info)
+        load_into(module, layout.unflatten(x))
+    return Result(layout.unflatten(x.clone()), losses, njev, seconds, stop, info=info, nfev=nfev, njev=njev)
 
 
 def _check_dependence(residual_fn: Callable, params: Params) -> None:
@@ -191,9 +190,9 @@ def _check_dependence(residual_fn: Callable, params: Params) -> None:
 RESTART_FACTOR = 0.1
 
 #: First-order optimality: the largest cosine between the residuals and a Jacobian column at a converged
-#: point, 0 at a minimum. On the 39 shared NIST runs with the default tolerances the largest is 1.1e-8
-#: (ENSO; not counting Lanczos1, whose residuals are rounding noise: see ``_false_convergence``), so 1e-3
-#: leaves room and still catches a point the cost slopes away from. A looser ``ftol`` stops further from
+#: point, 0 at a minimum. At the shared NIST files' minima it is orders of magnitude smaller (BENCHMARKS.md,
+#: NIST; Lanczos1's residuals are rounding noise: see ``_false_convergence``), so 1e-3 leaves room and still
+#: catches a point the cost slopes away from. A looser ``ftol`` stops further from
 #: the minimum (the cosine there is about sqrt(ftol)), so the bar is ``max(1e-3, sqrt(ftol))``.
 OPTIMALITY_TOL = 1e-3
 
@@ -455,8 +454,8 @@ def _lm_status(trial: _Trial, delta: float, xnorm: float, gnorm: float, nfev: in
 
 def _svd(a: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD, as numpy arrays, through numpy's LAPACK. The subproblem is n x n-sized work on a few
-    vectors: measured on a shared 2-core machine, torch's SVD (MKL, OpenMP threads) took 45 ms for a
-    33 x 5 matrix and numpy's 0.06 ms, and small torch ops cost ~10 us each -- LM does this per step."""
+    vectors, done every step: at these sizes numpy's call costs far less than torch's SVD and a handful
+    of small torch ops (BENCHMARKS.md, NIST: time)."""
     return np.linalg.svd(a.detach().cpu().numpy(), full_matrices=False)
 
 
@@ -600,7 +599,7 @@ def curve_fit(model: Callable[..., Tensor], x: Any, y: Any, p0: Sequence[float] 
     if y.numel() < n:
         raise TypeError(f"The number of func parameters={n} must not exceed the number of data points={y.numel()}")
     result = least_squares(residual, start, method=method, loss=loss, f_scale=f_scale, **options)
-    if result.stop_reason == "diverged":
+    if result.stop_reason == DIVERGED:
         raise RuntimeError(f"Optimal parameters not found: {result.info['message']}")
     cost, js, _ = _cost_and_scaled(residual(result.params).detach(), result.info["jacobian"],
                                    robust_loss(loss, f_scale))
