@@ -539,8 +539,8 @@ def _gauss_newton(problem: _Residuals, x: Tensor, f: Tensor, tol: _Tolerances) -
         status = (1 if actred <= tol.ftol else 0) + (2 if step_norm <= tol.xtol * (xnorm + tol.xtol) else 0)
         if status:
             return _Run(x, costs, status, nfev, njev, problem.jac(x).detach())
-        if nfev >= tol.max_nfev:
-            return _Run(x, costs, 5, nfev, njev, jac)
+        if nfev >= tol.max_nfev:  # the budget ran out after an accepted step: the Jacobian at the new x
+            return _Run(x, costs, 5, nfev, njev, problem.jac(x).detach())
 
 
 # ---------------------------------------------------------------- curve_fit, scipy's door
