@@ -2,6 +2,7 @@
 same word, and counts evaluations with one meaning, checked against counters wrapped around the loss,
 torch.optim.LBFGS's own counts and closed forms; the shared Armijo and strong-Wolfe line searches."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,23 @@ def test_least_squares_counts_one_jacobian_per_iteration_and_every_residual_eval
     assert r.steps == r.njev >= 1 and r.nhev == 0
     assert r.nfev == len(plain) - 3 >= len(r.losses)
     assert "nfev" not in r.info and "njev" not in r.info  # one place for the counts: Result's fields
+
+
+def test_least_squares_counts_a_restart_once():
+    """BoxBOD from NIST's start 1 converges falsely and LM restarts from the start: nfev counts the
+    restart's evaluations, not its start again (two false-convergence checks now: four plain calls)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "nist_hard" / "BoxBOD.dat"
+    p = diyopt.problems.nist(path)
+    plain = []
+
+    def counted(params):
+        if not torch._C._functorch.is_functorch_wrapped_tensor(params["b1"]):
+            plain.append(1)
+        return p.residual(params)
+
+    r = diyopt.least_squares(counted, p.starts["start1"])
+    assert r.info["restarts"] == 1 and r.stop_reason == "converged"
+    assert r.nfev == len(plain) - 5 and r.steps == r.njev
 
 
 def test_gauss_newton_stopped_by_the_budget_reports_the_jacobian_at_its_params():

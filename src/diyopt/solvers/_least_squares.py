@@ -153,7 +153,8 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
             # From the start again with a small trust region: the first steps stay local instead of
             # jumping to where the model saturates (BoxBOD from NIST's start 1: b2 -> 110).
             again = _lm(problem, x0, f0.detach(), tol._replace(max_nfev=max_nfev - nfev), RESTART_FACTOR)
-            restarts, nfev, njev = 1, nfev + again.nfev, njev + again.njev
+            # (the restart's first residuals are f0, counted once already)
+            restarts, nfev, njev = 1, nfev + again.nfev - 1, njev + again.njev
             if _STOP[again.status] == CONVERGED:
                 check_again = _false_convergence(problem, x0, again.x, again.jacobian, names, bar)
                 if not check_again.suspect or again.costs[-1] < run.costs[-1]:
