@@ -97,7 +97,7 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         >>> p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
         >>> r = diyopt.fit(loss, p0, diyopt.optim.adam(lr=1e-2), steps=2000)
         >>> round(r.params["a"].item(), 2), r.stop_reason
-        (-0.98, 'max_steps')
+        (-1.0, 'max_steps')
     """
     steps = check_steps(steps)
     module = params if isinstance(params, torch.nn.Module) else None
