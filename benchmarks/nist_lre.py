@@ -88,8 +88,8 @@ def main(args: list[str]) -> None:
             std = nist.worst_lre(diyopt.stats.standard_errors(p.residual, r.params), p.certified_std)
             group = "" if path.parent != HARD else " (nist_hard)"
             tally.setdefault(f"diyopt {start}{group}", []).append(ours)
-            line = (f"{p.name[5:]:10s} {start:6s} | {ours:10.1f} {std:7.1f} {r.info['nfev']:5d} "
-                    f"{r.info['njev']:5d} {r.info.get('restarts', 0):8d} {seconds:7.3f} |")
+            line = (f"{p.name[5:]:10s} {start:6s} | {ours:10.1f} {std:7.1f} {r.nfev:5d} "
+                    f"{r.njev:5d} {r.info.get('restarts', 0):8d} {seconds:7.3f} |")
             if have_scipy:
                 theirs, nfev, s_seconds = scipy_fit(p, p.starts[start])
                 tally.setdefault(f"scipy  {start}{group}", []).append(theirs)

@@ -58,6 +58,7 @@ def assert_close(actual, expected, what):
 
 def assert_same_fit(result, reference):
     assert result.steps == reference.steps
+    assert (result.nfev, result.njev, result.nhev) == (reference.nfev, reference.njev, reference.nhev)
     assert_close(result.losses, reference.losses, "losses")
     for k in reference.params:
         assert_close(result.params[k], reference.params[k], f"param {k}")

@@ -79,7 +79,7 @@ def test_packaged_adam_path_equals_the_seed_loop(kwargs):
     np.testing.assert_allclose(r.losses.numpy(), ref, rtol=1e-12, atol=0)
     torch.testing.assert_close(r.params["a"], a, rtol=1e-12, atol=0)
     torch.testing.assert_close(r.params["b"], b, rtol=1e-12, atol=0)
-    assert r.steps == STEPS and r.stop_reason == "steps" and r.seconds > 0
+    assert r.steps == STEPS and r.stop_reason == "max_steps" and r.seconds > 0
 
 
 def test_gradient_descent_equals_the_seed_loop():

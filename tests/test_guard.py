@@ -74,7 +74,7 @@ def test_skip_policy_leaves_params_and_state_as_they_were():
     crossing = next(k for k, v in enumerate(ref.losses.tolist()) if 1 - math.sqrt(v) > C)
     ref_k = diyopt.fit(lambda p: ((p["a"] - 1) ** 2).sum() + (p["b"] ** 2).sum(), params0(), opt, crossing)
     r = diyopt.fit(planted("loss"), params0(), opt, 20, on_nonfinite="skip")
-    assert r.stop_reason == "steps" and r.steps == 20
+    assert r.stop_reason == "max_steps" and r.steps == 20
     assert r.info["skipped"] == list(range(crossing, 20))
     assert torch.equal(r.params["a"], ref_k.params["a"])
     assert torch.isnan(r.losses[crossing:]).all() and torch.equal(r.losses[:crossing], ref.losses[:crossing])
@@ -109,7 +109,7 @@ def test_cli_exit_code_3_and_outputs_hold_the_last_finite_params(tmp_path, capsy
 
 def test_guard_is_off_with_ignore():
     r = diyopt.fit(planted("loss"), params0(), diyopt.optim.gradient_descent(lr=0.1), 10, on_nonfinite="ignore")
-    assert r.stop_reason == "steps" and torch.isnan(r.losses[K:]).all()
+    assert r.stop_reason == "max_steps" and torch.isnan(r.losses[K:]).all()
 
 
 def test_unknown_policy():

@@ -65,13 +65,13 @@ def test_matches_torch_lbfgs(problem, line_search_fn, kwargs, max_iter):
     result = lbfgs(loss, params0, max_iter=max_iter, line_search_fn=line_search_fn, **kwargs)
 
     assert result.steps == state["n_iter"]
-    assert result.info["func_evals"] == state["func_evals"] == len(evaluated)
+    assert result.nfev == result.njev == state["func_evals"] == len(evaluated)
     for k in expected:
         torch.testing.assert_close(result.params[k], expected[k], rtol=1e-12, atol=1e-12 * float(expected[k].abs().max()))
     # The losses diyopt records at the start of each iteration are among the losses torch evaluated.
     assert result.losses[0].item() == pytest.approx(evaluated[0], rel=1e-12)
     # A run that is not cut short by max_iter has stopped for a reason a user can act on.
-    assert result.stop_reason in {"converged", "max_iter", "max_eval", "tolerance_change"}
+    assert result.stop_reason in {"converged", "max_steps"}
 
 
 def test_strong_wolfe_solves_rosenbrock():
@@ -81,7 +81,7 @@ def test_strong_wolfe_solves_rosenbrock():
               tolerance_change=1e-15)
     torch.testing.assert_close(r.params["x"], torch.ones(2), atol=1e-6, rtol=0)
     assert r.final_loss < 1e-12
-    assert r.stop_reason != "max_iter"
+    assert r.stop_reason != "max_steps"
     torch.testing.assert_close(torch.tensor(r.final_loss), loss(r.params).detach(), rtol=1e-12, atol=0)
 
 

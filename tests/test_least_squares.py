@@ -184,13 +184,13 @@ def test_result_fields():
     p = diyopt.problems.nist("Misra1a")
     r = diyopt.least_squares(p.residual, p.params0)
     assert r.stop_reason == "converged" and r.info["status"] in (1, 2, 3, 4)
-    assert r.info["nfev"] >= r.info["njev"] == r.steps >= 1
+    assert r.nfev >= r.njev == r.steps >= 1
     assert r.losses.dim() == 1 and float(r.losses[0]) == pytest.approx(float(p.loss(p.params0)))
     assert bool((r.losses[1:] <= r.losses[:-1]).all())  # LM only accepts steps that reduce the cost
     assert r.final_loss == pytest.approx(float(p.loss(r.params)), rel=1e-12)
     assert tuple(r.info["jacobian"].shape) == (14, 2)
     budget = diyopt.least_squares(p.residual, p.params0, max_nfev=3)
-    assert budget.stop_reason == "max_nfev" and budget.info["nfev"] == 3
+    assert budget.stop_reason == "max_steps" and budget.nfev == 3
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

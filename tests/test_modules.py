@@ -72,7 +72,7 @@ def test_module_styles_train_like_torch_sgd(style, kind, dtype):
     model, x, y = make(kind, dtype)
     reference_of[id(model)] = reference(model, x, y)
     r = diyopt.fit(styles(model, x, y)[style], model, diyopt.optim.sgd(lr=LR), STEPS)
-    assert r.stop_reason == "steps"
+    assert r.stop_reason == "max_steps"
     assert_trained_like(r, model, x, y, dtype)
 
 

@@ -60,7 +60,7 @@ def check_updates(updates: Any, params: Params, optimizer: Optimizer, layout: Fl
         if layout is None:
             raise
         # The loop ran the rule on one flat buffer; run it once on the named params to name the culprit.
-        named = layout.unflatten(params)
+        named = layout.unflatten(params["flat"])
         zeros = {k: torch.zeros_like(v) for k, v in named.items()}
         _check_updates(optimizer.update(zeros, optimizer.init(named), named)[0], named)
         raise

@@ -1,8 +1,59 @@
-"""TODO docstring."""
+r"""Line searches shared by the solvers and the optimizers, written once.
+
+- :func:`armijo` and :func:`backtracking`: the sufficient-decrease condition
+  :math:`f(x + t p) \le f(x) + c_1 t\, \nabla f^\top p` and the search that halves ``t`` until it holds
+  (Gauss-Newton in :func:`~diyopt.least_squares`; :func:`~diyopt.newton` tests its damped steps with it);
+- :func:`strong_wolfe`: bracketing and zoom by safeguarded cubic interpolation (Nocedal & Wright,
+  Algorithms 3.5-3.6), step for step ``torch.optim.LBFGS``'s ``_strong_wolfe`` (:func:`~diyopt.lbfgs`,
+  :func:`diyopt.optim.lbfgs`);
+- :func:`two_loop`: L-BFGS's inverse-Hessian product (Nocedal & Wright, Algorithm 7.4).
+"""
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+# ---------------------------------------------------------------- Armijo (sufficient decrease)
+
+
+def armijo(value: float, f: float, t: float, slope: float, c1: float = 1e-4) -> bool:
+    r"""The sufficient-decrease (Armijo) condition :math:`f(x + t p) \le f(x) + c_1\, t\, \nabla f^\top p`
+    for ``value`` :math:`= f(x + t p)` and ``slope`` :math:`= \nabla f^\top p < 0`; a non-finite value
+    fails it."""
+    return math.isfinite(value) and value <= f + c1 * t * slope
+
+
+class Backtrack(NamedTuple):
+    """Where Armijo backtracking stopped."""
+
+    t: float  # the step length
+    value: float  # f(x + t p)
+    kept: Any  # what ``evaluate`` returned beside the value there (residuals, a gradient)
+    evals: int  # evaluations made
+
+
+def backtracking(evaluate: Callable[[Tensor], tuple[float, Any]], x: Tensor, p: Tensor, f: float,
+                 slope: float, *, max_evals: int, c1: float = 1e-4, shrink: float = 0.5,
+                 min_step: float = 1e-10) -> Backtrack:
+    """Armijo backtracking along ``p``: ``t = 1, shrink, shrink**2, ...`` until :func:`armijo` holds,
+    ``max_evals`` evaluations are made or ``t < min_step``; the caller checks which.
+
+    ``evaluate(x) -> (value, kept)``: the function at a point and anything to keep from there.
+    """
+    t, evals = 1.0, 0
+    while True:
+        value, kept = evaluate(x + t * p)
+        evals += 1
+        if armijo(value, f, t, slope, c1) or evals >= max_evals or t < min_step:
+            return Backtrack(t, value, kept, evals)
+        t *= shrink
+
+
+# ---------------------------------------------------------------- strong Wolfe and the two-loop recursion
 
 
 def two_loop(q: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor], ro: list[float],

@@ -1,4 +1,38 @@
-"""TODO docstring."""
+"""``Result``, what every engine and solver returns, and its vocabulary: why a run stopped, what it counted.
+
+Every ``fit`` engine (eager, compiled, torch.optim classes) and every solver (``lbfgs``, ``newton``,
+``least_squares``, ``curve_fit``) reports through the same words, listed here once:
+
+``stop_reason``, why the run stopped (the constants below; ``info["message"]`` says which test or budget
+in words, where a solver has more than one):
+
+- ``"converged"``: a convergence test held -- ``gtol``, ``xtol`` (Newton, least squares), ``ftol``
+  (least squares), ``tolerance_grad``, ``tolerance_change`` (L-BFGS);
+- ``"max_steps"``: a budget ran out -- ``steps`` (fit), ``max_iter`` (Newton, L-BFGS), ``max_eval``
+  (L-BFGS), ``max_nfev`` (least squares);
+- ``"precision"``: no further decrease is possible at machine precision (a tolerance below what float64
+  resolves, or no step decreases the loss);
+- ``"diverged"``: the loss, a gradient or the params went non-finite; the params are the last finite
+  ones (fit: ``info["diverged"]`` says where);
+- ``"false_convergence"``: least squares -- a convergence test held, but not at a minimum;
+- ``"callback"``: fit's ``callback`` returned True.
+
+The counts, one meaning each (a count a method has no use for is 0):
+
+- ``steps``: iterations -- for ``fit`` the updates (skipped ones included: ``on_nonfinite="skip"``), for a
+  solver its iterations, each of which evaluates one gradient, Jacobian or Hessian at a new point
+  (``torch.optim.LBFGS``'s ``n_iter``);
+- ``nfev``: evaluations of the loss (least squares: of the residuals), with or without a derivative
+  (fit: ``steps``, plus the step that diverged; a torch.optim class such as LBFGS may evaluate its
+  closure several times per step);
+- ``njev``: evaluations of the loss's gradient (least squares: of the Jacobian);
+- ``nhev``: evaluations of the loss's Hessian.
+
+They count what the method used to choose its iterates. An evaluation made only to report (the loss at
+the final params, the Jacobian for ``curve_fit``'s covariance, the false-convergence check, the compiled
+engine's first-step check, a replay of the compiled steps in eager) is not counted, as
+``torch.optim.LBFGS`` does not count one.
+"""
 from __future__ import annotations
 
 import math
@@ -9,20 +43,38 @@ from torch import Tensor
 
 from diyopt.core.tree import Params
 
+#: A convergence test held.
+CONVERGED = "converged"
+#: A budget ran out (steps, max_iter, max_eval or max_nfev).
+MAX_STEPS = "max_steps"
+#: No further decrease is possible at machine precision.
+PRECISION = "precision"
+#: The loss, a gradient or the params went non-finite.
+DIVERGED = "diverged"
+#: Least squares: a convergence test held, but not at a minimum.
+FALSE_CONVERGENCE = "false_convergence"
+#: fit's callback asked to stop.
+CALLBACK = "callback"
+
+#: Every ``stop_reason`` a Result may carry.
+STOP_REASONS = (CONVERGED, MAX_STEPS, PRECISION, DIVERGED, FALSE_CONVERGENCE, CALLBACK)
+
 
 @dataclass
 class Result:
-    """What a fit returns.
+    """What a fit or a solver returns (the words and counts are the module docstring's).
 
     Attributes:
       params: the final parameters (detached), ``dict[str, Tensor]``.
-      losses: 1-D tensor, ``losses[i]`` = loss before update ``i``.
-      steps: updates taken.
+      losses: 1-D tensor: for ``fit`` ``losses[i]`` = loss before update ``i``; a solver records the loss
+        at the start of each iteration or after each accepted step (its docstring says which).
+      steps: iterations (fit: updates).
       seconds: wall time of the loop (compilation excluded, see ``compile_seconds``).
-      stop_reason: ``"steps"`` (budget used), ``"converged"``, ``"diverged"``, ...
+      stop_reason: why it stopped, one of :data:`STOP_REASONS`.
       state: the final optimizer state (diyopt optimizers) or ``state_dict()`` (torch.optim classes).
       compile_seconds: time spent compiling (compiled engine), 0 otherwise.
-      info: anything else an engine or solver reports (message, evaluations, covariance, ...).
+      info: anything else an engine or solver reports (message, covariance, ...).
+      nfev, njev, nhev: evaluations of the loss, its gradient (Jacobian) and its Hessian.
     """
 
     params: Params
@@ -33,6 +85,9 @@ class Result:
     state: Any = None
     compile_seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    nfev: int = 0
+    njev: int = 0
+    nhev: int = 0
 
     @property
     def final_loss(self) -> float:

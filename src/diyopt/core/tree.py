@@ -63,8 +63,9 @@ class FlatLayout:
         """One flat tensor from per-name tensors in the layout's order."""
         return torch.cat([t.reshape(-1) for t in tensors])
 
-    def unflatten(self, flat: Mapping[str, Tensor]) -> Params:
-        chunks = flat["flat"].split(self.sizes)
+    def unflatten(self, flat: Tensor) -> Params:
+        """Named views of one flat tensor, in the layout's order and shapes."""
+        chunks = flat.split(self.sizes)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes)}
 
 

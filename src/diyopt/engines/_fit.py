@@ -36,7 +36,7 @@ from diyopt.core.checks import (
 )
 from diyopt.core.contract import Optimizer
 from diyopt.core.modules import bind_module, load_into
-from diyopt.core.result import Result
+from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, LossFn, Params, as_params
 from diyopt.engines._torch_class import fit_torch_class
 from diyopt.errors import DivergedError
@@ -97,7 +97,7 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
         >>> p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
         >>> r = diyopt.fit(loss, p0, diyopt.optim.adam(lr=1e-2), steps=2000)
         >>> round(r.params["a"].item(), 2), r.stop_reason
-        (-0.98, 'steps')
+        (-1.0, 'max_steps')
     """
     steps = check_steps(steps)
     module = params if isinstance(params, torch.nn.Module) else None
@@ -175,7 +175,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
     layout = FlatLayout.maybe(params) if optimizer.flattenable else None
     # The optimizer sees either the named tensors or one flat tensor under a single key.
     current = {"flat": layout.flatten(params)} if layout else params
-    view = layout.unflatten if layout else (lambda p: p)
+    view = (lambda p: layout.unflatten(p["flat"])) if layout else (lambda p: p)
     state = optimizer.init(current)
     reduce = None
     if distributed is not False:
@@ -197,7 +197,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
     first = len(losses)
     bar = StepBar.maybe(progress, steps)
     checked = False
-    stop_reason, info, skipped = "steps", {}, []
+    stop_reason, info, skipped = MAX_STEPS, {}, []
     pending = PENDING if saver is not None else None  # a signal is deferred to a step boundary (save, exit)
     start = time.perf_counter()
     for step in range(first, steps):
@@ -218,7 +218,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
                 losses.append(value)
                 skipped.append(step)
                 continue
-            stop_reason, info["diverged"] = "diverged", event
+            stop_reason, info["diverged"] = DIVERGED, event
             if saver is not None:
                 saver.save(view(current), state, losses)
             if on_nonfinite == "raise":
@@ -229,7 +229,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         if bar is not None:
             bar.update(len(losses), value)
         if callback is not None and callback(step, losses[-1], view(current)):
-            stop_reason = "callback"
+            stop_reason = CALLBACK
             break
         if saver is not None and ((step + 1) % saver.every == 0 or pending.signum):
             saver.save(view(current), state, losses)
@@ -239,12 +239,14 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close(len(losses), losses[-1] if losses else None)
-    if saver is not None and stop_reason != "diverged" and saver.saved_at != len(losses):
+    if saver is not None and stop_reason != DIVERGED and saver.saved_at != len(losses):
         saver.save(view(current), state, losses)
     if skipped:
         info["skipped"] = skipped
     history = torch.stack(losses) if losses else torch.empty(0)
-    return Result(view(current), history, len(losses), seconds, stop_reason, state, info=info)
+    evals = len(losses) + (stop_reason == DIVERGED)  # the step that diverged evaluated its loss too
+    return Result(view(current), history, len(losses), seconds, stop_reason, state, info=info, nfev=evals,
+                  njev=evals)
 
 
 # ---------------------------------------------------------------- the divergence guard

@@ -238,7 +238,7 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     first_step_check(loss_fn, first)
 
     layout = FlatLayout.maybe(first) if optimizer.flattenable else None
-    view = layout.unflatten if layout else (lambda p: p)
+    view = (lambda p: layout.unflatten(p["flat"])) if layout else (lambda p: p)
     pack = (lambda p: {"flat": layout.flatten(p)}) if layout else (lambda p: dict(p))
     ref = next(iter(first.values()))
     if batch_size is None:

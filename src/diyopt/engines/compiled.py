@@ -31,7 +31,7 @@ from diyopt._util.progress import CompileNotice, StepBar
 from diyopt._util.validate import positive_integer
 from diyopt.core.checks import check_updates, first_step_check, nonfinite_event
 from diyopt.core.contract import Optimizer
-from diyopt.core.result import Result
+from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, Params
 from diyopt.engines.hoisting import hoisting_backend
 from diyopt.errors import DivergedError
@@ -130,7 +130,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
 
     layout = FlatLayout.maybe(params) if optimizer.flattenable else None
     current = {"flat": layout.flatten(params)} if layout else dict(params)
-    view = layout.unflatten if layout else (lambda p: p)
+    view = (lambda p: layout.unflatten(p["flat"])) if layout else (lambda p: p)
     optimizer = tensor_hyperparams(optimizer, next(iter(current.values())))
     state = optimizer.init(current)
     guard = on_nonfinite != "ignore"
@@ -152,13 +152,13 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
                              options={"cpp_wrapper": True} if cpp else None)
     losses = torch.empty(steps, dtype=current[next(iter(current))].dtype)
     counts = {}  # steps per call, as the 0-dim tensors the graph takes (at most two distinct values)
-    stop_reason, info = "steps", {}
+    stop_reason, info = MAX_STEPS, {}
 
     def diverged(event: dict) -> str:
         if on_nonfinite == "raise":
             raise DivergedError(event)
         info["diverged"] = event
-        return "diverged"
+        return DIVERGED
 
     done = 0
     first_call = None
@@ -193,9 +193,9 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
             bar.update(done, losses[done - 1])
         if callback is not None:
             if callback(done - 1, losses[done - 1], view(current)):
-                stop_reason = "callback"
+                stop_reason = CALLBACK
                 break
-    if stop_reason == "steps" and done < steps:  # fewer than per_turn steps left: the eager step (same math)
+    if stop_reason == MAX_STEPS and done < steps:  # fewer than per_turn steps left: the eager step (same math)
         done, current, state, event = _replay(eager_step, current, state, losses, done, steps - done, view,
                                               guard)
         if event is not None:
@@ -207,8 +207,9 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     per_call = (total - first_call) / (calls - 1) if calls > 1 and first_call is not None else 0.0
     compile_seconds = max((first_call or 0.0) - per_call, 0.0)
     info.update(engine="compiled", chunk=chunk, steps_per_turn=per_turn)
+    evals = done + (stop_reason == DIVERGED)  # as the eager loop counts: the step that diverged too
     return Result(view(current), losses[:done].clone(), done, total - compile_seconds, stop_reason, state,
-                  compile_seconds=compile_seconds, info=info)
+                  compile_seconds=compile_seconds, info=info, nfev=evals, njev=evals)
 
 
 def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:

@@ -23,7 +23,7 @@ from torch import Tensor
 from diyopt.core.checks import check_loss_value
 from diyopt.core.linesearch import strong_wolfe, two_loop
 from diyopt.core.modules import bind_module, load_into
-from diyopt.core.result import Result
+from diyopt.core.result import CONVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, Params, as_params
 
 __all__ = ["lbfgs"]
@@ -47,10 +47,11 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
       line_search_fn: None (fixed step) or ``"strong_wolfe"``.
 
     Returns:
-      A :class:`~diyopt.Result`; ``losses[i]`` is the loss at the start of iteration ``i``; ``stop_reason``
-      is ``"converged"`` (``max |g| <= tolerance_grad``), ``"max_iter"``, ``"max_eval"`` or
-      ``"tolerance_change"`` (a step, a loss change or the slope along the direction below it);
-      ``info`` holds ``func_evals`` (as torch counts them) and ``final_loss``.
+      A :class:`~diyopt.Result` (its words and counts: :mod:`diyopt.core.result`); ``losses[i]`` is the loss
+      at the start of iteration ``i``; ``steps`` the iterations and ``nfev == njev`` the loss-and-gradient
+      evaluations, as torch counts them (``n_iter``, ``func_evals``); ``stop_reason`` is ``"converged"``
+      (``max |g| <= tolerance_grad``, or a step, a loss change or the slope along the direction below
+      ``tolerance_change``) or ``"max_steps"`` (max_iter or max_eval used); ``info["message"]`` says which.
 
     Example::
 
@@ -79,7 +80,7 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
 
     def evaluate(x: Tensor) -> tuple[float, Tensor]:
         leaf = x.detach().requires_grad_()
-        loss = loss_fn(layout.unflatten({"flat": leaf}))
+        loss = loss_fn(layout.unflatten(leaf))
         check_loss_value(loss)
         (grad,) = torch.autograd.grad(loss, leaf)
         return float(loss.detach()), grad
@@ -89,18 +90,18 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     loss, g = evaluate(x)
     evals = 1
     losses = [loss]
+    stop = message = None
     if float(g.abs().max()) <= tolerance_grad:
-        return _result(layout, x, losses, 0, start, "converged", evals, loss)
+        stop, message = CONVERGED, _SMALL_GRADIENT
 
     old_dirs: list[Tensor] = []   # y_i
     old_stps: list[Tensor] = []   # s_i
     ro: list[float] = []          # 1 / y_i^T s_i
     h_diag = 1.0
     d = t = prev_g = None
-    stop = "max_iter"
     n_iter = 0
     known = True  # whether `loss` is the loss at the current x
-    while n_iter < max_iter:
+    while stop is None and n_iter < max_iter:
         n_iter += 1
         if n_iter == 1:
             d = -g
@@ -119,7 +120,7 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
         t = min(1.0, 1.0 / float(g.abs().sum())) * lr if n_iter == 1 else lr
         gtd = float(g.dot(d))
         if gtd > -tolerance_change:  # the slope along d is below tolerance: nothing left to gain
-            stop = "tolerance_change"
+            stop, message = CONVERGED, "the slope along the search direction is above -tolerance_change"
             break
 
         if line_search_fn == "strong_wolfe":
@@ -141,26 +142,25 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
             break
         losses.append(loss)
         if evals >= max_eval:
-            stop = "max_eval"
+            stop, message = MAX_STEPS, "max_eval reached"
             break
         if float(g.abs().max()) <= tolerance_grad:
-            stop = "converged"
+            stop, message = CONVERGED, _SMALL_GRADIENT
             break
         if float((d * t).abs().max()) <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
-            stop = "tolerance_change"
+            stop, message = CONVERGED, "a step or a loss change is below tolerance_change"
             break
+    if stop is None:
+        stop, message = MAX_STEPS, "max_iter reached"
     # The loss at the final x, for the report; torch does not evaluate it (nor count it) after the last
-    # fixed-step iteration, so neither do func_evals here.
+    # fixed-step iteration, so neither does nfev here.
     final = loss if known else evaluate(x)[0]
-    return _result(layout, x, losses, n_iter, start, stop, evals, final)
+    return Result(layout.unflatten(x.detach()), torch.tensor(losses, dtype=torch.float64), n_iter,
+                  time.perf_counter() - start, stop, info={"message": message, "final_loss": final},
+                  nfev=evals, njev=evals)
 
 
-
-
-def _result(layout, x, losses, n_iter, start, stop, evals, final_loss) -> Result:
-    info = {"func_evals": evals, "final_loss": final_loss}
-    return Result(layout.unflatten({"flat": x.detach()}), torch.tensor(losses, dtype=torch.float64), n_iter,
-                  time.perf_counter() - start, stop, info=info)
+_SMALL_GRADIENT = "the largest gradient component is at most tolerance_grad"
 
 
 def _check(max_iter, max_eval, lr, history_size, line_search_fn) -> None:

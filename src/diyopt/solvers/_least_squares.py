@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 from diyopt.core.checks import check_gradients
+from diyopt.core.linesearch import backtracking
 from diyopt.core.modules import bind_module, load_into
-from diyopt.core.result import Result
+from diyopt.core.result import CONVERGED, DIVERGED, FALSE_CONVERGENCE, MAX_STEPS, PRECISION, Result
 from diyopt.core.tree import FlatLayout, Params, as_params
 from diyopt.solvers.stats import covariance as _covariance
 from diyopt.solvers.stats import jacobian_fn
@@ -41,6 +42,7 @@ from diyopt.solvers.stats import jacobian_fn
 EPS = torch.finfo(torch.float64).eps
 
 _MESSAGES = {
+    0: "the residuals are not finite at the start",
     1: "both actual and predicted relative reductions in the sum of squares are at most ftol",
     2: "relative error between two consecutive iterates is at most xtol",
     3: "both ftol and xtol conditions hold",
@@ -50,8 +52,9 @@ _MESSAGES = {
     7: "xtol is too small: no further improvement in the approximate solution is possible",
     8: "gtol is too small: the residuals are orthogonal to the Jacobian columns to machine precision",
 }
-_STOP = {1: "converged", 2: "converged", 3: "converged", 4: "converged", 5: "max_nfev",
-         6: "precision", 7: "precision", 8: "precision"}
+#: MINPACK's code -> the stop_reason every solver uses (diyopt.core.result).
+_STOP = {0: DIVERGED, 1: CONVERGED, 2: CONVERGED, 3: CONVERGED, 4: CONVERGED, 5: MAX_STEPS,
+         6: PRECISION, 7: PRECISION, 8: PRECISION}
 
 
 def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module,
@@ -69,28 +72,27 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
         with a backtracking line search).
       ftol, xtol, gtol: MINPACK's tests -- relative reduction of the cost, relative size of the step
         (in the scaled norm ``||D x||``), and the cosine between the residuals and the Jacobian columns.
-        The defaults, 1e-15, stop at float64's limit: at NIST's sizes the extra evaluations cost
-        milliseconds, and they are what certified accuracy needs (MINPACK's usual 1.5e-8 stops at LRE
-        4.2 on ENSO; BENCHMARKS.md).
+        The defaults, 1e-15, stop at float64's limit: what certified accuracy needs, for a few more
+        evaluations than MINPACK's usual 1.5e-8 (BENCHMARKS.md, NIST).
       max_nfev: the budget of residual evaluations (default ``1000 * (n + 1)``, n = number of parameters;
-        MGH17 from NIST's start 1 needs 856 with n = 5).
+        room for NIST's hardest files, BENCHMARKS.md).
       loss: ``"linear"`` (least squares) or a robust loss ``"huber"``, ``"soft_l1"``, ``"cauchy"``,
         ``"arctan"`` applied to ``(r / f_scale)**2`` as in ``scipy.optimize.least_squares``.
       factor: the initial trust radius is ``factor * ||D x0||`` (MINPACK's ``factor``). With a loss that
         saturates (``arctan``, or ``cauchy`` with a small ``f_scale``) far from the start, the rescaled
-        Jacobian is nearly zero and the first steps can run off: ``factor=0.1`` keeps them local
-        (measured: arctan, f_scale 0.1 -- wanders to max_nfev with 100, matches scipy with 0.1).
+        Jacobian is nearly zero and the first steps can run off: ``factor=0.1`` keeps them local.
       jac: ``"fwd"`` (``torch.func.jacfwd``), ``"rev"`` (``jacrev``) or ``"auto"`` (rev for at most 64
         residuals or more parameters than residuals, else fwd).
 
     Returns:
-      A :class:`~diyopt.Result`: ``params`` the fit; ``losses`` the cost :math:`\\sum \\rho(r_i^2)` (for
-      ``loss="linear"`` the residual sum of squares :math:`\\|r\\|^2`, NIST's RSS -- not scipy's
-      :math:`\\frac12\\|r\\|^2`) at the start and after every accepted step; ``steps`` the Jacobian
-      evaluations; ``stop_reason`` ``"converged"`` (an ftol/xtol/gtol test held), ``"precision"`` (a
-      tolerance below machine precision: nothing more to gain), ``"max_nfev"``, ``"diverged"`` or
-      ``"false_convergence"`` (a test held, but not at a minimum: see below); ``info`` with ``nfev``,
-      ``njev``, ``status`` (MINPACK's code), ``message``, ``jacobian`` (the final one, unscaled),
+      A :class:`~diyopt.Result` (its words and counts: :mod:`diyopt.core.result`): ``params`` the fit;
+      ``losses`` the cost :math:`\\sum \\rho(r_i^2)` (for ``loss="linear"`` the residual sum of squares
+      :math:`\\|r\\|^2`, NIST's RSS -- not scipy's :math:`\\frac12\\|r\\|^2`) at the start and after
+      every accepted step; ``steps`` the iterations (one Jacobian each: ``njev == steps``), ``nfev`` the
+      residual evaluations, a restart's included; ``stop_reason`` ``"converged"`` (an ftol/xtol/gtol test
+      held), ``"precision"`` (a tolerance below machine precision: nothing more to gain), ``"max_steps"``
+      (``max_nfev`` used), ``"diverged"`` or ``"false_convergence"`` (a test held, but not at a minimum:
+      see below); ``info`` with ``status`` (MINPACK's code), ``message``, ``jacobian`` (the final one, unscaled),
       ``final_loss``, and for converged fits ``optimality`` (the largest cosine between the residuals
       and a Jacobian column: 0 at a minimum), ``degenerate`` (parameters that stopped affecting the
       residuals) and ``restarts``.
@@ -125,51 +127,51 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
     params = {k: v.detach().to(torch.float64) for k, v in as_params(params).items()}
     layout = FlatLayout(params)
     x0 = layout.flatten(params)
-    unflat = lambda v: layout.unflatten({"flat": v})
-    f0 = residual_fn(unflat(x0))
+    f0 = residual_fn(layout.unflatten(x0))
     if not isinstance(f0, Tensor):
         raise TypeError(f"residual_fn must return a Tensor, got {type(f0).__name__}")
     _check_dependence(residual_fn, params)
-    fun = lambda v: residual_fn(unflat(v)).reshape(-1).to(torch.float64)  # float32 data: solve in float64
+    fun = lambda v: residual_fn(layout.unflatten(v)).reshape(-1).to(torch.float64)  # float32 data: solve in float64
     f0 = f0.reshape(-1).to(torch.float64)
     jac_fn = jacobian_fn(fun, f0.numel(), x0.numel(), jac)
     max_nfev = 1000 * (x0.numel() + 1) if max_nfev is None else max_nfev
     if max_nfev < 1:
         raise ValueError(f"max_nfev must be a positive integer, got {max_nfev}")
     start = time.perf_counter()
-    solve = _lm if method == "lm" else _gauss_newton
-    x, costs, status, nfev, njev, jacobian = solve(fun, jac_fn, x0, f0.detach(), rho, ftol, xtol, gtol,
-                                                   max_nfev, factor)
-    stop = "diverged" if status == 0 else _STOP[status]
-    message = "the residuals are not finite at the start" if status == 0 else _MESSAGES[status]
+    problem, tol = _Residuals(fun, jac_fn, rho), _Tolerances(ftol, xtol, gtol, max_nfev)
+    if method == "lm":
+        run = _lm(problem, x0, f0.detach(), tol, factor)
+    else:
+        run = _gauss_newton(problem, x0, f0.detach(), tol)
+    nfev, njev, stop, message = run.nfev, run.njev, _STOP[run.status], _MESSAGES[run.status]
     restarts, check = 0, None
-    if stop == "converged":
+    if stop == CONVERGED:
         names = _element_names(layout)
         bar = max(OPTIMALITY_TOL, math.sqrt(ftol))
-        check = _false_convergence(fun, jac_fn, x0, x, jacobian, rho, names, bar)
+        check = _false_convergence(problem, x0, run.x, run.jacobian, names, bar)
         if check.suspect and method == "lm" and factor > RESTART_FACTOR and nfev < max_nfev:
             # From the start again with a small trust region: the first steps stay local instead of
-            # jumping to where the model saturates (BoxBOD from NIST's start 1: b2 -> 110, measured).
-            again = _lm(fun, jac_fn, x0, f0.detach(), rho, ftol, xtol, gtol, max_nfev - nfev, RESTART_FACTOR)
-            restarts, nfev, njev = 1, nfev + again[3], njev + again[4]
-            if again[2] != 0 and _STOP[again[2]] == "converged":
-                check2 = _false_convergence(fun, jac_fn, x0, again[0], again[5], rho, names, bar)
-                if not check2.suspect or again[1][-1] < costs[-1]:
-                    x, costs, status, _, _, jacobian = again
-                    check = check2
-                    message = _MESSAGES[status]
+            # jumping to where the model saturates (BoxBOD from NIST's start 1: b2 -> 110).
+            again = _lm(problem, x0, f0.detach(), tol._replace(max_nfev=max_nfev - nfev), RESTART_FACTOR)
+            # (the restart's first residuals are f0, counted once already)
+            restarts, nfev, njev = 1, nfev + again.nfev - 1, njev + again.njev
+            if _STOP[again.status] == CONVERGED:
+                check_again = _false_convergence(problem, x0, again.x, again.jacobian, names, bar)
+                if not check_again.suspect or again.costs[-1] < run.costs[-1]:
+                    run, check, message = again, check_again, _MESSAGES[again.status]
         if check.suspect:
-            stop = "false_convergence"
+            stop = FALSE_CONVERGENCE
             message = f"{message}, but {check.why} (false convergence: try another start)"
     seconds = time.perf_counter() - start
+    x, costs = run.x, run.costs
     losses = torch.tensor(costs, dtype=torch.float64)
-    info = {"nfev": nfev, "njev": njev, "status": status, "message": message, "method": method,
-            "loss": loss, "jacobian": jacobian, "final_loss": costs[-1], "restarts": restarts}
+    info = {"status": run.status, "message": message, "method": method,
+            "loss": loss, "jacobian": run.jacobian, "final_loss": costs[-1], "restarts": restarts}
     if check is not None:
         info.update(optimality=check.optimality, degenerate=check.degenerate)
     if module is not None:
-        load_into(module, unflat(x))
-    return Result(unflat(x.clone()), losses, njev, seconds, stop, info=info)
+        load_into(module, layout.unflatten(x))
+    return Result(layout.unflatten(x.clone()), losses, njev, seconds, stop, info=info, nfev=nfev, njev=njev)
 
 
 def _check_dependence(residual_fn: Callable, params: Params) -> None:
@@ -189,9 +191,9 @@ def _check_dependence(residual_fn: Callable, params: Params) -> None:
 RESTART_FACTOR = 0.1
 
 #: First-order optimality: the largest cosine between the residuals and a Jacobian column at a converged
-#: point, 0 at a minimum. On the 39 shared NIST runs with the default tolerances the largest is 1.1e-8
-#: (ENSO; not counting Lanczos1, whose residuals are rounding noise: see ``_false_convergence``), so 1e-3
-#: leaves room and still catches a point the cost slopes away from. A looser ``ftol`` stops further from
+#: point, 0 at a minimum. At the shared NIST files' minima it is orders of magnitude smaller (BENCHMARKS.md,
+#: NIST; Lanczos1's residuals are rounding noise: see ``_false_convergence``), so 1e-3 leaves room and still
+#: catches a point the cost slopes away from. A looser ``ftol`` stops further from
 #: the minimum (the cosine there is about sqrt(ftol)), so the bar is ``max(1e-3, sqrt(ftol))``.
 OPTIMALITY_TOL = 1e-3
 
@@ -205,7 +207,7 @@ class _Check(NamedTuple):
     why: str
 
 
-def _false_convergence(fun, jac_fn, x0: Tensor, x: Tensor, jac: Tensor | None, rho, names: list,
+def _false_convergence(problem: _Residuals, x0: Tensor, x: Tensor, jac: Tensor, names: list,
                        bar: float) -> _Check:
     r"""Did the fit stop where it should not have?
 
@@ -218,15 +220,11 @@ def _false_convergence(fun, jac_fn, x0: Tensor, x: Tensor, jac: Tensor | None, r
     The gradient test is skipped when the residuals fell below sqrt(eps) of their start: they are then
     rounding noise (Lanczos1: RSS 1e-25) and their direction says nothing.
     """
-    f = fun(x).detach()
-    jac = jac_fn(x).detach() if jac is None else jac
-    cost, js, fs = _cost_and_scaled(f, jac, rho)
+    cost, js, fs = _cost_and_scaled(problem.fun(x).detach(), jac, problem.rho)
     colnorm = js.norm(dim=0)
     fnorm = math.sqrt(float(cost))
-    nz = colnorm > 0
-    g = js.T @ fs
-    optimality = float((g[nz].abs() / colnorm[nz]).max()) / fnorm if fnorm > 0 and nz.any() else 0.0
-    cost0, js0, _ = _cost_and_scaled(fun(x0).detach(), jac_fn(x0).detach(), rho)
+    optimality = _gradient_cosine(js.T @ fs, colnorm, fnorm)
+    cost0, js0, _ = _cost_and_scaled(problem.fun(x0).detach(), problem.jac(x0).detach(), problem.rho)
     start_norm = js0.norm(dim=0)
     if fnorm <= math.sqrt(EPS) * math.sqrt(float(cost0)):
         optimality = 0.0
@@ -304,31 +302,74 @@ def _cost_and_scaled(f: Tensor, jac: Tensor | None, rho):
     return r0.sum(), jac * scale[:, None], f * r1 / scale
 
 
+# ---------------------------------------------------------------- what the methods share
+
+
+class _Residuals(NamedTuple):
+    """The residuals as the methods see them: flat float64 parameters in, flat float64 residuals out."""
+
+    fun: Callable[[Tensor], Tensor]  # x -> r(x)
+    jac: Callable[[Tensor], Tensor]  # x -> J(x) = dr/dx, m x n
+    rho: Callable | None  # the robust loss, None for plain least squares
+
+    def cost(self, f: Tensor) -> float:
+        return float(_cost_and_scaled(f, None, self.rho)[0])
+
+    def evaluate(self, x: Tensor) -> tuple[float, Tensor]:
+        """The cost at ``x`` and the residuals there."""
+        f = self.fun(x).detach()
+        return self.cost(f), f
+
+
+class _Tolerances(NamedTuple):
+    ftol: float
+    xtol: float
+    gtol: float
+    max_nfev: int
+
+
+class _Run(NamedTuple):
+    """What one run of a method returns."""
+
+    x: Tensor
+    costs: list[float]  # at the start and after every accepted step
+    status: int  # MINPACK's code, a key of _MESSAGES (0: the residuals are not finite at the start)
+    nfev: int  # residual evaluations
+    njev: int  # Jacobian evaluations, one per iteration
+    jacobian: Tensor | None  # at x, for the covariance; None when the start is not finite
+
+
+def _gradient_cosine(g: Tensor, colnorm: Tensor, fnorm: float) -> float:
+    """MINPACK's ``gnorm``: the largest cosine between the residuals and a Jacobian column,
+    :math:`\\max_j |J_j^\\top r| / (\\|J_j\\| \\|r\\|)` from ``g = J^T r``; 0 at a minimum."""
+    nz = colnorm > 0
+    return float((g[nz].abs() / colnorm[nz]).max()) / fnorm if fnorm > 0 and nz.any() else 0.0
+
+
 # ---------------------------------------------------------------- Levenberg-Marquardt (MINPACK lmder)
 
 
-def _lm(fun, jac_fn, x, f, rho, ftol, xtol, gtol, max_nfev, factor):
-    cost = float(_cost_and_scaled(f, None, rho)[0])
-    costs, nfev, njev, status = [cost], 1, 0, 0
+def _lm(problem: _Residuals, x: Tensor, f: Tensor, tol: _Tolerances, factor: float) -> _Run:
+    """Levenberg-Marquardt as MINPACK's ``lmder``. An iteration evaluates the Jacobian at ``x``, then
+    tries damped Gauss-Newton steps (the descent, :func:`_lmpar`) inside a trust region of radius
+    ``delta`` in the scaled norm ``||D p||`` (the search, :func:`_resize`) until one is accepted."""
+    cost = problem.cost(f)
+    costs, nfev, njev = [cost], 1, 0
     if not math.isfinite(cost):
-        return x, costs, 0, nfev, njev, None
+        return _Run(x, costs, 0, nfev, njev, None)
     par, delta, diag, xnorm = 0.0, 0.0, None, 0.0
     while True:
-        jac = jac_fn(x).detach()
+        jac = problem.jac(x).detach()
         njev += 1
-        _, js, fs = _cost_and_scaled(f, jac, rho)
+        _, js, fs = _cost_and_scaled(f, jac, problem.rho)
         colnorm = js.norm(dim=0)
-        if diag is None:
+        if diag is None:  # the scaling D and the radius start from the first Jacobian
             diag = torch.where(colnorm > 0, colnorm, torch.ones_like(colnorm))
             xnorm = float((diag * x).norm())
             delta = factor * xnorm if xnorm > 0 else factor
-        fnorm = math.sqrt(cost)
-        g = js.T @ fs
-        # MINPACK's gnorm: the largest cosine between the (scaled) residuals and a Jacobian column.
-        nz = colnorm > 0
-        gnorm = float((g[nz].abs() / colnorm[nz]).max()) / fnorm if fnorm > 0 and nz.any() else 0.0
-        if gnorm <= gtol:
-            return x, costs, 4, nfev, njev, jac
+        gnorm = _gradient_cosine(js.T @ fs, colnorm, math.sqrt(cost))
+        if gnorm <= tol.gtol:
+            return _Run(x, costs, 4, nfev, njev, jac)
         diag = torch.maximum(diag, colnorm)
         u, s, vh = _svd(js / diag)
         b = u.T @ fs.cpu().numpy()
@@ -336,57 +377,86 @@ def _lm(fun, jac_fn, x, f, rho, ftol, xtol, gtol, max_nfev, factor):
             par, pt = _lmpar(s, vh, b, delta, par)
             pnorm = float(np.linalg.norm(pt))
             p = -torch.from_numpy(pt).to(x) / diag
-            if njev == 1 and len(costs) == 1:
+            if njev == 1 and len(costs) == 1:  # the first step bounds the first radius
                 delta = min(delta, pnorm)
-            f1 = fun(x + p).detach()
+            trial = _try_step(problem, x, p, pnorm, par, js, cost)
             nfev += 1
-            cost1 = float(_cost_and_scaled(f1, None, rho)[0])
-            fnorm1 = math.sqrt(cost1) if math.isfinite(cost1) else math.inf
-            actred = 1 - cost1 / cost if 0.1 * fnorm1 < fnorm else -1.0
-            t1 = float((js @ p).norm()) / fnorm
-            t2 = math.sqrt(par) * pnorm / fnorm
-            prered = t1 ** 2 + 2 * t2 ** 2
-            dirder = -(t1 ** 2 + t2 ** 2)
-            ratio = actred / prered if prered != 0 else 0.0
-            if ratio <= 0.25:  # poor agreement: shrink the trust region
-                temp = 0.5 if actred >= 0 else 0.5 * dirder / (dirder + 0.5 * actred)
-                if 0.1 * fnorm1 >= fnorm or temp < 0.1:
-                    temp = 0.1
-                delta = temp * min(delta, pnorm / 0.1)
-                par = par / temp
-            elif par == 0 or ratio >= 0.75:  # good agreement: grow it
-                delta = pnorm / 0.5
-                par = 0.5 * par
-            if ratio >= 1e-4:  # a successful step
-                x, f, cost = x + p, f1, cost1
+            delta, par = _resize(delta, par, trial)
+            accepted = trial.ratio >= 1e-4
+            if accepted:
+                x, f, cost = x + p, trial.f, trial.cost
                 xnorm = float((diag * x).norm())
                 costs.append(cost)
-            status = 0
-            if abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1:
-                status = 1
-            if delta <= xtol * xnorm:
-                status = 3 if status == 1 else 2
-            if status == 0:
-                if nfev >= max_nfev:
-                    status = 5
-                elif abs(actred) <= EPS and prered <= EPS and 0.5 * ratio <= 1:
-                    status = 6
-                elif delta <= EPS * xnorm:
-                    status = 7
-                elif gnorm <= EPS:
-                    status = 8
+            status = _lm_status(trial, delta, xnorm, gnorm, nfev, tol)
             if status:
-                if ratio >= 1e-4:  # the covariance wants the Jacobian at the final params
-                    jac, njev = jac_fn(x).detach(), njev + 1
-                return x, costs, status, nfev, njev, jac
-            if ratio >= 1e-4:
+                # The covariance wants the Jacobian at the final params (for the report: not counted).
+                return _Run(x, costs, status, nfev, njev, problem.jac(x).detach() if accepted else jac)
+            if accepted:
                 break
+
+
+class _Trial(NamedTuple):
+    """A trial step ``p`` and how well the linear model predicted it (MINPACK's names)."""
+
+    f: Tensor  # the residuals at x + p
+    cost: float
+    pnorm: float  # ||D p||
+    actred: float  # the actual relative reduction of the cost; -1 when the residuals grew tenfold
+    prered: float  # the reduction the linear model predicted
+    dirder: float  # the scaled directional derivative
+    ratio: float  # actred / prered: 1 when the model is exact
+    grew: bool  # the residual norm grew tenfold
+
+
+def _try_step(problem: _Residuals, x: Tensor, p: Tensor, pnorm: float, par: float, js: Tensor,
+              cost: float) -> _Trial:
+    cost1, f1 = problem.evaluate(x + p)
+    fnorm = math.sqrt(cost)
+    fnorm1 = math.sqrt(cost1) if math.isfinite(cost1) else math.inf
+    actred = 1 - cost1 / cost if 0.1 * fnorm1 < fnorm else -1.0
+    t1 = float((js @ p).norm()) / fnorm
+    t2 = math.sqrt(par) * pnorm / fnorm
+    prered = t1 ** 2 + 2 * t2 ** 2
+    dirder = -(t1 ** 2 + t2 ** 2)
+    ratio = actred / prered if prered != 0 else 0.0
+    return _Trial(f1, cost1, pnorm, actred, prered, dirder, ratio, 0.1 * fnorm1 >= fnorm)
+
+
+def _resize(delta: float, par: float, trial: _Trial) -> tuple[float, float]:
+    """MINPACK's trust-region update, the new ``(delta, par)``: shrink the radius on poor agreement
+    (ratio at most 1/4), grow it on good agreement (at least 3/4, or an undamped step)."""
+    if trial.ratio <= 0.25:
+        temp = 0.5 if trial.actred >= 0 else 0.5 * trial.dirder / (trial.dirder + 0.5 * trial.actred)
+        if trial.grew or temp < 0.1:
+            temp = 0.1
+        return temp * min(delta, trial.pnorm / 0.1), par / temp
+    if par == 0 or trial.ratio >= 0.75:
+        return trial.pnorm / 0.5, 0.5 * par
+    return delta, par
+
+
+def _lm_status(trial: _Trial, delta: float, xnorm: float, gnorm: float, nfev: int, tol: _Tolerances) -> int:
+    """MINPACK's tests after a trial step: its code (a key of ``_MESSAGES``), or 0 to go on."""
+    small = abs(trial.actred) <= tol.ftol and trial.prered <= tol.ftol and 0.5 * trial.ratio <= 1
+    if delta <= tol.xtol * xnorm:
+        return 3 if small else 2
+    if small:
+        return 1
+    if nfev >= tol.max_nfev:
+        return 5
+    if abs(trial.actred) <= EPS and trial.prered <= EPS and 0.5 * trial.ratio <= 1:
+        return 6
+    if delta <= EPS * xnorm:
+        return 7
+    if gnorm <= EPS:
+        return 8
+    return 0
 
 
 def _svd(a: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD, as numpy arrays, through numpy's LAPACK. The subproblem is n x n-sized work on a few
-    vectors: measured on a shared 2-core machine, torch's SVD (MKL, OpenMP threads) took 45 ms for a
-    33 x 5 matrix and numpy's 0.06 ms, and small torch ops cost ~10 us each -- LM does this per step."""
+    vectors, done every step: at these sizes numpy's call costs far less than torch's SVD and a handful
+    of small torch ops (BENCHMARKS.md, NIST: time)."""
     return np.linalg.svd(a.detach().cpu().numpy(), full_matrices=False)
 
 
@@ -441,43 +511,37 @@ def _lmpar(s: np.ndarray, vh: np.ndarray, b: np.ndarray, delta: float, par: floa
 # ---------------------------------------------------------------- Gauss-Newton with backtracking
 
 
-def _gauss_newton(fun, jac_fn, x, f, rho, ftol, xtol, gtol, max_nfev, factor):
-    cost = float(_cost_and_scaled(f, None, rho)[0])
+def _gauss_newton(problem: _Residuals, x: Tensor, f: Tensor, tol: _Tolerances) -> _Run:
+    """Gauss-Newton: the least-squares step from the SVD of the Jacobian (never the normal equations),
+    shortened by Armijo backtracking until the cost decreases enough."""
+    cost = problem.cost(f)
     costs, nfev, njev = [cost], 1, 0
     if not math.isfinite(cost):
-        return x, costs, 0, nfev, njev, None
+        return _Run(x, costs, 0, nfev, njev, None)
     while True:
-        jac = jac_fn(x).detach()
+        jac = problem.jac(x).detach()
         njev += 1
-        _, js, fs = _cost_and_scaled(f, jac, rho)
-        colnorm = js.norm(dim=0)
+        _, js, fs = _cost_and_scaled(f, jac, problem.rho)
         g = js.T @ fs
-        nz = colnorm > 0
-        if cost == 0 or not nz.any() or float((g[nz].abs() / colnorm[nz]).max()) / math.sqrt(cost) <= gtol:
-            return x, costs, 4, nfev, njev, jac
-        u, s, vh = _svd(js)  # the least-squares step via the SVD, not the normal equations
+        if _gradient_cosine(g, js.norm(dim=0), math.sqrt(cost)) <= tol.gtol:
+            return _Run(x, costs, 4, nfev, njev, jac)
+        u, s, vh = _svd(js)
         keep = s > EPS * max(js.shape) * s[0]
         p = -torch.from_numpy(vh[keep].T @ ((u[:, keep].T @ fs.cpu().numpy()) / s[keep])).to(x)
-        slope = 2 * float(g @ p)  # directional derivative of the cost
-        t = 1.0
-        while True:
-            f1 = fun(x + t * p).detach()
-            nfev += 1
-            cost1 = float(_cost_and_scaled(f1, None, rho)[0])
-            if (math.isfinite(cost1) and cost1 <= cost + 1e-4 * t * slope) or nfev >= max_nfev or t < 1e-10:
-                break
-            t *= 0.5
-        if not (math.isfinite(cost1) and cost1 <= cost):
-            return x, costs, 6 if nfev < max_nfev else 5, nfev, njev, jac
-        step_norm, xnorm = float((t * p).norm()), float(x.norm())
-        actred = (cost - cost1) / cost if cost > 0 else 0.0
-        x, f, cost = x + t * p, f1, cost1
+        slope = 2 * float(g @ p)  # the directional derivative of the cost
+        step = backtracking(problem.evaluate, x, p, cost, slope, max_evals=tol.max_nfev - nfev)
+        nfev += step.evals
+        if not (math.isfinite(step.value) and step.value <= cost):
+            return _Run(x, costs, 6 if nfev < tol.max_nfev else 5, nfev, njev, jac)
+        step_norm, xnorm = float((step.t * p).norm()), float(x.norm())
+        actred = (cost - step.value) / cost if cost > 0 else 0.0
+        x, f, cost = x + step.t * p, step.kept, step.value
         costs.append(cost)
-        status = (1 if actred <= ftol else 0) + (2 if step_norm <= xtol * (xnorm + xtol) else 0)
+        status = (1 if actred <= tol.ftol else 0) + (2 if step_norm <= tol.xtol * (xnorm + tol.xtol) else 0)
         if status:
-            return x, costs, status, nfev, njev + 1, jac_fn(x).detach()
-        if nfev >= max_nfev:
-            return x, costs, 5, nfev, njev, jac
+            return _Run(x, costs, status, nfev, njev, problem.jac(x).detach())
+        if nfev >= tol.max_nfev:  # the budget ran out after an accepted step: the Jacobian at the new x
+            return _Run(x, costs, 5, nfev, njev, problem.jac(x).detach())
 
 
 # ---------------------------------------------------------------- curve_fit, scipy's door
@@ -536,7 +600,7 @@ def curve_fit(model: Callable[..., Tensor], x: Any, y: Any, p0: Sequence[float] 
     if y.numel() < n:
         raise TypeError(f"The number of func parameters={n} must not exceed the number of data points={y.numel()}")
     result = least_squares(residual, start, method=method, loss=loss, f_scale=f_scale, **options)
-    if result.stop_reason == "diverged":
+    if result.stop_reason == DIVERGED:
         raise RuntimeError(f"Optimal parameters not found: {result.info['message']}")
     cost, js, _ = _cost_and_scaled(residual(result.params).detach(), result.info["jacobian"],
                                    robust_loss(loss, f_scale))

@@ -1,7 +1,4 @@
-r"""Solvers that use the loss itself, not only its gradient: Newton with the exact Hessian.
-
-(Least squares -- Levenberg-Marquardt and Gauss-Newton -- lives in :mod:`diyopt.least_squares`;
-L-BFGS in :mod:`diyopt.lbfgs`.)
+r"""Newton's method with the exact Hessian.
 
 ``newton`` takes damped Newton steps
 
@@ -10,7 +7,7 @@ L-BFGS in :mod:`diyopt.lbfgs`.)
 with :math:`g` and :math:`H` exact, from ``torch.func.grad`` and ``torch.func.hessian`` over the flattened
 params. The damping :math:`\mu \ge 0` is Levenberg's safeguard: it starts at 0 (the pure Newton step,
 quadratic convergence near a minimum), grows tenfold whenever :math:`H + \mu I` is not positive definite
-or the step does not decrease the loss enough (Armijo), and shrinks after every accepted step.
+or the step does not decrease the loss enough (:func:`~diyopt.core.linesearch.armijo`), and shrinks after every accepted step.
 """
 from __future__ import annotations
 
@@ -21,10 +18,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from diyopt.core.linesearch import armijo
 from diyopt.core.modules import bind_module, load_into
-from diyopt.core.result import Result
+from diyopt.core.result import CONVERGED, DIVERGED, MAX_STEPS, PRECISION, Result
 from diyopt.core.tree import FlatLayout, Params, as_params
-from diyopt.solvers._lbfgs import lbfgs  # noqa: F401 -- L-BFGS lives in its own module; re-exported here
 
 
 def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module, *,
@@ -40,10 +37,12 @@ def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | t
       xtol: stop when an accepted step is at most ``xtol * (||x|| + xtol)``.
 
     Returns:
-      A :class:`~diyopt.Result`: ``losses`` holds the loss at the start and after every accepted step;
-      ``stop_reason`` is ``"converged"`` (gtol or xtol), ``"precision"`` (no decrease possible at machine
-      precision), ``"steps"`` (max_iter used) or ``"diverged"`` (non-finite loss at the start);
-      ``info`` has ``nfev``, ``nhev``, ``grad_norm`` (max-abs), ``message``.
+      A :class:`~diyopt.Result` (its words and counts: :mod:`diyopt.core.result`): ``losses`` holds the
+      loss at the start and after every accepted step; ``steps`` the iterations (one gradient and one
+      Hessian each, ``njev == nhev``), ``nfev`` the loss evaluations; ``stop_reason`` is ``"converged"``
+      (gtol or xtol), ``"precision"`` (no decrease possible at machine precision), ``"max_steps"``
+      (max_iter used) or ``"diverged"`` (non-finite loss at the start); ``info`` has ``grad_norm``
+      (max-abs) and ``message``.
 
     Example::
 
@@ -61,21 +60,21 @@ def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | t
     params = {k: v.detach().to(torch.float64) for k, v in as_params(params).items()}
     layout = FlatLayout(params)
     x = layout.flatten(params)
-    fn = lambda v: loss_fn(layout.unflatten({"flat": v}))
+    fn = lambda v: loss_fn(layout.unflatten(v))
     grad_fn, hess_fn = torch.func.grad(fn), torch.func.hessian(fn)
     start = time.perf_counter()
     f = float(fn(x))
     losses, nfev, nhev, mu = [f], 1, 0, 0.0
     eye = torch.eye(x.numel(), dtype=x.dtype, device=x.device)
-    stop, message, gmax = "steps", "max_iter reached", math.nan
+    stop, message, gmax = None, "max_iter reached", math.nan
     if not math.isfinite(f):
-        stop, message = "diverged", "the loss is not finite at the start"
-    while stop == "steps" and nhev < max_iter:
+        stop, message = DIVERGED, "the loss is not finite at the start"
+    while stop is None and nhev < max_iter:
         g, h = grad_fn(x).detach(), hess_fn(x).detach()
         nhev += 1
         gmax = float(g.abs().max())
         if gmax <= gtol:
-            stop, message = "converged", "the largest gradient component is at most gtol"
+            stop, message = CONVERGED, "the largest gradient component is at most gtol"
             break
         hscale = float(h.diagonal().abs().max()) or 1.0
         accepted = False
@@ -85,21 +84,21 @@ def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | t
                 p = torch.cholesky_solve(-g.unsqueeze(1), chol).squeeze(1)
                 f1 = float(fn(x + p))
                 nfev += 1
-                if math.isfinite(f1) and f1 <= f + 1e-4 * float(g @ p):
+                if armijo(f1, f, 1.0, float(g @ p)):
                     accepted = True
                     break
             mu = max(10 * mu, 1e-10 * hscale)
         if not accepted:
-            stop, message = "precision", "no step decreases the loss at machine precision"
+            stop, message = PRECISION, "no step decreases the loss at machine precision"
             break
         x, f = x + p, f1
         losses.append(f)
         mu = mu / 10 if mu > 1e-12 * hscale else 0.0
         if float(p.norm()) <= xtol * (float(x.norm()) + xtol):
-            stop, message = "converged", "the step is at most xtol relative to the params"
+            stop, message = CONVERGED, "the step is at most xtol relative to the params"
     seconds = time.perf_counter() - start
+    stop = MAX_STEPS if stop is None else stop
     if module is not None:
-        load_into(module, layout.unflatten({"flat": x}))
-    return Result(layout.unflatten({"flat": x.clone()}), torch.tensor(losses, dtype=torch.float64), nhev,
-                  seconds, stop, info={"nfev": nfev, "nhev": nhev, "grad_norm": gmax, "message": message,
-                                       "final_loss": f})
+        load_into(module, layout.unflatten(x))
+    return Result(layout.unflatten(x.clone()), torch.tensor(losses, dtype=torch.float64), nhev, seconds, stop,
+                  info={"grad_norm": gmax, "message": message, "final_loss": f}, nfev=nfev, njev=nhev, nhev=nhev)

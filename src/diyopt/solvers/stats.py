@@ -26,16 +26,15 @@ def jacobian(residual_fn: Callable[[Params], Tensor], params: Params) -> Tensor:
 
     layout = FlatLayout(params)
     flat = layout.flatten({k: v.detach() for k, v in params.items()})
-    fn = lambda v: residual_fn(layout.unflatten({"flat": v})).reshape(-1)
+    fn = lambda v: residual_fn(layout.unflatten(v)).reshape(-1)
     return jacobian_fn(fn, fn(flat).numel(), flat.numel())(flat)
 
 
 def jacobian_fn(fn: Callable[[Tensor], Tensor], m: int, n: int, mode: str = "auto") -> Callable[[Tensor], Tensor]:
     """``torch.func.jacfwd`` or ``jacrev`` of ``fn: R^n -> R^m``; ``mode="auto"`` picks by size.
 
-    Measured (CPU): jacrev's vmapped backward carries m x m intermediates (Gauss1, m=250: 1.4 s vs
-    jacfwd's 81 ms) but has less overhead per op when m is small (MGH17, m=33: 12 ms vs 36 ms), so
-    auto = rev for m <= 64 or n > m, else fwd.
+    jacrev's vmapped backward carries m x m intermediates but has less overhead per op when m is small,
+    so auto = rev for m <= 64 or n > m, else fwd (the timings behind the 64: BENCHMARKS.md, NIST).
     """
     if mode not in ("auto", "fwd", "rev"):
         raise ValueError(f"unknown jac {mode!r}; known: 'auto', 'fwd', 'rev'")
