@@ -56,6 +56,22 @@ def backtracking(evaluate: Callable[[Tensor], tuple[float, Any]], x: Tensor, p: 
 # ---------------------------------------------------------------- strong Wolfe and the two-loop recursion
 
 
+def lbfgs_direction(g: Tensor, y: Tensor, s: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor],
+                    ro: list[float], h_diag: float, history_size: int) -> tuple[Tensor, float]:
+    """One L-BFGS direction, as torch.optim.LBFGS computes it: the curvature pair ``(y, s)`` joins the
+    history when ``y^T s > 1e-10`` (the last ``history_size`` pairs are kept, ``H_0 = y^T s / y^T y``),
+    then ``d = -H g`` by :func:`two_loop`. The history lists are updated in place; returns ``(d, h_diag)``."""
+    ys = float(y.dot(s))
+    if ys > 1e-10:
+        if len(old_dirs) == history_size:
+            old_dirs.pop(0), old_stps.pop(0), ro.pop(0)
+        old_dirs.append(y)
+        old_stps.append(s)
+        ro.append(1.0 / ys)
+        h_diag = ys / float(y.dot(y))
+    return two_loop(-g, old_dirs, old_stps, ro, h_diag), h_diag
+
+
 def two_loop(q: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor], ro: list[float],
               h_diag: float) -> Tensor:
     """``-H g`` by the two-loop recursion (Nocedal & Wright, Algorithm 7.4), ``q = -g`` on entry."""

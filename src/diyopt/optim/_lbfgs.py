@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from diyopt.core.contract import Optimizer
-from diyopt.core.linesearch import strong_wolfe, two_loop
+from diyopt.core.linesearch import lbfgs_direction, strong_wolfe
 
 
 class TorchLBFGS(torch.optim.Optimizer):
@@ -90,15 +90,7 @@ class TorchLBFGS(torch.optim.Optimizer):
                 old_dirs, old_stps, ro, h_diag = [], [], [], 1.0
             else:
                 y, s = g - prev_g, d * t
-                ys = float(y.dot(s))
-                if ys > 1e-10:
-                    if len(old_dirs) == group["history_size"]:
-                        old_dirs.pop(0), old_stps.pop(0), ro.pop(0)
-                    old_dirs.append(y)
-                    old_stps.append(s)
-                    ro.append(1.0 / ys)
-                    h_diag = ys / float(y.dot(y))
-                d = two_loop(-g, old_dirs, old_stps, ro, h_diag)
+                d, h_diag = lbfgs_direction(g, y, s, old_dirs, old_stps, ro, h_diag, group["history_size"])
             prev_g, prev_loss = g.clone(), loss
             t = min(1.0, 1.0 / float(g.abs().sum())) * lr if state["n_iter"] == 1 else lr
             gtd = float(g.dot(d))

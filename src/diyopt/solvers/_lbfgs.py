@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from diyopt.core.checks import check_loss_value
-from diyopt.core.linesearch import strong_wolfe, two_loop
+from diyopt.core.linesearch import lbfgs_direction, strong_wolfe
 from diyopt.core.modules import bind_module, load_into
 from diyopt.core.result import CONVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, Params, as_params
@@ -107,15 +107,7 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
             d = -g
         else:
             y, s = g - prev_g, d * t
-            ys = float(y.dot(s))
-            if ys > 1e-10:
-                if len(old_dirs) == history_size:
-                    old_dirs.pop(0), old_stps.pop(0), ro.pop(0)
-                old_dirs.append(y)
-                old_stps.append(s)
-                ro.append(1.0 / ys)
-                h_diag = ys / float(y.dot(y))
-            d = two_loop(-g, old_dirs, old_stps, ro, h_diag)
+            d, h_diag = lbfgs_direction(g, y, s, old_dirs, old_stps, ro, h_diag, history_size)
         prev_g, prev_loss = g, loss
         t = min(1.0, 1.0 / float(g.abs().sum())) * lr if n_iter == 1 else lr
         gtd = float(g.dot(d))
