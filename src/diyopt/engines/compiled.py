@@ -41,8 +41,9 @@ from diyopt.errors import DivergedError
 SMALL_PROBLEM_CHUNK = 256
 SMALL_PROBLEM_NUMEL = 1 << 16
 
-#: Steps per turn of the compiled loop. One turn allocates its buffers once, so 4 steps per turn ran the
-#: seed fit in 5 us/step against 17.5 us with 1 (and 13 with 2); more steps per turn compile longer.
+#: Steps per turn of the compiled loop. One turn allocates its buffers once, so a few steps per turn run
+#: a small fit several times faster than one; more steps per turn compile longer (BENCHMARKS.md, "Design
+#: measurements").
 STEPS_PER_TURN = 4
 
 #: Every fit shares the chunk function's code object, and Dynamo caches graphs per code object (8 by
@@ -59,8 +60,8 @@ def more_graphs():
 def call_compiled(compiled: Callable, *args: Any, may_compile: bool) -> Any:
     """Call a ``torch.compile``'d function, with room for more graphs only on calls that may compile.
 
-    Patching Dynamo's config costs about 100 us per call here (more than a 32-step chunk of the seed fit
-    runs), so only the first call of a run -- the one that traces -- is made inside :func:`more_graphs`.
+    Patching Dynamo's config costs more per call than a chunk of a small fit runs (BENCHMARKS.md, "Design
+    measurements"), so only the first call of a run -- the one that traces -- is made inside :func:`more_graphs`.
     Should a later call's guards fail with the default limit already reached, Dynamo refuses
     (``fullgraph=True``) before tracing anything, and the call is simply repeated with room.
     """

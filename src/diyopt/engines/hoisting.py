@@ -36,7 +36,7 @@ def hoisting_backend(options: dict | None = None) -> Callable:
     ``options`` are Inductor options (as ``torch.compile(..., options=...)``), given to both parts.
     Inductor's input size/stride asserts are off by default: Dynamo's guards already check the graph's
     inputs, the prelude's outputs are made here, and with hundreds of inputs (an optimizer's params,
-    grads and state) the asserts cost about 1.5 ms a step (measured on 80 tensors).
+    grads and state) the asserts cost more than the step's math (BENCHMARKS.md, "Design measurements").
     """
     options = {"size_asserts": False, **(options or {})}
 
@@ -78,8 +78,8 @@ def _pack_boundary(gm: GraphModule, prelude: set[Node]) -> set[Node]:
     """Hand the prelude's results to the rest as one tensor per dtype, not one tensor each.
 
     An optimizer's prelude makes a few scalars per parameter tensor -- hundreds in all; passed one by
-    one, each is an allocation and an argument of both compiled parts (about 0.4 ms a step for 80
-    tensors). Packed, the rest reads ``packed[j]``: the same value, a load. Returns the packing nodes
+    one, each is an allocation and an argument of both compiled parts (BENCHMARKS.md, "Design
+    measurements"). Packed, the rest reads ``packed[j]``: the same value, a load. Returns the packing nodes
     (they belong to the prelude); the unpacking nodes stay with the rest.
     """
     graph = gm.graph

@@ -4,29 +4,33 @@
 :mod:`~diyopt.problems.losses`, :mod:`~diyopt.problems.data`, :mod:`~diyopt.problems.strd` (NIST StRD
 files), :mod:`~diyopt.problems.expressions` (model formulas), :mod:`~diyopt.core.starts`.
 """
+from ._classic import (
+    beale,
+    booth,
+    himmelblau,
+    line,
+    quadratic,
+    rosenbrock,
+)
 from ._problem import NistProblem, Problem
-from ._problems import (
+from ._registry import (
     PROBLEMS,
     arguments,
     as_problem,
-    beale,
-    booth,
-    breast_cancer,
     checked_arguments,
-    csv,
     describe,
     get,
-    himmelblau,
-    line,
-    logistic,
     names,
-    nist,
     parse_spec,
-    polynomial,
-    quadratic,
     register,
-    rosenbrock,
     start_point,
+)
+from ._regression import (
+    breast_cancer,
+    csv,
+    logistic,
+    nist,
+    polynomial,
 )
 
 __all__ = [
