@@ -22,7 +22,15 @@ record, the settings set every flag of the factory, a record that opts out of a 
 Adding an optimizer: append one ``OptimizerInfo(...)`` to ``optim_db`` below. The least a record needs
 is ``name``, ``torch_cls`` (or ``reference``), five ``settings``, a ``budget`` and a ``check_lr``; an
 optimizer the dense-vector tests cannot drive lists the ``forms`` it has and says ``why`` it lacks the
-others (``muon``, ``sparse_adam``, ``lbfgs`` below).
+others (``muon``, ``sparse_adam``, ``lbfgs`` below). For example::
+
+    OptimizerInfo(
+        "my_rule", None, reference=my_rule_paper,           # or torch.optim.MyRule; the loop goes in
+        settings=[{}, {"lr": 1e-2}, {"lr": 1e-2, "beta": 0.5}, ...],  # optim_references.py
+        error_inputs=[ErrorInput({"lr": -1.0}, ValueError, r"^Invalid learning rate: -1.0$")],
+        budget=Budget({"lr": 0.1}, 200, {"lr": 1e-2}, 3000),  # steps measured to 3e-2, plus ~25%
+        check_lr=1e-2,
+    ),
 """
 from __future__ import annotations
 
@@ -42,6 +50,10 @@ FIT = "fit"            # diyopt.fit on dense vectors (convergence budgets, the c
 COMPILED = "compiled"  # diyopt.fit(..., engine="compiled")
 SWEEP = "sweep"        # diyopt.sweep (vmap over runs; hyperparameters as tensors)
 ALL_FORMS = (UPDATE, TO_TORCH, FIT, COMPILED, SWEEP)
+
+# torch's implementation flags (its "global-cliquey" kwargs): the factories accept them, no number changes,
+# so a setting need not vary them.
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
 
 @dataclass(frozen=True)
@@ -109,11 +121,6 @@ class OptimizerInfo:
     why: str = ""
 
 
-def lr_error(value, text):
-    """torch's learning-rate message, which every torch class shares."""
-    return ErrorInput({"lr": value}, ValueError, rf"^Invalid learning rate: {text}$", torch_too=True)
-
-
 optim_db: list[OptimizerInfo] = [
     OptimizerInfo(
         "gradient_descent", torch.optim.SGD, is_torch_cls=False,
@@ -132,7 +139,7 @@ optim_db: list[OptimizerInfo] = [
             {"lr": 2e-2, "weight_decay": 0.1, "maximize": True},
         ],
         error_inputs=[
-            lr_error(-1.0, "-1.0"),
+            ErrorInput({"lr": -1.0}, ValueError, r"^Invalid learning rate: -1.0$", torch_too=True),
             ErrorInput({"momentum": -0.5}, ValueError, r"^Invalid momentum value: -0.5$", torch_too=True),
             ErrorInput({"weight_decay": -1e-2}, ValueError, r"^Invalid weight_decay value: -0.01$", torch_too=True),
             ErrorInput({"nesterov": True}, ValueError, r"^Nesterov momentum requires a momentum and zero dampening$",
@@ -157,7 +164,7 @@ optim_db: list[OptimizerInfo] = [
             {"lr": 0.1, "lr_decay": 0.001, "weight_decay": 0.1, "initial_accumulator_value": 0.5},
         ],
         error_inputs=[
-            lr_error(-0.1, "-0.1"),
+            ErrorInput({"lr": -0.1}, ValueError, r"^Invalid learning rate: -0.1$", torch_too=True),
             ErrorInput({"lr_decay": -1.0}, ValueError, r"^Invalid lr_decay value: -1.0$", torch_too=True),
             ErrorInput({"initial_accumulator_value": -1.0}, ValueError,
                        r"^Invalid initial_accumulator_value value: -1.0$", torch_too=True),
@@ -199,7 +206,7 @@ optim_db: list[OptimizerInfo] = [
         error_inputs=[
             ErrorInput({"rho": 1.5}, ValueError, r"^Invalid rho value: 1.5$", torch_too=True),
             ErrorInput({"rho": -0.1}, ValueError, r"^Invalid rho value: -0.1$", torch_too=True),
-            lr_error(-1.0, "-1.0"),
+            ErrorInput({"lr": -1.0}, ValueError, r"^Invalid learning rate: -1.0$", torch_too=True),
         ],
         # Adadelta creeps along the valley unless its averages are long (rho near 1) and steps a little above 1.
         budget=Budget({"lr": 10.0}, 2000, {"lr": 1.2, "rho": 0.9999}, 7500),
@@ -224,8 +231,8 @@ optim_db: list[OptimizerInfo] = [
             ErrorInput({"eps": -1e-8}, ValueError, r"^Invalid epsilon value: -1e-08$", torch_too=True),
             ErrorInput({"weight_decay": -0.1}, ValueError, r"^Invalid weight_decay value: -0.1$", torch_too=True),
             ErrorInput({"betas": 0.9}, TypeError, r"betas must be a pair \(beta1, beta2\), got 0.9"),
-            ErrorInput({"foreach": True, "fused": True}, RuntimeError, r"`fused` and `foreach` cannot be `True` together",
-                       torch_too=True),
+            ErrorInput({"foreach": True, "fused": True}, RuntimeError,
+                       r"`fused` and `foreach` cannot be `True` together", torch_too=True),
         ],
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1}, 1100),
         check_lr=1e-2,
@@ -241,7 +248,7 @@ optim_db: list[OptimizerInfo] = [
             {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "maximize": True, "weight_decay": 0.05},
         ],
         error_inputs=[
-            lr_error(-1e-3, "-0.001"),
+            ErrorInput({"lr": -1e-3}, ValueError, r"^Invalid learning rate: -0.001$", torch_too=True),
             ErrorInput({"betas": (0.9, 1.0)}, ValueError, r"^Invalid beta parameter at index 1: 1.0$", torch_too=True),
         ],
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1, "weight_decay": 1e-3}, 1300),
@@ -313,10 +320,11 @@ optim_db: list[OptimizerInfo] = [
         error_inputs=[
             ErrorInput({"etas": (1.5, 1.2)}, ValueError, r"^Invalid eta values: 1.5, 1.2$", torch_too=True),
             ErrorInput({"etas": (0.5, 0.9)}, ValueError, r"^Invalid eta values: 0.5, 0.9$", torch_too=True),
-            lr_error(-1.0, "-1.0"),
+            ErrorInput({"lr": -1.0}, ValueError, r"^Invalid learning rate: -1.0$", torch_too=True),
             # torch.optim.Rprop does not check step_sizes
             ErrorInput({"step_sizes": (1.0, 1e-3)}, ValueError, r"^Invalid step_sizes values: 1.0, 0.001$"),
-            ErrorInput({"lr": lambda t: 0.1}, TypeError, r"rprop's lr is its initial step size and cannot be a schedule"),
+            ErrorInput({"lr": lambda t: 0.1}, TypeError,
+                       r"rprop's lr is its initial step size and cannot be a schedule"),
         ],
         budget=Budget({}, 200, {}, 2500),
         check_lr=1e-2,
