@@ -14,6 +14,7 @@ the list, each through :func:`cases` (one pytest case per setting) or :func:`rec
 - ``test_engines.py``: compiled = eager, sweep = fit;
 - ``test_transforms.py``: tensor hyperparameters give the same numbers, float32 kept, state structure stable;
 - ``test_ecosystem.py``: ``state_dict_setting`` moves between diyopt and torch both ways;
+- ``test_to_torch_kernels.py``: ``kernel_settings`` through to_torch's kernel engine = the pure rule = torch;
 - ``test_torch_optim_db.py``: torch's own database, mapped to the records by ``torch_cls``.
 
 ``test_optim_db.py`` checks the database itself: every name in ``diyopt.optim.names()`` has exactly one
@@ -104,6 +105,8 @@ class OptimizerInfo:
       check_lr: the learning rate of the conformance kit's convergence checks (parabola, Rosenbrock, to
         3e-2 within its default 20,000 steps); its other checks use the defaults.
       state_dict_setting: the setting whose state_dict moves between diyopt and torch (test_ecosystem).
+      kernel_settings: settings ``to_torch`` runs with torch's fused multi-tensor kernel (torch's
+        ``supported_impls``; ``test_to_torch_kernels.py``); a record without any has no kernel.
       forms: the forms the generic tests drive it in (see ``ALL_FORMS``).
       why: with fewer than all forms, why the others cannot drive it and where it is tested instead.
     """
@@ -117,6 +120,7 @@ class OptimizerInfo:
     reference: Callable | None = None
     is_torch_cls: bool = True
     state_dict_setting: dict | None = None
+    kernel_settings: list[dict] = field(default_factory=list)
     forms: tuple[str, ...] = ALL_FORMS
     why: str = ""
 
@@ -153,6 +157,12 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.1, "momentum": 0.5}, 50, {"lr": 2e-3, "momentum": 0.9}, 600),
         check_lr=1e-3,
         state_dict_setting={"lr": 1e-2, "momentum": 0.9, "nesterov": True},
+        kernel_settings=[
+            {"lr": 1e-2, "momentum": 0.9},
+            {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+            {"lr": 1e-2, "momentum": 0.5, "dampening": 0.3},
+            {"lr": 1e-2, "momentum": 0.9, "maximize": True, "weight_decay": 0.1},
+        ],
     ),
     OptimizerInfo(
         "adagrad", torch.optim.Adagrad,
@@ -174,6 +184,11 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.5}, 100, {"lr": 1.0}, 5500),
         check_lr=0.1,
         state_dict_setting={"lr": 0.1},
+        kernel_settings=[
+            {},
+            {"maximize": True, "weight_decay": 0.1},
+            {"weight_decay": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-6},
+        ],
     ),
     OptimizerInfo(
         "rmsprop", torch.optim.RMSprop,
@@ -237,6 +252,11 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1}, 1100),
         check_lr=1e-2,
         state_dict_setting={"lr": 1e-2, "amsgrad": True},
+        kernel_settings=[
+            {},
+            {"amsgrad": True, "weight_decay": 0.1, "betas": (0.8, 0.99)},
+            {"maximize": True, "weight_decay": 0.1},
+        ],
     ),
     OptimizerInfo(
         "adamw", torch.optim.AdamW,
@@ -254,6 +274,7 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1, "weight_decay": 1e-3}, 1300),
         check_lr=1e-2,
         state_dict_setting={"lr": 1e-2},
+        kernel_settings=[{"lr": 1e-2}, {"amsgrad": True}, {"maximize": True}],
     ),
     OptimizerInfo(
         "adamax", torch.optim.Adamax,
