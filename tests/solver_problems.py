@@ -5,7 +5,8 @@ A problem gives what a solver may need (``loss``, ``residual``, or ``curve`` = a
 ``curve_fit``) and ``answers``: the known minimizers, each computed here independently of diyopt (a
 literal from the literature, a closed form in numpy, or NIST's certified values). A solver says which of
 ``loss`` / ``residual`` / ``curve`` it takes and how close it must land (``tol``: Euclidean distance to
-the nearest answer, relative to the answer's norm plus one).
+the nearest answer, relative to the answer's norm plus one; on NIST files, NIST's measure instead: the
+correct digits of every certified value).
 
 Adding a solver or a problem: append a ``Solver`` / ``Case``; the matrix picks it up.
 """
@@ -28,10 +29,10 @@ class Case:
     Attributes:
       name: the pytest id.
       params0: the start, a dict of float64 tensors.
-      loss: ``loss(params) -> scalar``; None where only the residual form is meant (e.g. NIST).
+      loss: ``loss(params) -> scalar`` (None: a problem only least-squares solvers take).
       residual: ``residual(params) -> Tensor`` with ``loss = sum(residual**2)`` up to a constant factor.
       curve: ``(model, x, y, p0)`` for ``curve_fit`` (``model(x, *b)``, ``p0`` in ``params0``'s order).
-      answers: the known minimizers (``{name: tensor}``), computed without diyopt.
+      answers: the known minimizers (``{name: tensor}``), computed without diyopt (NIST: see certified).
       certified: for NIST files, the certified values: the solver must reach ``lre`` digits of each
         (log relative error); a solver whose ``tol`` is coarser than ``10**-lre`` does not apply.
       hard_for: solver names known not to get there, with the reason: run as strict xfails, so a solver
@@ -140,7 +141,6 @@ def nist_case(name: str, start: str) -> Case:
     params0 = p.starts[start]
     return Case(f"{name}-{start}", params0, p.loss, p.residual,
                 curve=(model, x, y, [float(v) for v in params0.values()]),
-                answers=[{k: torch.as_tensor(v, dtype=torch.float64).reshape(1) for k, v in p.certified.items()}],
                 certified=p.certified, hard_for=HARD.get((name, start), {}))
 
 

@@ -12,7 +12,7 @@ import functools
 
 import pytest
 import torch
-from solver_problems import NIST_PROBLEMS, PROBLEMS, SOLVERS, nist_available, nist_case
+from solver_problems import NIST_PROBLEMS, PROBLEMS, SOLVERS, Case, nist_available, nist_case
 
 from diyopt import nist
 
@@ -38,8 +38,9 @@ def applies(solver, case) -> bool:
 def _matrix():
     out = []
     for problem, marks in [(f.__name__, []) for f in PROBLEMS] + [(f"{n}-{s}", [needs_nist]) for n, s in NIST_PROBLEMS]:
-        if marks and not nist_available():
-            out += [pytest.param(s, problem, marks=marks, id=f"{s.name}-{problem}") for s in SOLVERS]
+        if marks and not nist_available():  # listed (and skipped) without building the case
+            out += [pytest.param(s, problem, marks=marks, id=f"{s.name}-{problem}") for s in SOLVERS
+                    if s.tol <= 10.0 ** -Case.lre]
             continue
         case = make(problem)
         for solver in SOLVERS:
@@ -60,11 +61,14 @@ def distance(params, answer) -> float:
 
 @pytest.mark.parametrize("solver,problem", _matrix())
 def test_solver_lands_on_the_known_answer(solver, problem):
+    """Within the solver's ``tol`` of the nearest known minimizer; on a NIST file, ``lre`` correct digits
+    of every certified value."""
     case = make(problem)
     params = solver.run(case)
-    if case.certified is not None:
+    if case.certified is not None:  # NIST's own measure: correct digits of every certified value
         digits = nist.worst_lre(params, case.certified)
         assert digits >= case.lre, f"{solver.name} on {problem}: {digits:.2f} certified digits < {case.lre}"
+        return
     nearest = min(distance(params, answer) for answer in case.answers)
     assert nearest <= solver.tol, f"{solver.name} on {problem}: distance {nearest:.3g} > {solver.tol}"
 
