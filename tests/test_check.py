@@ -9,35 +9,23 @@ import textwrap
 
 import pytest
 import torch
+from optim_db import FIT, records
 
 import diyopt
 from diyopt.analysis._conformance import FAIL, INFO, PASS, SKIP
 
-# The learning rate each built-in gets for the convergence checks (parabola, Rosenbrock from (-1.2, 1), to
-# 3e-2 within the default budget of 20,000 steps); the other checks use the optimizer's defaults.
-CONVERGENCE_LR = {
-    "adadelta": 0.1, "adagrad": 0.1, "adam": 1e-2, "adamax": 3e-2, "adamw": 1e-2, "gradient_descent": 1e-3,
-    "lion": 3e-3, "nadam": 1e-2, "radam": 3e-3, "rmsprop": 3e-3, "rprop": 1e-2, "sgd": 1e-3,
-    "asgd": 1e-3, "adafactor": 3e-2,
-}
-# Built-ins the kit's problems (dense vectors, one gradient per step) cannot exercise, and why; each is
-# tested against torch.optim in test_torch_optim_db.py instead.
-NOT_CHECKABLE = {
-    "muon": "2-D params only; the kit's problems are vectors",
-    "sparse_adam": "sparse gradients only (nn.Embedding(sparse=True))",
-    "lbfgs": "evaluates the loss several times per step: a to_torch step(closure), no update",
-}
+# Each record's check_lr (tests/optim_db.py) is the learning rate its convergence checks get (parabola,
+# Rosenbrock from (-1.2, 1), to 3e-2 within the default budget of 20,000 steps); the other checks use the
+# optimizer's defaults. Built-ins the kit's problems (dense vectors, one gradient per step) cannot
+# exercise have no "fit" form in their record, which says why.
 ALL_CHECKS = ["downhill", "uphill (maximize)", "parabola", "rosenbrock", "pure: inputs", "pure: repeatable",
               "state: tensors only", "dtype", "to_torch round trip", "no autograd graph", "flat buffer"]
 
 
-def test_every_builtin_has_a_convergence_lr():
-    assert sorted([*CONVERGENCE_LR, *NOT_CHECKABLE]) == diyopt.optim.names()
-
-
-@pytest.mark.parametrize("name", sorted(CONVERGENCE_LR))
-def test_every_builtin_optimizer_passes(name):
-    report = diyopt.check(getattr(diyopt.optim, name)(), lr=CONVERGENCE_LR[name])
+@pytest.mark.parametrize("info", sorted(records(FIT), key=lambda info: info.name), ids=lambda info: info.name)
+def test_every_builtin_optimizer_passes(info):
+    name = info.name
+    report = diyopt.check(getattr(diyopt.optim, name)(), lr=info.check_lr)
     assert [r.name for r in report.results] == ALL_CHECKS
     assert report.passed, report.table()
     expected_uphill = SKIP if name == "gradient_descent" else PASS

@@ -13,6 +13,7 @@ import inspect
 
 import pytest
 import torch
+from optim_db import optim_db
 from torch.optim import lr_scheduler, swa_utils
 
 import diyopt
@@ -159,20 +160,9 @@ def test_swa_utils_drive_diyopt_as_torch():
 # ---------------------------------------------------------------- state_dict, both ways
 
 
-STATE_DICT_CASES = [
-    ("adam", {"lr": 1e-2, "amsgrad": True}, torch.optim.Adam),
-    ("adamw", {"lr": 1e-2}, torch.optim.AdamW),
-    ("sgd", {"lr": 1e-2, "momentum": 0.9, "nesterov": True}, torch.optim.SGD),
-    ("rmsprop", {"lr": 1e-3, "centered": True, "momentum": 0.5}, torch.optim.RMSprop),
-    ("adagrad", {"lr": 0.1}, torch.optim.Adagrad),
-    ("adadelta", {}, torch.optim.Adadelta),
-    ("adamax", {}, torch.optim.Adamax),
-    ("nadam", {"lr": 1e-2}, torch.optim.NAdam),
-    ("radam", {"lr": 1e-2}, torch.optim.RAdam),
-    ("rprop", {}, torch.optim.Rprop),
-    ("asgd", {"t0": 3}, torch.optim.ASGD),
-    ("adafactor", {}, torch.optim.Adafactor),
-]
+# Each record's state_dict_setting (tests/optim_db.py)
+STATE_DICT_CASES = [(info.name, info.state_dict_setting, info.torch_cls) for info in optim_db
+                    if info.state_dict_setting is not None]
 
 
 @pytest.mark.parametrize("name,kwargs,torch_cls", STATE_DICT_CASES, ids=[c[0] for c in STATE_DICT_CASES])

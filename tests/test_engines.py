@@ -2,11 +2,11 @@
 
 - compiled (``fit(..., engine="compiled")``): equal to eager for every built-in optimizer and a user rule;
   no recompilation across a 1,000-step cosine schedule or a new lr.
-- batched (``diyopt.sweep``): run k equals ``fit`` with run k's settings, for every row of the optimizer
-  table and a user rule; divergent runs are marked.
+- batched (``diyopt.sweep``): run k equals ``fit`` with run k's settings, for every setting of the
+  optimizer database (tests/optim_db.py) and a user rule; divergent runs are marked.
 
 Compiling is slow on a small CPU, so the compiled tests use tiny graphs (2 steps per call) and one graph
-per optimizer; the batched tests run eagerly under vmap and cover every table setting.
+per optimizer (its first setting); the batched tests run eagerly under vmap and cover every setting.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases
+from optim_db import COMPILED, SWEEP, cases
 from torch._dynamo.utils import counters
 
 import diyopt
@@ -71,14 +71,10 @@ def unique_graphs() -> int:
 # ---------------------------------------------------------------- compiled engine
 
 
-def default_cases():
-    return [(name, cls, rows[0]) for name, cls, rows in OPTIMIZERS_UNDER_TEST]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("case", default_cases(), ids=case_id)
-def test_compiled_equals_eager(case):
-    name, _, kwargs = case
+@pytest.mark.parametrize("info,kwargs", cases(COMPILED, settings=slice(1)))  # one graph per optimizer
+def test_compiled_equals_eager(info, kwargs):
+    name = info.name
     loss, params = problem()
     opt = getattr(diyopt.optim, name)(**kwargs)
     # 7 steps in chunks of 2: three compiled calls and one leftover eager step.
@@ -170,9 +166,9 @@ def start(params, seed):
             for k, v in params.items()}
 
 
-@pytest.mark.parametrize("case", cases(), ids=case_id)
-def test_batched_run_equals_single_fit(case):
-    name, _, kwargs = case
+@pytest.mark.parametrize("info,kwargs", cases(SWEEP))
+def test_batched_run_equals_single_fit(info, kwargs):
+    name = info.name
     loss, params = problem()
     factory = getattr(diyopt.optim, name)
     opt = factory(**kwargs)

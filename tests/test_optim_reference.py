@@ -1,16 +1,18 @@
 """Every named optimizer, in its functional form (init / update / apply_updates), runs in lockstep with the
-matching torch.optim class from the same start, float64, over every setting of the one table
-(tests/optimizer_table.py): parameters and state agree to 1e-12 relative after every one of 100 steps.
+matching torch.optim class from the same start, float64, over every setting of its record in the optimizer
+database (tests/optim_db.py): parameters and state agree to 1e-12 relative after every one of 100 steps.
 
 diyopt's state fields carry torch's state names (exp_avg, square_avg, momentum_buffer, ...), so the state
-is compared field by field under the same name. Lion, which torch lacks, is compared with the paper's
-Algorithm 2 written out below, and with optax.lion where JAX is installed.
+is compared field by field under the same name. An optimizer torch lacks (Lion) is compared with its
+record's ``reference``, the paper's algorithm written out in tests/optim_references.py, and Lion with
+optax.lion where JAX is installed.
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from optimizer_table import OPTIMIZERS_UNDER_TEST, case_id, cases, lockstep_problem
+from optim_db import UPDATE, cases, lockstep_problem
+from optim_references import grads_of
 
 import diyopt
 
@@ -19,11 +21,6 @@ RTOL = 1e-12
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")
-
-
-def grads_of(loss, params, step=0):
-    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-    return dict(zip(leaves, torch.autograd.grad(loss(leaves, step), list(leaves.values()))))
 
 
 def named_state(state, names) -> dict[str, dict[str, torch.Tensor]]:
@@ -65,20 +62,16 @@ def assert_close(actual, expected, what):
         raise AssertionError(f"{what}: relative error {float(worst):.3g} > {RTOL}")
 
 
-TORCH_CASES = [c for c in cases() if c[1] is not None]
-
-
-@pytest.mark.parametrize("case", TORCH_CASES, ids=[case_id(c) for c in TORCH_CASES])
-def test_matches_torch_optim_in_lockstep(case):
-    name, torch_cls, kwargs = case
+@pytest.mark.parametrize("info,kwargs", cases(UPDATE, where=lambda info: info.torch_cls is not None))
+def test_matches_torch_optim_in_lockstep(info, kwargs):
     params0, loss = lockstep_problem()
-    opt = getattr(diyopt.optim, name)(**kwargs)
+    opt = getattr(diyopt.optim, info.name)(**kwargs)
     params = {k: v.clone() for k, v in params0.items()}
     state = opt.init(params)
 
     leaves = [v.clone().requires_grad_() for v in params0.values()]
     names = list(params0)
-    ref = torch_cls(leaves, **kwargs)
+    ref = info.torch_cls(leaves, **kwargs)
 
     for step in range(STEPS):
         updates, state = opt.update(grads_of(loss, params, step), state, params)
@@ -99,59 +92,25 @@ def test_matches_torch_optim_in_lockstep(case):
     assert torch.isfinite(params["w"]).all()
 
 
-def test_table_covers_every_flag():
-    # Every argument of every factory is set to a non-default value by at least one row.
-    import inspect
-
-    for name, _, rows in OPTIMIZERS_UNDER_TEST:
-        assert len(rows) >= 5, name
-        params = inspect.signature(getattr(diyopt.optim, name)).parameters
-        if isinstance(getattr(diyopt.optim, name), diyopt.elementwise):
-            params = getattr(diyopt.optim, name).defaults
-        for arg, p in params.items():
-            if arg in diyopt.optim.IMPLEMENTATION_FLAGS:  # torch's foreach/fused/...: no numbers change
-                continue
-            default = p.default if hasattr(p, "default") else p
-            assert any(arg in kw and kw[arg] != default for kw in rows), f"{name}: no row sets {arg!r}"
+# ---------------------------------------------------------------- optimizers torch lacks
 
 
-# ---------------------------------------------------------------- Lion
-
-
-def lion_paper(loss, params0, steps, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False):
-    """Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2, written out."""
-    beta1, beta2 = betas
-    theta = {k: v.clone() for k, v in params0.items()}
-    m = {k: torch.zeros_like(v) for k, v in params0.items()}
-    trajectory = []
-    for t in range(steps):
-        g = grads_of(loss, theta, t)
-        for k in theta:
-            gk = -g[k] if maximize else g[k]
-            update = torch.sign(beta1 * m[k] + (1 - beta1) * gk)          # interpolate, take the sign
-            theta[k] = theta[k] - lr * (update + weight_decay * theta[k])  # decoupled weight decay
-            m[k] = beta2 * m[k] + (1 - beta2) * gk                         # momentum, with beta2
-        trajectory.append(({k: v.clone() for k, v in theta.items()}, {k: v.clone() for k, v in m.items()}))
-    return trajectory
-
-
-LION_SETTINGS = [kw for name, _, rows in OPTIMIZERS_UNDER_TEST if name == "lion" for kw in rows]
-
-
-@pytest.mark.parametrize("kwargs", LION_SETTINGS, ids=[case_id(("lion", None, kw)) for kw in LION_SETTINGS])
-def test_lion_matches_the_paper(kwargs):
+@pytest.mark.parametrize("info,kwargs", cases(UPDATE, where=lambda info: info.torch_cls is None))
+def test_matches_its_reference_in_lockstep(info, kwargs):
+    """Optimizers torch lacks, against their record's ``reference`` (the paper's loop), 1e-12 per step."""
     params0, loss = lockstep_problem(seed=1)
-    expected = lion_paper(loss, params0, STEPS, **kwargs)
-    opt = diyopt.optim.lion(**kwargs)
+    expected = info.reference(loss, params0, STEPS, **kwargs)
+    opt = getattr(diyopt.optim, info.name)(**kwargs)
     params = {k: v.clone() for k, v in params0.items()}
     state = opt.init(params)
-    for step, (theta, m) in enumerate(expected):
+    for step, (theta, fields) in enumerate(expected):
         updates, state = opt.update(grads_of(loss, params, step), state, params)
         params = diyopt.apply_updates(params, updates)
         ours = named_state(state, list(params))
         for k in params:
             assert_close(params[k], theta[k], f"step {step + 1}, param {k!r}")
-            assert_close(ours[k]["exp_avg"], m[k], f"step {step + 1}, momentum of {k!r}")
+            for field, value in fields[k].items():
+                assert_close(ours[k][field], value, f"step {step + 1}, state {field!r} of {k!r}")
 
 
 def test_lion_matches_optax():

@@ -1,4 +1,5 @@
-"""``diyopt.to_torch``: every optimizer of the shared table in lockstep with its torch.optim class.
+"""``diyopt.to_torch``: every optimizer of the optimizer database (tests/optim_db.py), every setting, in
+lockstep with its torch.optim class.
 
 Reference: torch.optim itself (float64, a random least-squares problem with a little nonlinearity, 100+
 steps). Params and state must agree to 1e-12 relative; the functional form (init/update, no adapter) gives
@@ -11,8 +12,8 @@ import copy
 
 import pytest
 import torch
-from optimizer_table import case_id, cases
-from optimizer_table import lockstep_problem as problem
+from optim_db import TO_TORCH, UPDATE, cases
+from optim_db import lockstep_problem as problem
 
 import diyopt
 
@@ -57,9 +58,9 @@ def assert_state_equal(ours: dict, theirs: dict):
             assert_rel(ours[k], ref, k)
 
 
-@pytest.mark.parametrize("case", [c for c in cases() if c[1] is not None], ids=case_id)
-def test_lockstep_with_torch_and_state_dict_reload(case):
-    name, torch_class, kw = case
+@pytest.mark.parametrize("info,kw", cases(TO_TORCH, where=lambda info: info.torch_cls is not None))
+def test_lockstep_with_torch_and_state_dict_reload(info, kw):
+    name, torch_class = info.name, info.torch_cls
     p0, loss = problem()
     ours_p, theirs_p = leaves(p0), leaves(p0)
     ours = diyopt.to_torch(getattr(diyopt.optim, name)(**kw), ours_p)
@@ -83,9 +84,9 @@ def test_lockstep_with_torch_and_state_dict_reload(case):
     assert not torch.equal(ours_p["w"], p0["w"])  # it moved
 
 
-@pytest.mark.parametrize("case", cases(), ids=case_id)
-def test_functional_form_equals_adapter(case):
-    name, _, kw = case
+@pytest.mark.parametrize("info,kw", cases(UPDATE))
+def test_functional_form_equals_adapter(info, kw):
+    name = info.name
     p0, loss = problem(1)
     opt = getattr(diyopt.optim, name)(**kw)
     adapter_p = leaves(p0)

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optim_db import case_id, optim_db
 
 import diyopt
 import diyopt.schedules
 from diyopt.engines import _to_torch as torch_optim
 from diyopt.errors import DivergedError
 
-CASES = [
-    ("adam", {}, torch.optim.Adam),
-    ("adam", {"amsgrad": True, "weight_decay": 0.1, "betas": (0.8, 0.99)}, torch.optim.Adam),
-    ("adamw", {"lr": 1e-2}, torch.optim.AdamW),
-    ("adamw", {"amsgrad": True}, torch.optim.AdamW),
-    ("sgd", {"lr": 1e-2, "momentum": 0.9}, torch.optim.SGD),
-    ("sgd", {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, torch.optim.SGD),
-    ("sgd", {"lr": 1e-2, "momentum": 0.5, "dampening": 0.3}, torch.optim.SGD),
-    ("adagrad", {}, torch.optim.Adagrad),
-    ("adam", {"maximize": True, "weight_decay": 0.1}, torch.optim.Adam),
-    ("adamw", {"maximize": True}, torch.optim.AdamW),
-    ("sgd", {"lr": 1e-2, "momentum": 0.9, "maximize": True, "weight_decay": 0.1}, torch.optim.SGD),
-    ("adagrad", {"maximize": True, "weight_decay": 0.1}, torch.optim.Adagrad),
-    ("adagrad", {"weight_decay": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-6}, torch.optim.Adagrad),
-]
+# Each record's kernel_settings (tests/optim_db.py)
+CASES = [(info.name, kw, info.torch_cls) for info in optim_db for kw in info.kernel_settings]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
@@ -59,7 +47,7 @@ def assert_rel(actual, expected, tol, what):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name,kwargs,cls", CASES)
+@pytest.mark.parametrize("name,kwargs,cls", CASES, ids=[case_id(name, kw) for name, kw, _ in CASES])
 def test_kernel_equals_pure_rule_and_torch(name, kwargs, cls, dtype, kernel_calls):
     rule = getattr(diyopt.optim, name)(**kwargs)
     assert rule.kernel == name  # recognised by the field the factory sets

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 pytest.importorskip("expecttest")  # common_optimizers imports it
+from optim_db import TO_TORCH, records  # noqa: E402
 from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
 
 import diyopt  # noqa: E402
@@ -29,24 +30,10 @@ import diyopt  # noqa: E402
 STEPS = 8
 RTOL = 1e-12
 
-# torch.optim class name -> diyopt.optim factory name
-DIYOPT_NAMES = {
-    "ASGD": "asgd",
-    "Adadelta": "adadelta",
-    "Adafactor": "adafactor",
-    "Adagrad": "adagrad",
-    "Adam": "adam",
-    "AdamW": "adamw",
-    "Adamax": "adamax",
-    "LBFGS": "lbfgs",
-    "Muon": "muon",
-    "NAdam": "nadam",
-    "RAdam": "radam",
-    "RMSprop": "rmsprop",
-    "Rprop": "rprop",
-    "SGD": "sgd",
-    "SparseAdam": "sparse_adam",
-}
+# torch.optim class name -> diyopt.optim factory name: the records of the optimizer database
+# (tests/optim_db.py) that are a whole torch class
+DIYOPT_NAMES = {info.torch_cls.__name__: info.name for info in records(TO_TORCH)
+                if info.torch_cls is not None and info.is_torch_cls}
 
 # The skip list: what diyopt deliberately does not do as torch does, and why. Keys are
 # (class name, the error's regex or a configuration's kwarg).

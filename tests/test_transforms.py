@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from optimizer_table import OPTIMIZERS_UNDER_TEST
+from optim_db import UPDATE, records
 
 import diyopt
 from diyopt import optim, schedules
@@ -241,7 +241,7 @@ def _tensorize(kwargs):
     return {k: conv(v) for k, v in kwargs.items()}
 
 
-TABLE = [(name, kw) for name, _, rows in OPTIMIZERS_UNDER_TEST for kw in rows if name != "gradient_descent"]
+TABLE = [(info.name, kw) for info in records(UPDATE) for kw in info.settings]
 
 
 @pytest.mark.parametrize("name,kwargs", TABLE, ids=[f"{n}-{kw}" for n, kw in TABLE])
@@ -274,7 +274,7 @@ def test_vmap_over_learning_rates_equals_separate_runs():
 # ---------------------------------------------------------------- dtype and state structure
 
 
-CASES32 = [(name, kw) for name, _, rows in OPTIMIZERS_UNDER_TEST for kw in rows[:2]]
+CASES32 = [(info.name, kw) for info in records(UPDATE) for kw in info.settings[:2]]
 
 
 @pytest.mark.parametrize("name,kwargs", CASES32, ids=[f"{n}-{kw}" for n, kw in CASES32])
