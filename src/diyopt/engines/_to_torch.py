@@ -37,6 +37,7 @@ scheduler changing it does not recompile.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from diyopt.core.contract import Optimizer
+from diyopt.core.contract import Optimizer, elementwise
 from diyopt.engines._kernels import KERNELS, SCALARS_ANY_DTYPE
 from diyopt.engines.hoisting import hoisting_backend
 
@@ -181,6 +182,8 @@ class TorchOptimizer(torch.optim.Optimizer):
             return
         if opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
             return
+        if isinstance(opt.build, elementwise) and self._rule_step(i, opt, layout, structure, names, params, grads):
+            return
         leaves = layout.read(self.state, params, i)
         state = pytree.tree_unflatten(leaves, layout.spec)
         updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)))
@@ -280,6 +283,51 @@ class TorchOptimizer(torch.optim.Optimizer):
             return False  # the pure path raises, naming the parameter, before writing
         return spec[1](opt.hyperparams, params, grads, states)
 
+    # ------------------------------------------------------------ a user's elementwise rule, tensor by tensor
+
+    def _rule_step(self, i, opt, layout, structure, names, params, grads) -> bool:
+        """Run an :class:`~diyopt.core.contract.elementwise` rule (a user's own) one tensor at a time, writing
+        each tensor's new state and parameter before the next is computed; False: not applicable (nothing
+        written), the pure path runs.
+
+        The result is the pure ``update``'s -- the same rule on the same tensor -- but only one tensor's
+        temporaries are alive at a time, and each tensor's old state is freed as its new one is bound in
+        (the rule returns new tensors; they replace the old ones under the same names), so the step holds
+        little beyond params, grads and state, where the whole-group update holds every new state and
+        update at once (3.2x ``Adam(foreach=True)``'s peak for ``examples/my_adam.py``, 10M params).
+
+        The guard: the gradients are checked first (one sum each; a non-finite one hands the step to the
+        pure path, which raises with nothing written), then each tensor's update before it is written. A
+        non-finite update from finite gradients (the rule divides by zero) raises ``DivergedError`` naming
+        that tensor, with the tensors before it in the group already stepped; say so in the message.
+        """
+        if torch.compiler.is_compiling() or layout.has_global or self.optimizer.sparse_grads:
+            return False
+        guard = self.on_nonfinite == "raise"
+        if guard and not _all_finite(grads, layout):
+            return False
+        state = pytree.tree_unflatten(layout.read(self.state, params, i), layout.spec)
+        owned = layout.by_param(len(params))
+        new_state, relayout = {}, False
+        for j, (n, p, g) in enumerate(zip(names, params, grads)):
+            updates, one = opt.update({n: g}, {n: state[n]}, {n: p})
+            u, s = updates[n], one[n]
+            if guard and not math.isfinite(float(u.sum())):
+                _guard(updates, [n], [p], self.state[p].get("step"), stepped=names[:j])
+            leaves, spec = pytree.tree_flatten(s)
+            if spec != pytree.tree_structure(state[n]):  # the rule changed this tensor's state's shape
+                relayout = True
+            else:
+                for (_, key), leaf in zip(owned[j], leaves):
+                    self.state[p][key] = leaf
+            new_state[n] = s
+            state[n] = None  # the old state's tensors go as soon as the store lets go of them
+            p.add_(u.to(p.dtype))
+        if relayout:
+            layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
+            layout.write(self.state, params, i, pytree.tree_leaves(new_state))
+        return True
+
     # ------------------------------------------------------------ the compiled engine
 
     def _compiled_step(self, i, group, opt, layout, names, params, grads) -> None:
@@ -302,7 +350,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
 
 
-def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) -> None:
+def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any, stepped: list | None = None) -> None:
     """Raise ``DivergedError`` if an update is not finite, before anything is written.
 
     The per-step cost is one reduction over the updates and one sync, with no new tensors (a finite
@@ -322,7 +370,12 @@ def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) 
     new = {n: p + updates[n] for n, p in zip(names, params)}
     event = nonfinite_event(at, torch.zeros(()), {}, {n: updates[n] for n in names}, new)
     if event is not None:
-        raise DivergedError(event)
+        error = DivergedError(event)
+        if stepped:  # _rule_step: the tensors before this one are written already
+            event["stepped"] = list(stepped)
+            error.args = (f"{error} (from finite gradients; the {len(stepped)} tensor(s) before it in its group "
+                          f"were already stepped: {', '.join(map(repr, stepped[:3]))}{', ...' if len(stepped) > 3 else ''})",)
+        raise error
 
 
 # Optimizer.kernel -> (the state leaf names the kernel keeps, the kernel): see TorchOptimizer._kernel_step
@@ -387,6 +440,7 @@ class _Layout:
         self.kernel_checked: tuple | None = None  # TorchOptimizer._kernel_step's cache of checked state
         self.names = {name for _, name in slots}
         self.small_grads: list | None = None  # _all_finite's split of the group's tensors by size
+        self._by_param: list | None = None
         self.has_global = any(j is None for j, _ in slots)
 
     @classmethod
@@ -410,6 +464,16 @@ class _Layout:
             full = ".".join(_part(k) for k in parts) or "value"
             slots.append((owner, full if clash or not short else short))
         return cls(spec, slots)
+
+    def by_param(self, count: int) -> list[list[tuple[int, str]]]:
+        """Per param index (``count`` params), its ``(leaf index, name)`` slots in order (a dict keyed by
+        param name flattens each param's leaves together, in this order)."""
+        if self._by_param is None or len(self._by_param) != count:
+            out: dict[int, list] = {}
+            for k, (j, name) in enumerate(self.slots):
+                out.setdefault(j, []).append((k, name))
+            self._by_param = [out.get(j, []) for j in range(count)]
+        return self._by_param
 
     def read(self, store, params: list, i: int) -> list:
         gkey = f"group{i}"
