@@ -18,11 +18,11 @@ import statistics
 import time
 
 import torch
+from common import machine, target_row
 from torch import nn
 from torch.nn import functional as F
 
 import diyopt
-from common import machine, target_row
 
 VOCAB, D, HEADS, LAYERS, SEQ, BATCH = 256, 128, 4, 2, 64, 16
 
@@ -46,6 +46,7 @@ class GPT(nn.Module):
     def __init__(self):
         super().__init__()
         self.tok, self.pos = nn.Embedding(VOCAB, D), nn.Parameter(torch.zeros(SEQ, D))
+        nn.init.normal_(self.tok.weight, std=0.02)  # GPT-2's scale (the tied output layer reads it too)
         self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
         self.ln = nn.LayerNorm(D)
 
