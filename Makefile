@@ -34,7 +34,7 @@ lint: $(VENV)/.test
 	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.bench
-	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -20,7 +20,7 @@ import importlib.util
 import sys
 
 import torch
-from common import ROOT, best_of, jax_or_none, machine, median_ratio, round_robin, row
+from common import ROOT, best_of, jax_or_none, machine, median_ratio, round_robin, row, target_row
 
 import diyopt
 from diyopt.engines.compiled import compiled_update, tensor_hyperparams
@@ -76,6 +76,8 @@ def main() -> None:
     for name, ts in times.items():
         goal = " (goal <= 1.1x)" if name.startswith("user Adam (examples") else ""
         print(row(name, min(ts) * 1e3, "ms", f"{median_ratio(ts, fused_times):.2f}x fused{goal}"))
+        if name.startswith("user Adam (examples") or "to_torch" in name:
+            target_row(2, f"{name} vs Adam(fused=True)", median_ratio(ts, fused_times), 1.0)
 
     moved = 7 * 4 * n  # bytes: read p, g, m, v; write p, m, v
     src = torch.randn(moved // 8, generator=gen)

@@ -95,3 +95,18 @@ def jax_seed_fit(jx, x, y, steps: int, lr: float = 1e-3):
         return p, values
 
     return fit
+
+
+def target_row(target: int, what: str, value: float, goal: float, unit: str = "x") -> bool:
+    """Print one row of issue 15's target table and return whether it is met (``value <= goal``).
+
+    The line starts with ``TARGET``: ``benchmarks/run_all.py`` (``make bench``) collects these lines from every
+    script into one table. ``value`` is NaN when it could not be measured (printed as "not measured").
+    """
+    import math
+
+    met = value <= goal
+    shown = "n/a" if math.isnan(value) else f"{value:.3g}{unit}"
+    verdict = "not measured" if math.isnan(value) else ("met" if met else "missed")
+    print(f"TARGET {target} | {what} | {shown} | <= {goal:g}{unit} | {verdict}", flush=True)
+    return met

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from common import best_of, jax_or_none, jax_seed_fit, machine, row
+from common import best_of, jax_or_none, jax_seed_fit, machine, row, target_row
 
 import diyopt
 import diyopt.core.starts
@@ -58,6 +58,8 @@ def main() -> None:
     print(row(f"diyopt.sweep engine='vmap' ({args.vmap_steps} steps, extrapolated)", vmap_s, "s",
               f"{loop_s / vmap_s:.0f}x loop; {vmap_s / fit_steps * 1e6:.3g} us per fit-step"))
 
+    target_row(5, "sweep, default engine (eager vmap), us per fit-step", vmap_s / fit_steps * 1e6, 0.5, " us")
+
     sweep = diyopt.sweep(loss, p0, opt, steps, seeds=runs, engine="compiled", chunk=args.chunk)
     again = diyopt.sweep(loss, p0, opt, steps, seeds=runs, engine="compiled", chunk=args.chunk)
     comp_s = min(sweep.seconds, again.seconds)
@@ -82,6 +84,7 @@ def main() -> None:
     print(row("JAX + optax (jit + vmap of lax.scan)", jax_s, "s",
               f"diyopt compiled / JAX = {comp_s / jax_s:.2f}x (goal <= 2x); "
               f"{jax_s / fit_steps * 1e6:.3g} us per fit-step"))
+    target_row(5, "sweep, compiled engine (compile included) vs JAX vmap", (comp_s + sweep.compile_seconds) / jax_s, 0.5)
 
 
 if __name__ == "__main__":

@@ -158,10 +158,12 @@ optim_db: list[OptimizerInfo] = [
         check_lr=1e-3,
         state_dict_setting={"lr": 1e-2, "momentum": 0.9, "nesterov": True},
         kernel_settings=[
-            {"lr": 1e-2, "momentum": 0.9},
-            {"lr": 1e-2, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
-            {"lr": 1e-2, "momentum": 0.5, "dampening": 0.3},
-            {"lr": 1e-2, "momentum": 0.9, "maximize": True, "weight_decay": 0.1},
+            {"lr": 0.01, "momentum": 0.9},
+            {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+            {"lr": 0.01, "momentum": 0.5, "dampening": 0.3},
+            {"lr": 0.01, "momentum": 0.9, "maximize": True, "weight_decay": 0.1},
+            {"lr": 0.01},
+            {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
         ],
     ),
     OptimizerInfo(
@@ -187,7 +189,7 @@ optim_db: list[OptimizerInfo] = [
         kernel_settings=[
             {},
             {"maximize": True, "weight_decay": 0.1},
-            {"weight_decay": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-6},
+            {"weight_decay": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-06},
         ],
     ),
     OptimizerInfo(
@@ -208,6 +210,10 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 1e-2}, 400, {"lr": 1e-3, "momentum": 0.9}, 1300),
         check_lr=3e-3,
         state_dict_setting={"lr": 1e-3, "centered": True, "momentum": 0.5},
+        kernel_settings=[
+            {},
+            {"momentum": 0.9, "centered": True, "weight_decay": 0.1, "maximize": True},
+        ],
     ),
     OptimizerInfo(
         "adadelta", torch.optim.Adadelta,
@@ -227,6 +233,10 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 10.0}, 2000, {"lr": 1.2, "rho": 0.9999}, 7500),
         check_lr=0.1,
         state_dict_setting={},
+        kernel_settings=[
+            {},
+            {"weight_decay": 0.1, "maximize": True, "rho": 0.8},
+        ],
     ),
     OptimizerInfo(
         "adam", torch.optim.Adam,
@@ -274,7 +284,11 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1, "weight_decay": 1e-3}, 1300),
         check_lr=1e-2,
         state_dict_setting={"lr": 1e-2},
-        kernel_settings=[{"lr": 1e-2}, {"amsgrad": True}, {"maximize": True}],
+        kernel_settings=[
+            {"lr": 0.01},
+            {"amsgrad": True},
+            {"maximize": True},
+        ],
     ),
     OptimizerInfo(
         "adamax", torch.optim.Adamax,
@@ -292,6 +306,10 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1}, 3000),
         check_lr=3e-2,
         state_dict_setting={},
+        kernel_settings=[
+            {},
+            {"weight_decay": 0.1, "maximize": True},
+        ],
     ),
     OptimizerInfo(
         "nadam", torch.optim.NAdam,
@@ -309,6 +327,10 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.02}, 3000),
         check_lr=1e-2,
         state_dict_setting={"lr": 1e-2},
+        kernel_settings=[
+            {},
+            {"decoupled_weight_decay": True, "weight_decay": 0.1, "momentum_decay": 0.01},
+        ],
     ),
     OptimizerInfo(
         "radam", torch.optim.RAdam,
@@ -328,6 +350,10 @@ optim_db: list[OptimizerInfo] = [
                       {"lr": schedules.join([schedules.constant(1e-4), schedules.constant(0.05)], [6])}, 2300),
         check_lr=3e-3,
         state_dict_setting={"lr": 1e-2},
+        kernel_settings=[
+            {},
+            {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True},
+        ],
     ),
     OptimizerInfo(
         "rprop", torch.optim.Rprop,
@@ -350,6 +376,10 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({}, 200, {}, 2500),
         check_lr=1e-2,
         state_dict_setting={},
+        kernel_settings=[
+            {},
+            {"maximize": True, "etas": (0.3, 1.5), "step_sizes": (0.0001, 1.0)},
+        ],
     ),
     OptimizerInfo(
         "asgd", torch.optim.ASGD,
@@ -367,6 +397,10 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 0.1}, 30, {"lr": 2e-3}, 5000),
         check_lr=1e-3,
         state_dict_setting={"t0": 3},
+        kernel_settings=[
+            {},
+            {"t0": 2, "weight_decay": 0.1, "maximize": True},
+        ],
     ),
     OptimizerInfo(
         "adafactor", torch.optim.Adafactor,

@@ -37,6 +37,7 @@ scheduler changing it does not recompile.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,8 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from diyopt.core.contract import Optimizer
+from diyopt.core.contract import Optimizer, elementwise
+from diyopt.engines._kernels import KERNELS, SCALARS_ANY_DTYPE
 from diyopt.engines.hoisting import hoisting_backend
 
 
@@ -64,7 +66,7 @@ def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = Fa
         minute or more for an 80-tensor model on 2 CPU cores). Leave it off for small models and tests.
 
       on_nonfinite: ``"raise"`` (default): a step whose update would be nan or inf raises
-        :class:`diyopt.DivergedError` naming the parameter, before anything is written, so the params
+        :class:`diyopt.fit.DivergedError` naming the parameter, before anything is written, so the params
         and state stay the last finite ones (one reduction and one read per step; the kernel engine
         reduces over the gradients, since a non-finite gradient gives a non-finite Adam, SGD or Adagrad update,
         and hands such a step to the pure path, which raises: a finite gradient whose update overflows,
@@ -180,6 +182,8 @@ class TorchOptimizer(torch.optim.Optimizer):
             return
         if opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
             return
+        if isinstance(opt.build, elementwise) and self._rule_step(i, opt, layout, structure, names, params, grads):
+            return
         leaves = layout.read(self.state, params, i)
         state = pytree.tree_unflatten(leaves, layout.spec)
         updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)))
@@ -219,7 +223,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         key = (i, tuple(names), structure)
         layout = self._layouts.get(key)
         gkey = f"group{i}"
-        missing = layout is None or any(not self.state[p] for p in params) or (
+        missing = layout is None or (layout.names and any(not self.state[p] for p in params)) or (
             layout.has_global and gkey not in self.state)
         if missing:
             fresh = self._init_optimizer(opt).init(dict(zip(names, params)))
@@ -251,35 +255,78 @@ class TorchOptimizer(torch.optim.Optimizer):
         checkpoint.
         """
         spec = _KERNELS.get(opt.kernel)
-        if torch.compiler.is_compiling():  # a step traced by torch.compile: the pure rule traces cleanly
+        if spec is None or torch.compiler.is_compiling():  # traced by torch.compile: the pure rule traces
             return False
-        if spec is None or layout.has_global or {n for _, n in layout.slots} != set(spec[0](opt.hyperparams)):
+        if layout.has_global or layout.names != set(spec[0](opt.hyperparams)):
             return False
         p0 = params[0]
+        dtype, device = p0.dtype, p0.device
         if not p0.is_floating_point() or p0.is_complex():
             return False
-        kind = (p0.dtype, p0.device, False)
-        if any((t.dtype, t.device, t.is_sparse) != kind for t in (*params, *grads)):
+        # dtypes every step (a plain loop: ~0.3 us a tensor); sparse grads never get here (_step_group)
+        if not (all(p.dtype is dtype for p in params) and all(g.dtype is dtype for g in grads)):
             return False
         states = [self.state[p] for p in params]
-        # the state's dtypes and devices are checked once per set of state tensors (ids: a load, or a step
-        # of the pure path, puts new tensors in), not every step: with many params that loop is a visible cost
-        ids = tuple(id(v) for s in states for v in s.values())
+        # devices and the state's dtypes are checked once per set of params and state tensors (ids: a
+        # load, or a step of the pure path, puts new tensors in), not every step: with many params that
+        # loop is a visible cost (BENCHMARKS.md, "Design measurements")
+        ids = tuple(id(v) for s in states for v in s.values()) + tuple(map(id, params))
         if layout.kernel_checked != ids:
-            if any(not isinstance(v, Tensor) or (v.dtype, v.device, v.is_sparse) != kind
-                   for s in states for v in s.values()):
+            loose = opt.kernel in _SCALARS_ANY_DTYPE
+            if any(t.device != device for t in (*params, *grads)) or any(
+                    not isinstance(v, Tensor) or v.device != device or v.is_sparse
+                    or not (v.dtype is dtype or (loose and v.dim() == 0 and v.is_floating_point()))
+                    for s in states for v in s.values()):
                 return False
             layout.kernel_checked = ids
-        if self.on_nonfinite == "raise":
-            import math
-
-            # the sum of every gradient: nan and inf propagate. (A finite sum that overflows hands the
-            # step to the pure path too, which checks the updates.) Plain sums run at memory speed on
-            # CPU; torch._foreach_norm (ord 1: 4x, ord inf: 19x) and abs().amax() are far slower.
-            if not math.isfinite(float(torch.stack([g.sum() for g in grads]).sum())):
-                return False  # the pure path raises, naming the parameter, before writing
+        if self.on_nonfinite == "raise" and not _all_finite(grads, layout):
+            return False  # the pure path raises, naming the parameter, before writing
         return spec[1](opt.hyperparams, params, grads, states)
 
+    # ------------------------------------------------------------ a user's elementwise rule, tensor by tensor
+
+    def _rule_step(self, i, opt, layout, structure, names, params, grads) -> bool:
+        """Run an :class:`~diyopt.core.contract.elementwise` rule (a user's own) one tensor at a time, writing
+        each tensor's new state and parameter before the next is computed; False: not applicable (nothing
+        written), the pure path runs.
+
+        The result is the pure ``update``'s -- the same rule on the same tensor -- but only one tensor's
+        temporaries are alive at a time, and each tensor's old state is freed as its new one is bound in
+        (the rule returns new tensors; they replace the old ones under the same names), so the step holds
+        little beyond params, grads and state, where the whole-group update holds every new state and
+        update at once (3.2x ``Adam(foreach=True)``'s peak for ``examples/my_adam.py``, 10M params).
+
+        The guard: the gradients are checked first (one sum each; a non-finite one hands the step to the
+        pure path, which raises with nothing written), then each tensor's update before it is written. A
+        non-finite update from finite gradients (the rule divides by zero) raises ``DivergedError`` naming
+        that tensor, with the tensors before it in the group already stepped; say so in the message.
+        """
+        if torch.compiler.is_compiling() or layout.has_global or self.optimizer.sparse_grads:
+            return False
+        guard = self.on_nonfinite == "raise"
+        if guard and not _all_finite(grads, layout):
+            return False
+        state = pytree.tree_unflatten(layout.read(self.state, params, i), layout.spec)
+        owned = layout.by_param(len(params))
+        new_state, relayout = {}, False
+        for j, (n, p, g) in enumerate(zip(names, params, grads)):
+            updates, one = opt.update({n: g}, {n: state[n]}, {n: p})
+            u, s = updates[n], one[n]
+            if guard and not math.isfinite(float(u.sum())):
+                _guard(updates, [n], [p], self.state[p].get("step"), stepped=names[:j])
+            leaves, spec = pytree.tree_flatten(s)
+            if spec != pytree.tree_structure(state[n]):  # the rule changed this tensor's state's shape
+                relayout = True
+            else:
+                for (_, key), leaf in zip(owned[j], leaves):
+                    self.state[p][key] = leaf
+            new_state[n] = s
+            state[n] = None  # the old state's tensors go as soon as the store lets go of them
+            p.add_(u.to(p.dtype))
+        if relayout:
+            layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
+            layout.write(self.state, params, i, pytree.tree_leaves(new_state))
+        return True
 
     # ------------------------------------------------------------ the compiled engine
 
@@ -303,7 +350,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
 
 
-def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) -> None:
+def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any, stepped: list | None = None) -> None:
     """Raise ``DivergedError`` if an update is not finite, before anything is written.
 
     The per-step cost is one reduction over the updates and one sync, with no new tensors (a finite
@@ -323,70 +370,37 @@ def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any) 
     new = {n: p + updates[n] for n, p in zip(names, params)}
     event = nonfinite_event(at, torch.zeros(()), {}, {n: updates[n] for n in names}, new)
     if event is not None:
-        raise DivergedError(event)
-
-
-def _adam_state(hp: Mapping) -> tuple:
-    return ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-
-def _adam_kernel(decoupled: bool):
-    """torch's fused Adam / AdamW (``torch._fused_adam_``), as ``torch.optim.Adam(fused=True)`` calls it:
-    the step count first, then one in-place pass per tensor computing ``scale_by_adam``'s math."""
-
-    def run(hp: Mapping, params: list, grads: list, states: list) -> bool:
-        steps = [s["step"] for s in states]
-        if any(s.dim() != 0 for s in steps):
-            return False
-        amsgrad = bool(hp["amsgrad"])
-        torch._foreach_add_(steps, 1)
-        (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps, amsgrad=amsgrad,
-            lr=float(hp["lr"]), beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]),
-            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
-            grad_scale=None, found_inf=None)
-        return True
-
-    return run
-
-
-def _sgd_state(hp: Mapping) -> tuple:
-    return ("step", "momentum_buffer")
-
-
-def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    """torch's fused SGD with momentum (``torch._fused_sgd_``). Its first step copies the gradient into
-    the buffer, as ``trace`` does where ``step == 0``: so all the group's steps must be 0, or none."""
-    steps = [s["step"] for s in states]
-    if any(s.dim() != 0 for s in steps):
-        return False
-    first = torch.stack(steps).eq(0).tolist()  # one read, not one per tensor
-    if any(first) and not all(first):
-        return False
-    torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states],
-                      weight_decay=float(hp["weight_decay"]), momentum=float(hp["momentum"]), lr=float(hp["lr"]),
-                      dampening=float(hp["dampening"]), nesterov=bool(hp["nesterov"]),
-                      maximize=bool(hp["maximize"]), is_first_step=first[0], grad_scale=None, found_inf=None)
-    torch._foreach_add_(steps, 1)
-    return True
-
-
-def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    """torch's fused Adagrad (``torch._fused_adagrad_``), no ``lr_decay``: the step count, then one pass."""
-    steps = [s["step"] for s in states]
-    if any(s.dim() != 0 for s in steps):
-        return False
-    torch._foreach_add_(steps, 1)
-    torch._fused_adagrad_(params, grads, [s["sum"] for s in states], steps, lr=float(hp["lr"]), lr_decay=0.0,
-                          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
-                          grad_scale=None, found_inf=None)
-    return True
+        error = DivergedError(event)
+        if stepped:  # _rule_step: the tensors before this one are written already
+            event["stepped"] = list(stepped)
+            error.args = (f"{error} (from finite gradients; the {len(stepped)} tensor(s) before it in its group "
+                          f"were already stepped: {', '.join(map(repr, stepped[:3]))}{', ...' if len(stepped) > 3 else ''})",)
+        raise error
 
 
 # Optimizer.kernel -> (the state leaf names the kernel keeps, the kernel): see TorchOptimizer._kernel_step
-_KERNELS = {"adam": (_adam_state, _adam_kernel(False)), "adamw": (_adam_state, _adam_kernel(True)),
-            "sgd": (_sgd_state, _sgd_kernel), "adagrad": (lambda hp: ("step", "sum"), _adagrad_kernel)}
+_KERNELS = dict(KERNELS)
+_SCALARS_ANY_DTYPE = SCALARS_ANY_DTYPE
+
+# The guard's split: a tensor this small is checked within one torch._foreach_norm call over all of them
+# (one op instead of one sum each: the op's overhead, not memory, is their cost); larger ones by a sum each,
+# which runs at memory speed (_foreach_norm is ~1.3x slower per byte on CPU).
+_SMALL = 1 << 16
+
+
+def _all_finite(grads: list, layout: _Layout) -> bool:
+    """Whether every gradient is finite: one reduction over each, one read. A sum (or a 2-norm) is nan or
+    inf when an element is; a finite sum that overflows says no too, and the pure path then decides."""
+    import math
+
+    small = layout.small_grads
+    if small is None or len(small) != len(grads):
+        small = layout.small_grads = [g.numel() < _SMALL for g in grads]
+    parts = [g.sum() for g, s in zip(grads, small) if not s]
+    tiny = [g for g, s in zip(grads, small) if s]
+    if tiny:
+        parts += torch._foreach_norm(tiny, 2)
+    return math.isfinite(float(torch.stack(parts).sum()))
 
 
 # Hyperparameters torch reads from the constructor, not the group, when it builds the state:
@@ -424,6 +438,9 @@ class _Layout:
         self.spec = spec
         self.slots = slots
         self.kernel_checked: tuple | None = None  # TorchOptimizer._kernel_step's cache of checked state
+        self.names = {name for _, name in slots}
+        self.small_grads: list | None = None  # _all_finite's split of the group's tensors by size
+        self._by_param: list | None = None
         self.has_global = any(j is None for j, _ in slots)
 
     @classmethod
@@ -447,6 +464,16 @@ class _Layout:
             full = ".".join(_part(k) for k in parts) or "value"
             slots.append((owner, full if clash or not short else short))
         return cls(spec, slots)
+
+    def by_param(self, count: int) -> list[list[tuple[int, str]]]:
+        """Per param index (``count`` params), its ``(leaf index, name)`` slots in order (a dict keyed by
+        param name flattens each param's leaves together, in this order)."""
+        if self._by_param is None or len(self._by_param) != count:
+            out: dict[int, list] = {}
+            for k, (j, name) in enumerate(self.slots):
+                out.setdefault(j, []).append((k, name))
+            self._by_param = [out.get(j, []) for j in range(count)]
+        return self._by_param
 
     def read(self, store, params: list, i: int) -> list:
         gkey = f"group{i}"

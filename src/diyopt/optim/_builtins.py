@@ -115,6 +115,13 @@ def _coupled_decay(weight_decay: Any) -> list[Optimizer]:
     return [T.add_decayed_weights(weight_decay)] if nonzero(weight_decay) else []
 
 
+def _with_kernel(rule: Optimizer, kernel: str, *settings: Any) -> Optimizer:
+    """``rule`` marked as computed by ``to_torch``'s in-place kernel ``kernel`` (``Optimizer.kernel``, see
+    :mod:`diyopt.engines._kernels`) when every setting it reads is a Python number; tensors and schedules
+    keep the pure rule."""
+    return rule._replace(kernel=kernel) if all(_is_number(x) for x in settings) else rule
+
+
 # ---------------------------------------------------------------- the seed's own rule
 
 
@@ -143,10 +150,8 @@ def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, 
         *([T.trace(decay=momentum, dampening=dampening, nesterov=nesterov)] if nonzero(momentum) else []),
         T.scale_by_lr(lr),
     )
-    # torch's fused SGD step computes this rule in place (momentum on; see Optimizer.kernel)
-    fast = _is_number(momentum) and momentum > 0 and all(
-        _is_number(x) for x in (lr, dampening, weight_decay))
-    return rule._replace(kernel="sgd") if fast else rule
+    # torch's fused SGD step computes this rule in place, with momentum or without (see Optimizer.kernel)
+    return _with_kernel(rule, "sgd", lr, momentum, dampening, weight_decay)
 
 
 # ---------------------------------------------------------------- Adagrad, RMSprop, Adadelta
@@ -197,7 +202,7 @@ def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, cente
     check_nonnegative("momentum", momentum)
     check_weight_decay(weight_decay)
     check_nonnegative("alpha", alpha)
-    return chain(
+    rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
         T.scale_by_rms(alpha=alpha, eps=eps, centered=centered),
@@ -205,6 +210,7 @@ def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, cente
         *([T.heavy_ball(decay=momentum)] if nonzero(momentum) else []),
         T.scale_by_lr(lr),
     )
+    return _with_kernel(rule, "rmsprop", lr, alpha, eps, weight_decay, momentum)
 
 
 @configurable
@@ -216,12 +222,13 @@ def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, for
     _check(rho, lambda r: 0.0 <= r <= 1.0, "Invalid rho value: {}")
     check_eps(eps)
     check_weight_decay(weight_decay)
-    return chain(
+    rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
         T.scale_by_adadelta(rho=rho, eps=eps),
         T.scale_by_lr(lr),
     )
+    return _with_kernel(rule, "adadelta", lr, rho, eps, weight_decay)
 
 
 # ---------------------------------------------------------------- Adam family
@@ -310,7 +317,8 @@ def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=
     def direction(step_lr):
         return T.scale_by_adamax(b1=b1, b2=b2, eps=eps, lr=step_lr)
 
-    return _adam_like(direction, weight_decay, False, maximize, lr, folds_lr=True)
+    rule = _adam_like(direction, weight_decay, False, maximize, lr, folds_lr=True)
+    return _with_kernel(rule, "adamax", lr, b1, b2, eps, weight_decay)
 
 
 @configurable
@@ -327,9 +335,7 @@ def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_deca
         return T.scale_by_nadam(b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay, lr=step_lr)
 
     rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
-    # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
-    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
-    return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
+    return _with_kernel(rule, "nadam", lr, b1, b2, eps, weight_decay, momentum_decay)
 
 
 @configurable
@@ -339,8 +345,9 @@ def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_wei
     check_impl(foreach, None, differentiable)
     _check_adam_like(lr, betas, eps, weight_decay)
     lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
-    return _adam_like(lambda _: T.scale_by_radam(b1=b1, b2=b2, eps=eps), weight_decay, decoupled_weight_decay,
+    rule = _adam_like(lambda _: T.scale_by_radam(b1=b1, b2=b2, eps=eps), weight_decay, decoupled_weight_decay,
                       maximize, lr)
+    return _with_kernel(rule, "radam", lr, b1, b2, eps, weight_decay)
 
 
 # ---------------------------------------------------------------- averaged, factored, orthogonalized, sparse
@@ -365,8 +372,9 @@ def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=
     check_impl(foreach, None, differentiable)
     check_lr(lr)
     check_weight_decay(weight_decay)
-    return chain(*_maximize(maximize), *_coupled_decay(weight_decay),
+    rule = chain(*_maximize(maximize), *_coupled_decay(weight_decay),
                  T.scale_by_asgd(lr=_to_scalar(lr), lambd=lambd, alpha=alpha, t0=t0))
+    return _with_kernel(rule, "asgd", lr, lambd, alpha, t0, weight_decay)
 
 
 @configurable
@@ -478,10 +486,11 @@ def rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False, ca
     lo, hi = step_sizes
     if _is_number(lo) and _is_number(hi) and not 0.0 <= lo <= hi:
         raise ValueError(f"Invalid step_sizes values: {lo}, {hi}")
-    return chain(
+    rule = chain(
         *_maximize(maximize),
         T.scale_by_rprop(lr=lr, etaminus=etaminus, etaplus=etaplus, step_size_min=lo, step_size_max=hi),
     )
+    return _with_kernel(rule, "rprop", lr, etaminus, etaplus, lo, hi)
 
 
 @configurable

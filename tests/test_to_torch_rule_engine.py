@@ -1,0 +1,170 @@
+"""``to_torch``'s engine for a user's ``elementwise`` rule: tensor by tensor, each tensor's state and param
+written before the next is computed. Checked against the pure ``update`` (the reference) and torch.optim, in
+float64 and float32; the guard before and during the step; a rule whose state changes shape."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import diyopt
+from diyopt.engines import _to_torch
+from diyopt.errors import DivergedError
+
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+@pytest.fixture(scope="module")
+def my_adam():
+    path = Path(__file__).resolve().parents[1] / "examples" / "my_adam.py"
+    spec = importlib.util.spec_from_file_location("my_adam_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["my_adam_example"] = mod
+    spec.loader.exec_module(mod)
+    return mod.my_adam
+
+
+@pytest.fixture
+def rule_steps(monkeypatch):
+    """Count the steps the tensor-by-tensor engine took (it runs unchanged)."""
+    calls = []
+    original = _to_torch.TorchOptimizer._rule_step
+
+    def counted(self, *a):
+        out = original(self, *a)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(_to_torch.TorchOptimizer, "_rule_step", counted)
+    return calls
+
+
+def _params(dtype, n=4):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(7 + k, generator=g, dtype=dtype) for k in range(n)]
+
+
+def _grads(step, dtype, n=4):
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(7 + k, generator=g, dtype=dtype) for k in range(n)]
+
+
+def assert_rel(actual, expected, tol, what):
+    scale = expected.abs() + expected.abs().max()
+    worst = float(((actual - expected).abs() / scale).max())
+    assert worst <= tol, f"{what}: relative error {worst:.3g} > {tol}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_users_adam_equals_its_pure_update_and_torch(my_adam, dtype, rule_steps):
+    rule = my_adam(lr=1e-2)
+    ours = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    theirs = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    opt = diyopt.to_torch(rule, ours)
+    ref = torch.optim.Adam(theirs, lr=1e-2, foreach=True)
+    pure = dict(enumerate(p.clone() for p in _params(dtype)))
+    state = rule.init(pure)
+    for step in range(6):
+        gs = _grads(step, dtype)
+        for p, q, g in zip(ours, theirs, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        updates, state = rule.update(dict(enumerate(gs)), state, pure)
+        pure = diyopt.apply_updates(pure, updates)
+        for k, (p, q) in enumerate(zip(ours, theirs)):
+            # the same ops on the same tensors: equal to the bit
+            assert torch.equal(p.detach(), pure[k]), f"step {step} param {k} vs pure"
+            assert torch.equal(opt.state[p]["m"], state[k].m) and torch.equal(opt.state[p]["v"], state[k].v)
+            assert_rel(p.detach(), q.detach(), TOL[dtype], f"step {step} param {k} vs torch")
+    assert rule_steps == [True] * 6
+
+
+def test_state_dict_moves_between_this_engine_and_the_pure_one(my_adam, rule_steps):
+    ps = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    opt = diyopt.to_torch(my_adam(lr=1e-2), ps)
+    for step in range(2):
+        for p, g in zip(ps, _grads(step, torch.float64)):
+            p.grad = g
+        opt.step()
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    pure = diyopt.to_torch(my_adam(lr=1e-2), qs)
+    pure.load_state_dict(opt.state_dict())
+    pure._rule_step = lambda *a: False  # this instance: the whole-group pure path
+    for p, q, g in zip(ps, qs, _grads(5, torch.float64)):
+        p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    pure.step()
+    for p, q in zip(ps, qs):
+        assert torch.equal(p.detach(), q.detach())
+        assert sorted(opt.state[p]) == sorted(pure.state[q]) == ["m", "t", "v"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_nonfinite_gradient_raises_before_anything_is_written(my_adam, dtype, rule_steps):
+    ps = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    opt = diyopt.to_torch(my_adam(), ps)
+    for p, g in zip(ps, _grads(0, dtype)):
+        p.grad = g
+    opt.step()
+    before = [p.detach().clone() for p in ps]
+    states = [{k: v.clone() for k, v in opt.state[p].items()} for p in ps]
+    for p, g in zip(ps, _grads(1, dtype)):
+        p.grad = g
+    ps[2].grad[1] = float("inf")
+    with pytest.raises(DivergedError, match="non-finite update of parameter '2'"):
+        opt.step()
+    for p, b, s in zip(ps, before, states):
+        assert torch.equal(p.detach(), b)
+        for k, v in s.items():
+            assert torch.equal(opt.state[p][k], v)
+
+
+@diyopt.elementwise
+def divide_by_param(grad, state, param, *, lr=0.1):
+    """A rule that divides by the param: a zero param gives a non-finite update from a finite gradient."""
+    return -lr * grad / param, state
+
+
+def test_a_nonfinite_update_from_finite_grads_raises_naming_the_tensors_already_stepped(rule_steps):
+    ps = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64)) for _ in range(4)]
+    with torch.no_grad():
+        ps[2][0] = 0.0
+    opt = diyopt.to_torch(divide_by_param(), ps)
+    for p in ps:
+        p.grad = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(DivergedError, match=r"update of parameter '2'.*2 tensor\(s\) before it.*'0', '1'"):
+        opt.step()
+    assert torch.allclose(ps[0].detach(), torch.full((3,), 0.9, dtype=torch.float64))  # stepped
+    assert torch.equal(ps[2].detach(), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))  # not written
+    assert torch.equal(ps[3].detach(), torch.ones(3, dtype=torch.float64))
+
+
+@diyopt.elementwise
+def late_momentum(grad, state, param, *, lr=0.1, beta=0.5):
+    """State ``()`` at init, a tensor from the first step on: the state's shape changes."""
+    m = grad if state == () else beta * state + grad
+    return -lr * m, m
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_rule_whose_state_changes_shape(dtype, rule_steps):
+    rule = late_momentum()
+    ps = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    opt = diyopt.to_torch(rule, ps)
+    pure = dict(enumerate(p.clone() for p in _params(dtype)))
+    state = rule.init(pure)
+    for step in range(3):
+        gs = _grads(step, dtype)
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+        updates, state = rule.update(dict(enumerate(gs)), state, pure)
+        pure = diyopt.apply_updates(pure, updates)
+        for k, p in enumerate(ps):
+            assert torch.equal(p.detach(), pure[k])
+            assert torch.equal(opt.state[p]["value"], state[k])
+    assert rule_steps == [True] * 3
