@@ -4,7 +4,6 @@
 ``"my_rules.py:signum"``). The CLI, the specs and the tests all read this registry.
 """
 from ._builtins import (
-    BUILTINS,
     adadelta,
     adafactor,
     adagrad,
@@ -29,7 +28,16 @@ from ._builtins import (
     sgd,
     sparse_adam,
 )
+from ._recent import (
+    adan,
+    adopt,
+    hidden_matrices,
+    muon_adamw,
+    prodigy,
+    soap,
+)
 from ._registry import (
+    BUILTINS,
     get,
     names,
     parse,
@@ -37,6 +45,12 @@ from ._registry import (
 )
 
 __all__ = [
+    "adan",
+    "adopt",
+    "hidden_matrices",
+    "muon_adamw",
+    "prodigy",
+    "soap",
     "adadelta",
     "adafactor",
     "adagrad",

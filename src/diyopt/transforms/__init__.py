@@ -29,6 +29,11 @@ from ._adaptive import (
     scale_by_rprop,
     scale_by_sparse_adam,
 )
+from ._adan import AdanState, clip_by_global_norm_f32, scale_by_adan
+from ._adopt import AdoptState, adopt_clip, scale_by_adopt
+from ._partition import partition
+from ._prodigy import ProdigyMoments, ProdigyState, scale_by_prodigy
+from ._soap import SoapState, scale_by_soap
 from ._transforms import (
     AccumulateState,
     ApplyIfFiniteState,
@@ -52,6 +57,18 @@ from ._transforms import (
 )
 
 __all__ = [
+    "AdanState",
+    "AdoptState",
+    "adopt_clip",
+    "clip_by_global_norm_f32",
+    "partition",
+    "ProdigyMoments",
+    "ProdigyState",
+    "scale_by_adan",
+    "scale_by_adopt",
+    "scale_by_prodigy",
+    "scale_by_soap",
+    "SoapState",
     "accumulate",
     "AccumulateState",
     "AdadeltaState",
