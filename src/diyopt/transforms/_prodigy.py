@@ -92,14 +92,18 @@ def scale_by_prodigy(lr=1.0, b1=0.9, b2=0.999, beta3=None, eps=1e-8, weight_deca
         for name, g in grads.items():
             p, mo = params[name], moments[name]
             denom = mo.exp_avg_sq.sqrt() + new_d * eps
-            if isinstance(b1, Tensor):
-                u = torch.where(b1 == 0, g / denom * -(dlr * new_d), mo.exp_avg / denom * -dlr)
-            elif b1 == 0:  # the reference keeps no momentum then, and steps along g with the *new* d
-                u = g / denom * -(dlr * new_d)
-            else:
-                u = mo.exp_avg / denom * -dlr
+            # the moved param is formed in the reference's order (decay, then addcdiv's (value * m) / denom)
+            # and the update is its difference from the param: adding it back gives that param exactly
+            start = p
             if decouple and (isinstance(weight_decay, Tensor) or weight_decay != 0):
-                u = u + p * (-weight_decay * dlr)
+                start = p + p * (-weight_decay * dlr)
+            if isinstance(b1, Tensor):
+                step = torch.where(b1 == 0, (g * -(dlr * new_d)) / denom, (mo.exp_avg * -dlr) / denom)
+            elif b1 == 0:  # the reference keeps no momentum then, and steps along g with the *new* d
+                step = (g * -(dlr * new_d)) / denom
+            else:
+                step = (mo.exp_avg * -dlr) / denom
+            u = (start + step) - p
             updates[name] = torch.where(moved, u, torch.zeros_like(u))
         new = ProdigyState(
             torch.where(moved, k + 1, k), torch.where(moved, new_d, d), torch.where(moved, d_max, state.d_max),
