@@ -49,7 +49,7 @@ def _eigenbases(GG: tuple) -> tuple:
             out.append(m)
             continue
         _, q = torch.linalg.eigh(m + 1e-30 * torch.eye(m.shape[0], device=m.device, dtype=m.dtype))
-        out.append(torch.flip(q, dims=[1]))
+        out.append(torch.flip(q, dims=[1]).contiguous())  # LAPACK's is column-major
     return tuple(out)
 
 
@@ -65,7 +65,7 @@ def _refreshed(GG: tuple, Q: tuple, exp_avg_sq: Tensor) -> tuple[tuple, Tensor]:
         order = torch.argsort((o * product).sum(dim=0), descending=True)
         exp_avg_sq = exp_avg_sq.index_select(i, order)
         q, _ = torch.linalg.qr(product.index_select(1, order).to(torch.float32))
-        out.append(q.to(product.dtype))
+        out.append(q.to(product.dtype).contiguous())
     return tuple(out), exp_avg_sq
 
 
