@@ -4,7 +4,6 @@
 ``"my_rules.py:signum"``). The CLI, the specs and the tests all read this registry.
 """
 from ._builtins import (
-    BUILTINS,
     IMPLEMENTATION_FLAGS,
     adadelta,
     adafactor,
@@ -30,7 +29,16 @@ from ._builtins import (
     sgd,
     sparse_adam,
 )
+from ._recent import (
+    adan,
+    adopt,
+    hidden_matrices,
+    muon_adamw,
+    prodigy,
+    soap,
+)
 from ._registry import (
+    BUILTINS,
     USER_FILES,
     describe,
     get,
@@ -42,17 +50,14 @@ from ._registry import (
 )
 
 __all__ = [
-    "IMPLEMENTATION_FLAGS",
-    "describe",
-    "resolve_optimizers",
-    "USER_FILES",
-    "getattr_from_file",
     "adadelta",
     "adafactor",
     "adagrad",
     "adam",
     "adamax",
     "adamw",
+    "adan",
+    "adopt",
     "asgd",
     "BUILTINS",
     "check_betas",
@@ -61,18 +66,27 @@ __all__ = [
     "check_lr",
     "check_nonnegative",
     "check_weight_decay",
+    "describe",
     "get",
+    "getattr_from_file",
     "gradient_descent",
+    "hidden_matrices",
+    "IMPLEMENTATION_FLAGS",
     "lbfgs",
     "lion",
     "muon",
+    "muon_adamw",
     "nadam",
     "names",
     "parse",
+    "prodigy",
     "radam",
+    "resolve_optimizers",
     "rmsprop",
     "rprop",
     "sgd",
+    "soap",
     "sparse_adam",
     "split_specs",
+    "USER_FILES",
 ]

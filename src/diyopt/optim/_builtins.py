@@ -402,7 +402,7 @@ def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficient
          eps=1e-7, ns_steps=5, adjust_lr_fn=None) -> Optimizer:
     """Muon, equal to ``torch.optim.Muon``: momentum, orthogonalized by Newton-Schulz, for 2-D params.
 
-    ``chain(scale_by_muon, decoupled decay)``. As torch's, it refuses a parameter that is not a matrix
+    ``chain(scale_by_muon)``, the decoupled decay inside. As torch's, it refuses a parameter that is not a matrix
     (``ValueError: Muon only supports 2D parameters``, from ``to_torch`` at construction). Route the
     others -- biases, norms, embeddings -- to another rule with :func:`diyopt.transforms.masked`, by name::
 
@@ -423,11 +423,8 @@ def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficient
     if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
         raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
     lr = _to_scalar(lr)
-    return chain(
-        T.scale_by_muon(lr=lr, momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
-                        eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn),
-        *([T.add_decoupled_weight_decay(lr, weight_decay)] if nonzero(weight_decay) else []),
-    )
+    return chain(T.scale_by_muon(lr=lr, momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
+                                 eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, weight_decay=weight_decay))
 
 
 @configurable

@@ -30,7 +30,10 @@ from torch import Tensor
 
 from diyopt.core.contract import Optimizer
 from diyopt.errors import unknown_name
-from diyopt.optim._builtins import BUILTINS
+from diyopt.optim._builtins import BUILTINS as _BUILTINS
+from diyopt.optim._recent import RECENT
+
+BUILTINS = {**_BUILTINS, **RECENT}  # the one registry: torch.optim's algorithms, then the recent ones
 
 
 def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:

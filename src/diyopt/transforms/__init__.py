@@ -8,6 +8,7 @@ hyperparameter's value -- ``torch.where`` selects instead. Validation lives one 
 clipping, the wrappers that change *where* or *when* an inner transform applies, and the adaptive
 per-tensor scalings of Adam, RMSprop, Adagrad, ...
 """
+from ._adan import AdanState, clip_by_global_norm_f32, scale_by_adan
 from ._adaptive import (
     AdadeltaState,
     AdafactorState,
@@ -37,6 +38,7 @@ from ._adaptive import (
     scale_by_rprop,
     scale_by_sparse_adam,
 )
+from ._adopt import AdoptState, adopt_clip, scale_by_adopt
 from ._clipping import (
     clip,
     clip_by_global_norm,
@@ -51,6 +53,8 @@ from ._momentum import (
     heavy_ball,
     trace,
 )
+from ._partition import partition
+from ._prodigy import ProdigyMoments, ProdigyState, scale_by_prodigy
 from ._scaling import (
     Schedule,
     ScheduleState,
@@ -59,6 +63,7 @@ from ._scaling import (
     scale_by_schedule,
     set_to_zero,
 )
+from ._soap import SoapState, scale_by_soap
 from ._wrappers import (
     AccumulateState,
     ApplyIfFiniteState,
@@ -77,13 +82,17 @@ __all__ = [
     "AdagradState",
     "AdamaxState",
     "AdamState",
+    "AdanState",
     "add_decayed_weights",
     "add_decoupled_weight_decay",
+    "adopt_clip",
+    "AdoptState",
     "apply_if_finite",
     "ApplyIfFiniteState",
     "AsgdState",
     "clip",
     "clip_by_global_norm",
+    "clip_by_global_norm_f32",
     "freeze",
     "heavy_ball",
     "LionState",
@@ -93,6 +102,9 @@ __all__ = [
     "MuonState",
     "NadamState",
     "orthogonalize",
+    "partition",
+    "ProdigyMoments",
+    "ProdigyState",
     "RadamState",
     "RmsState",
     "RpropState",
@@ -102,19 +114,24 @@ __all__ = [
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adan",
+    "scale_by_adopt",
     "scale_by_asgd",
     "scale_by_lion",
     "scale_by_lr",
     "scale_by_muon",
     "scale_by_nadam",
+    "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_schedule",
+    "scale_by_soap",
     "scale_by_sparse_adam",
     "Schedule",
     "ScheduleState",
     "set_to_zero",
+    "SoapState",
     "SparseAdamState",
     "trace",
     "TraceState",

@@ -599,26 +599,39 @@ def _muon_lr_ratio(adjust_lr_fn, shape) -> float:
 
 @elementwise(whole_tensor=True)
 def scale_by_muon(grad, state: MuonState, param, *, lr=1e-3, momentum=0.95, nesterov=True,
-                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None):
+                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
+                  weight_decay=0.0):
     r"""Muon's step (Jordan et al., 2024), as torch.optim.Muon computes it -- a full update, 2-D params only.
 
     .. math::
         B_t = \mu B_{t-1} + (1-\mu) G_t,\quad
         O_t = \mathrm{NS}(G_t + \mu (B_t - G_t) \text{ (nesterov) or } B_t),\quad
-        \Delta\theta = -\mathrm{lr}\,r(A, B)\, O_t,
+        \theta \leftarrow \theta (1 - \mathrm{lr}\,\lambda) - \mathrm{lr}\,r(A, B)\, O_t,
 
-    with NS :func:`orthogonalize` and :math:`r` torch's ``adjust_lr_fn`` ratio for an A x B matrix.
+    with NS :func:`orthogonalize`, :math:`\lambda` = ``weight_decay`` and :math:`r` torch's
+    ``adjust_lr_fn`` ratio for an A x B matrix. The new param is formed in torch's order (decay, then
+    ``add(O, alpha=-lr r)``, one rounding on CPU) and the update is its difference from the param, so
+    ``apply_updates`` lands on torch's param to the last bit: Newton-Schulz runs in bfloat16, where a
+    last-bit difference in the params can move a rounding and grow.
     """
     if torch.is_complex(param):
         raise RuntimeError("Muon does not support complex parameters")
     buf = torch.lerp(state.momentum_buffer, grad, 1 - momentum)
     update = torch.lerp(grad, buf, momentum) if nesterov else buf
-    ortho = orthogonalize(update, ns_coefficients, ns_steps, eps)
-    return ortho.to(param.dtype) * -(lr * _muon_lr_ratio(adjust_lr_fn, param.shape)), MuonState(buf)
+    ortho = orthogonalize(update, ns_coefficients, ns_steps, eps)  # bfloat16, added as torch adds it
+    step_size = lr * _muon_lr_ratio(adjust_lr_fn, param.shape)
+    decayed = param * (1 - lr * weight_decay)
+    if isinstance(step_size, Tensor):
+        moved = decayed + ortho.to(param.dtype) * -step_size
+    else:
+        moved = decayed.add(ortho, alpha=-step_size)
+    return moved - param, MuonState(buf)
 
 
 @scale_by_muon.init
 def _(param):
     if param.ndim != 2:
-        raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: {param.size()}")
+        raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: {param.size()}; "
+                         "route the others to another rule with diyopt.transforms.partition, or use "
+                         "diyopt.optim.muon_adamw (AdamW for every tensor that is not 2-D)")
     return MuonState(torch.zeros_like(param))
