@@ -214,3 +214,27 @@ def train(workload: Workload, problem: WorkloadProblem, optimizer) -> dict:
             if m <= workload.target:
                 return {"steps": step, "seconds": time.perf_counter() - t0, "best": best}
     return {"steps": math.inf, "seconds": math.inf, "best": best}
+
+
+def train_torch(workload: Workload, problem: WorkloadProblem, cls: type, kwargs: dict) -> dict:
+    """:func:`train` with a ``torch.optim`` class used as is (``cls(params, **kwargs)``, ``step()`` after
+    ``backward()``): the same evaluations, stopping rule and returned dict."""
+    leaves = [v.detach().clone().requires_grad_(True) for v in problem.params.values()]
+    names = list(problem.params)
+    opt = cls(leaves, **kwargs)
+    best = math.inf
+    t0 = time.perf_counter()
+    for step in range(1, workload.steps + 1):
+        opt.zero_grad()
+        value = problem.loss(dict(zip(names, leaves)))
+        value.backward()
+        if not math.isfinite(float(value.detach())):
+            break
+        opt.step()
+        if step % workload.eval_every == 0 or step == workload.steps:
+            with torch.no_grad():
+                m = float(problem.metric({k: v.detach() for k, v in zip(names, leaves)}))
+            best = min(best, m)
+            if m <= workload.target:
+                return {"steps": step, "seconds": time.perf_counter() - t0, "best": best}
+    return {"steps": math.inf, "seconds": math.inf, "best": best}
