@@ -98,7 +98,7 @@ def _section(folder: Path, top: bool) -> dict | None:
     if bench:  # a `diyopt bench` folder: its results and the manifest's settings and versions
         manifest = _read_json(folder / "manifest.json")
         settings = {**(manifest.get("config") or {}), "versions": manifest.get("versions") or {}}
-        table = _read_table(folder / "results.csv")
+        table = _read_table(folder / "results.csv", keep_order=True)
     if not settings and not figures and table is None:
         return None
     name = settings.get("problem") or ("Across problems" if top and settings.get("problems") else folder.name)
@@ -106,7 +106,7 @@ def _section(folder: Path, top: bool) -> dict | None:
         name = "Results"
     shown = {k: v for k, v in settings.items() if k not in ("versions",)}
     return {
-        "id": "s-" + "".join(c if c.isalnum() else "-" for c in str(folder.name)),
+        "id": "s-results" if bench else "s-" + "".join(c if c.isalnum() else "-" for c in str(folder.name)),
         "title": str(name),
         "summary": (f"{len(settings.get('optimizers', []))} optimizers × {len(settings.get('tasks', []))} tasks, "
                     f"{settings.get('trials')} trials × {len(settings.get('seeds', []))} studies each; a task is "
@@ -151,7 +151,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_table(path: Path) -> dict | None:
+def _read_table(path: Path, keep_order: bool = False) -> dict | None:
     if not path.exists():
         return None
     with path.open(newline="") as f:
@@ -160,7 +160,7 @@ def _read_table(path: Path) -> dict | None:
         return None
     known = [(k, h) for k, h in _COLUMNS if k in rows[0]]
     extra = [(k, k.replace("_", " ")) for k in rows[0] if k not in dict(_COLUMNS)]
-    columns = known + extra
+    columns = [(k, k.replace("_", " ")) for k in rows[0]] if keep_order else known + extra
     if "rank" in rows[0]:
         rows.sort(key=lambda r: _number(r["rank"]))
     # every row of rank 1 is a winner and is bolded (ties share rank 1), not just the first row
