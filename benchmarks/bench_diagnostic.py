@@ -1,14 +1,17 @@
 """Issue 16: the built-in optimizers on the diagnostic suite, tuned (quasi-random search, N trials x S
-studies); prints the solved matrix, seconds per optimizer and trials per second.
+studies); prints the solved matrix, seconds per optimizer, trials per second and the budget check (all 13
+built-ins x the whole suite x 100 trials in <= 15 minutes on this 2-core machine).
 
 A "trial" is one hyperparameter point run for a task's whole step budget from one study's seed; the trials of
-a study run as one vectorized ``diyopt.sweep``, so trials/second grows with --trials until the machine is
-busy. Run: python benchmarks/bench_diagnostic.py [--trials 16] [--seeds 1] [--optimizers adam sgd ...]
+all studies of a task run as one vectorized ``diyopt.sweep``, so trials/second grows with --trials and --seeds
+until the machine is busy. The load average is printed at the start and the end: the machine is shared.
+Run: python benchmarks/bench_diagnostic.py [--trials 100] [--seeds 1] [--optimizers adam sgd ...]
        [--tasks FAMILY ...] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -23,13 +26,14 @@ BUILT_INS = ["sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "ada
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--optimizers", nargs="+", default=BUILT_INS)
     ap.add_argument("--tasks", nargs="+", default=None)
     ap.add_argument("--out", default=None, help="also write results.csv, matrix.png, manifest.json here")
     args = ap.parse_args()
-    print(f"machine: {machine()}, trials={args.trials}, seeds={args.seeds}")
+    print(f"machine: {machine()}, trials={args.trials}, seeds={args.seeds}, "
+          f"load average at start: {os.getloadavg()[0]:.1f}")
     tasks = [t for t in suite("diagnostic")
              if not args.tasks or t.family in args.tasks or t.name in args.tasks]
     rows, per_opt = [], {}
@@ -45,7 +49,9 @@ def main() -> None:
     total = sum(per_opt.values())
     n_all = len(tasks) * args.trials * args.seeds * len(args.optimizers)
     print(f"all: {len(args.optimizers)} optimizers x {len(tasks)} tasks x {args.trials} trials x {args.seeds} "
-          f"studies = {n_all} trials in {total:.1f} s: {n_all / total:.1f} trials/s")
+          f"studies = {n_all} trials in {total:.1f} s: {n_all / total:.1f} trials/s; "
+          f"load average at end: {os.getloadavg()[0]:.1f}")
+    print(f"budget (15 min = 900 s): {'within' if total <= 900 else 'OVER'} ({total / 60:.1f} min)")
     names = list(dict.fromkeys(r["task"] for r in rows))
     print("\nsolved matrix (x = solved; rows: tasks, columns: optimizers in the order above)")
     for name in names:
@@ -56,8 +62,8 @@ def main() -> None:
 
         from diyopt.analysis.benchmarking.run import _manifest, _publish
 
-        config = {"benchmark": "bench_diagnostic.py", "optimizers": args.optimizers, "trials": args.trials,
-                  "seeds": args.seeds}
+        config = {"benchmark": "bench_diagnostic.py", "suite": "diagnostic", "tasks": names,
+                  "optimizers": args.optimizers, "trials": args.trials, "seeds": list(range(args.seeds))}
         _publish(Path(args.out), rows, _manifest(config, None), complete=True)
 
 
