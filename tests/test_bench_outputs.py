@@ -69,12 +69,12 @@ def test_bench_folder_has_intervals_profiles_and_the_report_diyopt_report_writes
             "report.html"} <= files
     assert "profile_seconds_to_target.png" not in files  # no workload ran
     rows = list(csv.DictReader((out / "results.csv").open()))
-    for row, mem in zip(rows, r.rows):
+    for row, mem in zip(rows, r.rows):  # the file holds the rows bench returned, intervals around medians
         for k in ("attempts", "best_metric"):
             lo, mid, hi = (float(row[c]) if row[c] != "not reached" else math.inf
                            for c in (f"{k}_lo", k, f"{k}_hi"))
             assert lo <= mid <= hi, (row["task"], k)
-        # the row's interval is the bootstrap interval of the studies' values
+            assert (lo, hi) == (mem[f"{k}_lo"], mem[f"{k}_hi"])
     page = (out / "report.html").read_text()
     assert "<title>diyopt bench: diagnostic suite, 2 optimizers</title>" in page
     assert page.count("data:image/png;base64,") == 3 and "best metric lo" in page and "moving_target-1" in page

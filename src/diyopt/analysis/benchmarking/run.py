@@ -1,14 +1,20 @@
-"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`diyopt.benchmarking.tuning`, on every task.
+"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`~diyopt.analysis.benchmarking.tuning`, on every task.
 
-The output folder (written through :func:`diyopt.outputs.output_folder`, so each publication is atomic):
+The output folder (written through :func:`diyopt._util.files.output_folder`, so each publication is atomic):
 
-- ``results.csv`` -- one row per task x optimizer: ``task, optimizer, solved, attempts, best_metric,
-  steps_to_target, seconds_to_target`` (workloads only), ``seconds`` and the criterion, target, studies solved, engine;
+- ``results.csv`` -- one row per task x optimizer (:data:`COLUMNS`): ``task, optimizer, solved``, then
+  ``attempts, best_metric, steps_to_target, seconds_to_target`` (medians over studies), each followed by its
+  bootstrap 95% interval ``_lo, _hi``, then ``seconds``, the criterion, target, studies solved, engine;
 - ``matrix.png`` -- tasks x optimizers, the fraction of studies that solved the task (LightBench's matrix);
+- ``profile_*.png`` -- performance profiles (:mod:`~diyopt.analysis.benchmarking.charts`);
+- ``report.html`` -- the page ``diyopt report OUT`` writes (:func:`diyopt.analysis.report.write_report`);
 - ``manifest.json`` -- what ran: versions, seeds, trials, search spaces, git revision, machine, flags.
 
-After each task x optimizer pair the folder is republished with the rows so far (``manifest.json`` says
-``"complete": false``), so ``resume=True`` (``--resume``) after a kill skips the pairs already done.
+After each round of task x optimizer pairs (one pair per rank; one rank outside torchrun) the folder is
+republished with the rows so far (``manifest.json`` says ``"complete": false``), so ``resume=True``
+(``--resume``) after a kill skips the pairs already done. Under ``torchrun`` the pairs are dealt round-robin
+across the ranks and rank 0 gathers the rows (:mod:`diyopt.engines.distributed`); every pair is a
+deterministic function of its settings, so the rows equal one process's (wall times aside).
 """
 from __future__ import annotations
 
@@ -115,9 +121,11 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
 
     Args:
       optimizers: specs (``"adam"``, ``"sgd:nesterov=true"``, ``"my_rules.py:rule"``, as
-        :func:`diyopt.optim.get`) or ``(label, Optimizer)`` pairs. The search space
-        (:data:`diyopt.benchmarking.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned, less the settings
-        the spec fixes (``adam:lr=1e-2`` tunes only ``beta1``).
+        :func:`diyopt.optim.get`), ``torch.optim`` classes (``torch.optim.Adam`` or ``"torch.optim.Adam"``:
+        one ``diyopt.fit`` per trial, tuned in the space of the diyopt optimizer of that name) or
+        ``(label, Optimizer or class)`` pairs. The search space
+        (:data:`~diyopt.analysis.benchmarking.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned,
+        less the settings the spec fixes (``adam:lr=1e-2`` tunes only ``beta1``).
       trials: Sobol points per study; seeds: studies (a count ``S`` means seeds ``0..S-1``).
       out: the output folder (``results.csv``, ``matrix.png``, ``manifest.json``); None: write nothing.
       tasks: task names or family names to run (default: all).
@@ -125,7 +133,9 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
       resume: keep the rows of an earlier, interrupted run in ``out`` with the same settings.
       progress: a bar over task x optimizer pairs on stderr (None: when stderr is a terminal).
 
-    A task is solved when more than half of the studies have a passing trial; see :mod:`diyopt.benchmarking.tuning`.
+    A task is solved when more than half of the studies have a passing trial; see
+    :mod:`~diyopt.analysis.benchmarking.tuning`. Under ``torchrun`` every rank calls this; rank 0 returns the
+    rows and writes ``out``, the other ranks return no rows.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
