@@ -10,7 +10,7 @@ def add(sub) -> None:
                        description="Each optimizer gets --trials quasi-random (Sobol) points of its search space "
                        "on every task, from --seeds studies; a task is solved when more than half of the studies "
                        "have a passing trial. The trials of all studies of a task run as one vectorized "
-                       "computation. Writes OUT/results.csv (medians over studies, bootstrap 95%% intervals), "
+                       "computation. Writes OUT/results.csv (medians over studies, bootstrap 95% intervals), "
                        "OUT/matrix.png, OUT/profile_*.png, OUT/report.html and OUT/manifest.json (docs/bench.md "
                        "lists the tasks). Under torchrun --nproc_per_node=N -m diyopt bench ... the task x "
                        "optimizer pairs are split across the ranks; rank 0 writes.")
