@@ -24,6 +24,18 @@ BUILT_INS = ["sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "ada
              "lion", "asgd", "gradient_descent"]
 
 
+def _write(args, rows) -> None:
+    from pathlib import Path
+
+    from diyopt.analysis.benchmarking.run import _manifest, _publish
+
+    names = list(dict.fromkeys(r["task"] for r in rows))
+    done = list(dict.fromkeys(r["optimizer"] for r in rows))
+    config = {"benchmark": "bench_diagnostic.py", "suite": "diagnostic", "tasks": names, "optimizers": done,
+              "trials": args.trials, "seeds": list(range(args.seeds))}
+    _publish(Path(args.out), rows, _manifest(config, None), complete=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=100)
@@ -43,6 +55,8 @@ def main() -> None:
                          progress=False)
         per_opt[spec], cpu_opt[spec] = time.perf_counter() - t0, time.process_time() - c0
         rows += r.rows
+        if args.out:  # after every optimizer, so a run cut short still leaves its rows and matrix
+            _write(args, rows)
         n = len(tasks) * args.trials * args.seeds
         print(f"{spec:18s} solved {len(r.solved(spec)):2d}/{len(tasks)}  {per_opt[spec]:7.1f} s wall "
               f"{cpu_opt[spec]:7.1f} s CPU  {n / per_opt[spec]:7.1f} trials/s wall  {n / cpu_opt[spec]:7.1f} per CPU s",
@@ -61,16 +75,6 @@ def main() -> None:
     for name in names:
         marks = "".join(" x" if r["solved"] else " ." for r in rows if r["task"] == name)
         print(f"{name:26s}{marks}")
-    if args.out:
-        from pathlib import Path
-
-        from diyopt.analysis.benchmarking.run import _manifest, _publish
-
-        config = {"benchmark": "bench_diagnostic.py", "suite": "diagnostic", "tasks": names,
-                  "optimizers": args.optimizers, "trials": args.trials, "seeds": list(range(args.seeds))}
-        _publish(Path(args.out), rows, _manifest(config, None), complete=True)
-
-
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main()
