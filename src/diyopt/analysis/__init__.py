@@ -8,10 +8,14 @@ from ._compare import (
     save_all,
 )
 from ._conformance import check, check_loss
+from ._lockstep import (
+    lockstep,
+)
 from .benchmarking import bench
 from .profiles import performance_profile
 
 __all__ = [
+    "lockstep",
     "compare_all",
     "save_all",
     "Comparison",

@@ -103,7 +103,7 @@ def _batches(model: torch.nn.Module, steps: int, seed: int, batch: int = 16):
 def load_reference(spec: str) -> tuple[Callable, dict]:
     """``MODULE:Class[:k=v,...]`` (``torch.optim:Adam``, ``pytorch_optimizer:ADOPT:lr=1e-2``) or
     ``FILE.py:Class[:k=v,...]`` -> ``(class, kwargs)``. Values parse as in optimizer specs."""
-    from diyopt.optim._registry import getattr_from_file, parse_settings
+    from diyopt.optim import getattr_from_file, parse_settings
 
     text = spec.strip()
     at = text.find(".py:")
@@ -169,7 +169,7 @@ def lockstep(optimizer: Optimizer, reference: Callable | str, kwargs: Mapping[st
 
     ref = _TorchSide(copy.deepcopy(model), lambda ps: reference(ps, **(kwargs or {})), groups)
     if form == "to_torch":
-        from diyopt.engines._to_torch import to_torch
+        from diyopt.engines import to_torch
 
         ours: _TorchSide | _FunctionalSide = _TorchSide(copy.deepcopy(model),
                                                         lambda ps: to_torch(optimizer, ps), groups, named=True)

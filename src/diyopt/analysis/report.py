@@ -20,9 +20,16 @@ from pathlib import Path
 from typing import Any
 
 # Figures in the order a reader wants them; any other PNG follows, alphabetically.
-_FIGURE_ORDER = ["performance_profile_steps.png", "performance_profile_seconds.png", "loss_vs_step.png",
+_FIGURE_ORDER = ["matrix.png", "profile_attempts.png", "profile_steps_to_target.png", "profile_seconds_to_target.png",
+                 "performance_profile_steps.png", "performance_profile_seconds.png", "loss_vs_step.png",
                  "loss_vs_time.png", "paths.png"]
 _CAPTIONS = {
+    # a `diyopt bench` folder (results.csv, manifest.json)
+    "matrix.png": "Tasks × optimizers: the fraction of studies that solved the task; text: median attempts.",
+    "profile_attempts.png": "Performance profile, cost = attempts (trials to the first success); "
+                            "ρ(τ): the fraction of tasks within τ times the best optimizer's cost.",
+    "profile_steps_to_target.png": "Performance profile, cost = steps to the target.",
+    "profile_seconds_to_target.png": "Performance profile, cost = seconds to the target (AlgoPerf's time-to-result).",
     "performance_profile_steps.png": "Dolan–Moré performance profile, cost = steps to reach the tolerance: "
                                      "ρ(τ) is the fraction of instances solved within τ times the best cost.",
     "performance_profile_seconds.png": "The same profile with cost = wall-clock seconds to the tolerance.",
@@ -52,7 +59,10 @@ def write_report(directory: str | Path, out: str | Path | None = None, title: st
     if not sections:
         raise ValueError(f"{directory} holds no diyopt comparison (no settings.json, table.csv or figures); "
                          "run `diyopt compare ... --out DIR` first")
-    if title is None:
+    if title is None and sections[0].get("bench"):
+        c = sections[0]["settings"]
+        title = f"diyopt bench: {c.get('suite')} suite, {len(c.get('optimizers', []))} optimizers"
+    elif title is None:
         problems = settings.get("problems") or [settings.get("problem", directory.name)]
         title = f"diyopt comparison: {', '.join(map(str, problems))}"
     page = _render(title=title, sections=sections, versions=settings.get("versions") or
@@ -84,19 +94,30 @@ def _section(folder: Path, top: bool) -> dict | None:
     figures = sorted(folder.glob("*.png"), key=lambda p: (
         _FIGURE_ORDER.index(p.name) if p.name in _FIGURE_ORDER else len(_FIGURE_ORDER), p.name))
     table = _read_table(folder / "table.csv")
+    bench = not settings and table is None and (folder / "results.csv").is_file()
+    if bench:  # a `diyopt bench` folder: its results and the manifest's settings and versions
+        manifest = _read_json(folder / "manifest.json")
+        settings = {**(manifest.get("config") or {}), "versions": manifest.get("versions") or {}}
+        table = _read_table(folder / "results.csv", keep_order=True)
     if not settings and not figures and table is None:
         return None
     name = settings.get("problem") or ("Across problems" if top and settings.get("problems") else folder.name)
+    if bench:
+        name = "Results"
     shown = {k: v for k, v in settings.items() if k not in ("versions",)}
     return {
-        "id": "s-" + "".join(c if c.isalnum() else "-" for c in str(folder.name)),
+        "id": "s-results" if bench else "s-" + "".join(c if c.isalnum() else "-" for c in str(folder.name)),
         "title": str(name),
-        "summary": _summary(settings),
+        "summary": (f"{len(settings.get('optimizers', []))} optimizers × {len(settings.get('tasks', []))} tasks, "
+                    f"{settings.get('trials')} trials × {len(settings.get('seeds', []))} studies each; a task is "
+                    "solved when more than half of the studies solve it. Intervals: bootstrap 95% over studies."
+                    if bench else _summary(settings)),
         "figures": [{"name": p.name, "caption": _CAPTIONS.get(p.name, p.stem.replace("_", " ")),
                      "data": base64.b64encode(p.read_bytes()).decode("ascii")} for p in figures],
         "table": table,
         "settings": settings,
         "settings_json": json.dumps(shown, indent=2, default=str) if shown else "",
+        "bench": bench,
     }
 
 
@@ -130,7 +151,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_table(path: Path) -> dict | None:
+def _read_table(path: Path, keep_order: bool = False) -> dict | None:
     if not path.exists():
         return None
     with path.open(newline="") as f:
@@ -139,7 +160,7 @@ def _read_table(path: Path) -> dict | None:
         return None
     known = [(k, h) for k, h in _COLUMNS if k in rows[0]]
     extra = [(k, k.replace("_", " ")) for k in rows[0] if k not in dict(_COLUMNS)]
-    columns = known + extra
+    columns = [(k, k.replace("_", " ")) for k in rows[0]] if keep_order else known + extra
     if "rank" in rows[0]:
         rows.sort(key=lambda r: _number(r["rank"]))
     # every row of rank 1 is a winner and is bolded (ties share rank 1), not just the first row

@@ -45,11 +45,13 @@ from ._registry import (
     getattr_from_file,
     names,
     parse,
+    parse_settings,
     resolve_optimizers,
     split_specs,
 )
 
 __all__ = [
+    "parse_settings",
     "adadelta",
     "adafactor",
     "adagrad",

@@ -1,14 +1,20 @@
-"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`diyopt.analysis.benchmarking.tuning`, on every task.
+"""``diyopt.bench``: every optimizer, tuned by the rules of :mod:`~diyopt.analysis.benchmarking.tuning`, on every task.
 
 The output folder (written through :func:`diyopt._util.files.output_folder`, so each publication is atomic):
 
-- ``results.csv`` -- one row per task x optimizer: ``task, optimizer, solved, attempts, best_metric,
-  steps_to_target, seconds_to_target`` (workloads only), ``seconds`` and the criterion, target, studies solved, engine;
+- ``results.csv`` -- one row per task x optimizer (:data:`COLUMNS`): ``task, optimizer, solved``, then
+  ``attempts, best_metric, steps_to_target, seconds_to_target`` (medians over studies), each followed by its
+  bootstrap 95% interval ``_lo, _hi``, then ``seconds``, the criterion, target, studies solved, engine;
 - ``matrix.png`` -- tasks x optimizers, the fraction of studies that solved the task (LightBench's matrix);
+- ``profile_*.png`` -- performance profiles (:mod:`~diyopt.analysis.benchmarking.charts`);
+- ``report.html`` -- the page ``diyopt report OUT`` writes (:func:`diyopt.analysis.report.write_report`);
 - ``manifest.json`` -- what ran: versions, seeds, trials, search spaces, git revision, machine, flags.
 
-After each task x optimizer pair the folder is republished with the rows so far (``manifest.json`` says
-``"complete": false``), so ``resume=True`` (``--resume``) after a kill skips the pairs already done.
+After each round of task x optimizer pairs (one pair per rank; one rank outside torchrun) the folder is
+republished with the rows so far (``manifest.json`` says ``"complete": false``), so ``resume=True``
+(``--resume``) after a kill skips the pairs already done. Under ``torchrun`` the pairs are dealt round-robin
+across the ranks and rank 0 gathers the rows (:mod:`diyopt.engines.distributed`); every pair is a
+deterministic function of its settings, so the rows equal one process's (wall times aside).
 """
 from __future__ import annotations
 
@@ -17,11 +23,9 @@ import io
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +35,17 @@ import torch
 
 from diyopt.core.contract import Optimizer
 
+from .charts import PROFILES, matrix_png, profiles_png
+from .studies import CI_OF, is_torch_class, run_task, run_workload, space
 from .tasks import Task
 from .tasks import suite as get_suite
-from .tuning import points, space_for, tunable
-from .workloads import Workload, require_sklearn, train
+from .workloads import Workload, require_sklearn
 from .workloads import workloads as get_workloads
 
 SUITES = ("diagnostic", "workloads", "all")
 
-COLUMNS = ["task", "optimizer", "solved", "attempts", "best_metric", "steps_to_target", "seconds_to_target",
-           "seconds", "criterion", "target", "studies_solved", "trials", "engine"]
+COLUMNS = ["task", "optimizer", "solved"] + [c for k in CI_OF for c in (k, f"{k}_lo", f"{k}_hi")] + [
+    "seconds", "criterion", "target", "studies_solved", "trials", "engine"]
 NOT_REACHED = "not reached"
 
 
@@ -77,120 +82,28 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def _resolve(spec: Any) -> tuple[str, Optimizer]:
-    """A spec string (``adam``, ``adam:eps=1e-6``, ``my_rules.py:rule``) or ``(label, Optimizer)``."""
+def _resolve(spec: Any) -> tuple[str, Optimizer | type]:
+    """A spec string (``adam``, ``adam:eps=1e-6``, ``my_rules.py:rule``, ``torch.optim.Adam``), a
+    ``torch.optim.Optimizer`` class, or ``(label, Optimizer or class)``."""
     from diyopt.optim import get
 
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], Optimizer):
+    if isinstance(spec, tuple) and len(spec) == 2 and (isinstance(spec[1], Optimizer) or is_torch_class(spec[1])):
         return str(spec[0]), spec[1]
+    if is_torch_class(spec):
+        return f"{spec.__module__.split('.')[0]}.optim.{spec.__name__}" if spec.__module__.startswith(
+            "torch.optim") else f"{spec.__module__}.{spec.__qualname__}", spec
     if not isinstance(spec, str):
-        raise TypeError(f"an optimizer for bench is a spec string or (label, Optimizer), got {spec!r}")
+        raise TypeError(f"an optimizer for bench is a spec string, a torch.optim class or (label, Optimizer), "
+                        f"got {spec!r}")
+    if spec.startswith("torch.optim."):  # the packaged optimizer, as is: torch.optim.Adam
+        cls = getattr(torch.optim, spec.removeprefix("torch.optim."), None)
+        if not is_torch_class(cls):
+            from diyopt.errors import unknown_name
+
+            known = sorted(n for n in dir(torch.optim) if is_torch_class(getattr(torch.optim, n)))
+            raise ValueError(unknown_name("torch.optim class", spec.removeprefix("torch.optim."), known))
+        return spec, cls
     return spec, get(spec)
-
-
-def _space(label: str, optimizer: Optimizer, space: Mapping | None) -> dict:
-    """The box tuned for ``label``: its search space less the hyperparameters the spec fixes
-    (``adam:lr=1e-2`` tunes ``beta1`` only; ``adam:betas=0.9/0.99`` tunes ``lr`` only)."""
-    from diyopt.optim import parse
-
-    box = space_for(_space_name(label), optimizer, space)
-    try:
-        fixed = set(parse(label)[2])
-    except (ValueError, TypeError):
-        fixed = set()
-    return {k: v for k, v in box.items() if ("betas" if k == "beta1" else k) not in fixed}
-
-
-def _space_name(label: str) -> str:
-    from diyopt.optim import parse
-
-    if isinstance(label, str):
-        try:
-            target, attr, _ = parse(label)
-            return target if attr is None else attr
-        except (ValueError, TypeError):
-            pass
-    return label
-
-
-def run_task(task: Task, label: str, optimizer: Optimizer, *, trials: int, seeds: Sequence[int],
-             space: Mapping | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """One task x optimizer: ``len(seeds)`` studies of ``trials`` Sobol points each, every study one
-    :func:`diyopt.sweep` (the vectorized engine; its loop fallback where vmap refuses, recorded in
-    ``engine``). Returns the results row."""
-    from diyopt.engines import sweep
-
-    box = _space(label, optimizer, space)
-    keys = list(box)
-    trials = trials if keys else 1  # nothing left to tune: one trial, the spec as given
-    grid = {"point": [tuple(pt[k] for k in keys) for pt in points(box, trials)]}
-    t0 = time.perf_counter()
-    firsts, bests, steps_hit, engines = [], [], [], set()
-    by_loss = task.problem(seeds[0], dtype).metric is None  # the criterion is the loss: its curve tells when
-    for seed in seeds:
-        problem = task.problem(seed, dtype)
-        opt = tunable(optimizer, keys, problem.effect)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            r = sweep(problem.loss, problem.params, opt, task.steps, grid=grid)
-        engines.add("loop (vmap refused the rule or loss)" if r.info.get("fallback") else r.info.get("engine", "vmap"))
-        for w in caught:
-            if "fallback" not in r.info:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        metric = problem.metric or problem.loss
-        values = []
-        with torch.no_grad():
-            for k, row in enumerate(r.rows):
-                m = float(metric(r.run_params(k)))
-                values.append(m if math.isfinite(m) and not row["diverged"] else math.inf)
-        passed = [k for k, v in enumerate(values) if v <= task.target]
-        firsts.append(passed[0] + 1 if passed else math.inf)
-        bests.append(min(values))
-        if by_loss and passed:
-            below = r.losses[passed] <= task.target
-            hit = torch.where(below.any(1), below.float().argmax(1), task.steps)
-            steps_hit.append(float(hit.min()))
-        else:
-            steps_hit.append(math.inf)
-    n_solved = sum(math.isfinite(f) for f in firsts)
-    solved = n_solved > len(seeds) / 2
-    return {"task": task.name, "optimizer": label, "solved": solved,
-            "attempts": statistics.median(firsts) if solved else math.inf,
-            "best_metric": statistics.median(bests),
-            "steps_to_target": statistics.median(steps_hit) if by_loss else None, "seconds_to_target": None,
-            "seconds": round(time.perf_counter() - t0, 4), "criterion": task.criterion, "target": task.target,
-            "studies_solved": f"{n_solved}/{len(seeds)}", "trials": trials, "engine": "; ".join(sorted(engines))}
-
-
-def run_workload(workload: Workload, label: str, optimizer: Optimizer, *, trials: int, seeds: Sequence[int],
-                 space: Mapping | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """One workload x optimizer under the tuning rules of :func:`run_task`; the trials run one by one
-    (:func:`diyopt.analysis.benchmarking.workloads.train`: the score needs the metric every ``eval_every`` steps).
-    ``steps_to_target`` / ``seconds_to_target``: median over studies of the study's best passing trial."""
-    box = _space(label, optimizer, space)
-    keys = list(box)
-    trials = trials if keys else 1
-    pts = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
-    opt = tunable(optimizer, keys, None)
-    t0 = time.perf_counter()
-    firsts, bests, steps_hit, secs_hit = [], [], [], []
-    for seed in seeds:
-        problem = workload.problem(seed, dtype)
-        results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
-        passed = [k for k, r in enumerate(results) if math.isfinite(r["steps"])]
-        firsts.append(passed[0] + 1 if passed else math.inf)
-        bests.append(min(r["best"] for r in results))
-        steps_hit.append(min(r["steps"] for r in results))
-        secs_hit.append(min(r["seconds"] for r in results))
-    n_solved = sum(math.isfinite(f) for f in firsts)
-    solved = n_solved > len(seeds) / 2
-    return {"task": workload.name, "optimizer": label, "solved": solved,
-            "attempts": statistics.median(firsts) if solved else math.inf,
-            "best_metric": statistics.median(bests), "steps_to_target": statistics.median(steps_hit),
-            "seconds_to_target": round(statistics.median(secs_hit), 4),
-            "seconds": round(time.perf_counter() - t0, 4), "criterion": workload.criterion,
-            "target": workload.target, "studies_solved": f"{n_solved}/{len(seeds)}", "trials": trials,
-            "engine": f"loop (validation every {workload.eval_every} steps)"}
 
 
 def suite_tasks(name: str) -> list:
@@ -208,9 +121,11 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
 
     Args:
       optimizers: specs (``"adam"``, ``"sgd:nesterov=true"``, ``"my_rules.py:rule"``, as
-        :func:`diyopt.optim.get`) or ``(label, Optimizer)`` pairs. The search space
-        (:data:`diyopt.analysis.benchmarking.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned, less the settings
-        the spec fixes (``adam:lr=1e-2`` tunes only ``beta1``).
+        :func:`diyopt.optim.get`), ``torch.optim`` classes (``torch.optim.Adam`` or ``"torch.optim.Adam"``:
+        one ``diyopt.fit`` per trial, tuned in the space of the diyopt optimizer of that name) or
+        ``(label, Optimizer or class)`` pairs. The search space
+        (:data:`~diyopt.analysis.benchmarking.tuning.SPACES`, by name; a user's rule: its ``lr``) is tuned,
+        less the settings the spec fixes (``adam:lr=1e-2`` tunes only ``beta1``).
       trials: Sobol points per study; seeds: studies (a count ``S`` means seeds ``0..S-1``).
       out: the output folder (``results.csv``, ``matrix.png``, ``manifest.json``); None: write nothing.
       tasks: task names or family names to run (default: all).
@@ -218,7 +133,9 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
       resume: keep the rows of an earlier, interrupted run in ``out`` with the same settings.
       progress: a bar over task x optimizer pairs on stderr (None: when stderr is a terminal).
 
-    A task is solved when more than half of the studies have a passing trial; see :mod:`diyopt.analysis.benchmarking.tuning`.
+    A task is solved when more than half of the studies have a passing trial; see
+    :mod:`~diyopt.analysis.benchmarking.tuning`. Under ``torchrun`` every rank calls this; rank 0 returns the
+    rows and writes ``out``, the other ranks return no rows.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
@@ -241,33 +158,50 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
         require_sklearn()  # before any work: a one-line error naming the extra
     spaces = dict(spaces or {})
     for label, opt in resolved:  # every space checked before any work
-        _space(label, opt, spaces.get(label))
+        space(label, opt, spaces.get(label))
     config = {"suite": suite, "tasks": [t.name for t in chosen], "optimizers": labels, "trials": trials,
               "seeds": seeds, "dtype": str(dtype).removeprefix("torch."),
-              "spaces": {l: _space(l, o, spaces.get(l)) for l, o in resolved}}
+              "spaces": {l: space(l, o, spaces.get(l)) for l, o in resolved}}
+    from diyopt.engines import distributed as dd
+
+    rank, world = dd.init()  # (0, 1) outside torchrun
     manifest = _manifest(config, flags)
+    manifest["machine"]["ranks"] = world
     done: dict[tuple[str, str], dict] = {}
     if resume and out is not None:
-        done = _earlier(Path(out), config)
-    rows: list[dict] = []
-    skipped = []
+        done = _earlier(Path(out), config)  # every rank reads it before rank 0 writes anything
     pairs = [(t, l, o) for t in chosen for l, o in resolved]
-    bar = _bar(progress, len(pairs))
-    for task, label, opt in pairs:
-        if (task.name, label) in done:
-            rows.append(done[(task.name, label)])
-            skipped.append((task.name, label))
-        else:
+    found = {i: done[(t.name, l)] for i, (t, l, _) in enumerate(pairs) if (t.name, l) in done}
+    skipped = [(t.name, l) for t, l, _ in pairs if (t.name, l) in done]
+    todo = [i for i in range(len(pairs)) if i not in found]
+    main = rank == 0
+    bar = _bar(progress, len(pairs)) if main else None
+    if bar is not None:
+        bar.update(len(found))
+    # Rounds of one pair per rank (round-robin, as distributed.split_work deals them); rank 0 gathers each
+    # round's rows and republishes, so a killed run resumes from the last finished round.
+    for lo in range(0, len(todo), world):
+        this_round = todo[lo:lo + world]
+        mine = []
+        if rank < len(this_round):
+            i = this_round[rank]
+            task, label, opt = pairs[i]
             runner = run_workload if isinstance(task, Workload) else run_task
-            rows.append(runner(task, label, opt, trials=trials, seeds=seeds, space=spaces.get(label),
-                                 dtype=dtype))
+            mine = [(i, runner(task, label, opt, trials=trials, seeds=seeds, space_box=spaces.get(label),
+                               dtype=dtype))]
+        got = dd.gather(mine)  # None on ranks > 0
+        if got is not None:
+            found.update(dict(got))
             if out is not None:
-                _publish(Path(out), rows, manifest, complete=False)
+                _publish(Path(out), [found[i] for i in sorted(found)], manifest, complete=False)
         if bar is not None:
-            bar.update(1)
+            bar.update(len(this_round))
     if bar is not None:
         bar.close()
     manifest["finished"] = _now()
+    if not main:  # the other ranks' rows live on rank 0, which writes the files
+        return BenchResult([], manifest, None, skipped)
+    rows = [found[i] for i in range(len(pairs))]
     result = BenchResult(rows, manifest, Path(out) if out is not None else None, skipped)
     if out is not None:
         _publish(Path(out), rows, manifest, complete=True)
@@ -349,18 +283,19 @@ def _earlier(out: Path, config: dict) -> dict[tuple[str, str], dict]:
 
 def _parse_row(r: dict) -> dict:
     def num(v):
-        if v == "":
+        if v is None or v == "":  # None: a column an earlier version did not write
             return None
         if v == NOT_REACHED:
             return math.inf
         return float(v)
 
-    return {"task": r["task"], "optimizer": r["optimizer"], "solved": r["solved"] == "true",
-            "attempts": num(r["attempts"]), "best_metric": num(r["best_metric"]),
-            "steps_to_target": num(r["steps_to_target"]), "seconds_to_target": num(r["seconds_to_target"]),
-            "seconds": num(r["seconds"]),
-            "criterion": r["criterion"], "target": num(r["target"]), "studies_solved": r["studies_solved"],
-            "trials": int(r["trials"]), "engine": r["engine"]}
+    row = {"task": r["task"], "optimizer": r["optimizer"], "solved": r["solved"] == "true"}
+    for k in COLUMNS[3:]:
+        if k not in ("criterion", "studies_solved", "trials", "engine"):
+            row[k] = num(r.get(k))
+    row.update(criterion=r["criterion"], studies_solved=r["studies_solved"], trials=int(r["trials"]),
+               engine=r["engine"])
+    return row
 
 
 def _dumps(obj) -> str:
@@ -370,55 +305,22 @@ def _dumps(obj) -> str:
 
 
 def _publish(out: Path, rows: list[dict], manifest: dict, complete: bool) -> None:
+    """Republish ``out``: results.csv and manifest.json after every round; when complete also matrix.png,
+    the performance profiles and report.html (the page ``diyopt report OUT`` writes)."""
     from diyopt._util.files import output_folder
+    from diyopt.analysis.report import write_report
 
     manifest = {**manifest, "complete": complete}
-    names = ["results.csv", "manifest.json"] + (["matrix.png"] if complete else [])
+    names = ["results.csv", "manifest.json"]
+    if complete:
+        names += ["matrix.png", *PROFILES.values(), "report.html"]
     with output_folder(out, names=names, kind="bench") as tmp:
         (tmp / "results.csv").write_text(BenchResult(rows, manifest).to_csv())
         (tmp / "manifest.json").write_text(_dumps(manifest))
         if complete:
             matrix_png(rows, tmp / "matrix.png")
-
-
-def _short(label: str) -> str:
-    """``my_rules.py:rule`` for a spec naming a file by a long path; built-in specs as they are."""
-    at = label.find(".py:")
-    short = os.path.basename(label[:at + 3]) + label[at + 3:] if at >= 0 else label
-    return short if len(short) <= 24 else short[:23] + "…"
-
-
-def matrix_png(rows: list[dict], path: str | os.PathLike) -> None:
-    """Tasks (rows) x optimizers (columns), colour: the fraction of studies that solved the task;
-    the cell's text: median attempts (trials to the first success) or "-"."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    opts = list(dict.fromkeys(r["optimizer"] for r in rows))
-    frac = torch.full((len(tasks), len(opts)), float("nan"))
-    text = {}
-    for r in rows:
-        i, j = tasks.index(r["task"]), opts.index(r["optimizer"])
-        k, n = (int(x) for x in r["studies_solved"].split("/"))
-        frac[i, j] = k / n
-        a = r["attempts"]
-        text[i, j] = "-" if a is None or not math.isfinite(a) else f"{a:g}"
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(opts), 1.2 + 0.24 * len(tasks)))
-    im = ax.imshow(frac.numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    for (i, j), s in text.items():
-        ax.text(j, i, s, ha="center", va="center", fontsize=7)
-    solved = {o: sum(r["solved"] for r in rows if r["optimizer"] == o) for o in opts}
-    ax.set_xticks(range(len(opts)), [f"{_short(o)}\n{solved[o]}/{len(tasks)}" for o in opts], rotation=30,
-                  ha="right", fontsize=8)
-    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
-    ax.set_title("solved: fraction of studies (text: median attempts)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            profiles_png(rows, tmp)
+            write_report(tmp)
 
 
 def run_bench_cli(args: Any) -> int:
@@ -427,6 +329,8 @@ def run_bench_cli(args: Any) -> int:
     result = bench(args.optimizers, suite=args.suite, trials=args.trials, seeds=args.seeds, out=args.out,
                    tasks=args.tasks, dtype=dtype, resume=args.resume, progress=None,
                    flags={"command": "diyopt bench"})
+    if result.out is None:  # a rank > 0 under torchrun: rank 0 prints and writes
+        return 0
     n_tasks = len(result.manifest["config"]["tasks"])
     for label in result.manifest["config"]["optimizers"]:
         print(f"{label}: solved {len(result.solved(label))}/{n_tasks}")
@@ -435,5 +339,5 @@ def run_bench_cli(args: Any) -> int:
         print(f"diyopt: note: vmap refused {', '.join(loops)}; their trials ran one by one", file=sys.stderr)
     if result.skipped:
         print(f"resumed: {len(result.skipped)} task x optimizer pairs kept from the earlier run")
-    print(f"wrote {Path(args.out) / 'results.csv'}, matrix.png, manifest.json")
+    print(f"wrote {Path(args.out) / 'results.csv'}, matrix.png, performance profiles, report.html, manifest.json")
     return 0

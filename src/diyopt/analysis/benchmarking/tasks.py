@@ -43,10 +43,57 @@ class Effect(NamedTuple):
 
     ``init(params) -> extra`` (a tree of tensors, e.g. a buffer of past gradients) and
     ``apply(grads, extra, step) -> (grads, extra)``; ``step`` is a 0-dim int64 tensor, 0 at the first update.
+    A tabled effect (noise, masks) also keeps its ``tables`` (``{name: (steps, ...)}``) and ``combine(g, row)``,
+    so the tables of several studies can be stacked and read in one indexing (:func:`for_studies`).
     """
 
     init: Callable[[Params], Any]
     apply: Callable[[Params, Any, Tensor], tuple[Params, Any]]
+    tables: Params | None = None
+    combine: Callable[[Tensor, Tensor], Tensor] | None = None
+
+
+class StudyEffect(NamedTuple):
+    """The effects of several studies as one: ``apply(grads, extra, step, study)`` with ``study`` the run's
+    study index (a 0-dim int64 tensor, batched inside vmap)."""
+
+    init: Callable[[Params], Any]
+    apply: Callable[[Params, Any, Tensor, Tensor], tuple[Params, Any]]
+
+
+def for_studies(effects: list[Effect | None]) -> StudyEffect | None:
+    """One :class:`StudyEffect` from the studies' effects (None when no study has one).
+
+    Tabled effects are stacked, ``(studies, steps, ...)``, and read at ``[study, step]``; other effects
+    (delays, a moving target) are applied once per study and the run's own result selected -- the same
+    numbers as each study's own effect, so a study gives the same runs alone or stacked with others.
+    """
+    if all(e is None for e in effects):
+        return None
+    if any(e is None for e in effects):
+        raise ValueError("either every study of a task has a gradient effect or none has")
+    first = effects[0]
+    if all(e.tables is not None for e in effects):
+        stacked = {k: torch.stack([e.tables[k] for e in effects]) for k in first.tables}
+        combine = first.combine
+
+        def apply(grads, extra, step, study):
+            at = step.clamp(max=next(iter(stacked.values())).shape[1] - 1)
+            return {k: combine(g, stacked[k][study, at].to(g.dtype)) for k, g in grads.items()}, extra
+
+        return StudyEffect(first.init, apply)
+
+    tree = torch.utils._pytree
+
+    def apply(grads, extra, step, study):
+        outs = [e.apply(grads, extra, step) for e in effects]
+
+        def pick(*xs):  # the run's own study's value, leaf by leaf
+            return torch.stack(xs)[study] if isinstance(xs[0], Tensor) else xs[0]
+
+        return tree.tree_map(pick, *[o[0] for o in outs]), tree.tree_map(pick, *[o[1] for o in outs])
+
+    return StudyEffect(first.init, apply)
 
 
 @dataclass(frozen=True)
@@ -115,7 +162,7 @@ def _tabled(tables: Params, combine: Callable[[Tensor, Tensor], Tensor]) -> Effe
     """An effect that combines each gradient with its table's row at the step (noise, masks)."""
     def apply(grads, extra, step):
         return {k: combine(g, _at(tables[k], step).to(g.dtype)) for k, g in grads.items()}, extra
-    return Effect(lambda params: (), apply)
+    return Effect(lambda params: (), apply, tables, combine)
 
 
 def _noise_table(seed: int, steps: int, n: int, kind: str, scale: float, rho: float = 0.0) -> Tensor:

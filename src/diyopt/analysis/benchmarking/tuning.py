@@ -45,10 +45,11 @@ SPACES: dict[str, dict[str, tuple[float, float, str]]] = {
 DEFAULT_SPACE = {"lr": (1e-4, 1.0, "log")}
 
 
-def space_for(name: str, optimizer: Optimizer, space: Mapping | None = None) -> dict:
-    """The search space of an optimizer; one-line errors when it cannot be tuned."""
+def space_for(name: str, optimizer: Optimizer | type, space: Mapping | None = None) -> dict:
+    """The search space of an optimizer (a diyopt optimizer or a ``torch.optim`` class, whose constructor's
+    keyword arguments are its hyperparameters); one-line errors when it cannot be tuned."""
     space = dict(space if space is not None else SPACES.get(name, DEFAULT_SPACE))
-    known = set(optimizer.hyperparams or {})
+    known = set(optimizer.hyperparams or {}) if isinstance(optimizer, Optimizer) else set(torch_defaults(optimizer))
     for key, box in space.items():
         hp = "betas" if key == "beta1" else key
         if hp not in known:
@@ -74,6 +75,26 @@ def points(space: Mapping, n: int) -> list[dict[str, float]]:
             lo, hi, kind = space[k]
             pt[k] = math.exp(math.log(lo) + x * (math.log(hi) - math.log(lo))) if kind == "log" else lo + x * (hi - lo)
         out.append(pt)
+    return out
+
+
+def torch_defaults(cls: type) -> dict[str, Any]:
+    """A ``torch.optim`` class's hyperparameters: its constructor's keyword arguments and their defaults."""
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def torch_kwargs(cls: type, keys: list[str], point: tuple) -> dict[str, Any]:
+    """The constructor arguments of trial ``point`` for a ``torch.optim`` class (``beta1`` sets
+    ``betas[0]``, ``betas[1]`` keeps the class's default, as for a diyopt optimizer)."""
+    out: dict[str, Any] = {}
+    for k, v in zip(keys, point):
+        if k == "beta1":
+            out["betas"] = (float(v), float(torch_defaults(cls)["betas"][1]))
+        else:
+            out[k] = float(v)
     return out
 
 
@@ -120,3 +141,45 @@ def with_effect(inner: Optimizer, effect) -> Optimizer:
         return updates, (step + 1, extra, inner_state)
 
     return Optimizer(init, update, inner.hyperparams, None, flattenable=False)
+
+
+STUDY = "_study"  # the params leaf that tells a run which study (seed) it belongs to; see with_studies
+
+
+def with_studies(inner: Optimizer, effect) -> Optimizer:
+    """:func:`with_effect` for the runs of *several* studies in one sweep.
+
+    The params carry one extra 0-dim leaf, :data:`STUDY` (the study's index, a float that never moves: its
+    update is zero), so the update knows whose noise table to read: ``effect`` is a :class:`StudyEffect`
+    whose ``apply(grads, extra, step, study)`` takes that index. The loss adds ``0 * params[STUDY]``, so the
+    leaf gets a zero gradient; ``inner`` never sees it.
+    """
+    def init(params):
+        own = {k: v for k, v in params.items() if k != STUDY}
+        extra = effect.init(own) if effect is not None else ()
+        return (torch.zeros((), dtype=torch.int64), extra, inner.init(own))
+
+    def update(grads, state, params=None):
+        step, extra, inner_state = state
+        study = params[STUDY].to(torch.int64)
+        grads = {k: g for k, g in grads.items() if k != STUDY}
+        own = {k: v for k, v in params.items() if k != STUDY}
+        if effect is not None:
+            grads, extra = effect.apply(grads, extra, step, study)
+        updates, inner_state = inner.update(grads, inner_state, own)
+        updates = {**updates, STUDY: torch.zeros_like(params[STUDY])}
+        return updates, (step + 1, extra, inner_state)
+
+    return Optimizer(init, update, inner.hyperparams, None, flattenable=False)
+
+
+def tunable_studies(base: Optimizer, keys: list[str], effect=None) -> Optimizer:
+    """:func:`tunable` over :func:`with_studies`: one hyperparameter ``point``, runs of several studies."""
+    hyper = base.hyperparams or {}
+    start = tuple(float(hyper["betas"][0]) if k == "beta1" else float(hyper[k]) for k in keys)
+
+    def build(point=start) -> Optimizer:
+        inner = base.replace_hyperparams(**_settings(base, keys, point)) if keys else base
+        return with_studies(inner, effect)._replace(hyperparams={"point": point}, build=build)
+
+    return build()

@@ -44,6 +44,8 @@ Params = dict[str, Tensor]
 SKLEARN = "scikit-learn datasets"
 MISSING = "the workloads need scikit-learn for their data: pip install 'diyopt[data]'"
 AE_TARGET = 0.03
+CNN_TARGET = 0.03
+SORT_TARGET = 0.03
 VAL_FRACTION = 0.25  # held out, stratified, random_state=0 (the same split in every study)
 
 
@@ -172,6 +174,82 @@ def digits_autoencoder(seed: int, dtype: torch.dtype, code: int = 8) -> Workload
     return WorkloadProblem(params, loss, lambda p: reconstruct(p, Xv), Xv, val_mse)
 
 
+def digits_cnn(seed: int, dtype: torch.dtype, c1: int = 8, c2: int = 16) -> WorkloadProblem:
+    """A small CNN on the 8x8 digits: conv 3x3 stride 2 (1 -> ``c1``, ReLU, 8x8 -> 4x4), conv 3x3 stride 2
+    (``c1`` -> ``c2``, ReLU, 4x4 -> 2x2), linear ``4 c2`` -> 10; mean cross-entropy. Strided convolutions
+    instead of pooling: the same receptive field at half the cost per step here."""
+    import torch.nn.functional as F
+
+    datasets, _ = require_sklearn()
+    data = datasets.load_digits()
+    Xt, Xv, yt, yv = _split(data.data / 16.0, data.target, dtype)
+    Xt, Xv = Xt.reshape(-1, 1, 8, 8), Xv.reshape(-1, 1, 8, 8)
+    params = {"conv1": _normal(seed, 1, (c1, 1, 3, 3), 1 / 3, dtype), "bias1": torch.zeros(c1, dtype=dtype),
+              "conv2": _normal(seed, 2, (c2, c1, 3, 3), 1 / math.sqrt(9 * c1), dtype),
+              "bias2": torch.zeros(c2, dtype=dtype),
+              "w": _normal(seed, 3, (4 * c2, 10), 1 / math.sqrt(4 * c2), dtype), "b": torch.zeros(10, dtype=dtype)}
+
+    def logits(p, X):
+        h = F.relu(F.conv2d(X, p["conv1"], p["bias1"], stride=2, padding=1))
+        h = F.relu(F.conv2d(h, p["conv2"], p["bias2"], stride=2, padding=1))
+        return h.flatten(1) @ p["w"] + p["b"]
+
+    def loss(p):
+        return F.cross_entropy(logits(p, Xt), yt)
+
+    def predict(p):
+        return logits(p, Xv).argmax(-1)
+
+    return WorkloadProblem(params, loss, predict, yv)
+
+
+SORT_LENGTH, SORT_VOCAB = 8, 10
+
+
+def sort_sequences(n: int, salt: int) -> tuple[Tensor, Tensor]:
+    """``n`` sequences of :data:`SORT_LENGTH` tokens uniform in ``0..SORT_VOCAB-1`` and their sorted copies
+    (a fixed draw: the data is the workload's, the study's seed sets only the initial weights)."""
+    g = torch.Generator().manual_seed(7919 * salt + 1)
+    x = torch.randint(0, SORT_VOCAB, (n, SORT_LENGTH), generator=g)
+    return x, x.sort(-1).values
+
+
+def sort_transformer(seed: int, dtype: torch.dtype, d: int = 32, heads: int = 2, n_train: int = 512,
+                     n_val: int = 256) -> WorkloadProblem:
+    """A one-block pre-norm transformer encoder (token + learned position embeddings of width ``d``,
+    ``heads``-head softmax attention, a GELU MLP of width ``2d``, a final layer norm and a linear read-out)
+    that must output, at every position, the token of the *sorted* input there: sorting needs every position
+    to compare itself with all the others, which is what attention does. Loss: mean cross-entropy over the
+    tokens; metric: the fraction of validation tokens wrong."""
+    import torch.nn.functional as F
+
+    Xt, Yt = sort_sequences(n_train, 1)
+    Xv, Yv = sort_sequences(n_val, 2)
+    s = 1 / math.sqrt(d)
+    params = {"tok": _normal(seed, 1, (SORT_VOCAB, d), 1.0, dtype), "pos": _normal(seed, 2, (SORT_LENGTH, d), 1.0, dtype),
+              "qkv": _normal(seed, 3, (d, 3 * d), s, dtype), "proj": _normal(seed, 4, (d, d), s, dtype),
+              "mlp1": _normal(seed, 5, (d, 2 * d), s, dtype), "mlp_b": torch.zeros(2 * d, dtype=dtype),
+              "mlp2": _normal(seed, 6, (2 * d, d), 1 / math.sqrt(2 * d), dtype),
+              "out": _normal(seed, 7, (d, SORT_VOCAB), s, dtype)}
+
+    def logits(p, X):
+        h = p["tok"][X] + p["pos"]
+        B, L, _ = h.shape
+        q, k, v = (F.layer_norm(h, (d,)) @ p["qkv"]).view(B, L, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), -1) @ v  # (B, heads, L, d/heads)
+        h = h + att.transpose(1, 2).reshape(B, L, d) @ p["proj"]
+        h = h + F.gelu(F.layer_norm(h, (d,)) @ p["mlp1"] + p["mlp_b"]) @ p["mlp2"]
+        return F.layer_norm(h, (d,)) @ p["out"]
+
+    def loss(p):
+        return F.cross_entropy(logits(p, Xt).reshape(-1, SORT_VOCAB), Yt.reshape(-1))
+
+    def predict(p):
+        return logits(p, Xv).argmax(-1)
+
+    return WorkloadProblem(params, loss, predict, Yv)
+
+
 def workloads() -> list[Workload]:
     """The workloads suite, in a fixed order (building a problem needs scikit-learn; listing does not)."""
     err = "validation error"
@@ -183,6 +261,11 @@ def workloads() -> list[Workload]:
                  300, 20, SKLEARN + " (load_digits)", digits_mlp),
         Workload("digits_autoencoder-1", "digits_autoencoder", 1, "autoencoder 64-32-8-32-64 on 8x8 digits",
                  "validation MSE", AE_TARGET, 300, 20, SKLEARN + " (load_digits)", digits_autoencoder),
+        Workload("digits_cnn-1", "digits_cnn", 1, "CNN conv8-conv16 (3x3, stride 2) -> 10 on 8x8 digits", err,
+                 CNN_TARGET, 200, 20, SKLEARN + " (load_digits)", digits_cnn),
+        Workload("sort_transformer-1", "sort_transformer", 1,
+                 f"1-block transformer (d 32, 2 heads) sorts {SORT_LENGTH} tokens of {SORT_VOCAB}", "validation token error",
+                 SORT_TARGET, 250, 25, "generated (torch.randint, fixed seed)", sort_transformer),
     ]
 
 
@@ -210,6 +293,30 @@ def train(workload: Workload, problem: WorkloadProblem, optimizer) -> dict:
         if step % workload.eval_every == 0 or step == workload.steps:
             with torch.no_grad():
                 m = float(problem.metric(params))
+            best = min(best, m)
+            if m <= workload.target:
+                return {"steps": step, "seconds": time.perf_counter() - t0, "best": best}
+    return {"steps": math.inf, "seconds": math.inf, "best": best}
+
+
+def train_torch(workload: Workload, problem: WorkloadProblem, cls: type, kwargs: dict) -> dict:
+    """:func:`train` with a ``torch.optim`` class used as is (``cls(params, **kwargs)``, ``step()`` after
+    ``backward()``): the same evaluations, stopping rule and returned dict."""
+    leaves = [v.detach().clone().requires_grad_(True) for v in problem.params.values()]
+    names = list(problem.params)
+    opt = cls(leaves, **kwargs)
+    best = math.inf
+    t0 = time.perf_counter()
+    for step in range(1, workload.steps + 1):
+        opt.zero_grad()
+        value = problem.loss(dict(zip(names, leaves)))
+        value.backward()
+        if not math.isfinite(float(value.detach())):
+            break
+        opt.step()
+        if step % workload.eval_every == 0 or step == workload.steps:
+            with torch.no_grad():
+                m = float(problem.metric({k: v.detach() for k, v in zip(names, leaves)}))
             best = min(best, m)
             if m <= workload.target:
                 return {"steps": step, "seconds": time.perf_counter() - t0, "best": best}
