@@ -29,6 +29,18 @@ from ._builtins import (
     sgd,
     sparse_adam,
 )
+from ._schedule_free import (
+    schedule_free_adamw,
+    schedule_free_sgd,
+)
+from ._wrappers import (
+    EmaState,
+    LookaheadState,
+    ema,
+    lookahead,
+    sam,
+    wrap,
+)
 from ._registry import (
     USER_FILES,
     get,
@@ -55,10 +67,14 @@ __all__ = [
     "check_lr",
     "check_nonnegative",
     "check_weight_decay",
+    "ema",
+    "EmaState",
     "get",
     "gradient_descent",
     "lbfgs",
     "lion",
+    "lookahead",
+    "LookaheadState",
     "muon",
     "nadam",
     "names",
@@ -66,7 +82,11 @@ __all__ = [
     "radam",
     "rmsprop",
     "rprop",
+    "sam",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
     "sgd",
     "sparse_adam",
     "split_specs",
+    "wrap",
 ]

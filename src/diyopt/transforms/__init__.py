@@ -50,6 +50,12 @@ from ._transforms import (
     set_to_zero,
     trace,
 )
+from ._schedule_free import (
+    ScheduleFreeAdamState,
+    ScheduleFreeState,
+    scale_by_schedule_free,
+    scale_by_schedule_free_adam,
+)
 
 __all__ = [
     "accumulate",
@@ -92,6 +98,10 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_schedule",
+    "scale_by_schedule_free",
+    "scale_by_schedule_free_adam",
+    "ScheduleFreeAdamState",
+    "ScheduleFreeState",
     "scale_by_sparse_adam",
     "ScheduleState",
     "set_to_zero",
