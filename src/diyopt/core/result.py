@@ -23,6 +23,9 @@ class Result:
       state: the final optimizer state (diyopt optimizers) or ``state_dict()`` (torch.optim classes).
       compile_seconds: time spent compiling (compiled engine), 0 otherwise.
       info: anything else an engine or solver reports (message, evaluations, covariance, ...).
+      train_params: the training params, where the optimizer reports others as ``params`` -- its
+        evaluation params (``Optimizer.eval_params``: schedule-free's average, an EMA, lookahead's slow
+        weights); None where they are the same. See ``params_are``.
     """
 
     params: Params
@@ -33,6 +36,13 @@ class Result:
     state: Any = None
     compile_seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    train_params: Params | None = None
+
+    @property
+    def params_are(self) -> str:
+        """``"eval"``: ``params`` are the optimizer's evaluation params, the training params are in
+        ``train_params``; ``"train"``: the optimizer has one set of params, and these are they."""
+        return "train" if self.train_params is None else "eval"
 
     @property
     def final_loss(self) -> float:
