@@ -10,10 +10,8 @@ tests/test_contract_distributed.py.
 from __future__ import annotations
 
 import copy
-import json
-import os
+import multiprocessing
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +20,9 @@ import torch
 
 import diyopt
 from diyopt import checkpoint as ckpt
-from diyopt.optim import ema, lookahead, sam, schedule_free_adamw, schedule_free_sgd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from contract_cases import CASES, MINE, killed_run, loss64, mlp, named, p0  # noqa: E402
 
 schedulefree = pytest.importorskip("schedulefree")
 po = pytest.importorskip("pytorch_optimizer")
@@ -38,26 +38,6 @@ TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
 # (utils/gradient.py: ``.float().square_()``), so in float64 it agrees only to float32 rounding of the
 # ascent step's length; Algorithm 1 below is the float64 reference.
 SAM_REF_TOL = {torch.float64: 1e-6, torch.float32: 5e-5}
-
-
-def mlp(dtype: torch.dtype) -> tuple[torch.nn.Module, callable]:
-    """A 3-5-1 tanh MLP on 32 random points, weights drawn N(0, 1) so the problem is not trivial."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, 3, generator=g, dtype=dtype)
-    y = torch.randn(32, 1, generator=g, dtype=dtype)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).to(dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype))
-
-    def loss_fn(p):
-        return torch.nn.functional.mse_loss(torch.func.functional_call(model, p, (x,)), y)
-
-    return model, loss_fn
-
-
-def named(model: torch.nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 def grads_at(loss_fn, params: dict) -> dict:
@@ -158,19 +138,6 @@ class RefRun:
         self.opt.load_state_dict(saved)
 
 
-#: diyopt's side of each case: the same settings as RefRun._build.
-MINE = {
-    "schedule_free_sgd": lambda: schedule_free_sgd(lr=0.1, momentum=0.9, weight_decay=0.01, warmup_steps=10),
-    "schedule_free_adamw": lambda: schedule_free_adamw(lr=0.01, betas=(0.9, 0.99), weight_decay=0.01,
-                                                       warmup_steps=10),
-    "sam": lambda: sam(diyopt.optim.sgd(lr=0.1, momentum=0.9), rho=0.05),
-    "sam_adaptive": lambda: sam(diyopt.optim.adam(lr=0.01), rho=0.5, adaptive=True),
-    "lookahead": lambda: lookahead(diyopt.optim.adam(lr=0.01), k=5, alpha=0.5),
-    "ema": lambda: ema(diyopt.optim.adam(lr=0.01), decay=0.9),
-}
-CASES = list(MINE)
-
-
 def tol(case: str, dtype: torch.dtype) -> float:
     return (SAM_REF_TOL if case.startswith("sam") else TOL)[dtype]
 
@@ -180,10 +147,10 @@ def tol(case: str, dtype: torch.dtype) -> float:
 def test_lockstep_with_the_reference(case, dtype):
     """Every step: the training params equal the reference's; at the end the evaluation params too."""
     model, loss_fn = mlp(dtype)
-    params = named(model)
+    start = named(model)
     ref = RefRun(case, model)
     opt = MINE[case]()
-    for step, (params, state) in enumerate(pure_steps(opt, params, loss_fn, STEPS)):
+    for step, (params, state) in enumerate(pure_steps(opt, start, loss_fn, STEPS)):  # noqa: B007 (state: the last)
         ref.step(loss_fn)
         assert_close(params, ref.params(), tol(case, dtype), f"step {step}")
     evaluated = opt.eval_params(state, params) if opt.eval_params is not None else params
@@ -235,3 +202,215 @@ def test_to_torch_two_groups_and_a_reload_halfway(case, dtype):
         assert_close(named(model), ref.params(), tol(case, dtype), f"step {step}")
     opt.eval()
     assert_close(named(model), ref.eval_params(), tol(case, dtype), "eval params")
+
+
+# ---------------------------------------------------------------- SAM against the paper
+
+
+def algorithm_1(params: dict, loss_fn, steps: int, lr: float, rho: float, adaptive: bool):
+    r"""Foret et al. (2021), Algorithm 1, with SGD as the base (and ASAM's :math:`T_w = |w|`, Kwon et al.
+    2021, eq. 8, when ``adaptive``), written out with nothing of diyopt's:
+    :math:`\hat\epsilon = \rho\, T^2 g / \lVert T g\rVert_2`, :math:`w \leftarrow w - \eta \nabla L(w + \hat\epsilon)`."""
+    w = [v.clone() for v in params.values()]
+    names = list(params)
+    out = []
+    for _ in range(steps):
+        leaves = [v.detach().requires_grad_() for v in w]
+        g = torch.autograd.grad(loss_fn(dict(zip(names, leaves))), leaves)
+        t = [v.abs() if adaptive else torch.ones_like(v) for v in w]
+        norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g)))
+        eps = [rho * ti * ti * gi / norm for ti, gi in zip(t, g)]
+        at = [(v + e).detach().requires_grad_() for v, e in zip(w, eps)]
+        g_sam = torch.autograd.grad(loss_fn(dict(zip(names, at))), at)
+        w = [v - lr * gs for v, gs in zip(w, g_sam)]
+        out.append(dict(zip(names, w)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+def test_sam_is_algorithm_1_of_the_paper(adaptive, dtype):
+    """Every step of sam(sgd) equals Algorithm 1 written out, to rounding (float64: 1e-12)."""
+    model, loss_fn = mlp(dtype)
+    rho = 0.5 if adaptive else 0.05
+    want = algorithm_1(named(model), loss_fn, STEPS, lr=0.1, rho=rho, adaptive=adaptive)
+    opt = diyopt.optim.sam(diyopt.optim.sgd(lr=0.1), rho=rho, adaptive=adaptive, perturb_eps=0.0)
+    for step, ((params, _), ref) in enumerate(zip(pure_steps(opt, named(model), loss_fn, STEPS), want)):
+        assert_close(params, ref, TOL[dtype], f"step {step}")
+    # and the fit loop (one flat buffer, its own gradient evaluation) is the same algorithm
+    r = diyopt.fit(loss_fn, named(model), opt, STEPS)
+    assert_close(r.params, want[-1], TOL[dtype], "fit")
+    assert r.params_are == "train" and r.train_params is None
+
+
+# ---------------------------------------------------------------- every form
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_eager_fit_is_the_pure_contract_and_reports_the_eval_params(case):
+    """fit's loop (flat buffer, its own grad_fn) equals the pure update loop; Result.params are the
+    evaluation params, Result.train_params the training params where they differ."""
+    loss_fn, opt = loss64(), MINE[case]()
+    *_, (params, state) = pure_steps(opt, p0(), loss_fn, 50)
+    r = diyopt.fit(loss_fn, p0(), opt, 50)
+    evaluated = diyopt.eval_params(opt, state, params)
+    assert_close(r.params, evaluated, 1e-13, "params")
+    if opt.eval_params is None:
+        assert r.params_are == "train" and r.train_params is None
+    else:
+        assert r.params_are == "eval"
+        assert_close(r.train_params, params, 1e-13, "train params")
+    # the recorded loss is the loss at the training params before each update
+    assert torch.allclose(r.losses[0], loss_fn(p0()).detach(), rtol=1e-15)
+
+
+@pytest.mark.slow  # ~10-40 s each on a busy 2-core machine: Dynamo traces four steps of the whole fit
+@pytest.mark.parametrize("case", ["sam", "schedule_free_adamw", "lookahead", "ema"])
+def test_compiled_fit_equals_eager(case):
+    """The whole step traced by torch.compile (aot_eager: Dynamo's graph, no code generation, so the test
+    stays fast; Inductor compiles that same graph) -- grad_fn inside the graph for SAM."""
+    loss_fn, opt = loss64(), MINE[case]()
+    eager = diyopt.fit(loss_fn, p0(), opt, 24)
+    compiled = diyopt.fit(loss_fn, p0(), opt, 24, engine="compiled", backend="aot_eager", chunk=4)
+    assert compiled.params_are == eager.params_are
+    assert_close(compiled.params, eager.params, 1e-12, "params")
+    torch.testing.assert_close(compiled.losses, eager.losses, rtol=1e-12, atol=0)
+    if eager.train_params is not None:
+        assert_close(compiled.train_params, eager.train_params, 1e-12, "train params")
+
+
+@pytest.mark.parametrize("case", ["sam", "schedule_free_sgd", "lookahead", "ema"])
+def test_sweep_run_k_equals_a_single_fit(case):
+    """vmapped runs over a grid of lr: run k is fit with run k's lr, evaluation params reported."""
+    loss_fn, opt = loss64(), MINE[case]()
+    lrs = [0.01, 0.05]
+    s = diyopt.sweep(loss_fn, p0(), opt, 40, grid={"lr": lrs})
+    for k, lr in enumerate(lrs):
+        r = diyopt.fit(loss_fn, p0(), opt.replace_hyperparams(lr=lr), 40)
+        assert_close(s.run_params(k), r.params, 1e-12, f"run {k}")
+        torch.testing.assert_close(s.losses[k], r.losses, rtol=1e-12, atol=0)
+        assert s.rows[k]["final_loss"] == pytest.approx(float(loss_fn(r.params)), rel=1e-12)
+
+
+def forkserver():
+    """Children forked from a server with diyopt imported start in milliseconds, not a fresh interpreter;
+    the server never ran torch itself, so forking it is safe (as tests/test_checkpoint.py does)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["diyopt", "contract_cases"])
+    return ctx
+
+
+@pytest.mark.parametrize("case", ["schedule_free_adamw", "ema", "sam", "lookahead"])
+def test_sigkill_then_resume_is_bitwise_and_the_checkpoint_holds_the_eval_params(tmp_path, case):
+    """A real SIGKILL mid-run, then resume=True: params, training params and losses bitwise the
+    uninterrupted run's. The checkpoint's params are the evaluation params (the file says so), and the
+    training params beside them are what training continues from."""
+    opt = MINE[case]()
+    ref = diyopt.fit(loss64(), p0(), opt, 60, checkpoint=tmp_path / "ref.pt", checkpoint_every=10)
+    path = tmp_path / "run.pt"
+    child = forkserver().Process(target=killed_run, args=(case, str(path)))  # killed past step 37
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == -signal.SIGKILL
+    payload = ckpt.load(path)
+    assert payload["step"] == 30
+    mid = diyopt.fit(loss64(), p0(), opt, 30)  # the run as it was at step 30
+    if mid.params_are == "eval":
+        assert payload["params_are"] == "eval"
+        assert all(torch.equal(payload["params"][k], mid.params[k]) for k in mid.params)
+        assert all(torch.equal(payload["train_params"][k], mid.train_params[k]) for k in mid.params)
+    else:
+        assert "train_params" not in payload
+    r = diyopt.fit(loss64(), p0(), opt, 60, checkpoint=path, checkpoint_every=10, resume=True)
+    assert torch.equal(r.losses, ref.losses)
+    assert all(torch.equal(r.params[k], ref.params[k]) for k in ref.params)
+    if ref.train_params is not None:
+        assert all(torch.equal(r.train_params[k], ref.train_params[k]) for k in ref.params)
+
+
+# ---------------------------------------------------------------- refusals, each naming the form
+
+
+def test_to_torch_sam_needs_a_closure():
+    model, _ = mlp(torch.float64)
+    opt = diyopt.to_torch(MINE["sam"](), model)
+    with pytest.raises(RuntimeError, match=r"sam needs step\(closure\): its update takes grad_fn"):
+        opt.step()
+
+
+def test_to_torch_sam_refuses_groups_with_different_hyperparameters():
+    model, loss_fn = mlp(torch.float64)
+    ps = list(model.parameters())
+    opt = diyopt.to_torch(MINE["sam"](), [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.5}])
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(dict(model.named_parameters()))
+        loss.backward()
+        return loss
+
+    with pytest.raises(ValueError, match=r"to_torch\(sam\): param groups differ in lr"):
+        opt.step(closure)
+
+
+def test_to_torch_compiled_refuses_an_update_with_extra_inputs():
+    model, loss_fn = mlp(torch.float64)
+    opt = diyopt.to_torch(MINE["sam"](), model, compiled=True)
+    with pytest.raises(ValueError, match=r"to_torch\(sam, compiled=True\).*use compiled=False"):
+        opt.step(lambda: loss_fn(dict(model.named_parameters())))
+
+
+def test_to_torch_step_in_eval_mode_is_refused_and_a_state_dict_saved_there_resumes_bitwise():
+    """schedulefree's rule (step only in train mode); a state_dict taken in eval mode carries the training
+    params, so loading it and calling train() continues bitwise where the run was."""
+    model, loss_fn = mlp(torch.float64)
+    opt = diyopt.to_torch(MINE["schedule_free_adamw"](), model)
+    for _ in range(5):
+        opt.zero_grad()
+        loss_fn(dict(model.named_parameters())).backward()
+        opt.step()
+    train = named(model)
+    opt.eval()
+    assert not torch.equal(named(model)["0.weight"], train["0.weight"])
+    with pytest.raises(RuntimeError, match=r"schedule_free_adamw is in eval mode.*call \.train\(\)"):
+        opt.step()
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    fresh_model, _ = mlp(torch.float64)
+    fresh_model.load_state_dict(saved_model)
+    fresh = diyopt.to_torch(MINE["schedule_free_adamw"](), fresh_model)
+    fresh.load_state_dict(saved_opt)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        fresh.step()
+    fresh.train()
+    assert all(torch.equal(v, train[k]) for k, v in named(fresh_model).items())
+
+
+def test_an_update_called_without_its_extra_input_says_what_supplies_it():
+    opt = MINE["sam"]()
+    wrapped = diyopt.transforms.masked(opt, lambda n: True)  # masked passes no extra inputs on
+    params = p0()
+    with pytest.raises(TypeError, match=r"sam's update needs params and grad_fn="):
+        wrapped.update(grads_at(loss64(), params), wrapped.init(params), params)
+
+
+def test_an_extra_input_no_engine_has_is_refused():
+    plain = diyopt.optim.sgd(lr=0.1)
+    odd = plain._replace(extra_args=frozenset({"hessian"}))
+    with pytest.raises(TypeError, match=r"asks for \['hessian'\], which no engine supplies"):
+        diyopt.fit(loss64(), p0(), odd, 3)
+
+
+def test_chain_passes_each_transform_only_what_it_declares():
+    seen = {}
+
+    def wants_loss():
+        def update(grads, state, params=None, *, loss):
+            seen["loss"] = loss
+            return grads, state
+        return diyopt.Optimizer(lambda p: (), update, extra_args=frozenset({"loss"}))
+
+    opt = diyopt.chain(wants_loss(), diyopt.transforms.scale_by_lr(0.1))  # scale_by_lr takes no extras
+    assert opt.extra_args == {"loss"}
+    loss_fn = loss64()
+    r = diyopt.fit(loss_fn, p0(), opt, 3)
+    assert float(seen["loss"]) == float(r.losses[-1])
