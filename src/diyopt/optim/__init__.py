@@ -29,6 +29,14 @@ from ._builtins import (
     sgd,
     sparse_adam,
 )
+from ._registry import (
+    USER_FILES,
+    get,
+    getattr_from_file,
+    names,
+    parse,
+    split_specs,
+)
 from ._schedule_free import (
     schedule_free_adamw,
     schedule_free_sgd,
@@ -40,14 +48,6 @@ from ._wrappers import (
     lookahead,
     sam,
     wrap,
-)
-from ._registry import (
-    USER_FILES,
-    get,
-    getattr_from_file,
-    names,
-    parse,
-    split_specs,
 )
 
 __all__ = [

@@ -29,6 +29,12 @@ from ._adaptive import (
     scale_by_rprop,
     scale_by_sparse_adam,
 )
+from ._schedule_free import (
+    ScheduleFreeAdamState,
+    ScheduleFreeState,
+    scale_by_schedule_free,
+    scale_by_schedule_free_adam,
+)
 from ._transforms import (
     AccumulateState,
     ApplyIfFiniteState,
@@ -49,12 +55,6 @@ from ._transforms import (
     scale_by_schedule,
     set_to_zero,
     trace,
-)
-from ._schedule_free import (
-    ScheduleFreeAdamState,
-    ScheduleFreeState,
-    scale_by_schedule_free,
-    scale_by_schedule_free_adam,
 )
 
 __all__ = [
