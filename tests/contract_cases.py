@@ -9,8 +9,9 @@ import diyopt
 from diyopt.optim import ema, lookahead, sam, schedule_free_adamw, schedule_free_sgd
 
 
-def mlp(dtype: torch.dtype) -> tuple[torch.nn.Module, callable]:
-    """A 3-5-1 tanh MLP on 32 random points, weights drawn N(0, 1) so the problem is not trivial."""
+def mlp(dtype: torch.dtype, shard=None) -> tuple[torch.nn.Module, callable]:
+    """A 3-5-1 tanh MLP on 32 random points, weights drawn N(0, 1) so the problem is not trivial; its mse
+    loss on all the points, or on this rank's ``shard(x, y)`` of them."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 3, generator=g, dtype=dtype)
     y = torch.randn(32, 1, generator=g, dtype=dtype)
@@ -18,6 +19,9 @@ def mlp(dtype: torch.dtype) -> tuple[torch.nn.Module, callable]:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=dtype))
+    if shard is not None:
+        x, y = shard(x, y)
+    model.data = (x, y)  # what the loss sees, for a torch training loop on the same points
 
     def loss_fn(p):
         return torch.nn.functional.mse_loss(torch.func.functional_call(model, p, (x,)), y)
@@ -60,3 +64,28 @@ def killed_run(case: str, path: str, kill_at: int = 37) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     diyopt.fit(loss64(), p0(), MINE[case](), 60, checkpoint=path, checkpoint_every=10, callback=kill)
+
+
+def train_loop(opt_fn, model: torch.nn.Module, steps: int, forward=None) -> dict:
+    """A plain torch loop with ``to_torch(opt_fn(), model)`` on the model's data; ``forward``: the module
+    that runs the batch (a DistributedDataParallel around ``model``). step(closure) where the optimizer
+    asks for it (SAM). Returns the training params and, after ``.eval()``, the evaluation params."""
+    x, y = model.data
+    forward = forward or model
+    opt = diyopt.to_torch(opt_fn(), model)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(forward(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        if opt.optimizer.extra_args:
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+    train = named(model)
+    opt.eval()
+    return {"train": train, "eval": named(model)}

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import diyopt
 from diyopt import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from contract_cases import CASES, MINE, killed_run, loss64, mlp, named, p0  # noqa: E402
+from contract_cases import CASES, MINE, killed_run, loss64, mlp, named, p0, train_loop  # noqa: E402
 
 schedulefree = pytest.importorskip("schedulefree")
 po = pytest.importorskip("pytorch_optimizer")
@@ -414,3 +416,41 @@ def test_chain_passes_each_transform_only_what_it_declares():
     loss_fn = loss64()
     r = diyopt.fit(loss_fn, p0(), opt, 3)
     assert float(seen["loss"]) == float(r.losses[-1])
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    import socket
+
+    out = tmp_path_factory.mktemp("dist")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(Path(__file__).parent / "contract_dist_worker.py"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out / "found.pt", weights_only=True)
+
+
+@pytest.mark.slow  # one torchrun launch of two processes, ~20-40 s
+@pytest.mark.parametrize("case", CASES)
+def test_torchrun_two_ranks_equal_one_process(two_ranks, case):
+    """fit(..., distributed="mean") and to_torch under DDP, each rank on half the points, equal one
+    process on all of them: SAM's second gradient is all-reduced too (fit's grad_fn, DDP's backward in
+    the closure), and the evaluation params agree."""
+    assert two_ranks["world"] == 2
+    model, loss_fn = mlp(torch.float64)
+    ref = diyopt.fit(loss_fn, named(model), MINE[case](), 100)
+    got = two_ranks[f"fit:{case}"]
+    assert_close(got["params"], ref.params, 1e-12, "fit")
+    torch.testing.assert_close(got["losses"], ref.losses, rtol=1e-12, atol=0)
+    model, _ = mlp(torch.float64)
+    ref = train_loop(MINE[case], model, 100)
+    for which in ("train", "eval"):
+        assert_close(two_ranks[f"ddp:{case}"][which], ref[which], 1e-12, f"ddp {which}")
