@@ -25,6 +25,7 @@ from diyopt import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from contract_cases import CASES, MINE, killed_run, loss64, mlp, named, p0, train_loop  # noqa: E402
+from diyopt.optim import ema  # noqa: E402
 
 schedulefree = pytest.importorskip("schedulefree")
 po = pytest.importorskip("pytorch_optimizer")
@@ -454,3 +455,29 @@ def test_torchrun_two_ranks_equal_one_process(two_ranks, case):
     ref = train_loop(MINE[case], model, 100)
     for which in ("train", "eval"):
         assert_close(two_ranks[f"ddp:{case}"][which], ref[which], 1e-12, f"ddp {which}")
+
+
+# ---------------------------------------------------------------- result.json
+
+
+def test_result_json_holds_the_eval_params_and_says_so(tmp_path):
+    """``diyopt fit`` with an EMA of Adam from a user's file: result.json's params are the EMA (equal to
+    Result.params of the same fit), ``params_are`` says so, the training params are beside them, and
+    ``final_loss`` is the loss at the params it reports."""
+    import json
+
+    from diyopt.cli import main
+
+    rules = tmp_path / "rules.py"
+    rules.write_text("import diyopt\n\n\ndef averaged(lr=0.01):\n"
+                     "    return diyopt.optim.ema(diyopt.optim.adam(lr=lr), decay=0.9)\n")
+    out = tmp_path / "out"
+    assert main(["fit", "--problem", "rosenbrock", "--optimizer", f"{rules}:averaged", "--steps", "50",
+                 "--out", str(out)]) == 0
+    written = json.loads((out / "result.json").read_text())
+    problem = diyopt.problems.get("rosenbrock")
+    r = diyopt.fit(problem.loss, problem.params0, ema(diyopt.optim.adam(lr=0.01), decay=0.9), 50)
+    assert written["params_are"] == "eval" == r.params_are
+    assert written["params"] == {k: v.reshape(-1).tolist() for k, v in r.params.items()}
+    assert written["train_params"] == {k: v.reshape(-1).tolist() for k, v in r.train_params.items()}
+    assert written["final_loss"] == float(problem.loss(r.params)) != float(r.losses[-1])

@@ -261,6 +261,9 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         info["skipped"] = skipped
     history = torch.stack(losses) if losses else torch.empty(0)
     shown, train = reported(optimizer, state, current)
+    if train is not None:  # the loss at the params reported, not at the last gradient point
+        loss, grads = _loss_and_grads(loss_fn, shown, layout, check=False)
+        info["final_loss"] = float(loss.detach() if reduce is None else reduce(loss, grads)[0])
     return Result(view(shown), history, len(losses), seconds, stop_reason, state, info=info,
                   train_params=None if train is None else view(train))
 

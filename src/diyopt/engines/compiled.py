@@ -210,6 +210,8 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     compile_seconds = max((first_call or 0.0) - per_call, 0.0)
     info.update(engine="compiled", chunk=chunk, steps_per_turn=per_turn)
     shown, train = reported(optimizer, state, current)
+    if train is not None:  # the loss at the params reported, not at the last gradient point
+        info["final_loss"] = float(loss_fn(view(shown)).detach())
     return Result(view(shown), losses[:done].clone(), done, total - compile_seconds, stop_reason, state,
                   compile_seconds=compile_seconds, info=info, train_params=None if train is None else view(train))
 
