@@ -25,6 +25,7 @@ from diyopt import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from contract_cases import CASES, MINE, killed_run, loss64, mlp, named, p0, train_loop  # noqa: E402
+
 from diyopt.optim import ema  # noqa: E402
 
 schedulefree = pytest.importorskip("schedulefree")
