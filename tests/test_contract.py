@@ -482,3 +482,12 @@ def test_result_json_holds_the_eval_params_and_says_so(tmp_path):
     assert written["params"] == {k: v.reshape(-1).tolist() for k, v in r.params.items()}
     assert written["train_params"] == {k: v.reshape(-1).tolist() for k, v in r.train_params.items()}
     assert written["final_loss"] == float(problem.loss(r.params)) != float(r.losses[-1])
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    from diyopt.optim import _schedule_free, _wrappers
+
+    for module in (_wrappers, _schedule_free):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -62,7 +62,7 @@ def sam(base: Optimizer, rho=0.05, adaptive=False, perturb_eps=1e-12) -> Optimiz
         >>> import torch, diyopt
         >>> opt = diyopt.optim.sam(diyopt.optim.sgd(lr=0.1), rho=0.05)
         >>> r = diyopt.fit(lambda p: ((p["x"] - 3) ** 2).sum(), {"x": torch.zeros(2, dtype=torch.float64)}, opt, 100)
-        >>> round(r.params["x"][0].item(), 4)
+        >>> round(r.params["x"][0].item(), 1)   # SAM rattles within rho of the minimum
         3.0
     """
     check_nonnegative("rho", rho)
