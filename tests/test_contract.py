@@ -208,6 +208,37 @@ def test_to_torch_two_groups_and_a_reload_halfway(case, dtype):
     assert_close(named(model), ref.eval_params(), tol(case, dtype), "eval params")
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_an_lr_scheduler_reaches_the_base(case):
+    """torch.optim.lr_scheduler.StepLR on to_torch(...) changes the lr each optimizer uses, as it does on
+    the reference (for the wrappers: the base's lr, through the wrapper's param groups)."""
+    model, loss_fn = mlp(torch.float64)
+    twin = copy.deepcopy(model)
+    ref = RefRun(case, twin)
+    ref_sched = torch.optim.lr_scheduler.StepLR(ref.opt, step_size=15, gamma=0.3)
+    opt = diyopt.to_torch(MINE[case](), model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=15, gamma=0.3)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(dict(model.named_parameters()))
+        loss.backward()
+        return loss
+
+    for step in range(60):
+        if opt.optimizer.extra_args:
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+        ref.step(loss_fn)
+        sched.step()
+        ref_sched.step()
+        assert_close(named(model), ref.params(), tol(case, torch.float64), f"step {step}")
+    lr = opt.param_groups[0]["lr"]
+    assert lr == pytest.approx(ref.opt.param_groups[0]["lr"]) and lr < MINE[case]().hyperparams["lr"]
+
+
 # ---------------------------------------------------------------- SAM against the paper
 
 
