@@ -100,8 +100,6 @@ def _units(opt) -> list[tuple[int, dict]]:
     groups = opt.param_groups
     if "grad_fn" not in opt.optimizer.extra_args or len(groups) == 1:
         return list(enumerate(groups))
-    from diyopt.engines._to_torch import _same
-
     first = tuple(groups[0][k] for k in opt._hyper_keys)
     for group in groups[1:]:
         values = tuple(group[k] for k in opt._hyper_keys)
@@ -113,6 +111,12 @@ def _units(opt) -> list[tuple[int, dict]]:
     joint = {**groups[0], "param_names": [n for g in groups for n in g["param_names"]],
              "params": [p for g in groups for p in g["params"]]}
     return [(0, joint)]
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Hyperparameter values equal; tensors by identity (as to_torch compares a group's values)."""
+    return all(x is y or not isinstance(x, torch.Tensor) and not isinstance(y, torch.Tensor) and x == y
+               for x, y in zip(a, b))
 
 
 def step_extended(opt, closure: Callable | None):
