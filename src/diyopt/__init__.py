@@ -24,6 +24,7 @@ from diyopt.core import (
     chain,
     configurable,
     elementwise,
+    eval_params,
     starts,
 )
 from diyopt.engines import (
@@ -84,6 +85,7 @@ __all__ = [
     "data",
     "distributed",
     "elementwise",
+    "eval_params",
     "fit",
     "lbfgs",
     "least_squares",

@@ -219,7 +219,7 @@ def _downhill(opt: Optimizer) -> tuple[str, str]:
     state = opt.init(params)
     # the first update that moves: some methods spend their first step gathering statistics (ADOPT's
     # second moment, SOAP's preconditioner) and return zero there, which points neither way
-    for first in range(1, 4):
+    for first in range(1, 4):  # noqa: B007 (read after the loop: the step that moved)
         g = q.grad(params)
         updates, state = opt.update(g, state, params)
         slope = float(sum((updates[k].detach().double() * g[k]).sum() for k in g))

@@ -179,7 +179,12 @@ def write_outputs(folder, result, settings: dict) -> None:
         "seconds": result.seconds,
         "settings": {k: v for k, v in settings.items() if v is not None},
         "info": {k: v for k, v in result.info.items() if k in ("diverged", "skipped")},
+        # "eval": params are the optimizer's evaluation params (schedule-free, EMA), train_params beside
+        "params_are": result.params_are,
     }
+    if result.train_params is not None:
+        summary["train_params"] = {k: v.detach().cpu().double().reshape(-1).tolist()
+                                   for k, v in result.train_params.items()}
     (folder / "result.json").write_text(dumps(summary))  # strict JSON: a nan/inf is null, its reason beside
     with open(folder / "losses.csv", "w", newline="") as f:
         out = csv.writer(f)

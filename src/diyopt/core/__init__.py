@@ -8,12 +8,14 @@
 - :mod:`~diyopt.core.linesearch` -- the strong-Wolfe line search and the L-BFGS two-loop recursion.
 """
 from .contract import (
+    EXTRA_ARGS,
     Optimizer,
     State,
     apply_updates,
     chain,
     configurable,
     elementwise,
+    eval_params,
 )
 from .result import Result
 from .tree import (
@@ -25,6 +27,7 @@ from .tree import (
 )
 
 __all__ = [
+    "EXTRA_ARGS",
     "FlatLayout",
     "Optimizer",
     "Params",
@@ -35,6 +38,7 @@ __all__ = [
     "chain",
     "configurable",
     "elementwise",
+    "eval_params",
     "tree_leaves",
     "tree_map",
 ]

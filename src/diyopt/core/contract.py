@@ -11,6 +11,14 @@ except the hyperparameters an optimizer was built with.
 
 A user's own per-tensor rule becomes an :class:`Optimizer` through :func:`elementwise`; small transforms
 compose with :func:`chain`, optax-style.
+
+The contract's edges (docs/contract.md), both optional, so the plain pair above stays the common case:
+
+- ``extra_args``: inputs beyond ``(grads, state, params)`` an ``update`` takes as keywords --
+  ``"loss"`` (the loss at ``params``, a 0-dim tensor) and ``"grad_fn"`` (``grad_fn(other) -> grads``, the
+  gradient at other params: SAM's second evaluation). Every engine supplies exactly the declared ones.
+- ``eval_params(state, params) -> params``: the params to evaluate and report when they are not the
+  training params (schedule-free's average ``x``, an EMA, lookahead's slow weights).
 """
 from __future__ import annotations
 
@@ -46,6 +54,12 @@ class Optimizer(NamedTuple):
         exactly this update from ``hyperparams`` -- ``"adam"``, ``"adamw"``, ``"sgd"``, ``"adagrad"`` -- set by the named
         factory only for settings the kernel can do (Python-number hyperparameters, no schedule); ``to_torch``'s default engine then runs it instead of ``update`` (see
         :mod:`diyopt.engines`). Anything built around it (``chain``, ``masked``) has None.
+      extra_args: the extra keyword inputs ``update`` takes, a subset of :data:`EXTRA_ARGS`: ``"loss"``
+        (the loss at ``params``) and ``"grad_fn"`` (``grad_fn(other_params) -> grads``). Engines pass exactly
+        these; empty for the plain contract.
+      eval_params: ``eval_params(state, params) -> params``, the params to evaluate and report where they
+        differ from the training params the update sees; None: they are the same. ``fit``'s
+        ``Result.params``, checkpoints, ``sweep`` and ``to_torch(...).eval()`` use it.
     """
 
     init: Callable[[Params], State]
@@ -56,6 +70,8 @@ class Optimizer(NamedTuple):
     sparse_grads: bool = False
     torch_optimizer: type | None = None
     kernel: str | None = None
+    extra_args: frozenset[str] = frozenset()
+    eval_params: Callable[[State, Params], Params] | None = None
 
     def replace_hyperparams(self, **changes: Any) -> Optimizer:
         """The same optimizer built with some hyperparameters changed (floats or tensors)."""
@@ -105,22 +121,32 @@ def chain(*transforms: Optimizer) -> Optimizer:
     def init(params: Params) -> tuple:
         return tuple(t.init(params) for t in transforms)
 
-    def update(grads: Params, state: tuple, params: Params | None = None) -> tuple[Params, tuple]:
+    def update(grads: Params, state: tuple, params: Params | None = None, **extra: Any) -> tuple[Params, tuple]:
         new_state = []
         for t, s in zip(transforms, state):
-            grads, s = t.update(grads, s, params)
+            # each transform gets the extra inputs it declares, and only those
+            grads, s = t.update(grads, s, params, **{k: extra[k] for k in t.extra_args if k in extra})
             new_state.append(s)
         return grads, tuple(new_state)
 
+    def eval_params(state: tuple, params: Params) -> Params:
+        for t, s in zip(transforms, state):
+            if t.eval_params is not None:
+                params = t.eval_params(s, params)
+        return params
+
+    evaluates = any(t.eval_params is not None for t in transforms)
+    common = dict(flattenable=all(t.flattenable for t in transforms),
+                  extra_args=frozenset().union(*(t.extra_args for t in transforms)),
+                  eval_params=eval_params if evaluates else None)
     owners: dict[str, list[int]] = {}
     for i, t in enumerate(transforms):
         if t.build is not None:
             for name in t.hyperparams or {}:
                 owners.setdefault(name, []).append(i)
     owner = {name: ids[0] for name, ids in owners.items() if len(ids) == 1}
-    flattenable = all(t.flattenable for t in transforms)
     if not owner:
-        return Optimizer(init, update, flattenable=flattenable)
+        return Optimizer(init, update, **common)
 
     def build(**hyperparams: Any) -> Optimizer:
         members = list(transforms)
@@ -130,7 +156,17 @@ def chain(*transforms: Optimizer) -> Optimizer:
         return chain(*members)
 
     hyperparams = {name: transforms[i].hyperparams[name] for name, i in owner.items()}
-    return Optimizer(init, update, hyperparams=hyperparams, build=build, flattenable=flattenable)
+    return Optimizer(init, update, hyperparams=hyperparams, build=build, **common)
+
+
+#: The extra inputs an ``update`` may declare in ``Optimizer.extra_args``; every engine supplies them.
+EXTRA_ARGS = frozenset({"loss", "grad_fn"})
+
+
+def eval_params(optimizer: Optimizer, state: State, params: Params) -> Params:
+    """The params to evaluate and report: ``optimizer.eval_params(state, params)``, or ``params`` itself
+    for an optimizer whose evaluation params are its training params (the common case)."""
+    return params if optimizer.eval_params is None else optimizer.eval_params(state, params)
 
 
 class elementwise:

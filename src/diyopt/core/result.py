@@ -75,6 +75,9 @@ class Result:
       compile_seconds: time spent compiling (compiled engine), 0 otherwise.
       info: anything else an engine or solver reports (message, covariance, ...).
       nfev, njev, nhev: evaluations of the loss, its gradient (Jacobian) and its Hessian.
+      train_params: the training params, where the optimizer reports others as ``params`` -- its
+        evaluation params (``Optimizer.eval_params``: schedule-free's average, an EMA, lookahead's slow
+        weights); None where they are the same. See ``params_are``.
     """
 
     params: Params
@@ -88,6 +91,13 @@ class Result:
     nfev: int = 0
     njev: int = 0
     nhev: int = 0
+    train_params: Params | None = None
+
+    @property
+    def params_are(self) -> str:
+        """``"eval"``: ``params`` are the optimizer's evaluation params, the training params are in
+        ``train_params``; ``"train"``: the optimizer has one set of params, and these are they."""
+        return "train" if self.train_params is None else "eval"
 
     @property
     def final_loss(self) -> float:

@@ -38,6 +38,7 @@ from diyopt.core.contract import Optimizer
 from diyopt.core.modules import bind_module, load_into
 from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, LossFn, Params, as_params
+from diyopt.engines._extended import checkpoint_report, engine_update, reported
 from diyopt.engines._torch_class import fit_torch_class
 from diyopt.errors import DivergedError
 
@@ -187,6 +188,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
     if checkpoint is not None:
         saver = _Saver(checkpoint, checkpoint_every, optimizer, steps, params, on_nonfinite, settings,
                        reduce)
+        saver.report = checkpoint_report(optimizer, layout)  # evaluation params, training params beside
         if resume and saver.exists():
             named, state, losses = saver.resume(params, state)
             current = {"flat": layout.flatten(named)} if layout else named
@@ -194,6 +196,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
             raise FileExistsError(f"checkpoint {checkpoint} exists: resume from it (resume=True, --resume) "
                                   "or choose another file")
     guard = on_nonfinite != "ignore"
+    update = engine_update(optimizer, _eager_grad_fn(loss_fn, layout, reduce) if optimizer.extra_args else None)
     first = len(losses)
     bar = StepBar.maybe(progress, steps)
     checked = False
@@ -205,7 +208,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         if reduce is not None:
             loss, grads = reduce(loss, grads)
         value = loss.detach()
-        updates, new_state = optimizer.update(grads, state, current)
+        updates, new_state = update(grads, state, current, value)
         if not checked:
             check_updates(updates, current, optimizer, layout)
             checked = True
@@ -245,8 +248,22 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         info["skipped"] = skipped
     history = torch.stack(losses) if losses else torch.empty(0)
     evals = len(losses) + (stop_reason == DIVERGED)  # the step that diverged evaluated its loss too
-    return Result(view(current), history, len(losses), seconds, stop_reason, state, info=info, nfev=evals,
-                  njev=evals)
+    shown, train = reported(optimizer, state, current)
+    if train is not None:  # the loss at the params reported, not at the last gradient point
+        loss, grads = _loss_and_grads(loss_fn, shown, layout, check=False)
+        info["final_loss"] = float(loss.detach() if reduce is None else reduce(loss, grads)[0])
+        evals += 1
+    return Result(view(shown), history, len(losses), seconds, stop_reason, state, info=info, nfev=evals,
+                  njev=evals, train_params=None if train is None else view(train))
+
+
+def _eager_grad_fn(loss_fn: LossFn, layout: FlatLayout | None, reduce):
+    """The gradient at other params (``grad_fn``), as the loop computes it: autograd, all-reduced."""
+    def grad_fn(at: Params) -> Params:
+        loss, grads = _loss_and_grads(loss_fn, at, layout, check=False)
+        return grads if reduce is None else reduce(loss, grads)[1]
+
+    return grad_fn
 
 
 # ---------------------------------------------------------------- the divergence guard
@@ -276,6 +293,7 @@ class _Saver:
         self.saved_at = -1
         self.steps = steps
         self.history = ckpt.LossFile(self.path)
+        self.report = None  # (named params, state) -> (evaluation params, training params); None: the params
         if self.writer:  # temp files of earlier runs on this checkpoint that were killed mid-write
             from diyopt._util.files import sweep_temps
 
@@ -286,6 +304,8 @@ class _Saver:
 
     def resume(self, params: Params, state: Any) -> tuple[Params, Any, list[Tensor]]:
         payload = self.ckpt.load(self.path)
+        if "train_params" in payload:  # it holds the evaluation params: training continues from these
+            payload = {**payload, "params": payload["train_params"]}
         self.ckpt.check_fingerprint(payload["fingerprint"], self.fingerprint, self.path)
         if payload["step"] > self.steps:
             raise self.ckpt.CheckpointError(
@@ -313,8 +333,9 @@ class _Saver:
                 self.history = self.ckpt.LossFile(self.path)
                 if losses:
                     self.history.append(torch.stack(losses))
+            params, train = self.report(params, state) if self.report is not None else (params, None)
             self.ckpt.save(self.path, params=params, state=state, step=len(losses), losses=self.history,
-                           fingerprint=self.fingerprint)
+                           fingerprint=self.fingerprint, train_params=train)
         self.saved_at = len(losses)
 
 

@@ -41,6 +41,7 @@ from diyopt.core.contract import Optimizer
 from diyopt.core.modules import bind_module
 from diyopt.core.starts import perturbed
 from diyopt.core.tree import FlatLayout, Params, as_params
+from diyopt.engines._extended import engine_update, functional_grad_fn
 from diyopt.engines.compiled import call_compiled
 
 ENGINES = ("vmap", "compiled")
@@ -328,6 +329,8 @@ def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_s
             compile_seconds = first_call
         seconds += time.perf_counter() - t0
         n = len(batch)
+        if optimizer.eval_params is not None:  # report (and score) the evaluation params
+            current = torch.func.vmap(lambda h, c, s: _rebuild(optimizer, h).eval_params(s, c))(hyper, current, state)
         final = {k: v[:n] for k, v in current.items()}
         final_loss = torch.func.vmap(lambda c: loss_fn(view(c)))(final).detach()
         all_losses.append(curve[:n])
@@ -360,13 +363,14 @@ def _vmapped_steps(loss_fn: Callable, view: Callable, optimizer: Optimizer) -> C
     ``losses`` is ``(runs, count)``.
     """
     grad_and_value = torch.func.grad_and_value(lambda current: loss_fn(view(current)))
+    grad_fn = functional_grad_fn(optimizer, loss_fn, view)
 
     def one_run(hyper: dict, current: Params, state: Any, count: int):
-        update = _rebuild(optimizer, hyper).update
+        update = engine_update(_rebuild(optimizer, hyper), grad_fn)
         losses = []
         for _ in range(count):
             grads, loss = grad_and_value(current)
-            updates, new_state = update(grads, state, current)
+            updates, new_state = update(grads, state, current, loss.detach())
             new = {k: v + updates[k] for k, v in current.items()}
             # The guard, per run: a step whose loss, gradients or new params are not finite is not taken
             # (the run keeps its last finite params and state) and records a nan loss: it diverged there.
@@ -528,7 +532,7 @@ def _bytes_per_run(loss_fn, current: Params, view, optimizer: Optimizer, steps: 
     state = optimizer.init(current)
     with _CountBytes() as counter:
         grads, loss = grad_and_value(current)
-        optimizer.update(grads, state, current)
+        engine_update(optimizer, functional_grad_fn(optimizer, loss_fn, view))(grads, state, current, loss)
     state_bytes = sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(state)
                       if isinstance(t, Tensor))
     return counter.bytes + 2 * state_bytes + steps * loss.element_size()

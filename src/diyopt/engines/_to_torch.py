@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from diyopt.core.contract import Optimizer, elementwise
+from diyopt.engines._extended import step_extended, swap_params
 from diyopt.engines._kernels import KERNELS, SCALARS_ANY_DTYPE
 from diyopt.engines.hoisting import hoisting_backend
 
@@ -99,6 +100,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._layouts: dict[tuple, _Layout] = {}
         self._compiled_steps: dict[tuple, Any] = {}
         groups, self._named_input = _named_groups(params)
+        self._eval_mode = False  # .eval() put the evaluation params in (schedule-free, EMA, lookahead)
         self._built = False
         super().__init__(groups, dict(optimizer.hyperparams or {}))
         self._built = True
@@ -143,6 +145,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         already match, and the kernel engine updates state in place, which would otherwise change the
         caller's state dict (or another live optimizer's state) too."""
         super().load_state_dict(state_dict)
+        self._eval_mode = any("train_param" in entry for entry in self.state.values())  # saved in eval mode
         for entry in self.state.values():
             for k, v in entry.items():
                 if isinstance(v, Tensor):
@@ -153,6 +156,8 @@ class TorchOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every group; returns ``closure()``'s loss when a closure is given."""
+        if self.optimizer.extra_args or self._eval_mode:  # the contract's edges: engines/_extended.py
+            return step_extended(self, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -163,7 +168,20 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ one group
 
-    def _step_group(self, i: int, group: dict) -> None:
+    def train(self, mode: bool = True) -> TorchOptimizer:
+        """Put the training params back after :meth:`eval`, bitwise (schedulefree's ``optimizer.train()``);
+        nothing to do for an optimizer whose evaluation params are its params."""
+        swap_params(self, to_eval=not mode)
+        return self
+
+    def eval(self) -> TorchOptimizer:
+        """Put the evaluation params (``Optimizer.eval_params``: schedule-free's average, the EMA, lookahead's
+        slow weights) into the params, keeping the training params in the state (``state_dict()`` carries
+        them); ``step()`` refuses until :meth:`train`. Call it before evaluating or saving, as with
+        schedulefree."""
+        return self.train(False)
+
+    def _step_group(self, i: int, group: dict, extra: dict | None = None) -> None:
         names, params, grads = [], [], []
         for name, p in zip(group["param_names"], group["params"]):
             if p.grad is None:
@@ -180,13 +198,13 @@ class TorchOptimizer(torch.optim.Optimizer):
         if self.compiled:
             self._compiled_step(i, group, opt, layout, names, params, grads)
             return
-        if opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
+        if not extra and opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
             return
-        if isinstance(opt.build, elementwise) and self._rule_step(i, opt, layout, structure, names, params, grads):
+        if not extra and isinstance(opt.build, elementwise) and self._rule_step(i, opt, layout, structure, names, params, grads):
             return
         leaves = layout.read(self.state, params, i)
         state = pytree.tree_unflatten(leaves, layout.spec)
-        updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)))
+        updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)), **(extra or {}))
         if self.on_nonfinite == "raise":  # the guard: nothing non-finite is written (diyopt.fit's check)
             _guard(updates, names, params, self.state[params[0]].get("step"))
         new_leaves, spec = pytree.tree_flatten(new_state)

@@ -5,7 +5,9 @@ holds only tensors and plain Python containers -- never code:
 
     {"format": "diyopt-checkpoint", "version": 1,
      "step": k,                              # updates taken so far
-     "params": {name: Tensor},              # by NAME, whatever layout the loop used
+     "params": {name: Tensor},              # by NAME, whatever layout the loop used; the evaluation
+                                             # params where the optimizer has them (schedule-free, EMA):
+     "params_are": "eval", "train_params": {name: Tensor},  # ... then also these, to resume training
      "state_leaves": [Tensor, ...],          # the optimizer state's leaves ...
      "state_structure": "TreeSpec(...)",     # ... and its shape, rebuilt from optimizer.init as template
      "losses": Tensor,                       # the loss history so far, one per step -- or
@@ -146,8 +148,13 @@ def check_fingerprint(saved: Mapping[str, str], now: Mapping[str, str], path: st
 
 
 def save(path: str | Path, *, params: Mapping[str, Tensor], state: Any, step: int,
-         losses: Tensor | LossFile, fingerprint: Mapping[str, str], extra: Mapping[str, Any] | None = None) -> None:
+         losses: Tensor | LossFile, fingerprint: Mapping[str, str], extra: Mapping[str, Any] | None = None,
+         train_params: Mapping[str, Tensor] | None = None) -> None:
     """Write a checkpoint atomically. ``state`` is any pytree of tensors (NamedTuples, tuples, dicts).
+
+    ``train_params``, for an optimizer whose evaluation params differ from its training params: then
+    ``params`` are the evaluation params (what a user loads to evaluate), the file says so
+    (``"params_are": "eval"``) and holds the training params beside them, which a resume continues from.
 
     ``losses`` is the history as one tensor (stored inside the file), or a :class:`LossFile` the caller
     has appended the new losses to: then the file records only how many of its values belong to this
@@ -163,6 +170,9 @@ def save(path: str | Path, *, params: Mapping[str, Tensor], state: Any, step: in
         "fingerprint": dict(fingerprint),
         "extra": dict(extra or {}),
     }
+    if train_params is not None:
+        payload["params_are"] = "eval"
+        payload["train_params"] = {k: v.detach().cpu() for k, v in train_params.items()}
     if isinstance(losses, LossFile):
         payload["losses_file"] = {"name": losses.path.name, "count": losses.count, "dtype": losses.dtype_name}
     else:
@@ -262,12 +272,13 @@ def validate(payload: dict, path: str | Path = "checkpoint") -> None:
     step = payload["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise bad(f"'step' must be a count, got a {kind(step)}")
-    params = payload["params"]
-    if not isinstance(params, dict) or not params and step:
-        raise bad(f"'params' must map names to tensors, got a {kind(params)}")
-    for k, v in params.items():
-        if not isinstance(k, str) or not isinstance(v, Tensor):
-            raise bad(f"'params' must map names to tensors, got {kind(k)} -> {kind(v)}")
+    for key in ("params", "train_params") if "train_params" in payload else ("params",):
+        params = payload[key]
+        if not isinstance(params, dict) or not params and step:
+            raise bad(f"'{key}' must map names to tensors, got a {kind(params)}")
+        for k, v in params.items():
+            if not isinstance(k, str) or not isinstance(v, Tensor):
+                raise bad(f"'{key}' must map names to tensors, got {kind(k)} -> {kind(v)}")
     leaves = payload["state_leaves"]
     if not isinstance(leaves, list) or len(leaves) > MAX_ENTRIES:
         raise bad(f"'state_leaves' must be a list of tensors, got a {kind(leaves)}")

@@ -33,6 +33,7 @@ from diyopt.core.checks import check_updates, first_step_check, nonfinite_event
 from diyopt.core.contract import Optimizer
 from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, Params
+from diyopt.engines._extended import engine_update, functional_grad_fn, reported
 from diyopt.engines.hoisting import hoisting_backend
 from diyopt.errors import DivergedError
 
@@ -137,10 +138,11 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     guard = on_nonfinite != "ignore"
 
     # First-step checks run eagerly, so a bad loss or rule fails with fit's message, not a compiler trace.
-    eager_step = _make_step(loss_fn, view, optimizer.update)
+    update = engine_update(optimizer, functional_grad_fn(optimizer, loss_fn, view))  # + declared extras
+    eager_step = _make_step(loss_fn, view, update)
     first_step_check(loss_fn, view(current))
     zero = {k: torch.zeros_like(v) for k, v in current.items()}
-    check_updates(optimizer.update(zero, state, current)[0], current, optimizer, layout)
+    check_updates(update(zero, state, current)[0], current, optimizer, layout)
 
     # On CPU, Inductor's C++ wrapper calls the chunk's kernels without a Python call and allocation
     # per kernel: 2-3x less time per step on small problems (measured, BENCHMARKS.md).
@@ -209,8 +211,13 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     compile_seconds = max((first_call or 0.0) - per_call, 0.0)
     info.update(engine="compiled", chunk=chunk, steps_per_turn=per_turn)
     evals = done + (stop_reason == DIVERGED)  # as the eager loop counts: the step that diverged too
-    return Result(view(current), losses[:done].clone(), done, total - compile_seconds, stop_reason, state,
-                  compile_seconds=compile_seconds, info=info, nfev=evals, njev=evals)
+    shown, train = reported(optimizer, state, current)
+    if train is not None:  # the loss at the params reported, not at the last gradient point
+        info["final_loss"] = float(loss_fn(view(shown)).detach())
+        evals += 1
+    return Result(view(shown), losses[:done].clone(), done, total - compile_seconds, stop_reason, state,
+                  compile_seconds=compile_seconds, info=info, nfev=evals, njev=evals,
+                  train_params=None if train is None else view(train))
 
 
 def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:
@@ -219,7 +226,7 @@ def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:
 
     def step(current: Params, state: Any):
         grads, loss = grad_and_value(current)
-        updates, state = update(grads, state, current)
+        updates, state = update(grads, state, current, loss.detach())
         new = {k: v + updates[k] for k, v in current.items()}
         # The guard: the loss, the gradients and the new params (finite old and new params mean a
         # finite update) -- nothing non-finite is ever written.
@@ -231,7 +238,7 @@ def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:
     def event(current: Params, state: Any, at: int) -> dict | None:
         """What went non-finite at step ``at`` (the guard's report, off the hot path)."""
         grads, loss = grad_and_value(current)
-        updates, _ = update(grads, state, current)
+        updates, _ = update(grads, state, current, loss.detach())
         new = {k: v + updates[k] for k, v in current.items()}
         return nonfinite_event(at, loss, view(grads), view(updates), view(new))
 

@@ -49,9 +49,20 @@ from ._registry import (
     resolve_optimizers,
     split_specs,
 )
+from ._schedule_free import (
+    schedule_free_adamw,
+    schedule_free_sgd,
+)
+from ._wrappers import (
+    EmaState,
+    LookaheadState,
+    ema,
+    lookahead,
+    sam,
+    wrap,
+)
 
 __all__ = [
-    "parse_settings",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -69,6 +80,8 @@ __all__ = [
     "check_nonnegative",
     "check_weight_decay",
     "describe",
+    "ema",
+    "EmaState",
     "get",
     "getattr_from_file",
     "gradient_descent",
@@ -76,19 +89,26 @@ __all__ = [
     "IMPLEMENTATION_FLAGS",
     "lbfgs",
     "lion",
+    "lookahead",
+    "LookaheadState",
     "muon",
     "muon_adamw",
     "nadam",
     "names",
     "parse",
+    "parse_settings",
     "prodigy",
     "radam",
     "resolve_optimizers",
     "rmsprop",
     "rprop",
+    "sam",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
     "sgd",
     "soap",
     "sparse_adam",
     "split_specs",
     "USER_FILES",
+    "wrap",
 ]

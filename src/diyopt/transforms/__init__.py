@@ -8,7 +8,11 @@ hyperparameter's value -- ``torch.where`` selects instead. Validation lives one 
 clipping, the wrappers that change *where* or *when* an inner transform applies, and the adaptive
 per-tensor scalings of Adam, RMSprop, Adagrad, ...
 """
-from ._adan import AdanState, clip_by_global_norm_f32, scale_by_adan
+from ._adan import (
+    AdanState,
+    clip_by_global_norm_f32,
+    scale_by_adan,
+)
 from ._adaptive import (
     AdadeltaState,
     AdafactorState,
@@ -38,7 +42,11 @@ from ._adaptive import (
     scale_by_rprop,
     scale_by_sparse_adam,
 )
-from ._adopt import AdoptState, adopt_clip, scale_by_adopt
+from ._adopt import (
+    AdoptState,
+    adopt_clip,
+    scale_by_adopt,
+)
 from ._clipping import (
     clip,
     clip_by_global_norm,
@@ -53,8 +61,14 @@ from ._momentum import (
     heavy_ball,
     trace,
 )
-from ._partition import partition
-from ._prodigy import ProdigyMoments, ProdigyState, scale_by_prodigy
+from ._partition import (
+    partition,
+)
+from ._prodigy import (
+    ProdigyMoments,
+    ProdigyState,
+    scale_by_prodigy,
+)
 from ._scaling import (
     Schedule,
     ScheduleState,
@@ -63,7 +77,16 @@ from ._scaling import (
     scale_by_schedule,
     set_to_zero,
 )
-from ._soap import SoapState, scale_by_soap
+from ._schedule_free import (
+    ScheduleFreeAdamState,
+    ScheduleFreeState,
+    scale_by_schedule_free,
+    scale_by_schedule_free_adam,
+)
+from ._soap import (
+    SoapState,
+    scale_by_soap,
+)
 from ._wrappers import (
     AccumulateState,
     ApplyIfFiniteState,
@@ -126,9 +149,13 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_schedule",
+    "scale_by_schedule_free",
+    "scale_by_schedule_free_adam",
     "scale_by_soap",
     "scale_by_sparse_adam",
     "Schedule",
+    "ScheduleFreeAdamState",
+    "ScheduleFreeState",
     "ScheduleState",
     "set_to_zero",
     "SoapState",
