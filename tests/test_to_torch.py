@@ -265,7 +265,8 @@ def test_bad_arguments(args, error, match):
 
 
 def test_any_optimizer_works_a_bare_chain_included():
-    """A chain built by hand has no hyperparameters: it runs as built (no per-group overrides)."""
+    """A chain built by hand runs as built; its settings are its members' (here scale_by_adam's b1, b2, eps,
+    amsgrad), so a param group may override them -- and a setting no member has is refused."""
     p0, loss = problem()
     ours_p, theirs_p = leaves(p0), leaves(p0)
     bare = diyopt.chain(diyopt.transforms.scale_by_adam(b1=0.8), diyopt.transforms.scale_by_lr(1e-2))
@@ -277,8 +278,20 @@ def test_any_optimizer_works_a_bare_chain_included():
     for k in p0:
         assert_rel(ours_p[k], theirs_p[k], k)
         assert_state_equal(ours.state[ours_p[k]], theirs.state[theirs_p[k]])
-    with pytest.raises(TypeError, match=r"param group sets \['lr'\], but this optimizer has no hyperparameters"):
+    assert set(bare.hyperparams) == {"b1", "b2", "eps", "amsgrad"}
+    with pytest.raises(TypeError, match=r"param group sets \['lr'\], but this optimizer has no hyperparameter 'lr'"):
         diyopt.to_torch(bare, [{"params": [torch.zeros(2, requires_grad=True)], "lr": 0.1}])
+    # a group's b1 = torch's betas[0] for that group (the reference: torch.optim.Adam with two groups)
+    ours_p, theirs_p = leaves(p0), leaves(p0)
+    first, *rest = list(p0)
+    ours = diyopt.to_torch(bare, [{"params": [ours_p[first]], "b1": 0.5}, {"params": [ours_p[k] for k in rest]}])
+    theirs = torch.optim.Adam([{"params": [theirs_p[first]], "betas": (0.5, 0.999)},
+                               {"params": [theirs_p[k] for k in rest]}], lr=1e-2, betas=(0.8, 0.999))
+    for i in range(STEPS):
+        step(ours, ours_p, loss, i)
+        step(theirs, theirs_p, loss, i)
+    for k in p0:
+        assert_rel(ours_p[k], theirs_p[k], k)
 
 
 def test_param_groups_given_as_generators_keep_every_param():

@@ -115,7 +115,7 @@ def chain(*transforms: Optimizer) -> Optimizer:
     The chain keeps its members' settings: a hyperparameter that exactly one rebuildable member has
     (``chain(clip_by_global_norm(1.0), my_rule(lr=0.1))`` has ``lr``) is the chain's, so a user's own
     chain can be swept, tuned and given per-group settings like a named optimizer. A name two members
-    share is left out (changing it would be ambiguous).
+    share is left out (changing it would be ambiguous), and so is one set to None (a feature left off).
     """
 
     def init(params: Params) -> tuple:
@@ -142,8 +142,9 @@ def chain(*transforms: Optimizer) -> Optimizer:
     owners: dict[str, list[int]] = {}
     for i, t in enumerate(transforms):
         if t.build is not None:
-            for name in t.hyperparams or {}:
-                owners.setdefault(name, []).append(i)
+            for name, value in (t.hyperparams or {}).items():
+                if value is not None:  # a feature left off (scale_by_adam's folded lr) is no setting to turn
+                    owners.setdefault(name, []).append(i)
     owner = {name: ids[0] for name, ids in owners.items() if len(ids) == 1}
     if not owner:
         return Optimizer(init, update, **common)

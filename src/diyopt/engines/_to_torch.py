@@ -127,6 +127,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             if extra:
                 raise TypeError(f"param group sets {extra}, but this optimizer has no hyperparameters to "
                                 "override (it was not built by a configurable factory)")
+        elif "lr" in param_group and "lr" not in (self.optimizer.hyperparams or {}):
+            # torch keeps any key in a group; a learning rate nothing reads would silently train at another one
+            raise TypeError(f"param group sets ['lr'], but this optimizer has no hyperparameter 'lr' "
+                            f"(its settings: {sorted(self.optimizer.hyperparams)})")
         if self._built:  # a group added later, after construction
             if not isinstance(param_group["params"], (torch.nn.Module, Mapping, Tensor)):
                 param_group = {**param_group, "params": list(param_group["params"])}
