@@ -17,6 +17,9 @@ in words, where a solver has more than one):
 - ``"false_convergence"``: least squares -- a convergence test held, but not at a minimum;
 - ``"callback"``: fit's ``callback`` returned True.
 
+There is no word for an interrupted run: SIGINT/SIGTERM during a checkpointed ``fit`` save the checkpoint
+at the next step boundary and raise ``KeyboardInterrupt``, so no Result is returned (resume from the file).
+
 The counts, one meaning each (a count a method has no use for is 0):
 
 - ``steps``: iterations -- for ``fit`` the updates (skipped ones included: ``on_nonfinite="skip"``), for a
