@@ -535,3 +535,18 @@ def test_the_docstring_examples_run():
 
     for module in (_wrappers, _schedule_free):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_a_callback_sees_what_result_params_would_be():
+    """A callback that stops the fit sees the params the fit then returns: the evaluation params."""
+    seen = {}
+
+    def stop_at_20(step, loss, params):
+        seen.update({k: v.clone() for k, v in params.items()})
+        return step == 19
+
+    for engine in ("eager", "compiled"):
+        extra = {"backend": "aot_eager", "chunk": 1} if engine == "compiled" else {}
+        r = diyopt.fit(loss64(), p0(), MINE["ema"](), 100, callback=stop_at_20, engine=engine, **extra)
+        assert r.stop_reason == "callback" and r.steps == 20 and r.params_are == "eval"
+        assert all(torch.equal(seen[k], r.params[k]) for k in r.params), engine
