@@ -18,7 +18,7 @@ from diyopt.analysis._conformance import FAIL, INFO, PASS, SKIP
 CONVERGENCE_LR = {
     "adadelta": 0.1, "adagrad": 0.1, "adam": 1e-2, "adamax": 3e-2, "adamw": 1e-2, "gradient_descent": 1e-3,
     "lion": 3e-3, "nadam": 1e-2, "radam": 3e-3, "rmsprop": 3e-3, "rprop": 1e-2, "sgd": 1e-3,
-    "asgd": 1e-3, "adafactor": 3e-2,
+    "asgd": 1e-3, "adafactor": 3e-2, "schedule_free_sgd": 3e-3, "schedule_free_adamw": 1e-2,
 }
 # Built-ins the kit's problems (dense vectors, one gradient per step) cannot exercise, and why; each is
 # tested against torch.optim in test_torch_optim_db.py instead.

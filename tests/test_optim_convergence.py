@@ -35,6 +35,9 @@ BUDGETS = {
     "lion": ({"lr": 1e-2}, 400, {"lr": 3e-3}, 1300),
     "asgd": ({"lr": 0.1}, 30, {"lr": 2e-3}, 5000),
     "adafactor": ({"lr": 0.1}, 150, {"lr": 0.1}, 10000),
+    # schedule-free: distances of the evaluation params (the average x), which the callback sees
+    "schedule_free_sgd": ({"lr": 0.1}, 25, {"lr": 2e-3}, 3100),
+    "schedule_free_adamw": ({"lr": 0.1}, 180, {"lr": 0.1}, 700),
 }
 # Built-ins these two problems (one dense vector) cannot drive, and why; test_torch_optim_db.py runs them.
 NOT_HERE = {

@@ -4,7 +4,6 @@
 ``"my_rules.py:signum"``). The CLI, the specs and the tests all read this registry.
 """
 from ._builtins import (
-    BUILTINS,
     adadelta,
     adafactor,
     adagrad,
@@ -30,6 +29,7 @@ from ._builtins import (
     sparse_adam,
 )
 from ._registry import (
+    BUILTINS,
     USER_FILES,
     get,
     getattr_from_file,

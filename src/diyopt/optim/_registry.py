@@ -26,7 +26,12 @@ from typing import Any
 
 from diyopt.core.contract import Optimizer
 from diyopt.errors import unknown_name
-from diyopt.optim._builtins import BUILTINS
+from diyopt.optim._builtins import BUILTINS as TORCH_TWINS
+from diyopt.optim._schedule_free import schedule_free_adamw, schedule_free_sgd
+
+#: Every built-in optimizer by name: torch.optim's twins (optim/_builtins.py), then the ones with other
+#: references. Wrappers of another optimizer (sam, lookahead, ema) are not here: a spec names one optimizer.
+BUILTINS = {**TORCH_TWINS, "schedule_free_adamw": schedule_free_adamw, "schedule_free_sgd": schedule_free_sgd}
 
 
 def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:
