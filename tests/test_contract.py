@@ -314,12 +314,12 @@ def test_compiled_fit_equals_eager(case):
         assert_close(compiled.train_params, eager.train_params, 1e-12, "train params")
 
 
-@pytest.mark.slow  # Inductor's code generation: about a minute on a busy 2-core machine
+@pytest.mark.slow  # Inductor's code generation: a minute or more on a busy 2-core machine
 def test_compiled_fit_with_inductor_equals_eager():
-    """SAM around schedule-free AdamW -- grad_fn, lerp, where and the evaluation params -- through
+    """SAM around schedule-free SGD -- grad_fn, lerp, where and the evaluation params -- through
     Inductor (the default backend), one graph for the whole step."""
     loss_fn = loss64()
-    opt = diyopt.optim.sam(MINE["schedule_free_adamw"](), rho=0.05)
+    opt = diyopt.optim.sam(MINE["schedule_free_sgd"](), rho=0.05)
     eager = diyopt.fit(loss_fn, p0(), opt, 24)
     compiled = diyopt.fit(loss_fn, p0(), opt, 24, engine="compiled", chunk=4)
     assert compiled.params_are == eager.params_are == "eval"
