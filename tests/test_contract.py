@@ -550,3 +550,27 @@ def test_a_callback_sees_what_result_params_would_be():
         r = diyopt.fit(loss64(), p0(), MINE["ema"](), 100, callback=stop_at_20, engine=engine, **extra)
         assert r.stop_reason == "callback" and r.steps == 20 and r.params_are == "eval"
         assert all(torch.equal(seen[k], r.params[k]) for k in r.params), engine
+
+
+def test_to_torch_passes_the_closures_loss_to_an_update_that_takes_it():
+    seen = []
+
+    def wants_loss():
+        def update(grads, state, params=None, *, loss):
+            seen.append(float(loss))
+            return grads, state
+        return diyopt.Optimizer(lambda p: (), update, extra_args=frozenset({"loss"}))
+
+    model, loss_fn = mlp(torch.float64)
+    opt = diyopt.to_torch(diyopt.chain(wants_loss(), diyopt.transforms.scale_by_lr(0.1)), model)
+    with pytest.raises(RuntimeError, match=r"needs step\(closure\): its update takes loss"):
+        opt.step()
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(dict(model.named_parameters()))
+        loss.backward()
+        return loss
+
+    returned = [float(opt.step(closure)) for _ in range(3)]
+    assert seen == returned
