@@ -433,6 +433,25 @@ optim_db: list[OptimizerInfo] = [
         budget=Budget({"lr": 1e-2}, 400, {"lr": 3e-3}, 1300),
         check_lr=3e-3,
     ),
+    # ---- references outside torch.optim: lockstep with the reference package lives in the optimizer's own
+    # test file (the record says which); the generic tests drive the forms listed
+    OptimizerInfo(
+        "schedule_free_sgd", None,
+        # schedule-free: the distances are the evaluation params' (the average x), which the callback sees
+        budget=Budget({"lr": 0.1}, 25, {"lr": 2e-3}, 3100),
+        check_lr=3e-3,
+        forms=(FIT,),
+        why="lockstep with schedulefree.SGDScheduleFree, to_torch (.train()/.eval()), compiled, sweep, "
+            "checkpoint and torchrun: tests/test_contract.py",
+    ),
+    OptimizerInfo(
+        "schedule_free_adamw", None,
+        budget=Budget({"lr": 0.1}, 180, {"lr": 0.1}, 700),
+        check_lr=1e-2,
+        forms=(FIT,),
+        why="lockstep with schedulefree.AdamWScheduleFree, to_torch (.train()/.eval()), compiled, sweep, "
+            "checkpoint and torchrun: tests/test_contract.py",
+    ),
     # ---- optimizers the dense-vector tests cannot drive; each runs torch's own database in
     # test_torch_optim_db.py (and has its own tests there)
     OptimizerInfo(

@@ -314,12 +314,12 @@ def test_compiled_fit_equals_eager(case):
         assert_close(compiled.train_params, eager.train_params, 1e-12, "train params")
 
 
-@pytest.mark.slow  # Inductor's code generation: about a minute on a busy 2-core machine
+@pytest.mark.slow  # Inductor's code generation: a minute or more on a busy 2-core machine
 def test_compiled_fit_with_inductor_equals_eager():
-    """SAM around schedule-free AdamW -- grad_fn, lerp, where and the evaluation params -- through
+    """SAM around schedule-free SGD -- grad_fn, lerp, where and the evaluation params -- through
     Inductor (the default backend), one graph for the whole step."""
     loss_fn = loss64()
-    opt = diyopt.optim.sam(MINE["schedule_free_adamw"](), rho=0.05)
+    opt = diyopt.optim.sam(MINE["schedule_free_sgd"](), rho=0.05)
     eager = diyopt.fit(loss_fn, p0(), opt, 24)
     compiled = diyopt.fit(loss_fn, p0(), opt, 24, engine="compiled", chunk=4)
     assert compiled.params_are == eager.params_are == "eval"
@@ -535,3 +535,42 @@ def test_the_docstring_examples_run():
 
     for module in (_wrappers, _schedule_free):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_a_callback_sees_what_result_params_would_be():
+    """A callback that stops the fit sees the params the fit then returns: the evaluation params."""
+    seen = {}
+
+    def stop_at_20(step, loss, params):
+        seen.update({k: v.clone() for k, v in params.items()})
+        return step == 19
+
+    for engine in ("eager", "compiled"):
+        extra = {"backend": "aot_eager", "chunk": 1} if engine == "compiled" else {}
+        r = diyopt.fit(loss64(), p0(), MINE["ema"](), 100, callback=stop_at_20, engine=engine, **extra)
+        assert r.stop_reason == "callback" and r.steps == 20 and r.params_are == "eval"
+        assert all(torch.equal(seen[k], r.params[k]) for k in r.params), engine
+
+
+def test_to_torch_passes_the_closures_loss_to_an_update_that_takes_it():
+    seen = []
+
+    def wants_loss():
+        def update(grads, state, params=None, *, loss):
+            seen.append(float(loss))
+            return grads, state
+        return diyopt.Optimizer(lambda p: (), update, extra_args=frozenset({"loss"}))
+
+    model, loss_fn = mlp(torch.float64)
+    opt = diyopt.to_torch(diyopt.chain(wants_loss(), diyopt.transforms.scale_by_lr(0.1)), model)
+    with pytest.raises(RuntimeError, match=r"needs step\(closure\): its update takes loss"):
+        opt.step()
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(dict(model.named_parameters()))
+        loss.backward()
+        return loss
+
+    returned = [float(opt.step(closure)) for _ in range(3)]
+    assert seen == returned

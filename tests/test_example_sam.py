@@ -58,6 +58,7 @@ def test_the_users_sam_equals_the_builtin_and_pytorch_optimizer(dtype):
             assert float((a - b).detach().abs().max()) <= tol * max(1.0, float(b.detach().abs().max())), (step, k)
 
 
+@pytest.mark.slow  # a fresh interpreter: importing torch and diyopt dominates (~10-60 s on a busy machine)
 def test_the_example_runs():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=300, env=env)

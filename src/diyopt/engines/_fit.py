@@ -67,7 +67,8 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
       steps: number of updates (>= 1).
       engine: ``"eager"`` (the reference) or ``"compiled"`` (``torch.compile`` of the whole step).
       callback: ``callback(step, loss, params)`` after each update (``loss`` from before it, ``params``
-        after it); returning ``True`` stops the fit
+        after it: the evaluation params, as ``Result.params``, for an optimizer that has them); returning
+        ``True`` stops the fit
         (``stop_reason="callback"``). Costs a Python call per step: leave it out for speed.
       on_nonfinite: the divergence guard, what to do when the loss or a gradient is nan or inf at a step:
         ``"stop"`` (default) ends the fit there with ``stop_reason="diverged"`` and the last finite params,
@@ -231,7 +232,7 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         current, state = new, new_state
         if bar is not None:
             bar.update(len(losses), value)
-        if callback is not None and callback(step, losses[-1], view(current)):
+        if callback is not None and callback(step, losses[-1], view(reported(optimizer, state, current)[0])):
             stop_reason = CALLBACK
             break
         if saver is not None and ((step + 1) % saver.every == 0 or pending.signum):

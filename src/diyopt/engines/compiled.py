@@ -195,7 +195,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
         if bar is not None:
             bar.update(done, losses[done - 1])
         if callback is not None:
-            if callback(done - 1, losses[done - 1], view(current)):
+            if callback(done - 1, losses[done - 1], view(reported(optimizer, state, current)[0])):
                 stop_reason = CALLBACK
                 break
     if stop_reason == MAX_STEPS and done < steps:  # fewer than per_turn steps left: the eager step (same math)

@@ -22,7 +22,8 @@ torch.optim runs unchanged; none changes the numbers, and in diyopt they mean:
 torch's checks that concern them are kept (``fused`` with ``foreach``; Adam's tensor ``lr`` or ``betas``
 with ``foreach=True``), so an input torch refuses is refused here too.
 
-``names()`` lists the registry; ``BUILTINS`` maps each name to its factory.
+``names()`` lists the registry; ``BUILTINS`` here maps torch.optim's twins to their factories, and the registry
+(``optim._registry.BUILTINS``, the public ``diyopt.optim.BUILTINS``) adds the others (schedule-free).
 """
 from __future__ import annotations
 

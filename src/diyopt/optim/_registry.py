@@ -30,10 +30,14 @@ from torch import Tensor
 
 from diyopt.core.contract import Optimizer
 from diyopt.errors import unknown_name
-from diyopt.optim._builtins import BUILTINS as _BUILTINS
+from diyopt.optim._builtins import BUILTINS as TORCH_TWINS
 from diyopt.optim._recent import RECENT
+from diyopt.optim._schedule_free import schedule_free_adamw, schedule_free_sgd
 
-BUILTINS = {**_BUILTINS, **RECENT}  # the one registry: torch.optim's algorithms, then the recent ones
+#: Every built-in optimizer by name: torch.optim's twins (optim/_builtins.py), the recent ones
+#: (optim/_recent.py), the schedule-free pair. Wrappers of another optimizer (sam, lookahead, ema) are not
+#: here: a spec names one optimizer.
+BUILTINS = {**TORCH_TWINS, **RECENT, "schedule_free_adamw": schedule_free_adamw, "schedule_free_sgd": schedule_free_sgd}
 
 
 def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:
