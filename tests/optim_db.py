@@ -452,6 +452,36 @@ optim_db: list[OptimizerInfo] = [
         why="lockstep with schedulefree.AdamWScheduleFree, to_torch (.train()/.eval()), compiled, sweep, "
             "checkpoint and torchrun: tests/test_contract.py",
     ),
+    OptimizerInfo(
+        "adan", None,
+        forms=(),
+        why="lockstep with pytorch_optimizer.Adan over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
+            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+    ),
+    OptimizerInfo(
+        "adopt", None,
+        forms=(),
+        why="lockstep with pytorch_optimizer.ADOPT over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
+            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+    ),
+    OptimizerInfo(
+        "prodigy", None,
+        forms=(),
+        why="lockstep with prodigyopt.Prodigy over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
+            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+    ),
+    OptimizerInfo(
+        "soap", None,
+        forms=(),
+        why="lockstep with pytorch_optimizer.SOAP (same preconditioner frequency) over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
+            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+    ),
+    OptimizerInfo(
+        "muon_adamw", None,
+        forms=(),
+        why="lockstep with torch.optim.Muon for the 2-D hidden weights and torch.optim.AdamW for the rest over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
+            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+    ),
     # ---- optimizers the dense-vector tests cannot drive; each runs torch's own database in
     # test_torch_optim_db.py (and has its own tests there)
     OptimizerInfo(
