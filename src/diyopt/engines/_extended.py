@@ -80,7 +80,7 @@ def checkpoint_report(optimizer: Optimizer, layout: FlatLayout | None) -> Callab
     def report(named: Params, state: Any) -> tuple[Params, Params]:
         current = {"flat": layout.flatten(named)} if layout else named
         evaluated = optimizer.eval_params(state, current)
-        return (layout.unflatten(evaluated) if layout else evaluated), named
+        return (layout.unflatten(evaluated["flat"]) if layout else evaluated), named
 
     return report
 
