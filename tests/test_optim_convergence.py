@@ -35,6 +35,12 @@ BUDGETS = {
     "lion": ({"lr": 1e-2}, 400, {"lr": 3e-3}, 1300),
     "asgd": ({"lr": 0.1}, 30, {"lr": 2e-3}, 5000),
     "adafactor": ({"lr": 0.1}, 150, {"lr": 0.1}, 10000),
+    "adopt": ({"lr": 0.1}, 110, {"lr": 0.1}, 10800),
+    "adan": ({"lr": 0.1}, 100, {"lr": 3e-2}, 650),
+    "prodigy": ({}, 100, {}, 1500),
+    "soap": ({"lr": 0.1}, 75, {"lr": 3e-2}, 330),
+    # the vectors of these problems all go to its AdamW: adamw's row, under the adamw_ names
+    "muon_adamw": ({"adamw_lr": 0.1}, 200, {"adamw_lr": 0.1, "adamw_weight_decay": 1e-3}, 1300),
 }
 # Built-ins these two problems (one dense vector) cannot drive, and why; test_torch_optim_db.py runs them.
 NOT_HERE = {

@@ -3,6 +3,7 @@ demo and the benchmark suite (:mod:`~diyopt.analysis.benchmarking`).
 """
 from ._compare import Comparison, compare
 from ._conformance import check, check_loss
+from ._lockstep import LockstepReport, lockstep
 from .benchmarking import bench
 from .profiles import performance_profile
 
@@ -12,5 +13,7 @@ __all__ = [
     "check",
     "check_loss",
     "compare",
+    "lockstep",
+    "LockstepReport",
     "performance_profile",
 ]
