@@ -1,5 +1,6 @@
 """Small transforms, each one concern; a named optimizer is a chain of them (see :mod:`diyopt.optim`).
 """
+from ._adan import AdanState, clip_by_global_norm_f32, scale_by_adan
 from ._adaptive import (
     AdadeltaState,
     AdafactorState,
@@ -29,7 +30,6 @@ from ._adaptive import (
     scale_by_rprop,
     scale_by_sparse_adam,
 )
-from ._adan import AdanState, clip_by_global_norm_f32, scale_by_adan
 from ._adopt import AdoptState, adopt_clip, scale_by_adopt
 from ._partition import partition
 from ._prodigy import ProdigyMoments, ProdigyState, scale_by_prodigy
