@@ -169,7 +169,7 @@ def lockstep(optimizer: Optimizer, reference: Callable | str, kwargs: Mapping[st
 
     ref = _TorchSide(copy.deepcopy(model), lambda ps: reference(ps, **(kwargs or {})), groups)
     if form == "to_torch":
-        from diyopt.engines._to_torch import to_torch
+        from diyopt.engines import to_torch
 
         ours: _TorchSide | _FunctionalSide = _TorchSide(copy.deepcopy(model),
                                                         lambda ps: to_torch(optimizer, ps), groups, named=True)

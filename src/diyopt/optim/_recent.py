@@ -37,7 +37,7 @@ from diyopt.optim._builtins import (
     muon,
     nonzero,
 )
-from diyopt.transforms._adopt import adopt_clip
+from diyopt.transforms import adopt_clip
 
 # ---------------------------------------------------------------- Muon for the matrices, AdamW for the rest
 
