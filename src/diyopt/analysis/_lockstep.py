@@ -103,7 +103,7 @@ def _batches(model: torch.nn.Module, steps: int, seed: int, batch: int = 16):
 def load_reference(spec: str) -> tuple[Callable, dict]:
     """``MODULE:Class[:k=v,...]`` (``torch.optim:Adam``, ``pytorch_optimizer:ADOPT:lr=1e-2``) or
     ``FILE.py:Class[:k=v,...]`` -> ``(class, kwargs)``. Values parse as in optimizer specs."""
-    from diyopt.optim._registry import getattr_from_file, parse_settings
+    from diyopt.optim import getattr_from_file, parse_settings
 
     text = spec.strip()
     at = text.find(".py:")

@@ -41,8 +41,8 @@ def add(sub) -> None:
 
 
 def _against(args) -> int:
-    from diyopt.analysis._lockstep import lockstep
-    from diyopt.optim._registry import get
+    from diyopt.analysis import lockstep
+    from diyopt.optim import get
 
     if not args.tol >= 0:
         raise ValueError(f"--tol must be >= 0, got {args.tol}")

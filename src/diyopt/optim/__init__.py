@@ -39,8 +39,10 @@ from ._recent import (
 from ._registry import (
     BUILTINS,
     get,
+    getattr_from_file,
     names,
     parse,
+    parse_settings,
     split_specs,
 )
 
@@ -66,6 +68,7 @@ __all__ = [
     "check_nonnegative",
     "check_weight_decay",
     "get",
+    "getattr_from_file",
     "gradient_descent",
     "lbfgs",
     "lion",
@@ -73,6 +76,7 @@ __all__ = [
     "nadam",
     "names",
     "parse",
+    "parse_settings",
     "radam",
     "rmsprop",
     "rprop",
