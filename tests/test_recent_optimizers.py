@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.analysis._lockstep import lockstep
+from diyopt.analysis import lockstep
 
 po = pytest.importorskip("pytorch_optimizer")
 prodigyopt = pytest.importorskip("prodigyopt")
@@ -188,7 +188,7 @@ def test_adan_maximize_is_the_reference_minimizing_the_negated_loss():
     differs at step 2; diyopt's maximize equals the reference minimizing -f (the harness's loss, negated)."""
 
     ours = diyopt.optim.adan(lr=1e-2, maximize=True)
-    model = diyopt.analysis._lockstep.mlp()
+    model = diyopt.analysis._lockstep.mlp()  # the harness's model
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 4, generator=gen, dtype=torch.float64), torch.randn(16, 3, generator=gen, dtype=torch.float64)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
