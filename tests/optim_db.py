@@ -454,33 +454,48 @@ optim_db: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         "adan", None,
-        forms=(),
+        budget=Budget({"lr": 0.1}, 100, {"lr": 3e-2}, 650),
+        check_lr=0.03,
+        forms=(FIT,),
         why="lockstep with pytorch_optimizer.Adan over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+            "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
         "adopt", None,
-        forms=(),
+        budget=Budget({"lr": 0.1}, 110, {"lr": 0.1}, 10800),
+        check_lr=0.1,
+        forms=(FIT,),
         why="lockstep with pytorch_optimizer.ADOPT over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+            "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
         "prodigy", None,
-        forms=(),
+        budget=Budget({}, 100, {}, 1500),
+        check_lr=1.0,
+        forms=(FIT,),
         why="lockstep with prodigyopt.Prodigy over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+            "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
         "soap", None,
-        forms=(),
+        budget=Budget({"lr": 0.1}, 75, {"lr": 3e-2}, 330),
+        check_lr=0.03,
+        forms=(FIT,),
         why="lockstep with pytorch_optimizer.SOAP (same preconditioner frequency) over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+            "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
         "muon_adamw", None,
-        forms=(),
+        budget=Budget({"adamw_lr": 0.1}, 200, {"adamw_lr": 0.1, "adamw_weight_decay": 1e-3}, 1300),
+        check_lr=0.01,
+        forms=(FIT,),
         why="lockstep with torch.optim.Muon for the 2-D hidden weights and torch.optim.AdamW for the rest over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload, fit/compiled/sweep/checkpoint: tests/test_recent_optimizers.py",
+            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+            "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     # ---- optimizers the dense-vector tests cannot drive; each runs torch's own database in
     # test_torch_optim_db.py (and has its own tests there)

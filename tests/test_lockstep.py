@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.analysis._lockstep import lockstep
+from diyopt.analysis import lockstep
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
@@ -96,7 +96,7 @@ def test_against_finds_a_planted_one_ulp_change_at_its_step(planted):
 
 
 def test_the_planted_difference_is_one_ulp(planted):
-    from diyopt.optim._registry import getattr_from_file
+    from diyopt.optim import getattr_from_file
 
     rule, cls = getattr_from_file(planted, "my_adam"), getattr_from_file(planted, "CopyOfAdam")
     report = lockstep(rule(), cls, {"plant_at": 37}, tol=0.0)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import diyopt
-from diyopt.analysis._lockstep import lockstep
+from diyopt.analysis import lockstep
 
 po = pytest.importorskip("pytorch_optimizer")
 prodigyopt = pytest.importorskip("prodigyopt")
@@ -188,7 +188,7 @@ def test_adan_maximize_is_the_reference_minimizing_the_negated_loss():
     differs at step 2; diyopt's maximize equals the reference minimizing -f (the harness's loss, negated)."""
 
     ours = diyopt.optim.adan(lr=1e-2, maximize=True)
-    model = diyopt.analysis._lockstep.mlp()
+    model = diyopt.analysis._lockstep.mlp()  # the harness's model
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 4, generator=gen, dtype=torch.float64), torch.randn(16, 3, generator=gen, dtype=torch.float64)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -261,3 +261,50 @@ def test_muon_refuses_other_shapes_and_says_where_to_route_them():
         adamw.step()
     for k in ("heads", "scale"):
         torch.testing.assert_close(ps[k], twin[k].detach(), rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- bad settings: one line each, torch's words
+
+ERRORS = [
+    ("prodigy", {"d0": 0.0}, ValueError, r"^Invalid d0 value: 0.0$", prodigyopt.Prodigy),
+    ("prodigy", {"lr": 0.0}, ValueError, r"^Invalid learning rate: 0.0$", prodigyopt.Prodigy),
+    ("prodigy", {"eps": 0.0}, ValueError, r"^Invalid epsilon value: 0.0$", prodigyopt.Prodigy),
+    ("prodigy", {"betas": (1.0, 0.999)}, ValueError, r"^Invalid beta parameter at index 0: 1.0$", prodigyopt.Prodigy),
+    ("prodigy", {"fsdp_in_use": True}, ValueError, r"fsdp_in_use=True is not supported", None),
+    ("prodigy", {"slice_p": 0}, ValueError, r"Invalid slice_p value: 0", None),
+    ("prodigy", {"lr": diyopt.schedules.constant(1.0)}, TypeError, r"prodigy's lr cannot be a schedule", None),
+    ("soap", {"merge_dims": True}, ValueError, r"merge_dims=True is not supported", None),
+    ("soap", {"precondition_frequency": 0}, ValueError, r"Invalid precondition_frequency value: 0", None),
+    ("soap", {"data_format": "nchw"}, ValueError, r"Invalid data_format", None),
+    ("soap", {"lr": -1.0}, ValueError, r"^Invalid learning rate: -1.0$", None),
+    ("adan", {"betas": (0.9, 0.9)}, TypeError, r"betas must be a triple", None),
+    ("adan", {"betas": (0.9, 1.0, 0.99)}, ValueError, r"^Invalid beta parameter at index 1: 1.0$", None),
+    ("adan", {"max_grad_norm": -1.0}, ValueError, r"^Invalid max_grad_norm value: -1.0$", None),
+    ("adan", {"lr": diyopt.schedules.constant(1e-3), "weight_decay": 0.1}, TypeError, r"cannot be a schedule", None),
+    ("adopt", {"clip_lambda": 3}, TypeError, r"clip_lambda must be a function of the step or None", None),
+    ("adopt", {"eps": -1.0}, ValueError, r"^Invalid epsilon value: -1.0$", None),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,error,match,reference", ERRORS)
+def test_bad_settings_are_one_line_errors(name, kwargs, error, match, reference):
+    with pytest.raises(error, match=match):
+        getattr(diyopt.optim, name)(**kwargs)
+    if reference is not None:  # the reference refuses it in the same words
+        with pytest.raises(error, match=match):
+            reference([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_a_schedule_lr_runs_where_the_rule_takes_one():
+    """adopt and adan (without decay) take a schedule lr: a constant schedule equals the number."""
+    for name in ("adopt", "adan"):
+        params = {"w": torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))}
+        runs = []
+        for lr in (1e-2, diyopt.schedules.constant(1e-2)):
+            opt = getattr(diyopt.optim, name)(lr=lr)
+            p, s = dict(params), opt.init(params)
+            for _ in range(5):
+                u, s = opt.update({"w": torch.cos(p["w"])}, s, p)
+                p = diyopt.apply_updates(p, u)
+            runs.append(p["w"])
+        torch.testing.assert_close(runs[0], runs[1], rtol=1e-15, atol=0)

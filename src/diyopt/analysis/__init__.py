@@ -9,6 +9,7 @@ from ._compare import (
 )
 from ._conformance import check, check_loss
 from ._lockstep import (
+    LockstepReport,
     lockstep,
 )
 from .benchmarking import bench
@@ -23,5 +24,7 @@ __all__ = [
     "check",
     "check_loss",
     "compare",
+    "lockstep",
+    "LockstepReport",
     "performance_profile",
 ]

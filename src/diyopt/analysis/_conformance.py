@@ -219,12 +219,12 @@ def _downhill(opt: Optimizer) -> tuple[str, str]:
     state = opt.init(params)
     # the first update that moves: some methods spend their first step gathering statistics (ADOPT's
     # second moment, SOAP's preconditioner) and return zero there, which points neither way
-    for first in range(1, 4):  # noqa: B007 (read after the loop: the step that moved)
+    first, slope = 0, 0.0
+    while slope == 0 and first < 3:
+        first += 1
         g = q.grad(params)
         updates, state = opt.update(g, state, params)
         slope = float(sum((updates[k].detach().double() * g[k]).sum() for k in g))
-        if slope != 0:
-            break
         params = apply_updates(params, updates)
     which = "first update" if first == 1 else f"first moving update (step {first})"
     f0 = float(q.loss(q.start()))

@@ -616,6 +616,10 @@ def scale_by_muon(grad, state: MuonState, param, *, lr=1e-3, momentum=0.95, nest
     """
     if torch.is_complex(param):
         raise RuntimeError("Muon does not support complex parameters")
+    if torch._C._functorch.is_batchedtensor(grad):
+        raise ValueError("muon cannot run in a sweep (torch.func.vmap): its Newton-Schulz iteration runs in "
+                         "bfloat16, where vmap's batched addmm rounds differently from torch's one-matrix "
+                         "addmm, so a sweep's runs would not equal single fits; run fit() once per setting")
     buf = torch.lerp(state.momentum_buffer, grad, 1 - momentum)
     update = torch.lerp(grad, buf, momentum) if nesterov else buf
     ortho = orthogonalize(update, ns_coefficients, ns_steps, eps)  # bfloat16, added as torch adds it

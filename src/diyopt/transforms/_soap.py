@@ -98,6 +98,10 @@ def scale_by_soap(grad, state: SoapState, param, *, lr=3e-3, b1=0.95, b2=0.95, s
     :math:`Q_i` from ``eigh`` (no move). Dimensions above ``max_precondition_dim`` (and 1-D tensors
     unless ``precondition_1d``) are not rotated. Returns the whole update (``lr`` and the decay included).
     """
+    if torch._C._functorch.is_batchedtensor(grad):
+        raise ValueError("soap cannot run in a sweep (torch.func.vmap): its first eigenbasis is eigh's of a "
+                         "rank-deficient matrix, whose null-space basis the batched kernels pick differently, "
+                         "so a sweep's runs would not equal single fits; run fit() once per setting")
     count = state.step
     first = count == 0
     sb = b2 if shampoo_beta is None else shampoo_beta
