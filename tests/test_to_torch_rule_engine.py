@@ -168,3 +168,45 @@ def test_a_rule_whose_state_changes_shape(dtype, rule_steps):
             assert torch.equal(p.detach(), pure[k])
             assert torch.equal(opt.state[p]["value"], state[k])
     assert rule_steps == [True] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_tensors_run_joined_and_big_ones_alone_with_the_pure_rules_numbers(my_adam, dtype, monkeypatch):
+    """Tensors under ``_SMALL`` elements are stepped as one flat buffer; a param joining late (its step
+    count differs from theirs) makes the group's small tensors go one by one; the numbers are the pure
+    rule's throughout."""
+    joined = []
+    original = _to_torch.TorchOptimizer._small_batch
+
+    def counted(self, *a):
+        out = original(self, *a)
+        joined.append(len(out))
+        return out
+
+    monkeypatch.setattr(_to_torch.TorchOptimizer, "_small_batch", counted)
+    sizes = [_to_torch._SMALL + 5, 7, 8, 9]
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(n, generator=gen, dtype=dtype) for n in sizes]
+    rule = my_adam(lr=1e-2)
+    ours = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = diyopt.to_torch(rule, ours)
+    pure = {k: p.clone() for k, p in enumerate(init)}
+    state = rule.init(pure)
+    for step in range(4):
+        g = torch.Generator().manual_seed(100 + step)
+        gs = [torch.randn(n, generator=g, dtype=dtype) for n in sizes]
+        live = [k for k in range(4) if not (step == 0 and k == 3)]  # param 3 has no grad at step 0
+        for k, p in enumerate(ours):
+            p.grad = gs[k].clone() if k in live else None
+        opt.step()
+        sub = {k: pure[k] for k in live}
+        updates, new = rule.update({k: gs[k] for k in live}, {k: state[k] for k in live}, sub)
+        state.update(new)
+        pure.update(diyopt.apply_updates(sub, updates))
+        for k, p in enumerate(ours):
+            assert_rel(p.detach(), pure[k], TOL[dtype] / 1e3, f"step {step} param {k}")
+            if opt.state[p]:  # param 3 gets its state when it first has a gradient
+                assert_rel(opt.state[p]["m"], state[k].m, TOL[dtype] / 1e3, f"step {step} m {k}")
+                assert int(opt.state[p]["t"]) == int(state[k].t)
+    # step 0: params 1, 2 joined; from step 1 on, 3's step count is one behind theirs: one by one
+    assert joined == [2, 0, 0, 0]
