@@ -305,9 +305,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         The guard: the gradients are checked first (one sum each; a non-finite one hands the step to the
         pure path, which raises with nothing written), then each tensor's update before it is written. A
         non-finite update from finite gradients (the rule divides by zero) raises ``DivergedError`` naming
-        that tensor, with the tensors before it in the group already stepped, and the message says so. An
-        exception raised by the rule itself comes from the tensor that raised it, likewise (a rule that
-        fails on every tensor, e.g. one that uses an undeclared state, fails on the first, before writing).
+        that tensor, with the tensors before it in the group already stepped; say so in the message.
         """
         if torch.compiler.is_compiling() or layout.has_global or self.optimizer.sparse_grads:
             return False
@@ -317,17 +315,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         state = pytree.tree_unflatten(layout.read(self.state, params, i), layout.spec)
         owned = layout.by_param(len(params))
         new_state, relayout = {}, False
-        done = self._small_batch(opt, names, params, grads, state, owned, guard) if opt.flattenable else ()
-        for n in done:
-            new_state[n] = state[n]  # updated in place
-        stepped = [n for n in names if n in done]
         for j, (n, p, g) in enumerate(zip(names, params, grads)):
-            if n in done:
-                continue
             updates, one = opt.update({n: g}, {n: state[n]}, {n: p})
             u, s = updates[n], one[n]
             if guard and not math.isfinite(float(u.sum())):
-                _guard(updates, [n], [p], self.state[p].get("step"), stepped=stepped)
+                _guard(updates, [n], [p], self.state[p].get("step"), stepped=names[:j])
             leaves, spec = pytree.tree_flatten(s)
             if spec != pytree.tree_structure(state[n]):  # the rule changed this tensor's state's shape
                 relayout = True
@@ -337,64 +329,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             new_state[n] = s
             state[n] = None  # the old state's tensors go as soon as the store lets go of them
             p.add_(u.to(p.dtype))
-            stepped.append(n)
         if relayout:
             layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
             layout.write(self.state, params, i, pytree.tree_leaves(new_state))
         return True
-
-    def _small_batch(self, opt, names, params, grads, state, owned, guard) -> set:
-        """Step the group's small tensors (under ``_SMALL`` elements) as one: a flattenable rule treats every
-        element on its own, so it runs once on them joined into one flat buffer -- one set of ops instead of
-        one per tensor, whose fixed cost (a few us per op) is what small tensors cost. Their state is
-        written back in place. Returns the names stepped; none when they cannot be joined (fewer than two,
-        mixed dtypes or devices, state leaves that are neither per-element nor 0-dim, 0-dim leaves that
-        differ between tensors -- a step count that does -- or a non-finite update: the per-tensor loop
-        then steps them and names the tensor)."""
-        small = [j for j, p in enumerate(params) if p.numel() < _SMALL]
-        if len(small) < 2:
-            return set()
-        p0 = params[small[0]]
-        spec0 = pytree.tree_structure(state[names[small[0]]])
-        if any(params[j].dtype != p0.dtype or params[j].device != p0.device or grads[j].dtype != p0.dtype
-               or pytree.tree_structure(state[names[j]]) != spec0 for j in small):
-            return set()
-        per = [pytree.tree_leaves(state[names[j]]) for j in small]
-        joined = []
-        for k, first in enumerate(per[0]):
-            column = [leaves[k] for leaves in per]
-            if not all(isinstance(x, Tensor) for x in column):
-                return set()
-            if all(x.dim() == 0 for x in column):
-                if len({x.dtype for x in column}) != 1 or not bool((torch.stack(column) == first).all()):
-                    return set()
-                joined.append(first)
-            elif all(x.shape == params[j].shape and x.dtype == p0.dtype for x, j in zip(column, small)):
-                joined.append(torch.cat([x.reshape(-1) for x in column]))
-            else:
-                return set()
-        flat_p = torch.cat([params[j].detach().reshape(-1) for j in small])
-        flat_g = torch.cat([grads[j].reshape(-1) for j in small])
-        updates, new = opt.update({"flat": flat_g}, {"flat": pytree.tree_unflatten(joined, spec0)}, {"flat": flat_p})
-        u = updates["flat"]
-        leaves, spec = pytree.tree_flatten(new["flat"])
-        if spec != spec0 or any(not isinstance(x, Tensor) or x.dtype != old.dtype or x.shape != old.shape
-                                for x, old in zip(leaves, joined)):
-            return set()  # the rule changed its state's shape or dtype: the per-tensor loop handles that
-        if guard and not math.isfinite(float(u.sum())):
-            return set()
-        sizes = [params[j].numel() for j in small]
-        for k, (leaf, old) in enumerate(zip(leaves, joined)):
-            targets = [self.state[params[j]][owned[j][k][1]] for j in small]
-            if old.dim() == 0:
-                torch._foreach_copy_(targets, [leaf] * len(targets))
-            else:
-                torch._foreach_copy_(targets, [v.view(t.shape) for v, t in zip(leaf.split(sizes), targets)])
-        torch._foreach_add_([params[j] for j in small],
-                            [v.view(params[j].shape).to(params[j].dtype) for v, j in zip(u.split(sizes), small)])
-        for j in small:
-            state[names[j]] = pytree.tree_unflatten([self.state[params[j]][key] for _, key in owned[j]], spec0)
-        return {names[j] for j in small}
 
     # ------------------------------------------------------------ the compiled engine
 
