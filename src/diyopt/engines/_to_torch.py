@@ -305,7 +305,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         The guard: the gradients are checked first (one sum each; a non-finite one hands the step to the
         pure path, which raises with nothing written), then each tensor's update before it is written. A
         non-finite update from finite gradients (the rule divides by zero) raises ``DivergedError`` naming
-        that tensor, with the tensors before it in the group already stepped; say so in the message.
+        that tensor, with the tensors before it in the group already stepped, and the message says so. An
+        exception raised by the rule itself comes from the tensor that raised it, likewise (a rule that
+        fails on every tensor, e.g. one that uses an undeclared state, fails on the first, before writing).
         """
         if torch.compiler.is_compiling() or layout.has_global or self.optimizer.sparse_grads:
             return False
