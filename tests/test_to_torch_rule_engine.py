@@ -168,3 +168,20 @@ def test_a_rule_whose_state_changes_shape(dtype, rule_steps):
             assert torch.equal(p.detach(), pure[k])
             assert torch.equal(opt.state[p]["value"], state[k])
     assert rule_steps == [True] * 3
+
+
+@diyopt.elementwise
+def uses_undeclared_state(grad, state, param, *, lr=0.1):
+    m = state * 0.9 + grad  # no @uses_undeclared_state.init: the state is ()
+    return -lr * m, m
+
+
+def test_a_rule_using_undeclared_state_fails_on_the_first_tensor_with_nothing_written(rule_steps):
+    ps = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64)) for _ in range(3)]
+    opt = diyopt.to_torch(uses_undeclared_state(), ps)
+    for p in ps:
+        p.grad = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"declare.*uses_undeclared_state\.init|@uses_undeclared_state\.init"):
+        opt.step()
+    for p in ps:
+        assert torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))

@@ -18,17 +18,20 @@ names -- or the dotted full path where field names alone would collide. Leaves t
 (a schedule's counter) live in ``self.state["group<i>"]``, a key torch's ``state_dict`` carries as is.
 ``self.state`` is the only copy: every step rebuilds the tree from it, so a loaded state dict is used as is.
 
-Engines: the default runs, for a built-in whose settings torch's fused in-place step can do (``adam``,
-``adamw``, ``sgd`` with momentum, ``adagrad`` without ``lr_decay``, with Python-number hyperparameters:
-the factory sets ``Optimizer.kernel``), that kernel -- ``torch._fused_adam_`` /
-``_fused_adamw_`` / ``_fused_sgd_`` / ``_fused_adagrad_``, what
-``torch.optim.Adam(fused=True)`` runs -- on the very state tensors, under the very names, the pure rule
-keeps, so checkpoints move between engines; it is tested against the pure rule in float64 and float32
-(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through it. Anything else (a
-schedule or tensor as lr or betas, ``chain``/``masked`` around a rule, a user's ``elementwise`` rule, a
-state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the optimizer's pure
-``update`` eagerly (the reference), group by group. The kernel updates state in place as torch.optim does:
-a ``state_dict()`` taken earlier sees later steps (``copy.deepcopy`` it to keep a snapshot); loading copies
+Engines: the default runs, for a built-in whose settings an in-place kernel can do (Python-number
+hyperparameters, no schedule: the factory sets ``Optimizer.kernel``), that kernel
+(:mod:`diyopt.engines._kernels`): torch's fused step for ``adam``, ``adamw``, ``sgd``, ``adagrad`` without
+``lr_decay`` (``torch._fused_adam_``, ..., what ``torch.optim.Adam(fused=True)`` runs), torch.optim's own
+multi-tensor step (what the class runs with ``foreach=True``) for ``rmsprop``, ``adadelta``, ``adamax``,
+``nadam``, ``radam``, ``rprop``, ``asgd`` -- on the very state tensors, under the very names, the pure rule
+keeps, so checkpoints move between engines; each is tested against the pure rule in float64 and float32
+(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through them. A user's
+``elementwise`` rule runs tensor by tensor (``_rule_step``: the pure rule's own results, one tensor's
+temporaries alive at a time). Anything else (a schedule or tensor as lr or betas, ``chain``/``masked``
+around a rule, a state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the
+optimizer's pure ``update`` eagerly (the reference), group by group. The kernels update state in place as
+torch.optim does: a ``state_dict()`` taken earlier sees later steps (``copy.deepcopy`` it to keep a
+snapshot); loading copies
 the tensors. ``compiled=True``
 compiles each group's step -- update, state write-back and the parameter update -- with ``torch.compile``,
 which fuses the whole rule into one pass over memory and writes state and params in place: the fast path
@@ -71,7 +74,10 @@ def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = Fa
         and state stay the last finite ones (one reduction and one read per step; the kernel engine
         reduces over the gradients, since a non-finite gradient gives a non-finite Adam, SGD or Adagrad update,
         and hands such a step to the pure path, which raises: a finite gradient whose update overflows,
-        or a non-finite state loaded from a checkpoint, is not caught there before writing); ``"ignore"``: no
+        or a non-finite state loaded from a checkpoint, is not caught there before writing; a user's
+        ``elementwise`` rule is checked on the gradients first, then on each tensor's update before that
+        tensor is written: a non-finite update from finite gradients raises with the tensors before it in
+        the group already stepped, and the message names them); ``"ignore"``: no
         check (torch.optim's behaviour). Neither ``compiled=True`` nor a step traced by ``torch.compile``
         checks.
 
@@ -321,7 +327,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         The guard: the gradients are checked first (one sum each; a non-finite one hands the step to the
         pure path, which raises with nothing written), then each tensor's update before it is written. A
         non-finite update from finite gradients (the rule divides by zero) raises ``DivergedError`` naming
-        that tensor, with the tensors before it in the group already stepped; say so in the message.
+        that tensor, with the tensors before it in the group already stepped, and the message says so. An
+        exception raised by the rule itself comes from the tensor that raised it, likewise (a rule that
+        fails on every tensor, e.g. one that uses an undeclared state, fails on the first, before writing).
         """
         if torch.compiler.is_compiling() or layout.has_global or self.optimizer.sparse_grads:
             return False
