@@ -568,3 +568,17 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
         return "Z"
+
+
+@pytest.mark.parametrize("make", [lambda: diyopt.optim.sgd(lr=math.inf, momentum=0.9),
+                                  lambda: diyopt.optim.adam(lr=math.inf), lambda: diyopt.optim.adagrad(lr=math.inf),
+                                  lambda: diyopt.optim.rmsprop(lr=math.inf)])
+def test_an_infinite_setting_keeps_the_pure_path_so_the_guard_still_refuses(make):
+    # the in-place kernels cannot check an update before writing it; an infinite setting takes the pure rule
+    assert make().kernel is None
+    w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = diyopt.to_torch(make(), [w])
+    ((w - 1) ** 2).sum().backward()
+    with pytest.raises(DivergedError, match=r"non-finite update of parameter '0'"):
+        opt.step()
+    assert torch.equal(w.detach(), torch.zeros(2, dtype=torch.float64))

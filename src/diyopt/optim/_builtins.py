@@ -27,6 +27,7 @@ with ``foreach=True``), so an input torch refuses is refused here too.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from numbers import Real
 from typing import Any
@@ -118,9 +119,14 @@ def _coupled_decay(weight_decay: Any) -> list[Optimizer]:
 
 def _with_kernel(rule: Optimizer, kernel: str, *settings: Any) -> Optimizer:
     """``rule`` marked as computed by ``to_torch``'s in-place kernel ``kernel`` (``Optimizer.kernel``, see
-    :mod:`diyopt.engines._kernels`) when every setting it reads is a Python number; tensors and schedules
-    keep the pure rule."""
-    return rule._replace(kernel=kernel) if all(_is_number(x) for x in settings) else rule
+    :mod:`diyopt.engines._kernels`) when every setting it reads is a finite Python number; tensors and
+    schedules keep the pure rule, and so does an infinite or NaN setting (the kernel writes in place, so only
+    the pure path can check an update before it is written: ``lr=inf`` must raise, not write inf)."""
+    return rule._replace(kernel=kernel) if all(_finite_number(x) for x in settings) else rule
+
+
+def _finite_number(x: Any) -> bool:
+    return _is_number(x) and math.isfinite(x)
 
 
 # ---------------------------------------------------------------- the seed's own rule
@@ -182,7 +188,7 @@ def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0
     # torch's fused Adagrad step computes this rule in place without lr_decay (whose schedule keeps its own
     # counter; see Optimizer.kernel)
     fast = _is_number(lr_decay) and lr_decay == 0 and all(
-        _is_number(x) for x in (lr, weight_decay, eps))
+        _finite_number(x) for x in (lr, weight_decay, eps))
     return rule._replace(kernel="adagrad") if fast else rule
 
 
@@ -295,7 +301,7 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
 
     rule = _adam_like(direction, weight_decay, decoupled_weight_decay, maximize, lr, folds_lr=True)
     # torch's fused Adam/AdamW step computes this rule in place for number settings (see Optimizer.kernel)
-    fast = all(_is_number(x) for x in (lr, b1, b2, eps, weight_decay))
+    fast = all(_finite_number(x) for x in (lr, b1, b2, eps, weight_decay))
     return rule._replace(kernel="adamw" if decoupled_weight_decay else "adam") if fast else rule
 
 
