@@ -5,6 +5,7 @@ time would be on an idle machine), steps and seconds to the target of the fastes
 Run: python benchmarks/bench_workloads.py [--optimizers adamw adam sgd] [--tasks FAMILY ...] [--trials 16]
        [--seeds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,22 +28,30 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
-    print(f"machine: {machine()}, load average at start: {os.getloadavg()[0]:.1f}, trials={args.trials}, "
-          f"seeds={args.seeds}")
-    print(f"{'workload':24s} {'optimizer':10s} {'solved':>6s} {'studies':>7s} {'attempts':>8s} {'steps':>6s} "
-          f"{'s to target':>11s} {'wall s':>7s} {'CPU s':>7s}  budget (CPU)")
+    print(
+        f"machine: {machine()}, load average at start: {os.getloadavg()[0]:.1f}, trials={args.trials}, "
+        f"seeds={args.seeds}"
+    )
+    print(
+        f"{'workload':24s} {'optimizer':10s} {'solved':>6s} {'studies':>7s} {'attempts':>8s} {'steps':>6s} "
+        f"{'s to target':>11s} {'wall s':>7s} {'CPU s':>7s}  budget (CPU)"
+    )
     names = [w.name for w in workloads() if not args.tasks or w.family in args.tasks or w.name in args.tasks]
     for spec in args.optimizers:
         t0 = time.perf_counter()
         for name in names:  # one workload at a time: its own CPU time (one torch thread: ~ wall when idle)
             c0 = time.process_time()
-            row = diyopt.bench([spec], suite="workloads", tasks=[name], trials=args.trials, seeds=args.seeds,
-                               progress=False).rows[0]
+            row = diyopt.bench(
+                [spec], suite="workloads", tasks=[name], trials=args.trials, seeds=args.seeds, progress=False
+            ).rows[0]
             cpu = time.process_time() - c0
             ok = "ok" if cpu <= BUDGET_S else "OVER"
-            print(f"{row['task']:24s} {spec:10s} {str(row['solved']):>6s} {row['studies_solved']:>7s} "
-                  f"{row['attempts']:8g} {row['steps_to_target']:6g} {row['seconds_to_target']:11.2f} "
-                  f"{row['seconds']:7.1f} {cpu:7.1f}  {ok}", flush=True)
+            print(
+                f"{row['task']:24s} {spec:10s} {str(row['solved']):>6s} {row['studies_solved']:>7s} "
+                f"{row['attempts']:8g} {row['steps_to_target']:6g} {row['seconds_to_target']:11.2f} "
+                f"{row['seconds']:7.1f} {cpu:7.1f}  {ok}",
+                flush=True,
+            )
         print(f"{spec}: {time.perf_counter() - t0:.1f} s wall for {len(names)} workloads")
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
 

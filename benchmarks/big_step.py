@@ -13,6 +13,7 @@ Sizes [1_000_000]*8 + [250_000]*8 + [1000]*64 (as ../shared/anchors/optax_seed.p
   - JAX + optax (jit, donated buffers) when JAX is installed.
 Run: python benchmarks/big_step.py [--reps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def main() -> None:
     grads = [torch.randn(s, generator=gen) for s in SIZES]
 
     steps = {}
-    for name, kwargs in [("torch.optim.Adam(fused=True)", {"fused": True}),
-                         ("torch.optim.Adam(foreach=True)", {"foreach": True})]:
+    for name, kwargs in [
+        ("torch.optim.Adam(fused=True)", {"fused": True}),
+        ("torch.optim.Adam(foreach=True)", {"foreach": True}),
+    ]:
         ps = [p.clone().requires_grad_() for p in init]
         for p, g in zip(ps, grads):
             p.grad = g.clone()
@@ -57,8 +60,10 @@ def main() -> None:
 
     my_adam, adam_as_in_the_paper = load_user_adams()
     named_grads = {f"p{i}": g for i, g in enumerate(grads)}
-    for name, rule in [("user Adam (examples/my_adam.py), compiled_update", my_adam),
-                       ("  adam_as_in_the_paper (3 divisions per element), compiled_update", adam_as_in_the_paper)]:
+    for name, rule in [
+        ("user Adam (examples/my_adam.py), compiled_update", my_adam),
+        ("  adam_as_in_the_paper (3 divisions per element), compiled_update", adam_as_in_the_paper),
+    ]:
         opt = tensor_hyperparams(rule(lr=1e-3), init[0])
         params = {f"p{i}": p.clone() for i, p in enumerate(init)}
         step_, state = compiled_update(opt), opt.init(params)
@@ -83,8 +88,14 @@ def main() -> None:
     src = torch.randn(moved // 8, generator=gen)
     dst = torch.empty_like(src)
     t_copy = best_of(lambda: dst.copy_(src), reps=args.reps, warmup=2)  # reads + writes `moved` bytes
-    print(row(f"plain copy_ of the same {moved / 1e6:.0f} MB moved", t_copy * 1e3, "ms",
-              f"{moved / t_copy / 1e9:.1f} GB/s"))
+    print(
+        row(
+            f"plain copy_ of the same {moved / 1e6:.0f} MB moved",
+            t_copy * 1e3,
+            "ms",
+            f"{moved / t_copy / 1e9:.1f} GB/s",
+        )
+    )
     for name, t in [("fused", fused), ("user Adam compiled", t_user)]:
         print(row(f"  achieved bandwidth, {name}", moved / t / 1e9, "GB/s", f"{t_copy / t:.0%} of copy"))
 

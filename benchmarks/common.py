@@ -3,6 +3,7 @@
 Timings on a shared or small machine are noisy: every script reports the *best* of several repetitions
 and prints the reference and diyopt measured in the same run, with their ratio.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -67,8 +68,10 @@ def jax_or_none():
 def machine() -> str:
     import os
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def row(name: str, value: float, unit: str, ratio: str = "") -> str:
@@ -91,6 +94,7 @@ def jax_seed_fit(jx, x, y, steps: int, lr: float = 1e-3):
             value, g = jax.value_and_grad(loss)(p)
             u, s = opt.update(g, s, p)
             return (optax.apply_updates(p, u), s), value
+
         (p, _), values = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
         return p, values
 

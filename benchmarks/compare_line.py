@@ -9,6 +9,7 @@
 
     python benchmarks/compare_line.py [--steps 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "line"
-        cmd = [sys.executable, "-m", "diyopt.cli", "compare", "--problem", "line", "--optimizers",
-               "sgd,adam,gradient_descent", "--seeds", "5", "--steps", str(args.steps), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "diyopt.cli",
+            "compare",
+            "--problem",
+            "line",
+            "--optimizers",
+            "sgd,adam,gradient_descent",
+            "--seeds",
+            "5",
+            "--steps",
+            str(args.steps),
+            "--out",
+            str(out),
+        ]
         t = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         wall = time.perf_counter() - t
@@ -72,11 +87,15 @@ def main() -> None:
     # consistent: sorted by final loss, the ranks never go down
     by_loss = sorted(rows, key=lambda r: float(r["final_loss"]))
     consistent = [int(r["rank"]) for r in by_loss] == sorted(int(r["rank"]) for r in rows)
-    print(f"\n`diyopt compare --problem line --optimizers sgd,adam,gradient_descent --seeds 5 "
-          f"--steps {args.steps}`: {wall:.1f} s wall, ranks consistent with final losses: {consistent}")
+    print(
+        f"\n`diyopt compare --problem line --optimizers sgd,adam,gradient_descent --seeds 5 "
+        f"--steps {args.steps}`: {wall:.1f} s wall, ranks consistent with final losses: {consistent}"
+    )
     for r in sorted(rows, key=lambda r: int(r["rank"])):
-        print(f"  {r['rank']}  {r['optimizer']:18s} final loss {float(r['final_loss']):.10g}  "
-              f"steps to tol {r['steps_to_tol']}")
+        print(
+            f"  {r['rank']}  {r['optimizer']:18s} final loss {float(r['final_loss']):.10g}  "
+            f"steps to tol {r['steps_to_tol']}"
+        )
 
 
 if __name__ == "__main__":

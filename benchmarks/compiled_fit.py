@@ -9,6 +9,7 @@ Prints, measured in this run:
     cache (goal <= 10 s) and once reusing that cache (a second process).
 Run: python benchmarks/compiled_fit.py [--steps 4000] [--chunk N] [--no-cold]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,8 +95,14 @@ def main() -> None:
     first = diyopt.fit(loss, p0, opt, steps, engine="compiled", chunk=args.chunk)
     runs = [diyopt.fit(loss, p0, opt, steps, engine="compiled", chunk=args.chunk).seconds for _ in range(5)]
     comp_us = min(runs) / steps * 1e6
-    print(row(f"diyopt compiled engine, warm (chunk={first.info['chunk']})", comp_us, "us/step",
-              f"{seed_us / comp_us:.1f}x seed (goal >= 25x)"))
+    print(
+        row(
+            f"diyopt compiled engine, warm (chunk={first.info['chunk']})",
+            comp_us,
+            "us/step",
+            f"{seed_us / comp_us:.1f}x seed (goal >= 25x)",
+        )
+    )
     print(row("  compile_seconds of the first fit in this process", first.compile_seconds, "s"))
 
     jx = jax_or_none()
@@ -109,18 +116,31 @@ def main() -> None:
         jp0 = {"a": jnp.array(0.0), "b": jnp.array(0.0)}
         jax_s = best_of(lambda: jax.block_until_ready(single(jp0)), reps=5)
         jax_us = jax_s / steps * 1e6
-        print(row("JAX + optax (jit + lax.scan)", jax_us, "us/step",
-                  f"diyopt compiled / JAX = {comp_us / jax_us:.2f}x"))
+        print(
+            row("JAX + optax (jit + lax.scan)", jax_us, "us/step", f"diyopt compiled / JAX = {comp_us / jax_us:.2f}x")
+        )
         target_row(3, "compiled seed fit, warm, vs JAX + optax lax.scan", comp_us / jax_us, 1.0)
 
     if not args.no_cold:
         with tempfile.TemporaryDirectory() as cache:
             cold = cold_start(steps, args.chunk, cache)
             warm = cold_start(steps, args.chunk, cache)
-        print(row("cold start, empty Inductor cache (process start..exit)", cold["total_s"], "s",
-                  f"compile {cold['compile_s']:.2f} s (goal total <= 10 s)"))
-        print(row("second process, reusing the on-disk cache", warm["total_s"], "s",
-                  f"compile {warm['compile_s']:.2f} s ({cold['total_s'] / warm['total_s']:.1f}x faster start)"))
+        print(
+            row(
+                "cold start, empty Inductor cache (process start..exit)",
+                cold["total_s"],
+                "s",
+                f"compile {cold['compile_s']:.2f} s (goal total <= 10 s)",
+            )
+        )
+        print(
+            row(
+                "second process, reusing the on-disk cache",
+                warm["total_s"],
+                "s",
+                f"compile {warm['compile_s']:.2f} s ({cold['total_s'] / warm['total_s']:.1f}x faster start)",
+            )
+        )
         target_row(3, "compiled seed fit, cold Inductor cache, process start to exit", cold["total_s"], 10.0, " s")
         target_row(3, "compiled seed fit, second process (cache warm), start to exit", warm["total_s"], 3.0, " s")
 

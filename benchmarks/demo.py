@@ -12,6 +12,7 @@ Prints the best of ``--reps`` runs (after one run that warms the OS file cache) 
     with the two fits one after the other (``run_demo(parallel=False)``).
 Run: python benchmarks/demo.py [--reps 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,17 +123,35 @@ def main() -> None:
         demo_cmd = [py, "-m", "diyopt", "demo", "--out", str(Path(out) / "demo")]
         wall(seed_cmd), wall(demo_cmd)  # warm the OS file cache
         pairs = [(wall(seed_cmd), wall(demo_cmd)) for _ in range(args.reps)]  # in turn: the same load
-        serial = best([py, "-c", "from diyopt.analysis.demo import run_demo; "
-                       f"run_demo({str(Path(out) / 'serial')!r}, parallel=False)"], args.reps)
+        serial = best(
+            [
+                py,
+                "-c",
+                f"from diyopt.analysis.demo import run_demo; run_demo({str(Path(out) / 'serial')!r}, parallel=False)",
+            ],
+            args.reps,
+        )
     seed_script, demo = min(p[0] for p in pairs), min(p[1] for p in pairs)
     ratio = sorted(d / s for s, d in pairs)[len(pairs) // 2]
     print(row("python -c 'import torch' (the floor)", floor, "s"))
-    print(row("the seed's torch.optim.Adam fit alone, 4000 steps", seed_adam, "s",
-              "the floor of a demo that reproduces it"))
+    print(
+        row(
+            "the seed's torch.optim.Adam fit alone, 4000 steps",
+            seed_adam,
+            "s",
+            "the floor of a demo that reproduces it",
+        )
+    )
     print(row("the seed notebook as a script (data, 2 fits, 5 figures)", seed_script, "s"))
     print(row("diyopt demo, the two fits one after the other", serial, "s"))
-    print(row("diyopt demo --out TMP (Adam fit in a forked worker)", demo, "s",
-              f"{ratio:.2f}x the seed script (median of {len(pairs)} pairs)"))
+    print(
+        row(
+            "diyopt demo --out TMP (Adam fit in a forked worker)",
+            demo,
+            "s",
+            f"{ratio:.2f}x the seed script (median of {len(pairs)} pairs)",
+        )
+    )
     target_row(6, "diyopt demo vs the seed notebook as a script, process start to exit", ratio, 0.6)
 
 

@@ -15,6 +15,7 @@ run; the worst LRE of diyopt's standard errors against NIST's certified standard
 evaluations, Jacobian evaluations, restarts after a detected false convergence, and seconds. Ends with
 the counts of fits reaching LRE >= 4 and >= 6.
 """
+
 from __future__ import annotations
 
 import sys
@@ -65,11 +66,14 @@ def scipy_fit(problem, start):
 def main(args: list[str]) -> None:
     try:
         import scipy  # noqa: F401
+
         have_scipy = True
     except ImportError:
         have_scipy = False
-    header = (f"{'dataset':10s} {'start':6s} | {'diyopt LRE':>10s} {'std LRE':>7s} {'nfev':>5s} {'njev':>5s} "
-              f"{'restarts':>8s} {'seconds':>7s} | {'scipy LRE':>9s} {'nfev':>5s} {'seconds':>7s}")
+    header = (
+        f"{'dataset':10s} {'start':6s} | {'diyopt LRE':>10s} {'std LRE':>7s} {'nfev':>5s} {'njev':>5s} "
+        f"{'restarts':>8s} {'seconds':>7s} | {'scipy LRE':>9s} {'nfev':>5s} {'seconds':>7s}"
+    )
     # Warm up torch.func's first-call set-up so it is not billed to the first dataset.
     for jac in ("fwd", "rev"):
         diyopt.least_squares(lambda p: p["a"] * torch.arange(3.0) - 1, {"a": torch.tensor(0.0)}, jac=jac)
@@ -88,8 +92,10 @@ def main(args: list[str]) -> None:
             std = nist.worst_lre(diyopt.stats.standard_errors(p.residual, r.params), p.certified_std)
             group = "" if path.parent != HARD else " (nist_hard)"
             tally.setdefault(f"diyopt {start}{group}", []).append(ours)
-            line = (f"{p.name[5:]:10s} {start:6s} | {ours:10.1f} {std:7.1f} {r.nfev:5d} "
-                    f"{r.njev:5d} {r.info.get('restarts', 0):8d} {seconds:7.3f} |")
+            line = (
+                f"{p.name[5:]:10s} {start:6s} | {ours:10.1f} {std:7.1f} {r.nfev:5d} "
+                f"{r.njev:5d} {r.info.get('restarts', 0):8d} {seconds:7.3f} |"
+            )
             if have_scipy:
                 theirs, nfev, s_seconds = scipy_fit(p, p.starts[start])
                 tally.setdefault(f"scipy  {start}{group}", []).append(theirs)
@@ -97,8 +103,10 @@ def main(args: list[str]) -> None:
             print(line, flush=True)
     print()
     for label, scores in tally.items():
-        print(f"{label}: LRE >= 4 on {sum(s >= 4 for s in scores)}/{len(scores)}, "
-              f"LRE >= 6 on {sum(s >= 6 for s in scores)}/{len(scores)}")
+        print(
+            f"{label}: LRE >= 4 on {sum(s >= 4 for s in scores)}/{len(scores)}, "
+            f"LRE >= 6 on {sum(s >= 6 for s in scores)}/{len(scores)}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Reference: the same fit with the guard off (``on_nonfinite="ignore"``), measured
 
     .venv/bin/python benchmarks/reliability_overhead.py [--steps 4000] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ def seed_fit(steps: int, **options) -> float:
     x, y = diyopt.data.make_line(seed=0)
     p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
     start = time.perf_counter()
-    diyopt.fit(lambda p: diyopt.losses.l2_norm(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=1e-3), steps,
-               **options)
+    diyopt.fit(
+        lambda p: diyopt.losses.l2_norm(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=1e-3), steps, **options
+    )
     return (time.perf_counter() - start) / steps * 1e6
 
 

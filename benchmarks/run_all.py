@@ -7,6 +7,7 @@ issue 15's seven targets no script reported (e.g. JAX not installed). Exit statu
 
     python benchmarks/run_all.py [--only to_torch_step.py,seed_fit.py] [--skip bench_diagnostic.py]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def main() -> int:
     args = ap.parse_args()
     only = {s for s in args.only.split(",") if s}
     skip = {s for s in args.skip.split(",") if s}
-    scripts = [p for p in sorted(HERE.glob("*.py"))
-               if p.name not in NOT_SCRIPTS and p.name not in skip and (not only or p.name in only)]
+    scripts = [
+        p
+        for p in sorted(HERE.glob("*.py"))
+        if p.name not in NOT_SCRIPTS and p.name not in skip and (not only or p.name in only)
+    ]
     rows, failed = [], []
     for script in scripts:
         print(f"== {script.name}", flush=True)

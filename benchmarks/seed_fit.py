@@ -5,6 +5,7 @@ Prints microseconds per step (best of --repeats) and the median of paired ratios
 Targets (issue 2): diyopt adam <= 0.7x the seed's torch.optim.Adam loop; gradient_descent <= 1.1x the
 seed's hand-written loop; torch.optim.Adam through fit <= 1.1x the seed loop.
 """
+
 import argparse
 import platform
 import sys
@@ -34,8 +35,7 @@ def paired(ref, ours, steps, repeats):
     ref(50), ours(50)  # warm-up
     pairs = [(seconds(ref, steps), seconds(ours, steps)) for _ in range(repeats)]
     ratios = sorted(o / r for r, o in pairs)
-    return (min(r for r, _ in pairs) / steps * 1e6, min(o for _, o in pairs) / steps * 1e6,
-            ratios[len(ratios) // 2])
+    return (min(r for r, _ in pairs) / steps * 1e6, min(o for _, o in pairs) / steps * 1e6, ratios[len(ratios) // 2])
 
 
 def main():
@@ -49,20 +49,36 @@ def main():
     # The seed's leaves: torch.randn(1), float32, against float64 data.
     p0 = {"a": torch.randn(1), "b": torch.randn(1)}
     rows = [
-        ("diyopt adam vs seed torch.optim.Adam loop", lambda n: package_adam(x_np, y_np, n),
-         lambda n: diyopt.fit(loss, p0, diyopt.optim.adam(), n), 0.7),
-        ("diyopt gradient_descent vs seed hand loop", lambda n: own_gradient_descent(x_np, y_np, n),
-         lambda n: diyopt.fit(loss, p0, diyopt.optim.gradient_descent(lr=1e-3), n), 1.1),
-        ("fit(torch.optim.Adam) vs seed torch.optim.Adam loop", lambda n: package_adam(x_np, y_np, n),
-         lambda n: diyopt.fit(loss, p0, torch.optim.Adam, n), 1.1),
+        (
+            "diyopt adam vs seed torch.optim.Adam loop",
+            lambda n: package_adam(x_np, y_np, n),
+            lambda n: diyopt.fit(loss, p0, diyopt.optim.adam(), n),
+            0.7,
+        ),
+        (
+            "diyopt gradient_descent vs seed hand loop",
+            lambda n: own_gradient_descent(x_np, y_np, n),
+            lambda n: diyopt.fit(loss, p0, diyopt.optim.gradient_descent(lr=1e-3), n),
+            1.1,
+        ),
+        (
+            "fit(torch.optim.Adam) vs seed torch.optim.Adam loop",
+            lambda n: package_adam(x_np, y_np, n),
+            lambda n: diyopt.fit(loss, p0, torch.optim.Adam, n),
+            1.1,
+        ),
     ]
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"steps={args.steps}, best of {args.repeats}")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"steps={args.steps}, best of {args.repeats}"
+    )
     print(f"{'work':<55}{'seed us/step':>13}{'diyopt us/step':>15}{'ratio':>7}{'target':>8}  (ratio: median of pairs)")
     for name, ref, ours, target in rows:
         ref_us, our_us, ratio = paired(ref, ours, args.steps, args.repeats)
-        print(f"{name:<55}{ref_us:>13.1f}{our_us:>15.1f}{ratio:>7.2f}{'<=' + str(target):>8}"
-              f"  {'ok' if ratio <= target else 'MISSED'}")
+        print(
+            f"{name:<55}{ref_us:>13.1f}{our_us:>15.1f}{ratio:>7.2f}{'<=' + str(target):>8}"
+            f"  {'ok' if ratio <= target else 'MISSED'}"
+        )
         if not name.startswith("fit(torch.optim"):  # issue 15's target 4 (guard on, the default)
             target_row(4, f"eager fit, {name}", ratio, target)
 

@@ -12,6 +12,7 @@ Prints, in this run:
 Starts: seed s is (a, b) = (0, 0) + N(0, 1) drawn with seed s, as ``diyopt.sweep`` documents.
 Run: python benchmarks/sweep.py [--runs 1000] [--steps 4000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,22 +50,40 @@ def main() -> None:
         diyopt.fit(loss, start(s), opt, steps)
     per_fit = (time.perf_counter() - t) / args.eager_fits
     loop_s = per_fit * runs
-    print(row(f"loop of single eager fits (timed {args.eager_fits}, extrapolated)", loop_s, "s",
-              f"{loop_s / fit_steps * 1e6:.3g} us per fit-step"))
+    print(
+        row(
+            f"loop of single eager fits (timed {args.eager_fits}, extrapolated)",
+            loop_s,
+            "s",
+            f"{loop_s / fit_steps * 1e6:.3g} us per fit-step",
+        )
+    )
 
     # eager vmap, on fewer steps, extrapolated
     short = diyopt.sweep(loss, p0, opt, args.vmap_steps, seeds=runs, chunk=args.chunk)
     vmap_s = short.seconds * steps / args.vmap_steps
-    print(row(f"diyopt.sweep engine='vmap' ({args.vmap_steps} steps, extrapolated)", vmap_s, "s",
-              f"{loop_s / vmap_s:.0f}x loop; {vmap_s / fit_steps * 1e6:.3g} us per fit-step"))
+    print(
+        row(
+            f"diyopt.sweep engine='vmap' ({args.vmap_steps} steps, extrapolated)",
+            vmap_s,
+            "s",
+            f"{loop_s / vmap_s:.0f}x loop; {vmap_s / fit_steps * 1e6:.3g} us per fit-step",
+        )
+    )
 
     target_row(5, "sweep, default engine (eager vmap), us per fit-step", vmap_s / fit_steps * 1e6, 0.5, " us")
 
     sweep = diyopt.sweep(loss, p0, opt, steps, seeds=runs, engine="compiled", chunk=args.chunk)
     again = diyopt.sweep(loss, p0, opt, steps, seeds=runs, engine="compiled", chunk=args.chunk)
     comp_s = min(sweep.seconds, again.seconds)
-    print(row(f"diyopt.sweep engine='compiled' (chunk={args.chunk}), warm", comp_s, "s",
-              f"{loop_s / comp_s:.0f}x loop (goal >= 100x); {comp_s / fit_steps * 1e6:.3g} us per fit-step"))
+    print(
+        row(
+            f"diyopt.sweep engine='compiled' (chunk={args.chunk}), warm",
+            comp_s,
+            "s",
+            f"{loop_s / comp_s:.0f}x loop (goal >= 100x); {comp_s / fit_steps * 1e6:.3g} us per fit-step",
+        )
+    )
     print(row("  compile_seconds (first sweep in this process)", sweep.compile_seconds, "s"))
     single = diyopt.fit(loss, start(7), opt, steps)
     err = float(((sweep.losses[7] - single.losses).abs() / single.losses).max())
@@ -81,10 +100,18 @@ def main() -> None:
     P = {"a": jnp.asarray(starts[:, 0]), "b": jnp.asarray(starts[:, 1])}
     jsweep = jax.jit(jax.vmap(jfit))
     jax_s = best_of(lambda: jax.block_until_ready(jsweep(P)), reps=3)
-    print(row("JAX + optax (jit + vmap of lax.scan)", jax_s, "s",
-              f"diyopt compiled / JAX = {comp_s / jax_s:.2f}x (goal <= 2x); "
-              f"{jax_s / fit_steps * 1e6:.3g} us per fit-step"))
-    target_row(5, "sweep, compiled engine (compile included) vs JAX vmap", (comp_s + sweep.compile_seconds) / jax_s, 0.5)
+    print(
+        row(
+            "JAX + optax (jit + vmap of lax.scan)",
+            jax_s,
+            "s",
+            f"diyopt compiled / JAX = {comp_s / jax_s:.2f}x (goal <= 2x); "
+            f"{jax_s / fit_steps * 1e6:.3g} us per fit-step",
+        )
+    )
+    target_row(
+        5, "sweep, compiled engine (compile included) vs JAX vmap", (comp_s + sweep.compile_seconds) / jax_s, 0.5
+    )
 
 
 if __name__ == "__main__":

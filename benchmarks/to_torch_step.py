@@ -20,6 +20,7 @@ the compiler's own memory, allocator caching and page-touch effects, so it is no
 
     python benchmarks/to_torch_step.py [--steps 20] [--no-compiled] [--only adam,sgd,my_adam,compiled]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,8 +106,7 @@ def measure(engines: dict, steps: int) -> list[dict]:
         start = time.perf_counter()
         opt = make_opt(params)
         opt.step()
-        runs.append({"name": name, "opt": opt, "params": params, "first_s": time.perf_counter() - start,
-                     "times": []})
+        runs.append({"name": name, "opt": opt, "params": params, "first_s": time.perf_counter() - start, "times": []})
         for _ in range(2):
             opt.step()
     for _ in range(steps):
@@ -171,31 +171,44 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     only = {s for s in args.only.split(",") if s}
-    print(f"torch {torch.__version__}, {machine()}, "
-          f"{sum(SIZES) / 1e6:.0f}M float32 params in {len(SIZES)} tensors, {args.steps} timed steps")
+    print(
+        f"torch {torch.__version__}, {machine()}, "
+        f"{sum(SIZES) / 1e6:.0f}M float32 params in {len(SIZES)} tensors, {args.steps} timed steps"
+    )
     print(f"{'optimizer':46s} {'step ms':>9s} {'ratio':>6s} {'peak MB':>8s} {'peak ratio':>10s} {'1st step s':>10s}")
     # one pair at a time (each engine holds ~200 MB), the two timed round-robin
     for label, cls, factory, kw in PAIRS:
         if only and label not in only:
             continue
         ref = f"torch.optim.{cls.__name__}(foreach=True)"
-        engines = {ref: lambda p, cls=cls, kw=kw: cls(p, foreach=True, **kw),
-                   f"diyopt {label}, to_torch (default)": lambda p, f=factory, kw=kw: diyopt.to_torch(f(**kw), p)}
+        engines = {
+            ref: lambda p, cls=cls, kw=kw: cls(p, foreach=True, **kw),
+            f"diyopt {label}, to_torch (default)": lambda p, f=factory, kw=kw: diyopt.to_torch(f(**kw), p),
+        }
         report({r["name"]: r for r in measure(engines, args.steps)}, ref, label, TIME_TARGET)
     if not only or "my_adam" in only:
         my_adam = load_my_adam()
         ref = "torch.optim.Adam(foreach=True)"
-        engines = {ref: lambda p: torch.optim.Adam(p, foreach=True),
-                   "user my_adam (examples/), to_torch (default)": lambda p: diyopt.to_torch(my_adam(), p)}
+        engines = {
+            ref: lambda p: torch.optim.Adam(p, foreach=True),
+            "user my_adam (examples/), to_torch (default)": lambda p: diyopt.to_torch(my_adam(), p),
+        }
         report({r["name"]: r for r in measure(engines, args.steps)}, ref, "my_adam()", USER_TIME_TARGET)
     if not args.no_compiled and (not only or "compiled" in only):
         ref = "torch.optim.Adam(foreach=True)"
-        engines = {ref: lambda p: torch.optim.Adam(p, foreach=True),
-                   "diyopt adam, to_torch(compiled=True)": lambda p: diyopt.to_torch(diyopt.optim.adam(), p, compiled=True)}
+        engines = {
+            ref: lambda p: torch.optim.Adam(p, foreach=True),
+            "diyopt adam, to_torch(compiled=True)": lambda p: diyopt.to_torch(diyopt.optim.adam(), p, compiled=True),
+        }
         rows = {r["name"]: r for r in measure(engines, args.steps)}
         report(rows, ref, "adam(), compiled=True", TIME_TARGET)
-        target_row(2, "to_torch(adam(), compiled=True) first step (Inductor cache as found)",
-                   rows["diyopt adam, to_torch(compiled=True)"]["first_s"], 30.0, " s")
+        target_row(
+            2,
+            "to_torch(adam(), compiled=True) first step (Inductor cache as found)",
+            rows["diyopt adam, to_torch(compiled=True)"]["first_s"],
+            30.0,
+            " s",
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ difference between the two loss curves (target <= 1e-6, float32).
 
     python benchmarks/transformer_step.py [--steps 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,10 @@ def main() -> None:
     ref_model = GPT()
     our_model = copy.deepcopy(ref_model)
     n = sum(p.numel() for p in ref_model.parameters())
-    print(f"target 7: GPT-style transformer ({LAYERS} layers, d={D}, seq {SEQ}, batch {BATCH}, {n / 1e6:.2f}M "
-          f"params in {len(list(ref_model.parameters()))} tensors), {args.steps} steps -- {machine()}")
+    print(
+        f"target 7: GPT-style transformer ({LAYERS} layers, d={D}, seq {SEQ}, batch {BATCH}, {n / 1e6:.2f}M "
+        f"params in {len(list(ref_model.parameters()))} tensors), {args.steps} steps -- {machine()}"
+    )
     contenders = {
         "torch.optim.AdamW(fused=True)": (ref_model, torch.optim.AdamW(ref_model.parameters(), lr=1e-3, fused=True)),
         "diyopt.to_torch(adamw())": (our_model, diyopt.to_torch(diyopt.optim.adamw(lr=1e-3), our_model)),

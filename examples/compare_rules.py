@@ -7,6 +7,7 @@ SGD and diyopt's adam on the Rosenbrock valley and on the seed's line, 5 starts 
 gets one sub-folder per problem (figures, table.csv, table.md, settings.json), Dolan-More performance
 profiles across both problems, and report.html -- one page to open in a browser.
 """
+
 import argparse
 
 import torch

@@ -4,6 +4,7 @@
 
 Equal to ``torch.optim.Muon`` (nesterov, Keller Jordan's lr adjustment): ``tests/test_example_muon.py``.
 """
+
 import math
 
 import torch
@@ -22,11 +23,11 @@ def newton_schulz(g, steps=5, eps=1e-7, a=3.4445, b=-4.7750, c=2.0315):
     return x.T if g.size(0) > g.size(1) else x
 
 
-@diyopt.elementwise(whole_tensor=True)      # it looks at whole matrices: never run on a flat buffer
+@diyopt.elementwise(whole_tensor=True)  # it looks at whole matrices: never run on a flat buffer
 def muon(grad, buf, param, *, lr=1e-3, momentum=0.95, weight_decay=0.1):
-    buf = torch.lerp(buf, grad, 1 - momentum)                        # momentum: buf = mu buf + (1-mu) g
-    ortho = newton_schulz(torch.lerp(grad, buf, momentum)).to(param.dtype)   # Nesterov, orthogonalized
-    scale = lr * math.sqrt(max(1, param.size(0) / param.size(1)))   # same RMS for any matrix shape
+    buf = torch.lerp(buf, grad, 1 - momentum)  # momentum: buf = mu buf + (1-mu) g
+    ortho = newton_schulz(torch.lerp(grad, buf, momentum)).to(param.dtype)  # Nesterov, orthogonalized
+    scale = lr * math.sqrt(max(1, param.size(0) / param.size(1)))  # same RMS for any matrix shape
     return -scale * ortho - lr * weight_decay * param, buf
 
 
@@ -37,8 +38,10 @@ def _(param):
 
 def muon_adamw(lr=0.02, adamw_lr=3e-3):
     """Muon for the 2-D weights, AdamW for everything else (biases, norms)."""
-    return diyopt.transforms.partition({"muon": muon(lr=lr), "adamw": diyopt.optim.adamw(lr=adamw_lr)},
-                                       lambda name, p: "muon" if p.ndim == 2 else "adamw")
+    return diyopt.transforms.partition(
+        {"muon": muon(lr=lr), "adamw": diyopt.optim.adamw(lr=adamw_lr)},
+        lambda name, p: "muon" if p.ndim == 2 else "adamw",
+    )
 
 
 if __name__ == "__main__":

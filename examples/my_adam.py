@@ -6,6 +6,7 @@
 
 Also usable from the command line as a spec: ``examples/my_adam.py:my_adam:lr=1e-2``.
 """
+
 from typing import NamedTuple
 
 import torch
@@ -29,15 +30,16 @@ def my_adam(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
     t = state.t + 1
     m = b1 * state.m + (1 - b1) * grad
     v = b2 * state.v + (1 - b2) * grad * grad
-    step_size = lr / (1 - b1 ** t)
-    bias_correction2_sqrt = (1 - b2 ** t).sqrt()
+    step_size = lr / (1 - b1**t)
+    bias_correction2_sqrt = (1 - b2**t).sqrt()
     return -step_size * m / (v.sqrt() / bias_correction2_sqrt + eps), MyAdamState(t, m, v)
 
 
 @my_adam.init
 def zeros_state(param):
-    return MyAdamState(torch.zeros((), dtype=param.dtype, device=param.device),
-                       torch.zeros_like(param), torch.zeros_like(param))
+    return MyAdamState(
+        torch.zeros((), dtype=param.dtype, device=param.device), torch.zeros_like(param), torch.zeros_like(param)
+    )
 
 
 @diyopt.elementwise
@@ -50,8 +52,8 @@ def adam_as_in_the_paper(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1
     t = state.t + 1
     m = b1 * state.m + (1 - b1) * grad
     v = b2 * state.v + (1 - b2) * grad * grad
-    m_hat = m / (1 - b1 ** t)
-    v_hat = v / (1 - b2 ** t)
+    m_hat = m / (1 - b1**t)
+    v_hat = v / (1 - b2**t)
     return -lr * m_hat / (v_hat.sqrt() + eps), MyAdamState(t, m, v)
 
 

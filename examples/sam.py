@@ -4,6 +4,7 @@ params; declaring it in ``extra_args`` is all it takes for fit, sweep and ``to_t
 
     python examples/sam.py
 """
+
 import torch
 
 import diyopt

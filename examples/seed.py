@@ -6,6 +6,7 @@ uses the gradients autograd gives it. Then draw the loss per epoch and the fitte
 
 Run:  python examples/seed.py   (figures land in runs/seed/)
 """
+
 from pathlib import Path
 
 import torch

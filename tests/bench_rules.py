@@ -1,4 +1,5 @@
 """Broken update rules for tests/test_bench.py: each must pass no diagnostic task, however tuned."""
+
 import diyopt
 
 
@@ -21,7 +22,7 @@ def adam_ascent(grad, state, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
     t = t + 1
     m = b1 * m + (1 - b1) * grad
     v = b2 * v + (1 - b2) * grad * grad
-    step = lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    step = lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
     return step, (m, v, t)
 
 

@@ -1,6 +1,7 @@
 """The optimizers of the extended contract as tests/test_contract.py and its subprocesses (SIGKILL,
 torchrun) run them: the settings, and the small MLP they train. Only torch and diyopt imported, so a
 child process starts quickly."""
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,7 @@ def named(model: torch.nn.Module) -> dict:
 #: Each optimizer under test; tests/test_contract.py's RefRun builds its reference with the same settings.
 MINE = {
     "schedule_free_sgd": lambda: schedule_free_sgd(lr=0.1, momentum=0.9, weight_decay=0.01, warmup_steps=10),
-    "schedule_free_adamw": lambda: schedule_free_adamw(lr=0.01, betas=(0.9, 0.99), weight_decay=0.01,
-                                                       warmup_steps=10),
+    "schedule_free_adamw": lambda: schedule_free_adamw(lr=0.01, betas=(0.9, 0.99), weight_decay=0.01, warmup_steps=10),
     "sam": lambda: sam(diyopt.optim.sgd(lr=0.1, momentum=0.9), rho=0.05),
     "sam_adaptive": lambda: sam(diyopt.optim.adam(lr=0.01), rho=0.5, adaptive=True),
     "lookahead": lambda: lookahead(diyopt.optim.adam(lr=0.01), k=5, alpha=0.5),

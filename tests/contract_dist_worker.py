@@ -4,6 +4,7 @@ rank on its half of the data; rank 0 saves what it found.
 
     python -m torch.distributed.run --nproc_per_node=2 tests/contract_dist_worker.py OUT_DIR
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,7 +1,8 @@
 """Run under ``torchrun --nproc_per_node=N`` by tests/test_distributed.py; rank 0 saves what it found.
 
-    python -m torch.distributed.run --nproc_per_node=2 tests/dist_worker.py OUT_DIR
+python -m torch.distributed.run --nproc_per_node=2 tests/dist_worker.py OUT_DIR
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,9 @@ def line_fit(loss_name: str, reduction: str, n: int):
     x, y = dd.shard(x, y, even=reduction == "mean")
     loss_on_pred = diyopt.losses.get(loss_name)
     p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
-    r = diyopt.fit(lambda p: loss_on_pred(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=1e-2), STEPS,
-                   distributed=reduction)
+    r = diyopt.fit(
+        lambda p: loss_on_pred(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=1e-2), STEPS, distributed=reduction
+    )
     return {"params": r.params, "losses": r.losses}
 
 
@@ -56,8 +58,9 @@ def sweep_lrs() -> list[float]:
 def sweep_row(lr: float) -> dict:
     x, y = diyopt.data.make_line(seed=0)
     p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
-    r = diyopt.fit(lambda p: diyopt.losses.mse(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=lr), 300,
-                   distributed=False)  # independent runs: no gradient exchange
+    r = diyopt.fit(
+        lambda p: diyopt.losses.mse(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=lr), 300, distributed=False
+    )  # independent runs: no gradient exchange
     return {"lr": lr, "final_loss": r.losses[-1].item(), "a": r.params["a"].item()}
 
 
@@ -65,16 +68,19 @@ def line_sweep(lrs: list[float]):
     """diyopt.sweep (vmapped runs) over learning rates on the seed line."""
     x, y = diyopt.data.make_line(seed=0)
     p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
-    return diyopt.sweep(lambda p: diyopt.losses.mse(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(), 300,
-                        grid={"lr": lrs})
+    return diyopt.sweep(
+        lambda p: diyopt.losses.mse(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(), 300, grid={"lr": lrs}
+    )
 
 
 def run(out: Path) -> None:
     rank, world = dd.init()
-    found = {"world": world,
-             "mse": line_fit("mse", "mean", 100),
-             "sse": line_fit("sse", "sum", 101),       # uneven shards: 51 + 50 rows
-             "l2_norm": line_fit("l2_norm", "norm", 101)}
+    found = {
+        "world": world,
+        "mse": line_fit("mse", "mean", 100),
+        "sse": line_fit("sse", "sum", 101),  # uneven shards: 51 + 50 rows
+        "l2_norm": line_fit("l2_norm", "norm", 101),
+    }
     x, y = mlp_data()
     model = torch.nn.parallel.DistributedDataParallel(mlp())
     xs, ys = dd.shard(x, y)
@@ -83,8 +89,25 @@ def run(out: Path) -> None:
     mine = line_sweep(dd.split_work(sweep_lrs()))
     found["vmap_sweep"] = dd.gather([{"lr": r["lr"], "final_loss": r["final_loss"]} for r in mine.rows])
     # The CLI under torchrun: the line data is sharded, rank 0 writes the outputs and the checkpoint.
-    found["cli"] = main(["fit", "--problem", "line", "--loss", "mse", "--optimizer", "adam", "--steps", "300",
-                         "--out", str(out / "cli"), "--checkpoint", str(out / "cli.pt"), "--checkpoint-every", "100"])
+    found["cli"] = main(
+        [
+            "fit",
+            "--problem",
+            "line",
+            "--loss",
+            "mse",
+            "--optimizer",
+            "adam",
+            "--steps",
+            "300",
+            "--out",
+            str(out / "cli"),
+            "--checkpoint",
+            str(out / "cli.pt"),
+            "--checkpoint-every",
+            "100",
+        ]
+    )
     if dd.is_main():
         torch.save(found, out / "found.pt")
     torch.distributed.destroy_process_group()

@@ -33,6 +33,7 @@ others (``muon``, ``sparse_adam``, ``lbfgs`` below). For example::
         check_lr=1e-2,
     ),
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -45,11 +46,11 @@ from optim_references import lion_paper
 from diyopt import schedules
 
 # The forms an optimizer can be tested in; a test selects the records having the form it drives.
-UPDATE = "update"      # functional init/update/apply_updates on dense tensors of any shape
+UPDATE = "update"  # functional init/update/apply_updates on dense tensors of any shape
 TO_TORCH = "to_torch"  # diyopt.to_torch(opt, params): a torch.optim.Optimizer
-FIT = "fit"            # diyopt.fit on dense vectors (convergence budgets, the conformance kit)
+FIT = "fit"  # diyopt.fit on dense vectors (convergence budgets, the conformance kit)
 COMPILED = "compiled"  # diyopt.fit(..., engine="compiled")
-SWEEP = "sweep"        # diyopt.sweep (vmap over runs; hyperparameters as tensors)
+SWEEP = "sweep"  # diyopt.sweep (vmap over runs; hyperparameters as tensors)
 ALL_FORMS = (UPDATE, TO_TORCH, FIT, COMPILED, SWEEP)
 
 # torch's implementation flags (its "global-cliquey" kwargs): the factories accept them, no number changes,
@@ -127,13 +128,16 @@ class OptimizerInfo:
 
 optim_db: list[OptimizerInfo] = [
     OptimizerInfo(
-        "gradient_descent", torch.optim.SGD, is_torch_cls=False,
+        "gradient_descent",
+        torch.optim.SGD,
+        is_torch_cls=False,
         settings=[{}, {"lr": 1e-2}, {"lr": 3e-2}, {"lr": 1e-4}, {"lr": 5e-3}],
         budget=Budget({"lr": 0.1}, 50, {"lr": 1.8e-3}, 6000),
         check_lr=1e-3,
     ),
     OptimizerInfo(
-        "sgd", torch.optim.SGD,
+        "sgd",
+        torch.optim.SGD,
         settings=[
             {"lr": 1e-2},
             {"lr": 1e-2, "momentum": 0.9},
@@ -146,13 +150,25 @@ optim_db: list[OptimizerInfo] = [
             ErrorInput({"lr": -1.0}, ValueError, r"^Invalid learning rate: -1.0$", torch_too=True),
             ErrorInput({"momentum": -0.5}, ValueError, r"^Invalid momentum value: -0.5$", torch_too=True),
             ErrorInput({"weight_decay": -1e-2}, ValueError, r"^Invalid weight_decay value: -0.01$", torch_too=True),
-            ErrorInput({"nesterov": True}, ValueError, r"^Nesterov momentum requires a momentum and zero dampening$",
-                       torch_too=True),
-            ErrorInput({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError,
-                       r"^Nesterov momentum requires a momentum and zero dampening$", torch_too=True),
+            ErrorInput(
+                {"nesterov": True},
+                ValueError,
+                r"^Nesterov momentum requires a momentum and zero dampening$",
+                torch_too=True,
+            ),
+            ErrorInput(
+                {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
+                ValueError,
+                r"^Nesterov momentum requires a momentum and zero dampening$",
+                torch_too=True,
+            ),
             # torch's implementation flags are accepted (they change no numbers); torch's checks of them are kept
-            ErrorInput({"fused": True, "differentiable": True}, RuntimeError,
-                       r"`fused` does not support `differentiable`", torch_too=True),
+            ErrorInput(
+                {"fused": True, "differentiable": True},
+                RuntimeError,
+                r"`fused` does not support `differentiable`",
+                torch_too=True,
+            ),
         ],
         budget=Budget({"lr": 0.1, "momentum": 0.5}, 50, {"lr": 2e-3, "momentum": 0.9}, 600),
         check_lr=1e-3,
@@ -167,7 +183,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "adagrad", torch.optim.Adagrad,
+        "adagrad",
+        torch.optim.Adagrad,
         settings=[
             {},
             {"lr": 0.1, "lr_decay": 0.01},
@@ -178,8 +195,12 @@ optim_db: list[OptimizerInfo] = [
         error_inputs=[
             ErrorInput({"lr": -0.1}, ValueError, r"^Invalid learning rate: -0.1$", torch_too=True),
             ErrorInput({"lr_decay": -1.0}, ValueError, r"^Invalid lr_decay value: -1.0$", torch_too=True),
-            ErrorInput({"initial_accumulator_value": -1.0}, ValueError,
-                       r"^Invalid initial_accumulator_value value: -1.0$", torch_too=True),
+            ErrorInput(
+                {"initial_accumulator_value": -1.0},
+                ValueError,
+                r"^Invalid initial_accumulator_value value: -1.0$",
+                torch_too=True,
+            ),
             ErrorInput({"eps": -1e-10}, ValueError, r"^Invalid epsilon value: -1e-10$", torch_too=True),
             ErrorInput({"weight_decay": -1.0}, ValueError, r"^Invalid weight_decay value: -1.0$", torch_too=True),
         ],
@@ -193,7 +214,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "rmsprop", torch.optim.RMSprop,
+        "rmsprop",
+        torch.optim.RMSprop,
         settings=[
             {},
             {"lr": 1e-2, "centered": True},
@@ -216,7 +238,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "adadelta", torch.optim.Adadelta,
+        "adadelta",
+        torch.optim.Adadelta,
         settings=[
             {},
             {"lr": 0.5, "rho": 0.95},
@@ -239,7 +262,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "adam", torch.optim.Adam,
+        "adam",
+        torch.optim.Adam,
         settings=[
             {},
             {"lr": 1e-2, "amsgrad": True},
@@ -249,15 +273,21 @@ optim_db: list[OptimizerInfo] = [
             {"lr": 3e-2, "betas": (0.0, 0.9)},
         ],
         error_inputs=[
-            ErrorInput({"betas": (1.0, 0.999)}, ValueError, r"^Invalid beta parameter at index 0: 1.0$",
-                       torch_too=True),
-            ErrorInput({"betas": (0.9, -0.1)}, ValueError, r"^Invalid beta parameter at index 1: -0.1$",
-                       torch_too=True),
+            ErrorInput(
+                {"betas": (1.0, 0.999)}, ValueError, r"^Invalid beta parameter at index 0: 1.0$", torch_too=True
+            ),
+            ErrorInput(
+                {"betas": (0.9, -0.1)}, ValueError, r"^Invalid beta parameter at index 1: -0.1$", torch_too=True
+            ),
             ErrorInput({"eps": -1e-8}, ValueError, r"^Invalid epsilon value: -1e-08$", torch_too=True),
             ErrorInput({"weight_decay": -0.1}, ValueError, r"^Invalid weight_decay value: -0.1$", torch_too=True),
             ErrorInput({"betas": 0.9}, TypeError, r"betas must be a pair \(beta1, beta2\), got 0.9"),
-            ErrorInput({"foreach": True, "fused": True}, RuntimeError,
-                       r"`fused` and `foreach` cannot be `True` together", torch_too=True),
+            ErrorInput(
+                {"foreach": True, "fused": True},
+                RuntimeError,
+                r"`fused` and `foreach` cannot be `True` together",
+                torch_too=True,
+            ),
         ],
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1}, 1100),
         check_lr=1e-2,
@@ -269,7 +299,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "adamw", torch.optim.AdamW,
+        "adamw",
+        torch.optim.AdamW,
         settings=[
             {},
             {"lr": 1e-2, "amsgrad": True},
@@ -291,7 +322,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "adamax", torch.optim.Adamax,
+        "adamax",
+        torch.optim.Adamax,
         settings=[
             {},
             {"lr": 1e-2, "betas": (0.8, 0.99)},
@@ -300,8 +332,9 @@ optim_db: list[OptimizerInfo] = [
             {"lr": 5e-2, "betas": (0.0, 0.9), "weight_decay": 0.01},
         ],
         error_inputs=[
-            ErrorInput({"betas": (-0.1, 0.9)}, ValueError, r"^Invalid beta parameter at index 0: -0.1$",
-                       torch_too=True),
+            ErrorInput(
+                {"betas": (-0.1, 0.9)}, ValueError, r"^Invalid beta parameter at index 0: -0.1$", torch_too=True
+            ),
         ],
         budget=Budget({"lr": 0.1}, 200, {"lr": 0.1}, 3000),
         check_lr=3e-2,
@@ -312,7 +345,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "nadam", torch.optim.NAdam,
+        "nadam",
+        torch.optim.NAdam,
         settings=[
             {},
             {"lr": 1e-2, "momentum_decay": 0.01},
@@ -333,7 +367,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "radam", torch.optim.RAdam,
+        "radam",
+        torch.optim.RAdam,
         settings=[
             {},
             {"lr": 1e-2, "betas": (0.8, 0.99)},
@@ -346,8 +381,9 @@ optim_db: list[OptimizerInfo] = [
             ErrorInput({"betas": (0.9, 1.5)}, ValueError, r"^Invalid beta parameter at index 1: 1.5$", torch_too=True),
         ],
         # RAdam's first steps (rho_t <= 5) are un-normalized momentum steps: a tiny lr for them, then 0.05.
-        budget=Budget({"lr": 0.1}, 300,
-                      {"lr": schedules.join([schedules.constant(1e-4), schedules.constant(0.05)], [6])}, 2300),
+        budget=Budget(
+            {"lr": 0.1}, 300, {"lr": schedules.join([schedules.constant(1e-4), schedules.constant(0.05)], [6])}, 2300
+        ),
         check_lr=3e-3,
         state_dict_setting={"lr": 1e-2},
         kernel_settings=[
@@ -356,7 +392,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "rprop", torch.optim.Rprop,
+        "rprop",
+        torch.optim.Rprop,
         settings=[
             {},
             {"lr": 1e-3, "etas": (0.3, 1.5)},
@@ -370,8 +407,9 @@ optim_db: list[OptimizerInfo] = [
             ErrorInput({"lr": -1.0}, ValueError, r"^Invalid learning rate: -1.0$", torch_too=True),
             # torch.optim.Rprop does not check step_sizes
             ErrorInput({"step_sizes": (1.0, 1e-3)}, ValueError, r"^Invalid step_sizes values: 1.0, 0.001$"),
-            ErrorInput({"lr": lambda t: 0.1}, TypeError,
-                       r"rprop's lr is its initial step size and cannot be a schedule"),
+            ErrorInput(
+                {"lr": lambda t: 0.1}, TypeError, r"rprop's lr is its initial step size and cannot be a schedule"
+            ),
         ],
         budget=Budget({}, 200, {}, 2500),
         check_lr=1e-2,
@@ -382,7 +420,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "asgd", torch.optim.ASGD,
+        "asgd",
+        torch.optim.ASGD,
         settings=[
             {},
             {"lr": 1e-2, "lambd": 0.1},
@@ -403,7 +442,8 @@ optim_db: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        "adafactor", torch.optim.Adafactor,
+        "adafactor",
+        torch.optim.Adafactor,
         settings=[
             {},
             {"lr": 3e-2, "beta2_decay": -0.5},
@@ -416,7 +456,8 @@ optim_db: list[OptimizerInfo] = [
         state_dict_setting={},
     ),
     OptimizerInfo(
-        "lion", None,
+        "lion",
+        None,
         reference=lion_paper,
         settings=[
             {},
@@ -436,71 +477,79 @@ optim_db: list[OptimizerInfo] = [
     # ---- references outside torch.optim: lockstep with the reference package lives in the optimizer's own
     # test file (the record says which); the generic tests drive the forms listed
     OptimizerInfo(
-        "schedule_free_sgd", None,
+        "schedule_free_sgd",
+        None,
         # schedule-free: the distances are the evaluation params' (the average x), which the callback sees
         budget=Budget({"lr": 0.1}, 25, {"lr": 2e-3}, 3100),
         check_lr=3e-3,
         forms=(FIT,),
         why="lockstep with schedulefree.SGDScheduleFree, to_torch (.train()/.eval()), compiled, sweep, "
-            "checkpoint and torchrun: tests/test_contract.py",
+        "checkpoint and torchrun: tests/test_contract.py",
     ),
     OptimizerInfo(
-        "schedule_free_adamw", None,
+        "schedule_free_adamw",
+        None,
         budget=Budget({"lr": 0.1}, 180, {"lr": 0.1}, 700),
         check_lr=1e-2,
         forms=(FIT,),
         why="lockstep with schedulefree.AdamWScheduleFree, to_torch (.train()/.eval()), compiled, sweep, "
-            "checkpoint and torchrun: tests/test_contract.py",
+        "checkpoint and torchrun: tests/test_contract.py",
     ),
     OptimizerInfo(
-        "adan", None,
+        "adan",
+        None,
         budget=Budget({"lr": 0.1}, 100, {"lr": 3e-2}, 650),
         check_lr=0.03,
         forms=(FIT,),
         why="lockstep with pytorch_optimizer.Adan over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
-            "compiled = eager (slow): tests/test_recent_forms.py",
+        "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+        "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
-        "adopt", None,
+        "adopt",
+        None,
         budget=Budget({"lr": 0.1}, 110, {"lr": 0.1}, 10800),
         check_lr=0.1,
         forms=(FIT,),
         why="lockstep with pytorch_optimizer.ADOPT over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
-            "compiled = eager (slow): tests/test_recent_forms.py",
+        "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+        "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
-        "prodigy", None,
+        "prodigy",
+        None,
         budget=Budget({}, 100, {}, 1500),
         check_lr=1.0,
         forms=(FIT,),
         why="lockstep with prodigyopt.Prodigy over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
-            "compiled = eager (slow): tests/test_recent_forms.py",
+        "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+        "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
-        "soap", None,
+        "soap",
+        None,
         budget=Budget({"lr": 0.1}, 75, {"lr": 3e-2}, 330),
         check_lr=0.03,
         forms=(FIT,),
         why="lockstep with pytorch_optimizer.SOAP (same preconditioner frequency) over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
-            "compiled = eager (slow): tests/test_recent_forms.py",
+        "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+        "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     OptimizerInfo(
-        "muon_adamw", None,
+        "muon_adamw",
+        None,
         budget=Budget({"adamw_lr": 0.1}, 200, {"adamw_lr": 0.1, "adamw_weight_decay": 1e-3}, 1300),
         check_lr=0.01,
         forms=(FIT,),
         why="lockstep with torch.optim.Muon for the 2-D hidden weights and torch.optim.AdamW for the rest over 100+ steps on a small MLP, to_torch with two groups and a state_dict "
-            "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
-            "compiled = eager (slow): tests/test_recent_forms.py",
+        "reload: tests/test_recent_optimizers.py; fit, checkpoint and SIGKILL resume, sweep (or its refusal), "
+        "compiled = eager (slow): tests/test_recent_forms.py",
     ),
     # ---- optimizers the dense-vector tests cannot drive; each runs torch's own database in
     # test_torch_optim_db.py (and has its own tests there)
     OptimizerInfo(
-        "muon", torch.optim.Muon,
+        "muon",
+        torch.optim.Muon,
         error_inputs=[
             ErrorInput({"lr": schedules.constant(0.1)}, TypeError, r"muon's lr cannot be a schedule"),
         ],
@@ -508,15 +557,17 @@ optim_db: list[OptimizerInfo] = [
         why="2-D params only: the dense-vector problems are vectors",
     ),
     OptimizerInfo(
-        "sparse_adam", torch.optim.SparseAdam,
+        "sparse_adam",
+        torch.optim.SparseAdam,
         forms=(TO_TORCH,),
         why="sparse gradients only (nn.Embedding(sparse=True))",
     ),
     OptimizerInfo(
-        "lbfgs", torch.optim.LBFGS,
+        "lbfgs",
+        torch.optim.LBFGS,
         forms=(TO_TORCH,),
         why="evaluates the loss several times per step: a to_torch step(closure), no update "
-            "(the solver diyopt.lbfgs has its own tests)",
+        "(the solver diyopt.lbfgs has its own tests)",
     ),
 ]
 
@@ -542,12 +593,16 @@ def case_id(name: str, kwargs: dict) -> str:
     return name + "-" + (",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults")
 
 
-def cases(form: str | None = None, *, where: Callable[[OptimizerInfo], bool] | None = None,
-          settings: slice = slice(None)) -> list:
+def cases(
+    form: str | None = None, *, where: Callable[[OptimizerInfo], bool] | None = None, settings: slice = slice(None)
+) -> list:
     """One ``pytest.param(info, kwargs)`` per setting (``info.settings[settings]``) of every selected
     record, with the id :func:`case_id`: ``@pytest.mark.parametrize("info,kwargs", cases(...))``."""
-    return [pytest.param(info, kw, id=case_id(info.name, kw))
-            for info in records(form, where=where) for kw in info.settings[settings]]
+    return [
+        pytest.param(info, kw, id=case_id(info.name, kw))
+        for info in records(form, where=where)
+        for kw in info.settings[settings]
+    ]
 
 
 # ---------------------------------------------------------------- the lockstep problem
@@ -564,15 +619,16 @@ def lockstep_problem(seed: int = 0, batches: int = 200):
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(400, 5, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(5, 3, generator=g, dtype=torch.float64) + torch.randn(400, 3, generator=g,
-                                                                               dtype=torch.float64)
-    params0 = {"w": 0.5 * torch.randn(5, 3, generator=g, dtype=torch.float64),
-               "b": torch.randn(3, generator=g, dtype=torch.float64)}
+    y = x @ torch.randn(5, 3, generator=g, dtype=torch.float64) + torch.randn(400, 3, generator=g, dtype=torch.float64)
+    params0 = {
+        "w": 0.5 * torch.randn(5, 3, generator=g, dtype=torch.float64),
+        "b": torch.randn(3, generator=g, dtype=torch.float64),
+    }
     picks = [torch.randperm(400, generator=g)[:20] for _ in range(batches)]
 
     def loss(p, step=0):
         i = picks[step % len(picks)]
         r = x[i] @ p["w"] + p["b"] - y[i]
-        return (r ** 2).mean() + 0.1 * torch.sin(3 * p["w"]).sum()
+        return (r**2).mean() + 0.1 * torch.sin(3 * p["w"]).sum()
 
     return params0, loss

@@ -5,6 +5,7 @@ A reference is ``reference(loss, params0, steps, **kwargs)`` with the factory's 
 returning one ``(params, {param_name: {state_field: tensor}})`` pair per step: the field names are
 diyopt's state names, so the state is compared field by field.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,8 @@ def lion_paper(loss, params0, steps, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.
         g = grads_of(loss, theta, t)
         for k in theta:
             gk = -g[k] if maximize else g[k]
-            update = torch.sign(beta1 * m[k] + (1 - beta1) * gk)          # interpolate, take the sign
+            update = torch.sign(beta1 * m[k] + (1 - beta1) * gk)  # interpolate, take the sign
             theta[k] = theta[k] - lr * (update + weight_decay * theta[k])  # decoupled weight decay
-            m[k] = beta2 * m[k] + (1 - beta2) * gk                         # momentum, with beta2
+            m[k] = beta2 * m[k] + (1 - beta2) * gk  # momentum, with beta2
         trajectory.append(({k: v.clone() for k, v in theta.items()}, {k: {"exp_avg": v.clone()} for k, v in m.items()}))
     return trajectory

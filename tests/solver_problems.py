@@ -10,6 +10,7 @@ correct digits of every certified value).
 
 Adding a solver or a problem: append a ``Solver`` / ``Case``; the matrix picks it up.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -110,8 +111,9 @@ def line() -> Case:
     x, y = p.info["x"], p.info["y"]
     (a, b), *_ = np.linalg.lstsq(np.stack([x.numpy(), np.ones(len(x))], 1), y.numpy(), rcond=None)
     model = lambda x, a, b: a * x + b  # noqa: E731
-    return Case("line", p.params0, p.loss, p.residual, curve=(model, x, y, [0.0, 0.0]),
-                answers=[{"a": _f64(a), "b": _f64(b)}])
+    return Case(
+        "line", p.params0, p.loss, p.residual, curve=(model, x, y, [0.0, 0.0]), answers=[{"a": _f64(a), "b": _f64(b)}]
+    )
 
 
 def polynomial() -> Case:
@@ -119,17 +121,25 @@ def polynomial() -> Case:
     p = diyopt.problems.get("polynomial", degree=3, n=40, seed=5)
     x, y = p.info["x"], p.info["y"]
     coef = np.polyfit(x.numpy(), y.numpy(), 3)[::-1].copy()  # polyfit: highest power first
-    model = lambda x, *c: sum(ck * x ** k for k, ck in enumerate(c))  # noqa: E731
-    return Case("polynomial", p.params0, p.loss, p.residual, curve=(model, x, y, [0.0] * 4),
-                answers=[{"c": torch.from_numpy(coef)}])
+    model = lambda x, *c: sum(ck * x**k for k, ck in enumerate(c))  # noqa: E731
+    return Case(
+        "polynomial",
+        p.params0,
+        p.loss,
+        p.residual,
+        curve=(model, x, y, [0.0] * 4),
+        answers=[{"c": torch.from_numpy(coef)}],
+    )
 
 
 # Misra1a's two parameters differ by six orders of magnitude (b1 ~ 240, b2 ~ 5e-4): minimizers that
 # do not use the residual's structure stall on it (measured: L-BFGS stops on tolerance_change with 0-1
 # correct digits from either start, Newton runs out of iterations from start 1).
 MISRA1A_SCALE = "Misra1a's parameters differ by six orders of magnitude"
-HARD = {("Misra1a", "start1"): {"lbfgs": MISRA1A_SCALE, "newton": MISRA1A_SCALE},
-        ("Misra1a", "start2"): {"lbfgs": MISRA1A_SCALE}}
+HARD = {
+    ("Misra1a", "start1"): {"lbfgs": MISRA1A_SCALE, "newton": MISRA1A_SCALE},
+    ("Misra1a", "start2"): {"lbfgs": MISRA1A_SCALE},
+}
 
 
 def nist_case(name: str, start: str) -> Case:
@@ -139,9 +149,15 @@ def nist_case(name: str, start: str) -> Case:
     x, y = p.info["x"]["x"], p.info["y"]
     model = lambda x, *b: formula.model(dict(zip(formula.params, b)), {"x": x})  # noqa: E731
     params0 = p.starts[start]
-    return Case(f"{name}-{start}", params0, p.loss, p.residual,
-                curve=(model, x, y, [float(v) for v in params0.values()]),
-                certified=p.certified, hard_for=HARD.get((name, start), {}))
+    return Case(
+        f"{name}-{start}",
+        params0,
+        p.loss,
+        p.residual,
+        curve=(model, x, y, [float(v) for v in params0.values()]),
+        certified=p.certified,
+        hard_for=HARD.get((name, start), {}),
+    )
 
 
 def nist_available() -> bool:
@@ -159,8 +175,14 @@ TIGHT = dict(ftol=1e-15, xtol=1e-15, gtol=1e-15)
 
 
 def _lbfgs(case):
-    return diyopt.lbfgs(case.loss, case.params0, max_iter=500, line_search_fn="strong_wolfe",
-                        tolerance_grad=1e-12, tolerance_change=1e-16).params
+    return diyopt.lbfgs(
+        case.loss,
+        case.params0,
+        max_iter=500,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-16,
+    ).params
 
 
 def _newton(case):

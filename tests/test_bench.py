@@ -1,4 +1,5 @@
 """diyopt bench: the diagnostic suite, the tuning rules, the files, the CLI, resume."""
+
 import csv
 import json
 import math
@@ -18,9 +19,25 @@ from diyopt.cli import main
 
 RULES = str(Path(__file__).with_name("bench_rules.py"))
 BROKEN = [f"{RULES}:frozen", f"{RULES}:ascent", f"{RULES}:adam_ascent"]
-REQUIRED = ["quadratic_diagonal", "quadratic_rotated", "scale_mismatch", "saddle", "plateau", "rosenbrock",
-            "rastrigin", "noise_white", "noise_heavy", "noise_correlated", "sparse", "delayed",
-            "deep_linear_vanishing", "deep_linear_exploding", "moving_target", "rnn_xor", "modular_addition"]
+REQUIRED = [
+    "quadratic_diagonal",
+    "quadratic_rotated",
+    "scale_mismatch",
+    "saddle",
+    "plateau",
+    "rosenbrock",
+    "rastrigin",
+    "noise_white",
+    "noise_heavy",
+    "noise_correlated",
+    "sparse",
+    "delayed",
+    "deep_linear_vanishing",
+    "deep_linear_exploding",
+    "moving_target",
+    "rnn_xor",
+    "modular_addition",
+]
 # Cheap tasks (small, short) that tuned Adam must solve and no broken rule may.
 QUICK = ["saddle-3", "moving_target-1"]
 
@@ -124,10 +141,20 @@ def test_adam_solves_the_quick_tasks_and_broken_rules_none():
 def test_median_study_rule():
     # saddle-1 with plain gradient descent at lr <= 1e-4 cannot escape in 200 steps (y grows by (1+lr)^200):
     # a space holding only that lr solves no study; a space whose lr is 0.5 solves all of them.
-    low = diyopt.bench(["gradient_descent"], tasks=["saddle-1"], trials=2, seeds=3,
-                       spaces={"gradient_descent": {"lr": (1e-5, 1e-4, "log")}})
-    high = diyopt.bench(["gradient_descent"], tasks=["saddle-1"], trials=1, seeds=3,
-                        spaces={"gradient_descent": {"lr": (0.5, 0.5, "linear")}})
+    low = diyopt.bench(
+        ["gradient_descent"],
+        tasks=["saddle-1"],
+        trials=2,
+        seeds=3,
+        spaces={"gradient_descent": {"lr": (1e-5, 1e-4, "log")}},
+    )
+    high = diyopt.bench(
+        ["gradient_descent"],
+        tasks=["saddle-1"],
+        trials=1,
+        seeds=3,
+        spaces={"gradient_descent": {"lr": (0.5, 0.5, "linear")}},
+    )
     assert low.rows[0]["studies_solved"] == "0/3" and not low.rows[0]["solved"]
     assert math.isinf(low.rows[0]["attempts"])
     assert high.rows[0]["studies_solved"] == "3/3" and high.rows[0]["solved"] and high.rows[0]["attempts"] == 1
@@ -143,22 +170,41 @@ def test_loop_fallback_says_so_and_agrees_with_vmap():
 
 
 def _cli(args, **kw):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(diyopt.__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "diyopt.cli", *args], capture_output=True, text=True, env=env,
-                          check=False, **kw)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(diyopt.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "diyopt.cli", *args], capture_output=True, text=True, env=env, check=False, **kw
+    )
 
 
 def _strict(text):
     def refuse(c):
         raise ValueError(f"non-strict JSON constant {c}")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def test_cli_writes_results_matrix_manifest(tmp_path):
     out = tmp_path / "b"
-    p = _cli(["bench", "--optimizers", "adam", f"{RULES}:frozen", "--trials", "2", "--seeds", "1", "--tasks",
-              "saddle-1", "--out", str(out)], timeout=300)
+    p = _cli(
+        [
+            "bench",
+            "--optimizers",
+            "adam",
+            f"{RULES}:frozen",
+            "--trials",
+            "2",
+            "--seeds",
+            "1",
+            "--tasks",
+            "saddle-1",
+            "--out",
+            str(out),
+        ],
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert "adam: solved 1/1" in p.stdout and "frozen: solved 0/1" in p.stdout
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -171,11 +217,14 @@ def test_cli_writes_results_matrix_manifest(tmp_path):
     assert (out / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--tasks", "sadle"], "unknown task 'sadle' (did you mean 'saddle'?)"),
-    (["--optimizers", "adamm"], "unknown optimizer 'adamm'"),
-    (["--trials", "0"], "--trials"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--tasks", "sadle"], "unknown task 'sadle' (did you mean 'saddle'?)"),
+        (["--optimizers", "adamm"], "unknown optimizer 'adamm'"),
+        (["--trials", "0"], "--trials"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
     out = tmp_path / "b"
     base = {"--optimizers": ["adam"], "--tasks": ["saddle-1"], "--trials": ["2"]}
@@ -229,24 +278,54 @@ def test_broken_rules_solve_no_task_of_the_suite():
 
 def test_docs_table_lists_every_task_with_its_criterion():
     text = (Path(__file__).parents[1] / "docs" / "bench.md").read_text()
-    lines = {ln.split("|")[1].strip().strip("`"): [c.strip() for c in ln.split("|")[1:-1]]
-             for ln in text.splitlines() if ln.startswith("| `")}
+    lines = {
+        ln.split("|")[1].strip().strip("`"): [c.strip() for c in ln.split("|")[1:-1]]
+        for ln in text.splitlines()
+        if ln.startswith("| `")
+    }
     for t in suite():
         assert t.name in lines, t.name
         _, tests, criterion, target, steps, source = lines[t.name]
-        assert (tests, criterion, float(target), int(steps), source) == (t.tests, t.criterion, t.target, t.steps,
-                                                                          t.source)
+        assert (tests, criterion, float(target), int(steps), source) == (
+            t.tests,
+            t.criterion,
+            t.target,
+            t.steps,
+            t.source,
+        )
 
 
 # docs/bench.md, "What tuned Adam solves": the tasks it solved in benchmarks/bench_diagnostic.py (16 trials,
 # 1 study, float32) with a margin (best <= target / 2 within the first 8 trials), so a sound Adam passes
 # them on any machine; a regression in the engine, the tuning or a task shows up here.
-ADAM_SOUND = ["quadratic_diagonal-1", "quadratic_diagonal-2", "quadratic_diagonal-3", "quadratic_rotated-1",
-              "quadratic_rotated-2", "quadratic_rotated-3", "scale_mismatch-1", "saddle-1", "saddle-2", "saddle-3",
-              "plateau-1", "plateau-2", "rosenbrock-1", "noise_white-1", "sparse-1", "delayed-1",
-              "deep_linear_vanishing-1", "deep_linear_vanishing-2", "deep_linear_vanishing-3",
-              "deep_linear_exploding-1", "deep_linear_exploding-2", "moving_target-1", "moving_target-2",
-              "moving_target-3", "rnn_xor-1", "rnn_xor-2"]
+ADAM_SOUND = [
+    "quadratic_diagonal-1",
+    "quadratic_diagonal-2",
+    "quadratic_diagonal-3",
+    "quadratic_rotated-1",
+    "quadratic_rotated-2",
+    "quadratic_rotated-3",
+    "scale_mismatch-1",
+    "saddle-1",
+    "saddle-2",
+    "saddle-3",
+    "plateau-1",
+    "plateau-2",
+    "rosenbrock-1",
+    "noise_white-1",
+    "sparse-1",
+    "delayed-1",
+    "deep_linear_vanishing-1",
+    "deep_linear_vanishing-2",
+    "deep_linear_vanishing-3",
+    "deep_linear_exploding-1",
+    "deep_linear_exploding-2",
+    "moving_target-1",
+    "moving_target-2",
+    "moving_target-3",
+    "rnn_xor-1",
+    "rnn_xor-2",
+]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """diyopt bench's statistics and pages: bootstrap intervals over studies, performance profiles, report.html,
 and the same run split across torchrun ranks."""
+
 import csv
 import math
 import os
@@ -29,12 +30,15 @@ def closed_form_interval(values):
     return next(x[k] for k in range(s) if cdf[k] >= 0.025), next(x[k] for k in range(s) if cdf[k] >= 0.975)
 
 
-@pytest.mark.parametrize("values", [
-    [3.0, 1.0, 7.0, 2.0, 5.0],  # S = 5: every resample enumerated
-    [3.0, math.inf, 7.0, 2.0, math.inf],  # studies that never reached the target
-    list(range(1, 12)),  # S = 11: Monte Carlo (10,000 resamples, seed 0)
-    [0.1 * i * i for i in range(13)],
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [3.0, 1.0, 7.0, 2.0, 5.0],  # S = 5: every resample enumerated
+        [3.0, math.inf, 7.0, 2.0, math.inf],  # studies that never reached the target
+        list(range(1, 12)),  # S = 11: Monte Carlo (10,000 resamples, seed 0)
+        [0.1 * i * i for i in range(13)],
+    ],
+)
 def test_bootstrap_interval_is_the_exact_percentile_interval(values):
     assert median_interval(values) == closed_form_interval(values)
 
@@ -65,14 +69,19 @@ def test_bench_folder_has_intervals_profiles_and_the_report_diyopt_report_writes
     out = tmp_path / "b"
     r = diyopt.bench(["adam", f"{RULES}:frozen"], tasks=["saddle-1", "moving_target-1"], trials=3, seeds=3, out=out)
     files = {p.name for p in out.iterdir()}
-    assert {"results.csv", "manifest.json", "matrix.png", "profile_attempts.png", "profile_steps_to_target.png",
-            "report.html"} <= files
+    assert {
+        "results.csv",
+        "manifest.json",
+        "matrix.png",
+        "profile_attempts.png",
+        "profile_steps_to_target.png",
+        "report.html",
+    } <= files
     assert "profile_seconds_to_target.png" not in files  # no workload ran
     rows = list(csv.DictReader((out / "results.csv").open()))
     for row, mem in zip(rows, r.rows):  # the file holds the rows bench returned, intervals around medians
         for k in ("attempts", "best_metric"):
-            lo, mid, hi = (float(row[c]) if row[c] != "not reached" else math.inf
-                           for c in (f"{k}_lo", k, f"{k}_hi"))
+            lo, mid, hi = (float(row[c]) if row[c] != "not reached" else math.inf for c in (f"{k}_lo", k, f"{k}_hi"))
             assert lo <= mid <= hi, (row["task"], k)
             assert (lo, hi) == (mem[f"{k}_lo"], mem[f"{k}_hi"])
     page = (out / "report.html").read_text()
@@ -80,8 +89,14 @@ def test_bench_folder_has_intervals_profiles_and_the_report_diyopt_report_writes
     assert page.count("data:image/png;base64,") == 3 and "best metric lo" in page and "moving_target-1" in page
     # `diyopt report` on the folder writes the same page, as a real process
     env = {**os.environ, "PYTHONPATH": str(Path(diyopt.__file__).parents[1])}
-    p = subprocess.run([sys.executable, "-m", "diyopt", "report", str(out), "--out", str(tmp_path / "again.html")],
-                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    p = subprocess.run(
+        [sys.executable, "-m", "diyopt", "report", str(out), "--out", str(tmp_path / "again.html")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "again.html").read_text() == page
 
@@ -92,8 +107,7 @@ def test_row_interval_is_median_interval_of_the_studies():
 
     task = {t.name: t for t in suite()}["noise_white-1"]
     row = bench_run.run_task(task, "sgd", diyopt.optim.sgd(), trials=2, seeds=[0, 1, 2, 3, 4])
-    alone = [bench_run.run_task(task, "sgd", diyopt.optim.sgd(), trials=2, seeds=[s])["best_metric"]
-             for s in range(5)]
+    alone = [bench_run.run_task(task, "sgd", diyopt.optim.sgd(), trials=2, seeds=[s])["best_metric"] for s in range(5)]
     assert (row["best_metric_lo"], row["best_metric_hi"]) == pytest.approx(closed_form_interval(alone), rel=1e-6)
     assert row["best_metric"] == pytest.approx(float(np.median(alone)), rel=1e-6)
 
@@ -106,18 +120,57 @@ def _free_port():
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_give_the_rows_of_one_process(tmp_path):
-    args = ["bench", "--optimizers", "adam", "sgd", "gradient_descent", "--tasks", "saddle-1", "moving_target-1",
-            "--trials", "2", "--seeds", "2"]
-    env = {**os.environ, "PYTHONPATH": str(Path(diyopt.__file__).parents[1]), "OMP_NUM_THREADS": "1",
-           "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "diyopt", *args,
-                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600,
-                         check=False)
+    args = [
+        "bench",
+        "--optimizers",
+        "adam",
+        "sgd",
+        "gradient_descent",
+        "--tasks",
+        "saddle-1",
+        "moving_target-1",
+        "--trials",
+        "2",
+        "--seeds",
+        "2",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(diyopt.__file__).parents[1]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "GLOO_SOCKET_IFNAME": "lo",
+    }
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            "-m",
+            "diyopt",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("adam: solved") == 1  # rank 0 prints, the other rank is silent
-    one = subprocess.run([sys.executable, "-m", "diyopt", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=600, check=False)
+    one = subprocess.run(
+        [sys.executable, "-m", "diyopt", *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
 
     def rows(folder):

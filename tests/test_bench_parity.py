@@ -1,5 +1,6 @@
 """torch.optim.Adam through the packaged path (``diyopt.fit`` with the class) against diyopt.optim.adam (the
 vectorized sweep): the same Sobol trials, seeds and gradient effects give the same results, task for task."""
+
 import math
 
 import pytest
@@ -13,8 +14,17 @@ from diyopt.analysis.benchmarking.tasks import suite
 # a stateful delay buffer, a moving target, a small RNN.
 QUICK = ["saddle-1", "noise_white-1", "delayed-1"]
 MORE = ["sparse-1", "moving_target-1", "rnn_xor-1"]
-EXACT = ("solved", "attempts", "attempts_lo", "attempts_hi", "steps_to_target", "steps_to_target_lo",
-         "steps_to_target_hi", "studies_solved", "trials")
+EXACT = (
+    "solved",
+    "attempts",
+    "attempts_lo",
+    "attempts_hi",
+    "steps_to_target",
+    "steps_to_target_lo",
+    "steps_to_target_hi",
+    "studies_solved",
+    "trials",
+)
 
 
 @pytest.mark.parametrize("tasks", [QUICK, pytest.param(MORE, marks=pytest.mark.slow)], ids=["quick", "more"])
@@ -31,8 +41,11 @@ def test_torch_adam_and_diyopt_adam_agree_task_for_task(dtype, tasks):
             assert ours[k] == torchs[k], (name, k, ours[k], torchs[k])
         # The criterion's value: equal up to rounding (the sweep vmaps adam's ops, torch runs its own
         # kernel); a value far below the target is rounding noise itself, hence the absolute floor.
-        tol = dict(rel_tol=1e-4, abs_tol=1e-4 * ours["target"]) if dtype == torch.float32 else \
-            dict(rel_tol=1e-9, abs_tol=1e-9 * ours["target"])
+        tol = (
+            dict(rel_tol=1e-4, abs_tol=1e-4 * ours["target"])
+            if dtype == torch.float32
+            else dict(rel_tol=1e-9, abs_tol=1e-9 * ours["target"])
+        )
         for k in ("best_metric", "best_metric_lo", "best_metric_hi"):
             assert math.isclose(ours[k], torchs[k], **tol), (name, k, ours[k], torchs[k])
         solved += ours["solved"]
@@ -42,11 +55,28 @@ def test_torch_adam_and_diyopt_adam_agree_task_for_task(dtype, tasks):
 def test_torch_class_spec_on_the_command_line_and_unknown_class(tmp_path, capsys):
     from diyopt.cli import main
 
-    assert main(["bench", "--optimizers", "torch.optim.Adam", "--tasks", "saddle-1", "--trials", "2", "--seeds",
-                 "1", "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--optimizers",
+                "torch.optim.Adam",
+                "--tasks",
+                "saddle-1",
+                "--trials",
+                "2",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert "torch.optim.Adam: solved 1/1" in capsys.readouterr().out
-    assert main(["bench", "--optimizers", "torch.optim.Adamm", "--tasks", "saddle-1", "--out",
-                 str(tmp_path / "c")]) == 2
+    assert (
+        main(["bench", "--optimizers", "torch.optim.Adamm", "--tasks", "saddle-1", "--out", str(tmp_path / "c")]) == 2
+    )
     err = capsys.readouterr().err
     assert "unknown torch.optim class 'Adamm'" in err and "'Adam'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()

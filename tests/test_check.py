@@ -1,5 +1,6 @@
 """The conformance kit: passes for every built-in optimizer and the seed's rule written as a user file, and
 fails, for the right reason, on planted broken rules. Plus ``check_loss`` and the CLI."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,19 @@ from diyopt.analysis._conformance import FAIL, INFO, PASS, SKIP
 # Rosenbrock from (-1.2, 1), to 3e-2 within the default budget of 20,000 steps); the other checks use the
 # optimizer's defaults. Built-ins the kit's problems (dense vectors, one gradient per step) cannot
 # exercise have no "fit" form in their record, which says why.
-ALL_CHECKS = ["downhill", "uphill (maximize)", "parabola", "rosenbrock", "pure: inputs", "pure: repeatable",
-              "state: tensors only", "dtype", "to_torch round trip", "no autograd graph", "flat buffer"]
+ALL_CHECKS = [
+    "downhill",
+    "uphill (maximize)",
+    "parabola",
+    "rosenbrock",
+    "pure: inputs",
+    "pure: repeatable",
+    "state: tensors only",
+    "dtype",
+    "to_torch round trip",
+    "no autograd graph",
+    "flat buffer",
+]
 
 
 @pytest.mark.parametrize("info", sorted(records(FIT), key=lambda info: info.name), ids=lambda info: info.name)
@@ -92,16 +104,27 @@ def undeclared_norm(grad, state, param, *, lr=1e-2):
     return -lr * grad / (grad.norm() + 1e-12), state
 
 
-@pytest.mark.parametrize("opt, failing, reason", [
-    (closure_state_rule(), "pure: repeatable", "state hides outside the state tree"),
-    (mutating(), "pure: inputs", "update mutated its input grads"),
-    (keeps_graph(), "no autograd graph", "has grad_fn .* an autograd graph is kept"),
-    (changes_dtype(), "dtype", "torch.float32 params gave a torch.float64 update"),
-    (python_counter(), "state: tensors only", r"state\['.*'\] is a int \(\d+\)"),
-    (ignores_maximize(), "uphill (maximize)", "maximize=True did not go uphill"),
-    (undeclared_norm(), "flat buffer", r"whole_tensor=True"),
-], ids=["closure-state", "mutates-input", "keeps-graph", "changes-dtype", "python-int-state", "no-maximize",
-        "undeclared-whole-tensor"])
+@pytest.mark.parametrize(
+    "opt, failing, reason",
+    [
+        (closure_state_rule(), "pure: repeatable", "state hides outside the state tree"),
+        (mutating(), "pure: inputs", "update mutated its input grads"),
+        (keeps_graph(), "no autograd graph", "has grad_fn .* an autograd graph is kept"),
+        (changes_dtype(), "dtype", "torch.float32 params gave a torch.float64 update"),
+        (python_counter(), "state: tensors only", r"state\['.*'\] is a int \(\d+\)"),
+        (ignores_maximize(), "uphill (maximize)", "maximize=True did not go uphill"),
+        (undeclared_norm(), "flat buffer", r"whole_tensor=True"),
+    ],
+    ids=[
+        "closure-state",
+        "mutates-input",
+        "keeps-graph",
+        "changes-dtype",
+        "python-int-state",
+        "no-maximize",
+        "undeclared-whole-tensor",
+    ],
+)
 def test_planted_broken_rules_fail_for_the_right_reason(opt, failing, reason):
     report = diyopt.check(opt, budget=300)
     assert not report.passed
@@ -158,8 +181,13 @@ def test_check_loss_catches_a_wrong_gradient_and_states_nan_handling():
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "diyopt.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.run(
+        [sys.executable, "-m", "diyopt.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 SEED_FILE = textwrap.dedent("""

@@ -1,4 +1,5 @@
 """Checkpoints: exact resume after SIGKILL, atomic writes, settings fingerprint, safe loading."""
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,24 @@ STEPS, EVERY = 2000, 50
 
 
 def fit_args(out: Path, ck: Path, *extra: str) -> list[str]:
-    return ["fit", "--problem", "line", "--optimizer", "adam", "--loss", "mse", "--steps", str(STEPS),
-            "--out", str(out), "--checkpoint", str(ck), "--checkpoint-every", str(EVERY), *extra]
+    return [
+        "fit",
+        "--problem",
+        "line",
+        "--optimizer",
+        "adam",
+        "--loss",
+        "mse",
+        "--steps",
+        str(STEPS),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        str(EVERY),
+        *extra,
+    ]
 
 
 def read_outputs(out: Path) -> tuple[dict, list[str]]:
@@ -95,16 +112,17 @@ def test_resume_in_python_continues_bitwise(tmp_path):
     opt = diyopt.optim.adam(lr=1e-2)  # float32 + float64: named (not flat) layout
     full = diyopt.fit(loss, p0, opt, 300)
     ck = tmp_path / "c.pt"
-    part = diyopt.fit(loss, p0, opt, 300, checkpoint=ck, checkpoint_every=40,
-                      callback=lambda step, *_: step == 129)
+    part = diyopt.fit(loss, p0, opt, 300, checkpoint=ck, checkpoint_every=40, callback=lambda step, *_: step == 129)
     assert part.steps == 130 and ckpt.load(ck)["step"] == 130
     rest = diyopt.fit(loss, p0, opt, 300, checkpoint=ck, resume=True)
     assert torch.equal(rest.losses, full.losses)
     assert all(torch.equal(rest.params[k], full.params[k]) for k in full.params)
     # The state comes back with its NamedTuple types, as optimizer.init builds them.
     assert type(rest.state) is type(full.state)
-    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(rest.state),
-                                                 torch.utils._pytree.tree_leaves(full.state)))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(torch.utils._pytree.tree_leaves(rest.state), torch.utils._pytree.tree_leaves(full.state))
+    )
 
 
 def test_rng_states_are_restored(tmp_path):
@@ -119,8 +137,9 @@ def test_rng_states_are_restored(tmp_path):
     seed_everything(7)
     full = diyopt.fit(noisy, p0, opt, 100)
     seed_everything(7)
-    diyopt.fit(noisy, p0, opt, 100, checkpoint=tmp_path / "c.pt", checkpoint_every=10,
-               callback=lambda step, *_: step == 44)
+    diyopt.fit(
+        noisy, p0, opt, 100, checkpoint=tmp_path / "c.pt", checkpoint_every=10, callback=lambda step, *_: step == 44
+    )
     seed_everything(123)  # a different state: resuming must restore the saved one
     rest = diyopt.fit(noisy, p0, opt, 100, checkpoint=tmp_path / "c.pt", resume=True)
     assert torch.equal(rest.losses, full.losses)
@@ -169,8 +188,19 @@ def test_resume_with_a_schedule_over_another_total_is_refused_naming_it(tmp_path
 
 def test_resume_on_the_cli_with_another_loss_is_refused(tmp_path, capsys):
     ck = tmp_path / "c.pt"
-    args = ["fit", "--problem", "line", "--optimizer", "adam", "--steps", "40", "--checkpoint", str(ck),
-            "--checkpoint-every", "10"]
+    args = [
+        "fit",
+        "--problem",
+        "line",
+        "--optimizer",
+        "adam",
+        "--steps",
+        "40",
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "10",
+    ]
     assert main(args + ["--loss", "mse", "--out", str(tmp_path / "a")]) == 0
     capsys.readouterr()
     assert main(args + ["--loss", "sse", "--out", str(tmp_path / "b"), "--resume"]) == 2
@@ -203,8 +233,22 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, fmt, capsys)
         ckpt.load(bad)
     assert not marker.exists()
     out = tmp_path / "out"
-    code = main(["fit", "--problem", "line", "--optimizer", "adam", "--steps", "10", "--out", str(out),
-                 "--checkpoint", str(bad), "--resume"])
+    code = main(
+        [
+            "fit",
+            "--problem",
+            "line",
+            "--optimizer",
+            "adam",
+            "--steps",
+            "10",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(bad),
+            "--resume",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "refused to load" in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not marker.exists() and not out.exists()

@@ -4,6 +4,7 @@
 The subprocess tests run ``python -m diyopt.cli`` and check exit codes, outputs and the numbers written
 against independent references (numpy.polyfit, NIST's data file read with numpy, closed forms).
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,10 +24,14 @@ from diyopt.cli import main
 
 
 def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(Path(diyopt.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "diyopt.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join([str(Path(diyopt.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "diyopt.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def read_result(folder: Path) -> tuple[dict, list[float]]:
@@ -39,7 +44,7 @@ def read_result(folder: Path) -> tuple[dict, list[float]]:
 def quadratic_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = np.linspace(-2.0, 3.0, 40)
-    y = 0.5 - 1.2 * x + 0.3 * x ** 2 + 0.05 * rng.standard_normal(40)
+    y = 0.5 - 1.2 * x + 0.3 * x**2 + 0.05 * rng.standard_normal(40)
     path.write_text("x,y\n" + "".join(f"{float(a)!r},{float(b)!r}\n" for a, b in zip(x, y)))
     return x, y
 
@@ -47,18 +52,24 @@ def quadratic_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- the spec syntax
 
 
-@pytest.mark.parametrize("spec, name, kwargs", [
-    ("line", "line", {}),
-    ("rosenbrock:dim=4", "rosenbrock", {"dim": 4}),
-    ("nist:Misra1a", "nist", {"path_or_name": "Misra1a"}),
-    ("csv:path=d.csv,model=poly:2", "csv", {"path": "d.csv", "model": "poly:2"}),
-    ("csv:d.csv,model=a*exp(-k*x) + c,p0=a=1/k=0.5", "csv",
-     {"path": "d.csv", "model": "a*exp(-k*x) + c", "p0": {"a": 1.0, "k": 0.5}}),
-    ("quadratic:dim=3,cond=1e3", "quadratic", {"dim": 3, "cond": 1000.0}),
-    ("logistic:separable=true,n=50", "logistic", {"separable": True, "n": 50}),
-    ("himmelblau:start=1/-2.5", "himmelblau", {"start": (1.0, -2.5)}),
-    ("line:loss=mse,seed=3", "line", {"loss": "mse", "seed": 3}),
-])
+@pytest.mark.parametrize(
+    "spec, name, kwargs",
+    [
+        ("line", "line", {}),
+        ("rosenbrock:dim=4", "rosenbrock", {"dim": 4}),
+        ("nist:Misra1a", "nist", {"path_or_name": "Misra1a"}),
+        ("csv:path=d.csv,model=poly:2", "csv", {"path": "d.csv", "model": "poly:2"}),
+        (
+            "csv:d.csv,model=a*exp(-k*x) + c,p0=a=1/k=0.5",
+            "csv",
+            {"path": "d.csv", "model": "a*exp(-k*x) + c", "p0": {"a": 1.0, "k": 0.5}},
+        ),
+        ("quadratic:dim=3,cond=1e3", "quadratic", {"dim": 3, "cond": 1000.0}),
+        ("logistic:separable=true,n=50", "logistic", {"separable": True, "n": 50}),
+        ("himmelblau:start=1/-2.5", "himmelblau", {"start": (1.0, -2.5)}),
+        ("line:loss=mse,seed=3", "line", {"loss": "mse", "seed": 3}),
+    ],
+)
 def test_parse_spec(spec, name, kwargs):
     parsed = problems.parse_spec(spec)
     assert parsed == (name, kwargs)
@@ -68,16 +79,19 @@ def test_parse_spec(spec, name, kwargs):
         assert type(v).__name__ in str(sig[k].annotation), (k, v, sig[k].annotation)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("rosenbrok", r"unknown problem 'rosenbrok' \(did you mean 'rosenbrock'\?\)"),
-    ("rosenbrock:dims=4", r"argument of problem 'rosenbrock' 'dims' \(did you mean 'dim'\?\)"),
-    ("rosenbrock:dim=four", r"problem 'rosenbrock': dim must be an integer, got 'four'"),
-    ("rosenbrock:dim=4,dim=5", r"'dim' given twice"),
-    ("beale:3", r"problem 'beale' takes no arguments"),
-    ("logistic:separable=maybe", r"separable='maybe': expected true or false"),
-    ("csv:model=poly:2", r"problem 'csv' needs path=\.\.\."),
-    ("", r"a problem spec is NAME"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("rosenbrok", r"unknown problem 'rosenbrok' \(did you mean 'rosenbrock'\?\)"),
+        ("rosenbrock:dims=4", r"argument of problem 'rosenbrock' 'dims' \(did you mean 'dim'\?\)"),
+        ("rosenbrock:dim=four", r"problem 'rosenbrock': dim must be an integer, got 'four'"),
+        ("rosenbrock:dim=4,dim=5", r"'dim' given twice"),
+        ("beale:3", r"problem 'beale' takes no arguments"),
+        ("logistic:separable=maybe", r"separable='maybe': expected true or false"),
+        ("csv:model=poly:2", r"problem 'csv' needs path=\.\.\."),
+        ("", r"a problem spec is NAME"),
+    ],
+)
 def test_bad_specs_name_the_problem(spec, message):
     with pytest.raises(ValueError, match=message):
         problems.get(spec)
@@ -98,8 +112,7 @@ def test_one_parser_for_get_compare_and_sweep():
 
 def test_cli_fit_rosenbrock_dim4(tmp_path):
     out = tmp_path / "r"
-    proc = run_cli("fit", "--problem", "rosenbrock:dim=4", "--optimizer", "adam", "--steps", "300",
-                   "--out", str(out))
+    proc = run_cli("fit", "--problem", "rosenbrock:dim=4", "--optimizer", "adam", "--steps", "300", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     result, losses = read_result(out)
     x = np.array(result["params"]["x"])
@@ -111,8 +124,9 @@ def test_cli_fit_rosenbrock_dim4(tmp_path):
     # final_loss is the last recorded loss (before the last update); the final params are lower still
     assert result["final_loss"] == losses[-1] and rosen(x) < losses[-1] < losses[0]
     # and it is the same fit as in Python
-    ref = diyopt.fit(problems.get("rosenbrock", dim=4).loss, problems.get("rosenbrock", dim=4).params0,
-                     diyopt.optim.adam(), 300)
+    ref = diyopt.fit(
+        problems.get("rosenbrock", dim=4).loss, problems.get("rosenbrock", dim=4).params0, diyopt.optim.adam(), 300
+    )
     np.testing.assert_allclose(x, ref.params["x"].numpy(), rtol=1e-12)
 
 
@@ -122,8 +136,19 @@ def test_cli_fit_engine_compiled_equals_eager(tmp_path):
     runs = {}
     for engine in ("eager", "compiled"):
         out = tmp_path / engine
-        proc = run_cli("fit", "--problem", "rosenbrock", "--optimizer", "adam", "--steps", "40",
-                       "--engine", engine, "--out", str(out))
+        proc = run_cli(
+            "fit",
+            "--problem",
+            "rosenbrock",
+            "--optimizer",
+            "adam",
+            "--steps",
+            "40",
+            "--engine",
+            engine,
+            "--out",
+            str(out),
+        )
         assert proc.returncode == 0, proc.stderr
         runs[engine] = read_result(out)
     (eager, eager_losses), (compiled, compiled_losses) = runs["eager"], runs["compiled"]
@@ -155,10 +180,12 @@ def test_cli_fit_nist_misra1a(tmp_path):
 def test_cli_fit_csv_quadratic_matches_polyfit(tmp_path, form):
     x, y = quadratic_csv(tmp_path / "q.csv")
     out = tmp_path / "fit"
-    problem = ["--problem", "csv:model=poly:2", "--data", "q.csv"] if form == "data" else \
-        ["--problem", "csv:path=q.csv,model=poly:2"]
-    proc = run_cli("fit", *problem, "--optimizer", "adam:lr=0.05", "--steps", "3000", "--out", str(out),
-                   cwd=tmp_path)
+    problem = (
+        ["--problem", "csv:model=poly:2", "--data", "q.csv"]
+        if form == "data"
+        else ["--problem", "csv:path=q.csv,model=poly:2"]
+    )
+    proc = run_cli("fit", *problem, "--optimizer", "adam:lr=0.05", "--steps", "3000", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result, _ = read_result(out)
     np.testing.assert_allclose(result["params"]["c"], np.polyfit(x, y, 2)[::-1], rtol=1e-6)
@@ -167,23 +194,45 @@ def test_cli_fit_csv_quadratic_matches_polyfit(tmp_path, form):
 def test_cli_fit_csv_expression_model_and_loss(tmp_path):
     x, y = quadratic_csv(tmp_path / "q.csv")
     out = tmp_path / "fit"
-    assert main(["fit", "--problem", f"csv:path={tmp_path / 'q.csv'},model=c0 + c1*x + c2*x**2",
-                 "--loss", "sse", "--optimizer", "adam:lr=0.05", "--steps", "3000", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--problem",
+                f"csv:path={tmp_path / 'q.csv'},model=c0 + c1*x + c2*x**2",
+                "--loss",
+                "sse",
+                "--optimizer",
+                "adam:lr=0.05",
+                "--steps",
+                "3000",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result, losses = read_result(out)
     fitted = [result["params"][k][0] for k in ("c0", "c1", "c2")]
     np.testing.assert_allclose(fitted, np.polyfit(x, y, 2)[::-1], rtol=1e-6)
     # every parameter of an expression starts at 1: the sum of squares at c0 = c1 = c2 = 1
-    assert losses[0] == pytest.approx(float(np.sum((1 + x + x ** 2 - y) ** 2)), rel=1e-12)
+    assert losses[0] == pytest.approx(float(np.sum((1 + x + x**2 - y) ** 2)), rel=1e-12)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--problem", "rosenbrock", "--data", "q.csv"], r"--data is the data file of --problem csv"),
-    (["--problem", "csv:path=q.csv", "--data", "q.csv"], r"--data q\.csv and path=q\.csv .*give one"),
-    (["--problem", "rosenbrock", "--loss", "mse"], r"problem 'rosenbrock' has its own loss; --loss applies to: "
-                                                   r"csv, line"),
-    (["--problem", "csv:path=q.csv,loss=sse", "--loss", "mse"], r"--loss mse and loss=sse"),
-    (["--problem", "rosenbrock:dim=x"], r"dim must be an integer, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--problem", "rosenbrock", "--data", "q.csv"], r"--data is the data file of --problem csv"),
+        (["--problem", "csv:path=q.csv", "--data", "q.csv"], r"--data q\.csv and path=q\.csv .*give one"),
+        (
+            ["--problem", "rosenbrock", "--loss", "mse"],
+            r"problem 'rosenbrock' has its own loss; --loss applies to: "
+            r"csv, line",
+        ),
+        (["--problem", "csv:path=q.csv,loss=sse", "--loss", "mse"], r"--loss mse and loss=sse"),
+        (["--problem", "rosenbrock:dim=x"], r"dim must be an integer, got 'x'"),
+    ],
+)
 def test_cli_fit_bad_problem_input(tmp_path, capsys, argv, message):
     import re
 
@@ -228,8 +277,8 @@ def test_cli_list_problems_shows_arguments_and_description(capsys):
         sig = inspect.signature(problems.PROBLEMS[name]).parameters
         fields = lines[name].split(None, 2)
         shown = fields[1].split(",") if fields[1] != "-" else []
-        assert [s.partition("=")[0] for s in shown] == list(sig), name   # every argument, in order
-        assert len(fields[2]) > 20, name                                    # and a description
+        assert [s.partition("=")[0] for s in shown] == list(sig), name  # every argument, in order
+        assert len(fields[2]) > 20, name  # and a description
     assert "dim=2,a=1.0,b=100.0" in lines["rosenbrock"] and "path,model=line" in lines["csv"]
     # what the list prints is what --problem takes: each default written back parses to itself
     for name in ("rosenbrock", "himmelblau", "logistic", "quadratic"):
@@ -264,11 +313,24 @@ def test_cli_on_nonfinite_takes_every_policy_of_the_api(tmp_path):
     expected = {"stop": 3, "raise": 3, "skip": 0, "ignore": 0}  # sgd at lr=1 on Rosenbrock blows up at step 4
     for policy in NONFINITE_POLICIES:
         out = tmp_path / policy
-        code = main(["fit", "--problem", "rosenbrock", "--optimizer", "sgd:lr=1", "--steps", "20",
-                     "--on-nonfinite", policy, "--out", str(out)])
+        code = main(
+            [
+                "fit",
+                "--problem",
+                "rosenbrock",
+                "--optimizer",
+                "sgd:lr=1",
+                "--steps",
+                "20",
+                "--on-nonfinite",
+                policy,
+                "--out",
+                str(out),
+            ]
+        )
         assert code == expected[policy], policy
         if policy == "skip":
             result, _ = read_result(out)
-            assert result["info"]["skipped"]       # the non-finite steps were skipped, and said so
+            assert result["info"]["skipped"]  # the non-finite steps were skipped, and said so
         if policy == "raise":
             assert not out.exists()

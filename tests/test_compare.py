@@ -1,5 +1,6 @@
 """diyopt.compare: same starts for everyone, honest records, a table that ranks by final loss, and
 Dolan--Moré profiles checked against hand-computed values."""
+
 import csv
 import json
 import math
@@ -23,10 +24,18 @@ LR = 1e-2
 
 @pytest.fixture(scope="module")
 def line_comparison():
-    return diyopt.compare("line", {"sgd": diyopt.optim.sgd(lr=LR), "adam": diyopt.optim.adam(lr=LR),
-                                   "gd": diyopt.optim.gradient_descent(lr=LR),
-                                   "torch SGD": (torch.optim.SGD, {"lr": LR})},
-                          seeds=3, steps=STEPS, tol=1e-3)
+    return diyopt.compare(
+        "line",
+        {
+            "sgd": diyopt.optim.sgd(lr=LR),
+            "adam": diyopt.optim.adam(lr=LR),
+            "gd": diyopt.optim.gradient_descent(lr=LR),
+            "torch SGD": (torch.optim.SGD, {"lr": LR}),
+        },
+        seeds=3,
+        steps=STEPS,
+        tol=1e-3,
+    )
 
 
 def plain_gd(problem, params, steps, lr):
@@ -94,8 +103,9 @@ def test_times_are_cumulative_and_tolerance_steps_recomputed(line_comparison):
 
 def test_table_ranks_by_median_final_loss_then_steps_to_tol(line_comparison):
     rows = line_comparison.table()
-    medians = {r["optimizer"]: float(np.median([run.final_loss for run in line_comparison.runs[r["optimizer"]]]))
-               for r in rows}
+    medians = {
+        r["optimizer"]: float(np.median([run.final_loss for run in line_comparison.runs[r["optimizer"]]])) for r in rows
+    }
     steps = {k: float(np.median(v)) for k, v in line_comparison.costs("steps").items()}
     f_star = line_comparison.problem.optimum
     atol = 1e-12 * max(1, abs(f_star))
@@ -104,14 +114,22 @@ def test_table_ranks_by_median_final_loss_then_steps_to_tol(line_comparison):
         m, s = medians[r["optimizer"]], steps[r["optimizer"]]
         assert r["final_loss"] == m and r["steps_to_tol"] == s
         both_reached = lambda o, s=s: np.isfinite(steps[o]) and np.isfinite(s)  # then losses count as equal
-        ahead = [o for o in medians if (steps[o] < s or (steps[o] == s and lower(medians[o], m))
-                                        if both_reached(o) else
-                                        lower(medians[o], m) or (not lower(m, medians[o]) and steps[o] < s))]
+        ahead = [
+            o
+            for o in medians
+            if (
+                steps[o] < s or (steps[o] == s and lower(medians[o], m))
+                if both_reached(o)
+                else lower(medians[o], m) or (not lower(m, medians[o]) and steps[o] < s)
+            )
+        ]
         assert r["rank"] == 1 + len(ahead)
     # consistent: among optimizers that did not reach the tolerance a lower median never ranks worse;
     # among those that did, fewer steps never rank worse; clearly different results get different ranks
-    for group in ([r for r in rows if not np.isfinite(r["steps_to_tol"])],
-                  [r for r in rows if np.isfinite(r["steps_to_tol"])]):
+    for group in (
+        [r for r in rows if not np.isfinite(r["steps_to_tol"])],
+        [r for r in rows if np.isfinite(r["steps_to_tol"])],
+    ):
         key = "final_loss" if group and not np.isfinite(group[0]["steps_to_tol"]) else "steps_to_tol"
         ordered = sorted(group, key=lambda r: r[key])
         assert [r["rank"] for r in ordered] == sorted(r["rank"] for r in group)
@@ -124,10 +142,33 @@ def test_table_ranks_by_median_final_loss_then_steps_to_tol(line_comparison):
 
 def test_cli_compare_on_the_seed_line(tmp_path):
     out = tmp_path / "line"
-    assert main(["compare", "--problem", "line", "--optimizers", "sgd,adam,gradient_descent", "--seeds", "5",
-                 "--steps", "200", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"loss_vs_step.png", "loss_vs_time.png", "paths.png",
-                                               "table.csv", "table.md", "settings.json", ".diyopt-output.json"}
+    assert (
+        main(
+            [
+                "compare",
+                "--problem",
+                "line",
+                "--optimizers",
+                "sgd,adam,gradient_descent",
+                "--seeds",
+                "5",
+                "--steps",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert {p.name for p in out.iterdir()} == {
+        "loss_vs_step.png",
+        "loss_vs_time.png",
+        "paths.png",
+        "table.csv",
+        "table.md",
+        "settings.json",
+        ".diyopt-output.json",
+    }
     with (out / "table.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["optimizer"] for r in rows] == ["sgd", "adam", "gradient_descent"]
@@ -166,8 +207,7 @@ def test_save_replaces_an_earlier_result_but_not_other_folders(tmp_path, line_co
 
 
 def test_paths_on_a_2d_problem_start_and_end_where_the_runs_do():
-    c = diyopt.compare("rosenbrock", ["adam:lr=0.01"],
-                       seeds=2, steps=50)
+    c = diyopt.compare("rosenbrock", ["adam:lr=0.01"], seeds=2, steps=50)
     for run in next(iter(c.runs.values())):
         start = start_point(c.problem, run.seed)["x"].numpy()
         np.testing.assert_array_equal(run.path[0], start)
@@ -180,21 +220,27 @@ def test_paths_on_a_2d_problem_start_and_end_where_the_runs_do():
 
 def test_split_specs_keeps_settings_with_their_optimizer():
     assert split_specs("sgd,adam:lr=1e-2,betas=0.8/0.99,my.py:rule") == [
-        "sgd", "adam:lr=1e-2,betas=0.8/0.99", "my.py:rule"]
+        "sgd",
+        "adam:lr=1e-2,betas=0.8/0.99",
+        "my.py:rule",
+    ]
     assert split_specs(" sgd , lion ") == ["sgd", "lion"]
     with pytest.raises(ValueError, match="no optimizer"):
         split_specs(",")
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(optimizers=["no_such_opt"]), ValueError, "no_such_opt"),
-    (dict(optimizers=[]), ValueError, "optimizers is empty"),
-    (dict(optimizers=[42]), TypeError, "an optimizer must be"),
-    (dict(optimizers=["sgd"], seeds=0), ValueError, "seeds must be a positive integer"),
-    (dict(optimizers=["sgd"], tol=1.5), ValueError, "Invalid tol value"),
-    (dict(problem="no_such_problem", optimizers=["sgd"]), ValueError, "unknown problem"),
-    (dict(problem="rosenbrock:dim", optimizers=["sgd"]), ValueError, "key=value"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(optimizers=["no_such_opt"]), ValueError, "no_such_opt"),
+        (dict(optimizers=[]), ValueError, "optimizers is empty"),
+        (dict(optimizers=[42]), TypeError, "an optimizer must be"),
+        (dict(optimizers=["sgd"], seeds=0), ValueError, "seeds must be a positive integer"),
+        (dict(optimizers=["sgd"], tol=1.5), ValueError, "Invalid tol value"),
+        (dict(problem="no_such_problem", optimizers=["sgd"]), ValueError, "unknown problem"),
+        (dict(problem="rosenbrock:dim", optimizers=["sgd"]), ValueError, "key=value"),
+    ],
+)
 def test_bad_input_is_one_clear_error(kwargs, error, match):
     kwargs = {"problem": "line", "steps": 1, **kwargs}
     with pytest.raises(error, match=match):
@@ -250,8 +296,14 @@ def test_profile_across_problems(tmp_path):
     for s in opts:
         np.testing.assert_array_equal(costs[s], np.concatenate([c.costs("steps")[s] for c in comps]))
     out = save_all(comps, tmp_path / "suite")
-    assert {p.name for p in out.iterdir()} == {"line", "rosenbrock", "settings.json", ".diyopt-output.json",
-                                               "performance_profile_steps.png", "performance_profile_seconds.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "line",
+        "rosenbrock",
+        "settings.json",
+        ".diyopt-output.json",
+        "performance_profile_steps.png",
+        "performance_profile_seconds.png",
+    }
     assert (out / "rosenbrock" / "paths.png").exists()
 
 
@@ -266,12 +318,18 @@ def test_nist_seeds_start_at_start1_then_start2():
 
 def test_cli_compare_with_a_user_rule_file_and_settings(tmp_path):
     rule = tmp_path / "my_rules.py"
-    rule.write_text("import diyopt\n\n@diyopt.elementwise\ndef step(grad, state, param, *, lr=1e-3):\n"
-                    "    return -lr * grad, state\n")
+    rule.write_text(
+        "import diyopt\n\n@diyopt.elementwise\ndef step(grad, state, param, *, lr=1e-3):\n"
+        "    return -lr * grad, state\n"
+    )
     out = tmp_path / "out"
     spec = f"sgd:lr=1e-2,momentum=0.9,{rule}:step:lr=1e-2"
-    assert main(["compare", "--problem", "booth", "--optimizers", spec, "--seeds", "1", "--steps", "20",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["compare", "--problem", "booth", "--optimizers", spec, "--seeds", "1", "--steps", "20", "--out", str(out)]
+        )
+        == 0
+    )
     settings = json.loads((out / "settings.json").read_text())
     assert list(settings["optimizers"]) == ["sgd:lr=1e-2,momentum=0.9", f"{rule}:step:lr=1e-2"]
     assert settings["optimizers"]["sgd:lr=1e-2,momentum=0.9"]["hyperparams"]["momentum"] == 0.9
@@ -293,8 +351,12 @@ def test_equal_final_losses_rank_by_steps_to_tol():
         losses = np.where(np.arange(2001) < k, 1.0, 0.0)
         return Run(0, losses, np.linspace(0, 1, 2001), problem.solution, "steps")
 
-    c = Comparison(problem, {"sgd": [run(1080)], "momentum": [run(115)], "adam": [run(400)],
-                             "again": [run(115)], "slow": [run(3000)]}, 1e-6, 0.0)
+    c = Comparison(
+        problem,
+        {"sgd": [run(1080)], "momentum": [run(115)], "adam": [run(400)], "again": [run(115)], "slow": [run(3000)]},
+        1e-6,
+        0.0,
+    )
     ranks = {r["optimizer"]: r["rank"] for r in c.table()}
     assert ranks == {"momentum": 1, "again": 1, "adam": 3, "sgd": 4, "slow": 5}
     md = c.to_markdown()
@@ -303,8 +365,13 @@ def test_equal_final_losses_rank_by_steps_to_tol():
 
 
 def test_converged_optimizers_on_booth_get_distinct_ranks():
-    c = diyopt.compare("booth", {"sgd": "sgd:lr=0.05", "momentum": "sgd:lr=0.05,momentum=0.9",
-                                 "adam": "adam:lr=0.1"}, seeds=3, steps=600, tol=1e-8)
+    c = diyopt.compare(
+        "booth",
+        {"sgd": "sgd:lr=0.05", "momentum": "sgd:lr=0.05,momentum=0.9", "adam": "adam:lr=0.1"},
+        seeds=3,
+        steps=600,
+        tol=1e-8,
+    )
     rows = {r["optimizer"]: r for r in c.table()}
     assert all(r["final_loss"] < 1e-20 for r in rows.values())  # all at the optimum, to rounding
     order = sorted(rows, key=lambda k: rows[k]["steps_to_tol"])
@@ -313,8 +380,7 @@ def test_converged_optimizers_on_booth_get_distinct_ranks():
 
 def test_a_diverged_optimizer_ranks_after_every_finite_one():
     """sgd at lr=0.01 blows up on Rosenbrock (final loss inf); it used to tie adam at rank 1 (inf - inf)."""
-    c = diyopt.compare("rosenbrock", {"sgd": "sgd:lr=0.01", "adam": "adam", "sgd2": "sgd:lr=0.02"},
-                       seeds=2, steps=200)
+    c = diyopt.compare("rosenbrock", {"sgd": "sgd:lr=0.01", "adam": "adam", "sgd2": "sgd:lr=0.02"}, seeds=2, steps=200)
     rows = {r["optimizer"]: r for r in c.table()}
     assert not math.isfinite(rows["sgd"]["final_loss"]) and math.isfinite(rows["adam"]["final_loss"])
     assert rows["adam"]["rank"] == 1 and rows["sgd"]["rank"] == rows["sgd2"]["rank"] == 2
@@ -323,8 +389,13 @@ def test_a_diverged_optimizer_ranks_after_every_finite_one():
 def test_optimizers_that_reach_the_tolerance_rank_by_speed_not_by_rounding():
     """The review's case: sgd, momentum and adam all reach tol 1e-6 on the line, their final losses differ
     by rounding noise (1e-16) or by 8e-9; adam got there first, so it ranks first."""
-    c = diyopt.compare("line", {"sgd": "sgd:lr=0.001", "momentum": "sgd:lr=0.001,momentum=0.9",
-                                "adam": "adam:lr=0.05"}, seeds=2, steps=3000, tol=1e-6)
+    c = diyopt.compare(
+        "line",
+        {"sgd": "sgd:lr=0.001", "momentum": "sgd:lr=0.001,momentum=0.9", "adam": "adam:lr=0.05"},
+        seeds=2,
+        steps=3000,
+        tol=1e-6,
+    )
     rows = {r["optimizer"]: r for r in c.table()}
     assert all(np.isfinite(r["steps_to_tol"]) for r in rows.values())
     by_speed = sorted(rows, key=lambda k: rows[k]["steps_to_tol"])

@@ -7,6 +7,7 @@ a small MLP (2-D weights, 1-D biases), every step compared, in float64 and float
 diyopt (eager and compiled fit, sweep, checkpoint + SIGKILL + resume) or its refusal. ``torchrun`` is in
 tests/test_contract_distributed.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -94,8 +95,7 @@ class RefRun:
         if c == "schedule_free_sgd":
             opt = schedulefree.SGDScheduleFree(ps, lr=0.1, momentum=0.9, weight_decay=0.01, warmup_steps=10)
         elif c == "schedule_free_adamw":
-            opt = schedulefree.AdamWScheduleFree(ps, lr=0.01, betas=(0.9, 0.99), weight_decay=0.01,
-                                                 warmup_steps=10)
+            opt = schedulefree.AdamWScheduleFree(ps, lr=0.01, betas=(0.9, 0.99), weight_decay=0.01, warmup_steps=10)
         elif c == "sam":
             return po.SAM(ps, torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
         elif c == "sam_adaptive":
@@ -455,6 +455,7 @@ def test_chain_passes_each_transform_only_what_it_declares():
         def update(grads, state, params=None, *, loss):
             seen["loss"] = loss
             return grads, state
+
         return diyopt.Optimizer(lambda p: (), update, extra_args=frozenset({"loss"}))
 
     opt = diyopt.chain(wants_loss(), diyopt.transforms.scale_by_lr(0.1))  # scale_by_lr takes no extras
@@ -475,10 +476,23 @@ def two_ranks(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo",
-           "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", str(Path(__file__).parent / "contract_dist_worker.py"), str(out)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(Path(__file__).parent / "contract_dist_worker.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out / "found.pt", weights_only=True)
@@ -514,11 +528,14 @@ def test_result_json_holds_the_eval_params_and_says_so(tmp_path):
     from diyopt.cli import main
 
     rules = tmp_path / "rules.py"
-    rules.write_text("import diyopt\n\n\ndef averaged(lr=0.01):\n"
-                     "    return diyopt.optim.ema(diyopt.optim.adam(lr=lr), decay=0.9)\n")
+    rules.write_text(
+        "import diyopt\n\n\ndef averaged(lr=0.01):\n    return diyopt.optim.ema(diyopt.optim.adam(lr=lr), decay=0.9)\n"
+    )
     out = tmp_path / "out"
-    assert main(["fit", "--problem", "rosenbrock", "--optimizer", f"{rules}:averaged", "--steps", "50",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["fit", "--problem", "rosenbrock", "--optimizer", f"{rules}:averaged", "--steps", "50", "--out", str(out)])
+        == 0
+    )
     written = json.loads((out / "result.json").read_text())
     problem = diyopt.problems.get("rosenbrock")
     r = diyopt.fit(problem.loss, problem.params0, ema(diyopt.optim.adam(lr=0.01), decay=0.9), 50)
@@ -559,6 +576,7 @@ def test_to_torch_passes_the_closures_loss_to_an_update_that_takes_it():
         def update(grads, state, params=None, *, loss):
             seen.append(float(loss))
             return grads, state
+
         return diyopt.Optimizer(lambda p: (), update, extra_args=frozenset({"loss"}))
 
     model, loss_fn = mlp(torch.float64)

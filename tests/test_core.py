@@ -1,4 +1,5 @@
 """The contract: elementwise rules, chain, apply_updates, configurable factories, the public surface."""
+
 import pytest
 import torch
 
@@ -31,7 +32,7 @@ def test_elementwise_user_rule_with_init_is_momentum():
         updates, state = opt.update(grads, state, params)
         params = diyopt.apply_updates(params, updates)
         ref.zero_grad()
-        (w ** 2).sum().backward()
+        (w**2).sum().backward()
         ref.step()
     torch.testing.assert_close(params["w"], w.detach(), rtol=1e-13, atol=1e-15)
 
@@ -109,13 +110,16 @@ def test_whole_tensor_rule_sees_each_tensor_as_it_is():
 
 def _stateful_without_init(kind):
     if kind == "arithmetic":
+
         def momentum_no_init(grad, state, param, *, lr=0.1, beta=0.9):
             state = beta * state + grad
             return -lr * state, state
     else:
+
         def momentum_no_init(grad, state, param, *, lr=0.1, beta=0.9):
             m = beta * state["m"] + grad
             return -lr * m, {"m": m}
+
     return diyopt.elementwise(momentum_no_init)
 
 

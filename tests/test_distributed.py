@@ -3,6 +3,7 @@
 One torchrun launch (tests/dist_worker.py) runs every case; the test then recomputes each in this single
 process on the whole data set and compares: ≤ 1e-12 relative in float64.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,16 @@ def free_port() -> int:
 def found(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(Path(dist_worker.__file__)), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(Path(dist_worker.__file__)),
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, torch.load(out / "found.pt", weights_only=True)
@@ -43,8 +52,7 @@ def single_process_line(loss_name: str, n: int):
     x, y = diyopt.data.make_line(n=n, seed=0)
     loss_on_pred = diyopt.losses.get(loss_name)
     p0 = {"a": torch.zeros(1, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
-    return diyopt.fit(lambda p: loss_on_pred(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=1e-2),
-                      dist_worker.STEPS)
+    return diyopt.fit(lambda p: loss_on_pred(p["a"] * x + p["b"], y), p0, diyopt.optim.adam(lr=1e-2), dist_worker.STEPS)
 
 
 @pytest.mark.parametrize("loss_name, n", [("mse", 100), ("sse", 101), ("l2_norm", 101)])
@@ -85,8 +93,24 @@ def test_cli_under_torchrun_rank0_writes(found, tmp_path):
     result = json.loads((out / "cli" / "result.json").read_text())
     from diyopt.cli import main
 
-    assert main(["fit", "--problem", "line", "--loss", "mse", "--optimizer", "adam", "--steps", "300",
-                 "--out", str(tmp_path / "one")]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--problem",
+                "line",
+                "--loss",
+                "mse",
+                "--optimizer",
+                "adam",
+                "--steps",
+                "300",
+                "--out",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
     single = json.loads((tmp_path / "one" / "result.json").read_text())
     for k in ("a", "b"):
         assert result["params"][k] == pytest.approx(single["params"][k], rel=1e-12)

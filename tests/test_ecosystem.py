@@ -7,6 +7,7 @@ torch.optim class through the same piece of torch's machinery and asserts the sa
 - ``state_dict()`` of a diyopt optimizer loads into the torch.optim class and back, mid-training.
 - ``torch.compile`` of a whole training step: no graph break in the optimizer step, same result as eager.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -52,7 +53,7 @@ def test_grad_scaler_steps_and_skips_like_torch(dtype):
     a, b = a.to(dtype), b.to(dtype)
     ours = diyopt.to_torch(diyopt.optim.adam(lr=1e-2), a)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2)
-    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=3) for _ in range(2)]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3) for _ in range(2)]
     for step, batch in enumerate(data[:20]):
         batch = tuple(t.to(dtype) for t in batch)
         for model, opt, scaler in ((a, ours, scalers[0]), (b, ref, scalers[1])):
@@ -79,7 +80,7 @@ def _schedulers():
     sgd = ("sgd", {"lr": 0.05, "momentum": 0.9}, torch.optim.SGD)
     adam = ("adam", {"lr": 0.01}, torch.optim.Adam)
     return [
-        ("LambdaLR", sgd, lambda o: S.LambdaLR(o, lambda e: 0.95 ** e)),
+        ("LambdaLR", sgd, lambda o: S.LambdaLR(o, lambda e: 0.95**e)),
         ("MultiplicativeLR", sgd, lambda o: S.MultiplicativeLR(o, lambda e: 0.9)),
         ("StepLR", sgd, lambda o: S.StepLR(o, step_size=3, gamma=0.5)),
         ("MultiStepLR", sgd, lambda o: S.MultiStepLR(o, milestones=[2, 5], gamma=0.3)),
@@ -89,12 +90,25 @@ def _schedulers():
         ("PolynomialLR", adam, lambda o: S.PolynomialLR(o, total_iters=8, power=2.0)),
         ("CosineAnnealingLR", adam, lambda o: S.CosineAnnealingLR(o, T_max=6, eta_min=1e-4)),
         ("CosineAnnealingWarmRestarts", adam, lambda o: S.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2)),
-        ("SequentialLR", adam, lambda o: S.SequentialLR(
-            o, [S.LinearLR(o, start_factor=0.1, total_iters=3), S.ExponentialLR(o, gamma=0.8)], milestones=[3])),
-        ("ChainedScheduler", sgd, lambda o: S.ChainedScheduler(
-            [S.ExponentialLR(o, gamma=0.9), S.StepLR(o, step_size=4, gamma=0.5)])),
-        ("CyclicLR", sgd, lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=3,
-                                               cycle_momentum=True, base_momentum=0.8, max_momentum=0.95)),
+        (
+            "SequentialLR",
+            adam,
+            lambda o: S.SequentialLR(
+                o, [S.LinearLR(o, start_factor=0.1, total_iters=3), S.ExponentialLR(o, gamma=0.8)], milestones=[3]
+            ),
+        ),
+        (
+            "ChainedScheduler",
+            sgd,
+            lambda o: S.ChainedScheduler([S.ExponentialLR(o, gamma=0.9), S.StepLR(o, step_size=4, gamma=0.5)]),
+        ),
+        (
+            "CyclicLR",
+            sgd,
+            lambda o: S.CyclicLR(
+                o, base_lr=0.01, max_lr=0.1, step_size_up=3, cycle_momentum=True, base_momentum=0.8, max_momentum=0.95
+            ),
+        ),
         ("OneCycleLR", adam, lambda o: S.OneCycleLR(o, max_lr=0.05, total_steps=20, cycle_momentum=True)),
         ("ReduceLROnPlateau", sgd, lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=1, threshold=0.5)),
     ]
@@ -104,9 +118,15 @@ SCHEDULERS = _schedulers()
 
 
 def test_every_scheduler_class_is_tested():
-    classes = {n for n, c in vars(lr_scheduler).items()
-               if inspect.isclass(c) and issubclass(c, lr_scheduler.LRScheduler) and c is not lr_scheduler.LRScheduler
-               and not n.startswith("_") and n != "_LRScheduler"} | {"ReduceLROnPlateau"}
+    classes = {
+        n
+        for n, c in vars(lr_scheduler).items()
+        if inspect.isclass(c)
+        and issubclass(c, lr_scheduler.LRScheduler)
+        and c is not lr_scheduler.LRScheduler
+        and not n.startswith("_")
+        and n != "_LRScheduler"
+    } | {"ReduceLROnPlateau"}
     classes.discard("LRScheduler")
     assert classes <= {name for name, _, _ in SCHEDULERS}, classes - {name for name, _, _ in SCHEDULERS}
 
@@ -161,8 +181,9 @@ def test_swa_utils_drive_diyopt_as_torch():
 
 
 # Each record's state_dict_setting (tests/optim_db.py)
-STATE_DICT_CASES = [(info.name, info.state_dict_setting, info.torch_cls) for info in optim_db
-                    if info.state_dict_setting is not None]
+STATE_DICT_CASES = [
+    (info.name, info.state_dict_setting, info.torch_cls) for info in optim_db if info.state_dict_setting is not None
+]
 
 
 @pytest.mark.parametrize("name,kwargs,torch_cls", STATE_DICT_CASES, ids=[c[0] for c in STATE_DICT_CASES])
@@ -230,10 +251,14 @@ def test_lbfgs_state_dict_moves_between_diyopt_and_torch():
     for k in range(6):
         if k in (2, 4):
             saved = opt.state_dict()
-            opt = torch.optim.LBFGS(a.parameters(), **kwargs) if k == 2 else \
-                diyopt.to_torch(diyopt.optim.lbfgs(**kwargs), a)
+            opt = (
+                torch.optim.LBFGS(a.parameters(), **kwargs)
+                if k == 2
+                else diyopt.to_torch(diyopt.optim.lbfgs(**kwargs), a)
+            )
             opt.load_state_dict(saved)
         for model, o in ((a, opt), (b, ref)):
+
             def closure(model=model, o=o):
                 o.zero_grad()
                 loss = _loss(model, (x, y))

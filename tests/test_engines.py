@@ -8,6 +8,7 @@
 Compiling is slow on a small CPU, so the compiled tests use tiny graphs (2 steps per call) and one graph
 per optimizer (its first setting); the batched tests run eagerly under vmap and cover every setting.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,7 @@ def problem():
         pred = torch.tanh(a @ p["w"]) + p["b"]
         return ((pred - target) ** 2).mean() + 0.1 * (p["w"] ** 4).sum()
 
-    params = {"w": 0.5 * torch.randn(3, generator=gen, dtype=torch.float64),
-              "b": torch.zeros(1, dtype=torch.float64)}
+    params = {"w": 0.5 * torch.randn(3, generator=gen, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
     return loss, params
 
 
@@ -125,8 +125,7 @@ def test_compiled_stops_at_divergence_like_eager():
 def test_compiled_update_in_place_equals_eager_update():
     gen = torch.Generator().manual_seed(1)
     params = {f"p{i}": torch.randn(n, generator=gen, dtype=torch.float64) for i, n in enumerate((5, 7, 1))}
-    grads = [{k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
-             for _ in range(3)]
+    grads = [{k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()} for _ in range(3)]
     opt = tensor_hyperparams(diyopt.optim.adam(lr=1e-2, weight_decay=0.1), params["p0"])
     ref_params, ref_state = dict(params), opt.init(params)
     for g in grads:
@@ -162,8 +161,10 @@ def start(params, seed):
     if seed == 0:
         return params
     gen = torch.Generator().manual_seed(seed)
-    return {k: v + 0.1 * (1 + v.abs()) * torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.dtype)
-            for k, v in params.items()}
+    return {
+        k: v + 0.1 * (1 + v.abs()) * torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.dtype)
+        for k, v in params.items()
+    }
 
 
 @pytest.mark.parametrize("info,kwargs", cases(SWEEP))
@@ -200,8 +201,7 @@ def test_batched_marks_divergent_runs_and_steps_to_tol(tmp_path):
         return (p["x"] ** 4).sum()
 
     params = {"x": torch.tensor([0.5], dtype=torch.float64)}
-    result = diyopt.sweep(loss, params, diyopt.optim.gradient_descent(), 30,
-                          grid={"lr": [0.1, 100.0]}, tol=0.01)
+    result = diyopt.sweep(loss, params, diyopt.optim.gradient_descent(), 30, grid={"lr": [0.1, 100.0]}, tol=0.01)
     small, huge = result.rows
     assert not small["diverged"] and huge["diverged"]
     assert math.isnan(huge["final_loss"]) or math.isinf(huge["final_loss"])
@@ -228,21 +228,23 @@ def test_batched_init_callable_and_memory_split():
         return {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
 
     # a budget of ~one run's bytes forces one run per batch
-    result = diyopt.sweep(loss, params, diyopt.optim.adam(lr=1e-2), 4, seeds=[0, 1, 2], init=init,
-                          memory_bytes=1)
+    result = diyopt.sweep(loss, params, diyopt.optim.adam(lr=1e-2), 4, seeds=[0, 1, 2], init=init, memory_bytes=1)
     assert result.info["batches"] == 3
     for k in range(3):
         single = diyopt.fit(loss, init(k), diyopt.optim.adam(lr=1e-2), 4)
         assert_close(result.losses[k], single.losses, f"seed {k}")
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"grid": {"nope": [1]}}, ValueError, "unknown hyperparameter"),
-    ({"grid": {"lr": []}}, ValueError, "non-empty list"),
-    ({"seeds": 0}, ValueError, "seeds must be a positive"),
-    ({"engine": "jit"}, ValueError, "unknown engine"),
-    ({"init": lambda s: {}}, ValueError, "init\\(seed\\) needs seeds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"grid": {"nope": [1]}}, ValueError, "unknown hyperparameter"),
+        ({"grid": {"lr": []}}, ValueError, "non-empty list"),
+        ({"seeds": 0}, ValueError, "seeds must be a positive"),
+        ({"engine": "jit"}, ValueError, "unknown engine"),
+        ({"init": lambda s: {}}, ValueError, "init\\(seed\\) needs seeds"),
+    ],
+)
 def test_sweep_bad_input(kwargs, error, match):
     loss, params = problem()
     with pytest.raises(error, match=match):
@@ -254,8 +256,7 @@ def test_compiled_sweep_equals_vmap_sweep_with_padding():
     loss, params = problem()
     grid = {"lr": [1e-2, 2e-2, 4e-2]}
     # 3 runs in batches of 2: the last batch is padded so one graph serves both; 7 steps = 3 chunks + 1
-    compiled = diyopt.sweep(loss, params, diyopt.optim.adam(), 7, grid=grid, engine="compiled", chunk=2,
-                            batch_size=2)
+    compiled = diyopt.sweep(loss, params, diyopt.optim.adam(), 7, grid=grid, engine="compiled", chunk=2, batch_size=2)
     eager = diyopt.sweep(loss, params, diyopt.optim.adam(), 7, grid=grid)
     assert_close(compiled.losses, eager.losses, "losses")
     for n in params:
@@ -266,8 +267,23 @@ def test_sweep_cli_writes_table_and_figure(tmp_path, capsys):
     from diyopt.cli import main
 
     out = tmp_path / "sweep"
-    code = main(["sweep", "--problem", "line", "--optimizer", "adam", "--grid", "lr=1e-2,1e-1",
-                 "--seeds", "2", "--steps", "30", "--out", str(out)])
+    code = main(
+        [
+            "sweep",
+            "--problem",
+            "line",
+            "--optimizer",
+            "adam",
+            "--grid",
+            "lr=1e-2,1e-1",
+            "--seeds",
+            "2",
+            "--steps",
+            "30",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     lines = (out / "sweep.csv").read_text().splitlines()
     assert lines[0].startswith("run,lr,seed,final_loss") and len(lines) == 5
@@ -276,8 +292,7 @@ def test_sweep_cli_writes_table_and_figure(tmp_path, capsys):
     problem = diyopt.problems.get("line")
     single = diyopt.fit(problem.loss, start(problem.params0, 1), diyopt.optim.adam(lr=0.1), 30)
     assert math.isclose(float(lines[4].split(",")[3]), float(problem.loss(single.params)), rel_tol=RTOL)
-    assert main(["sweep", "--problem", "line", "--optimizer", "adam", "--grid", "lr=fast",
-                 "--out", str(out)]) == 2
+    assert main(["sweep", "--problem", "line", "--optimizer", "adam", "--grid", "lr=fast", "--out", str(out)]) == 2
     assert "--grid lr: expected numbers" in capsys.readouterr().err
 
 
@@ -334,13 +349,17 @@ def test_scalar_prelude_takes_the_scalar_math_and_stops_at_the_first_write():
 
     def step(x, t, b):
         t_next = t + 1
-        bias = 1 - b ** t_next   # scalar math: the prelude
-        y = x / bias             # element math: stays
-        t.copy_(t_next)          # the first in-place write
-        late = t * 2             # read after the write: must stay after it
+        bias = 1 - b**t_next  # scalar math: the prelude
+        y = x / bias  # element math: stays
+        t.copy_(t_next)  # the first in-place write
+        late = t * 2  # read after the write: must stay after it
         return y * late
 
-    x, t, b = torch.randn(5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.9, dtype=torch.float64)
+    x, t, b = (
+        torch.randn(5, dtype=torch.float64),
+        torch.tensor(1.0, dtype=torch.float64),
+        torch.tensor(0.9, dtype=torch.float64),
+    )
     torch.compile(step, backend=keep, fullgraph=True)(x.clone(), t.clone(), b)
     prelude = scalar_prelude(graphs[0])
     ops = sorted(str(n.target) for n in prelude)

@@ -1,5 +1,6 @@
 """examples/sam.py: a user's SAM in ~30 lines equals diyopt.optim.sam, pytorch_optimizer.SAM and the
 paper's Algorithm 1 (tests/test_contract.py writes it out), in fit and through to_torch; the script runs."""
+
 from __future__ import annotations
 
 import copy
@@ -47,6 +48,7 @@ def test_the_users_sam_equals_the_builtin_and_pytorch_optimizer(dtype):
             loss = loss_fn(dict(m.named_parameters()))
             loss.backward()
             return loss
+
         return closure
 
     for step in range(100):

@@ -6,6 +6,7 @@ diyopt output and the user's own files untouched, no temp file). The rest are th
 user files in ``--out``, locks, signals, temps of killed runs, the divergence guard in every engine,
 strict JSON, the umask, the O(1) checkpoint save, the demo's worker.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,40 +51,129 @@ SWEEP = ["sweep", "--problem", "rosenbrock", "--optimizer", "adam", "--steps", "
 
 # (id, argv, files, regex): every row must exit 2 with one line matching regex.
 FAULTS = [
-    ("compare-dim-1e10", COMPARE + ["--problem", "rosenbrock:dim=1e10"], {},
-     r"problem 'rosenbrock' with dim=10000000000 needs about [\d,]+ GiB of memory"),
+    (
+        "compare-dim-1e10",
+        COMPARE + ["--problem", "rosenbrock:dim=1e10"],
+        {},
+        r"problem 'rosenbrock' with dim=10000000000 needs about [\d,]+ GiB of memory",
+    ),
     ("compare-dim-1e12", COMPARE + ["--problem", "rosenbrock:dim=1e12"], {}, r"dim=1000000000000 needs about"),
-    ("compare-quadratic-huge", COMPARE + ["--problem", "quadratic:dim=1e7"], {}, r"'quadratic' with dim=10000000 needs"),
-    ("compare-dim-two", COMPARE + ["--problem", "rosenbrock:dim=two"], {},
-     r"problem 'rosenbrock': dim must be an integer, got 'two'"),
-    ("compare-rule-raises", COMPARE[:2] + ["{t}/r.py:rule"] + COMPARE[3:] + ["--problem", "line"], {"r.py": RAISES},
-     r"error in .*r\.py:6 \(in rule\): RuntimeError: boom from the user's rule"),
-    ("sweep-grid-negative-lr", SWEEP + ["--grid", "lr=-1,0.1"], {}, r"grid value lr=-1\.0 is not valid: Invalid learning rate: -1\.0"),
-    ("sweep-grid-nan-lr", SWEEP + ["--grid", "lr=nan"], {}, r"grid value lr=nan is not valid: Invalid learning rate: nan"),
-    ("sweep-grid-betas-scalar", SWEEP + ["--grid", "betas=0.9"], {}, r"grid value betas=0\.9 is not valid: betas must be a pair"),
+    (
+        "compare-quadratic-huge",
+        COMPARE + ["--problem", "quadratic:dim=1e7"],
+        {},
+        r"'quadratic' with dim=10000000 needs",
+    ),
+    (
+        "compare-dim-two",
+        COMPARE + ["--problem", "rosenbrock:dim=two"],
+        {},
+        r"problem 'rosenbrock': dim must be an integer, got 'two'",
+    ),
+    (
+        "compare-rule-raises",
+        COMPARE[:2] + ["{t}/r.py:rule"] + COMPARE[3:] + ["--problem", "line"],
+        {"r.py": RAISES},
+        r"error in .*r\.py:6 \(in rule\): RuntimeError: boom from the user's rule",
+    ),
+    (
+        "sweep-grid-negative-lr",
+        SWEEP + ["--grid", "lr=-1,0.1"],
+        {},
+        r"grid value lr=-1\.0 is not valid: Invalid learning rate: -1\.0",
+    ),
+    (
+        "sweep-grid-nan-lr",
+        SWEEP + ["--grid", "lr=nan"],
+        {},
+        r"grid value lr=nan is not valid: Invalid learning rate: nan",
+    ),
+    (
+        "sweep-grid-betas-scalar",
+        SWEEP + ["--grid", "betas=0.9"],
+        {},
+        r"grid value betas=0\.9 is not valid: betas must be a pair",
+    ),
     ("sweep-grid-repeated", SWEEP + ["--grid", "lr=0.1", "--grid", "lr=0.2"], {}, r"--grid lr is given twice"),
-    ("sweep-rule-raises", SWEEP[:4] + ["{t}/r.py:rule"] + SWEEP[5:], {"r.py": RAISES}, r"error in .*r\.py:6 \(in rule\)"),
-    ("report-settings-array", ["report", "{t}/cmp"], {"cmp/": "", "cmp/settings.json": "[1, 2]"},
-     r"settings\.json does not hold diyopt settings: expected a JSON object, got a JSON array"),
-    ("report-settings-not-utf8", ["report", "{t}/cmp"], {"cmp/": "", "cmp/settings.json": b"\xff\xfe{}"},
-     r"cmp/settings\.json is not valid JSON"),
-    ("report-settings-wrong-types", ["report", "{t}/cmp"], {"cmp/": "", "cmp/settings.json": '{"problems": 3}'},
-     r"settings\.json does not hold diyopt settings: 'problems' is a int"),
-    ("check-sys-exit", ["check", "{t}/r.py:rule"], {"r.py": "import sys\nsys.exit(0)\n"},
-     r"cannot import .*r\.py, line 2: it calls sys\.exit\(0\)"),
-    ("fit-sys-exit", ["fit", "--problem", "line", "--optimizer", "{t}/r.py:rule", "--steps", "5", "--out", "{t}/out"],
-     {"r.py": "import sys\nsys.exit(0)\n"}, r"it calls sys\.exit\(0\) at import"),
-    ("fit-steps-below-checkpoint", ["fit", "--problem", "line", "--optimizer", "adam", "--steps", "5", "--out", "{t}/out",
-                                    "--checkpoint", "{t}/c.pt", "--resume"], {"c.pt": lambda t: _finished(t, 10)},
-     r"c\.pt: it is at step 10, past steps=5; give at least 10 steps"),
+    (
+        "sweep-rule-raises",
+        SWEEP[:4] + ["{t}/r.py:rule"] + SWEEP[5:],
+        {"r.py": RAISES},
+        r"error in .*r\.py:6 \(in rule\)",
+    ),
+    (
+        "report-settings-array",
+        ["report", "{t}/cmp"],
+        {"cmp/": "", "cmp/settings.json": "[1, 2]"},
+        r"settings\.json does not hold diyopt settings: expected a JSON object, got a JSON array",
+    ),
+    (
+        "report-settings-not-utf8",
+        ["report", "{t}/cmp"],
+        {"cmp/": "", "cmp/settings.json": b"\xff\xfe{}"},
+        r"cmp/settings\.json is not valid JSON",
+    ),
+    (
+        "report-settings-wrong-types",
+        ["report", "{t}/cmp"],
+        {"cmp/": "", "cmp/settings.json": '{"problems": 3}'},
+        r"settings\.json does not hold diyopt settings: 'problems' is a int",
+    ),
+    (
+        "check-sys-exit",
+        ["check", "{t}/r.py:rule"],
+        {"r.py": "import sys\nsys.exit(0)\n"},
+        r"cannot import .*r\.py, line 2: it calls sys\.exit\(0\)",
+    ),
+    (
+        "fit-sys-exit",
+        ["fit", "--problem", "line", "--optimizer", "{t}/r.py:rule", "--steps", "5", "--out", "{t}/out"],
+        {"r.py": "import sys\nsys.exit(0)\n"},
+        r"it calls sys\.exit\(0\) at import",
+    ),
+    (
+        "fit-steps-below-checkpoint",
+        [
+            "fit",
+            "--problem",
+            "line",
+            "--optimizer",
+            "adam",
+            "--steps",
+            "5",
+            "--out",
+            "{t}/out",
+            "--checkpoint",
+            "{t}/c.pt",
+            "--resume",
+        ],
+        {"c.pt": lambda t: _finished(t, 10)},
+        r"c\.pt: it is at step 10, past steps=5; give at least 10 steps",
+    ),
 ]
 
 
 def _finished(t: Path, steps: int) -> bytes:
     """The checkpoint of a finished ``steps``-step ``diyopt fit --problem line --optimizer adam``."""
     ck = t / "made.pt"
-    assert main(["fit", "--problem", "line", "--optimizer", "adam", "--steps", str(steps), "--out", str(t / "made"),
-                 "--checkpoint", str(ck)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--problem",
+                "line",
+                "--optimizer",
+                "adam",
+                "--steps",
+                str(steps),
+                "--out",
+                str(t / "made"),
+                "--checkpoint",
+                str(ck),
+            ]
+        )
+        == 0
+    )
     data = ck.read_bytes()
     # The loss history lives beside it; keep both under the name the row uses.
     os.replace(f"{ck}.losses", t / "c.pt.losses")
@@ -188,8 +278,11 @@ def test_checkpoint_inside_out_is_kept_and_the_run_extended(tmp_path, capsys):
 def test_out_dot_writes_into_the_working_folder(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.txt").write_text("mine")
-    argv = (FIT + ["--steps", "10"]) if command == "fit" else ["compare", "--problem", "line", "--optimizers", "adam",
-                                                                "--seeds", "1", "--steps", "10"]
+    argv = (
+        (FIT + ["--steps", "10"])
+        if command == "fit"
+        else ["compare", "--problem", "line", "--optimizers", "adam", "--seeds", "1", "--steps", "10"]
+    )
     assert main(argv + ["--out", "."]) == 0
     assert (tmp_path / "mine.txt").read_text() == "mine"
     assert (tmp_path / ("result.json" if command == "fit" else "table.md")).exists()
@@ -199,8 +292,12 @@ def test_out_dot_writes_into_the_working_folder(command, tmp_path, monkeypatch, 
 
 def test_report_out_an_existing_folder_leaves_no_temp(tmp_path, capsys):
     cmp = tmp_path / "cmp"
-    assert main(["compare", "--problem", "line", "--optimizers", "adam", "--seeds", "1", "--steps", "10",
-                 "--out", str(cmp)]) == 0
+    assert (
+        main(
+            ["compare", "--problem", "line", "--optimizers", "adam", "--seeds", "1", "--steps", "10", "--out", str(cmp)]
+        )
+        == 0
+    )
     pages = tmp_path / "pages"
     pages.mkdir()
     assert main(["report", str(cmp), "--out", str(pages)]) == 0
@@ -227,8 +324,12 @@ def _cli(*args: str) -> list[str]:
 
 def _env() -> dict:
     src = str(Path(diyopt.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -245,8 +346,23 @@ def test_two_processes_on_one_checkpoint_and_sigterm_saves_it(tmp_path):
     uninterrupted one."""
     steps = "200000"
     ck, out = tmp_path / "c.pt", tmp_path / "out"
-    args = ["fit", "--problem", "line", "--optimizer", "adam", "--loss", "mse", "--steps", steps, "--out", str(out),
-            "--checkpoint", str(ck), "--checkpoint-every", "1000000"]
+    args = [
+        "fit",
+        "--problem",
+        "line",
+        "--optimizer",
+        "adam",
+        "--loss",
+        "mse",
+        "--steps",
+        steps,
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "1000000",
+    ]
     first = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: Path(f"{ck}.lock").exists() or first.poll() is not None)
@@ -266,13 +382,17 @@ def test_two_processes_on_one_checkpoint_and_sigterm_saves_it(tmp_path):
     assert not out.exists() and temps(tmp_path) == []
     # Resume to a budget just past the saved step, and compare with one uninterrupted run.
     budget = str(saved + 500)
-    resume = subprocess.run(_cli(*args[:8], budget, *args[9:], "--resume"), env=_env(), capture_output=True,
-                            text=True, timeout=300)
+    resume = subprocess.run(
+        _cli(*args[:8], budget, *args[9:], "--resume"), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert resume.returncode == 0, resume.stderr
     ref = tmp_path / "ref"
     assert main(FIT + ["--steps", budget, "--out", str(ref)]) == 0
     assert (ref / "losses.csv").read_text() == (out / "losses.csv").read_text()
-    assert json.loads((ref / "result.json").read_text())["params"] == json.loads((out / "result.json").read_text())["params"]
+    assert (
+        json.loads((ref / "result.json").read_text())["params"]
+        == json.loads((out / "result.json").read_text())["params"]
+    )
     assert temps(tmp_path) == []
 
 
@@ -319,7 +439,12 @@ def _p0(dtype, named=False):
 def test_a_nan_update_stops_at_the_last_finite_params(dtype, named):
     r = diyopt.fit(_loss, _p0(dtype, named), nan_update_after_c(lr=0.1), 50)
     assert r.stop_reason == "diverged" and r.steps == K
-    assert r.info["diverged"] == {"step": K, "what": "update", "param": "a", "loss": pytest.approx((1 - A[K]) ** 2, rel=1e-5)}
+    assert r.info["diverged"] == {
+        "step": K,
+        "what": "update",
+        "param": "a",
+        "loss": pytest.approx((1 - A[K]) ** 2, rel=1e-5),
+    }
     assert r.params["a"].item() == pytest.approx(A[K], rel=1e-6)
     assert all(torch.isfinite(v).all() for v in r.params.values()) and torch.isfinite(r.losses).all()
     with pytest.raises(DivergedError, match=rf"non-finite update of parameter 'a' at step {K}"):
@@ -348,8 +473,7 @@ def test_a_finite_update_that_overflows_the_parameter_is_named():
     def huge(grad, state, param, *, lr=1.0):
         return torch.full_like(grad, 1e308), state
 
-    r = diyopt.fit(lambda p: (p["w"] * 1e-300).sum(),
-                   {"w": torch.full((2,), 1e308, dtype=torch.float64)}, huge(), 5)
+    r = diyopt.fit(lambda p: (p["w"] * 1e-300).sum(), {"w": torch.full((2,), 1e308, dtype=torch.float64)}, huge(), 5)
     assert r.info["diverged"]["what"] == "param" and r.info["diverged"]["param"] == "w"
     assert torch.isfinite(r.params["w"]).all()
 
@@ -385,8 +509,24 @@ def test_sweep_freezes_a_diverging_run_at_its_last_finite_params():
 def test_sweep_falls_back_to_a_loop_for_an_unvectorizable_rule(tmp_path, capsys):
     (tmp_path / "r.py").write_text(BRANCHY)
     out = tmp_path / "out"
-    assert main(["sweep", "--problem", "rosenbrock", "--optimizer", f"{tmp_path}/r.py:rule", "--grid",
-                 "lr=1e-3,1e-4", "--steps", "30", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--problem",
+                "rosenbrock",
+                "--optimizer",
+                f"{tmp_path}/r.py:rule",
+                "--grid",
+                "lr=1e-3,1e-4",
+                "--steps",
+                "30",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot be vectorized" in err and "data-dependent control flow" in err
     rows = (out / "sweep.csv").read_text().splitlines()
@@ -400,10 +540,22 @@ def test_sweep_falls_back_to_a_loop_for_an_unvectorizable_rule(tmp_path, capsys)
 def test_cli_exit_3_and_result_json_holds_the_last_finite_params(tmp_path, capsys):
     (tmp_path / "r.py").write_text(
         "import math, torch, diyopt\n\n@diyopt.elementwise\ndef rule(grad, state, param, *, lr=1e-3):\n"
-        "    return torch.where(param.abs() > 0.05, grad * math.nan, -lr * grad), state\n")
+        "    return torch.where(param.abs() > 0.05, grad * math.nan, -lr * grad), state\n"
+    )
     out = tmp_path / "out"
-    code = main(["fit", "--problem", "line", "--optimizer", f"{tmp_path}/r.py:rule:lr=0.01", "--steps", "500",
-                 "--out", str(out)])
+    code = main(
+        [
+            "fit",
+            "--problem",
+            "line",
+            "--optimizer",
+            f"{tmp_path}/r.py:rule:lr=0.01",
+            "--steps",
+            "500",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 3 and re.search(r"non-finite update of parameter '[ab]' at step \d+; the last finite", err)
     text = (out / "result.json").read_text()
@@ -415,16 +567,33 @@ def test_demo_goes_through_the_guard(tmp_path, capsys):
     code = main(["demo", "--lr", "1e308", "--steps", "30", "--out", str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert code == 3 and "diverged: non-finite" in err
-    summary = json.loads((tmp_path / "d" / "summary.json").read_text(),
-                         parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    summary = json.loads(
+        (tmp_path / "d" / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in summary.json")
+    )
     for fit in summary["fits"].values():
         assert fit["stop_reason"] == "diverged" and math.isfinite(fit["a"]) and math.isfinite(fit["b"])
 
 
 def test_compare_keeps_the_others_when_one_diverges(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", "--problem", "rosenbrock", "--optimizers", "sgd:lr=0.01,adam", "--seeds", "2",
-                 "--steps", "200", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--problem",
+                "rosenbrock",
+                "--optimizers",
+                "sgd:lr=0.01,adam",
+                "--seeds",
+                "2",
+                "--steps",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     import csv
 
     rows = {r["optimizer"]: r for r in csv.DictReader((out / "table.csv").open())}
@@ -440,8 +609,15 @@ def test_compare_keeps_the_others_when_one_diverges(tmp_path, capsys):
 def test_strict_json_puts_null_and_the_reason():
     text = outputs.dumps({"loss": math.inf, "params": [1.0, math.nan, -math.inf], "ok": 2.5, "n": np.float64("nan")})
     data = json.loads(text, parse_constant=lambda c: pytest.fail(c))
-    assert data == {"loss": None, "loss_nonfinite": "inf", "params": [1.0, None, None],
-                    "params_nonfinite": {"1": "nan", "2": "-inf"}, "ok": 2.5, "n": None, "n_nonfinite": "nan"}
+    assert data == {
+        "loss": None,
+        "loss_nonfinite": "inf",
+        "params": [1.0, None, None],
+        "params_nonfinite": {"1": "nan", "2": "-inf"},
+        "ok": 2.5,
+        "n": None,
+        "n_nonfinite": "nan",
+    }
 
 
 def test_outputs_honour_the_umask(tmp_path, capsys):
@@ -449,8 +625,25 @@ def test_outputs_honour_the_umask(tmp_path, capsys):
     try:
         ck = tmp_path / "c.pt"
         assert main(FIT + ["--steps", "10", "--out", str(tmp_path / "fit"), "--checkpoint", str(ck)]) == 0
-        assert main(["compare", "--problem", "line", "--optimizers", "adam", "--seeds", "1", "--steps", "10",
-                     "--out", str(tmp_path / "cmp"), "--report"]) == 0
+        assert (
+            main(
+                [
+                    "compare",
+                    "--problem",
+                    "line",
+                    "--optimizers",
+                    "adam",
+                    "--seeds",
+                    "1",
+                    "--steps",
+                    "10",
+                    "--out",
+                    str(tmp_path / "cmp"),
+                    "--report",
+                ]
+            )
+            == 0
+        )
         assert main(["demo", "--steps", "10", "--out", str(tmp_path / "demo")]) == 0
     finally:
         os.umask(old)
@@ -539,8 +732,13 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_demo_ends_within_a_second_on_a_signal_and_leaves_no_process(sig, tmp_path):
     out = tmp_path / "demo"
-    demo = subprocess.Popen(_cli("demo", "--steps", "100000000", "--out", str(out)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen(
+        _cli("demo", "--steps", "100000000", "--out", str(out)),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         parallel = len(os.sched_getaffinity(0)) > 1
         if parallel:
@@ -570,9 +768,15 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-@pytest.mark.parametrize("make", [lambda: diyopt.optim.sgd(lr=math.inf, momentum=0.9),
-                                  lambda: diyopt.optim.adam(lr=math.inf), lambda: diyopt.optim.adagrad(lr=math.inf),
-                                  lambda: diyopt.optim.rmsprop(lr=math.inf)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: diyopt.optim.sgd(lr=math.inf, momentum=0.9),
+        lambda: diyopt.optim.adam(lr=math.inf),
+        lambda: diyopt.optim.adagrad(lr=math.inf),
+        lambda: diyopt.optim.rmsprop(lr=math.inf),
+    ],
+)
 def test_an_infinite_setting_keeps_the_pure_path_so_the_guard_still_refuses(make):
     # the in-place kernels cannot check an update before writing it; an infinite setting takes the pure rule
     assert make().kernel is None

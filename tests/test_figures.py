@@ -4,6 +4,7 @@ method, marks told apart from the optimizers' lines, the sweep as gaps to the be
 Checked on the matplotlib objects the figures are drawn from (labels, legend texts, colours, data), and
 the files' names on disk.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,13 @@ def test_demo_figures_say_step_loss_and_the_method(tmp_path, monkeypatch):
     diyopt.analysis.demo.run_demo(out=tmp_path / "demo", steps=30, parallel=False)
     # the seed's five file names, plus the overlay
     assert {p.name for p in (tmp_path / "demo").glob("*.png")} == {
-        "sample.png", "Adam_loss.png", "Adam.png", "original_loss.png", "original.png", "compare_loss.png"}
+        "sample.png",
+        "Adam_loss.png",
+        "Adam.png",
+        "original_loss.png",
+        "original.png",
+        "compare_loss.png",
+    }
     for name in ("Adam_loss.png", "original_loss.png", "compare_loss.png"):
         xlabel, ylabel, _ = seen[name]
         assert xlabel == "step" and "‖y − ŷ‖" in ylabel, name
@@ -50,8 +57,7 @@ def test_demo_figures_say_step_loss_and_the_method(tmp_path, monkeypatch):
 
 
 def test_paths_mark_starts_and_optimum_in_the_legend_in_colours_no_optimizer_uses():
-    c = diyopt.compare("himmelblau", ["sgd:lr=1e-2", "adam:lr=1e-1", "sgd:lr=1e-2,momentum=0.5"], seeds=3,
-                       steps=60)
+    c = diyopt.compare("himmelblau", ["sgd:lr=1e-2", "adam:lr=1e-1", "sgd:lr=1e-2,momentum=0.5"], seeds=3, steps=60)
     ax = c.plot_paths()
     texts = legend_texts(ax)
     assert texts[:3] == list(c.runs)
@@ -87,7 +93,7 @@ def test_sweep_figure_plots_gaps_to_the_best_on_log_axes(two):
         assert heat.images and heat.get_xlabel() == "momentum" and heat.get_ylabel() == "lr"
         grid = heat.images[0].get_array()
         assert grid.shape == (4, 2)
-        assert any(t.get_text() == "diverged" for t in heat.texts)   # lr=1e-2 with momentum 0.9 diverges
+        assert any(t.get_text() == "diverged" for t in heat.texts)  # lr=1e-2 with momentum 0.9 diverges
     ok = [r for r in result.rows if not r["diverged"]]
     best = min(r["final_loss"] for r in ok)
     for ax in panels:
@@ -104,8 +110,10 @@ def test_sweep_figure_plots_gaps_to_the_best_on_log_axes(two):
     plt.close(fig)
 
 
-@pytest.mark.parametrize("lo, hi, expected", [(1.0, 20.0, ["1", "2", "5", "10", "20"]),
-                                              (3e-3, 0.4, ["0.005", "0.01", "0.02", "0.05", "0.1", "0.2"])])
+@pytest.mark.parametrize(
+    "lo, hi, expected",
+    [(1.0, 20.0, ["1", "2", "5", "10", "20"]), (3e-3, 0.4, ["0.005", "0.01", "0.02", "0.05", "0.1", "0.2"])],
+)
 def test_log_axes_have_readable_ticks(lo, hi, expected):
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,5 @@
 """The seed's experiment, checked against the seed's own loops and the closed-form line."""
+
 import json
 import subprocess
 import sys
@@ -95,8 +96,13 @@ def test_gradient_descent_equals_the_seed_loop():
 def test_result_losses_are_the_loss_before_each_update():
     x, y = seed_data()
     seen = []
-    r = diyopt.fit(line_loss(x, y), initial_params(1), diyopt.optim.adam(lr=0.05), 20,
-                   callback=lambda step, loss, params: seen.append(l2_norm(params["a"] * x + params["b"], y)))
+    r = diyopt.fit(
+        line_loss(x, y),
+        initial_params(1),
+        diyopt.optim.adam(lr=0.05),
+        20,
+        callback=lambda step, loss, params: seen.append(l2_norm(params["a"] * x + params["b"], y)),
+    )
     # callback sees params after update i, whose loss is what step i+1 records.
     torch.testing.assert_close(r.losses[1:], torch.stack(seen[:-1]), rtol=1e-14, atol=0)
     torch.testing.assert_close(r.losses[0], line_loss(x, y)(initial_params(1)), rtol=1e-14, atol=0)
@@ -116,8 +122,11 @@ def test_flat_buffer_and_named_tensors_agree():
     torch.manual_seed(0)
     target = torch.randn(3, 4, dtype=torch.float64)
     loss = lambda p: ((p["w"] @ p["v"] - target) ** 2).sum() + p["s"].double().square().sum()
-    flat = {"w": torch.randn(3, 2, dtype=torch.float64), "v": torch.randn(2, 4, dtype=torch.float64),
-            "s": torch.ones(2, dtype=torch.float64)}
+    flat = {
+        "w": torch.randn(3, 2, dtype=torch.float64),
+        "v": torch.randn(2, 4, dtype=torch.float64),
+        "s": torch.ones(2, dtype=torch.float64),
+    }
     mixed = {**flat, "s": flat["s"].float()}
     r1 = diyopt.fit(loss, flat, diyopt.optim.adam(lr=1e-2), 50)
     r2 = diyopt.fit(loss, mixed, diyopt.optim.adam(lr=1e-2), 50)
@@ -159,27 +168,39 @@ def test_demo_parallel_fits_equal_sequential_fits(tmp_path):
     seq = run_demo(out=tmp_path / "seq", steps=300, parallel=False)["fits"]
     assert list(par) == list(seq) == ["adam", "gradient_descent"]
     for name in par:
-        assert {k: par[name][k] for k in ("a", "b", "final_loss", "steps")} == \
-               {k: seq[name][k] for k in ("a", "b", "final_loss", "steps")}
+        assert {k: par[name][k] for k in ("a", "b", "final_loss", "steps")} == {
+            k: seq[name][k] for k in ("a", "b", "final_loss", "steps")
+        }
 
 
 def test_demo_cli_subprocess(tmp_path):
     out = tmp_path / "d"
-    proc = subprocess.run([sys.executable, "-m", "diyopt.cli", "demo", "--out", str(out), "--steps", "500"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diyopt.cli", "demo", "--out", str(out), "--steps", "500"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "gradient_descent" in proc.stdout and (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["demo", "--steps", "-5"], "--steps"),
-    (["demo", "--steps", "0"], "--steps"),
-    (["demo", "--lr", "abc"], "--lr"),
-    (["nonsense"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["demo", "--steps", "-5"], "--steps"),
+        (["demo", "--steps", "0"], "--steps"),
+        (["demo", "--lr", "abc"], "--lr"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
 def test_demo_cli_bad_input_is_one_line_exit_2(tmp_path, argv, needle):
-    proc = subprocess.run([sys.executable, "-m", "diyopt.cli", *argv, *(["--out", str(tmp_path / "o")] if argv[0] == "demo" else [])],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diyopt.cli", *argv, *(["--out", str(tmp_path / "o")] if argv[0] == "demo" else [])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert needle in proc.stderr

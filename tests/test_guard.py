@@ -5,6 +5,7 @@ gradient descent on (a - 1)^2 with lr = 0.1 walks a_k = 1 - 0.8^k (closed form),
 or only its gradient, through torch.where's unselected branch -- once a crosses c, set between a_{k-1}
 and a_k. The expected step and the last finite params come from that closed form.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,9 @@ def test_skip_policy_leaves_params_and_state_as_they_were():
 
 def test_divergence_saves_the_last_finite_params_to_the_checkpoint(tmp_path):
     ck = tmp_path / "c.pt"
-    r = diyopt.fit(planted("loss"), params0(), diyopt.optim.gradient_descent(lr=0.1), 50,
-                   checkpoint=ck, checkpoint_every=5)
+    r = diyopt.fit(
+        planted("loss"), params0(), diyopt.optim.gradient_descent(lr=0.1), 50, checkpoint=ck, checkpoint_every=5
+    )
     saved = diyopt.checkpoint.load(ck)
     assert saved["step"] == K
     assert torch.equal(saved["params"]["a"], r.params["a"])
@@ -98,8 +100,21 @@ def test_cli_exit_code_3_and_outputs_hold_the_last_finite_params(tmp_path, capsy
 
     # Gradient descent with lr=10 on the seed line's sse overflows: the loss goes inf within steps.
     out = tmp_path / "out"
-    code = main(["fit", "--problem", "line", "--loss", "sse", "--optimizer", "gradient_descent:lr=10",
-                 "--steps", "500", "--out", str(out)])
+    code = main(
+        [
+            "fit",
+            "--problem",
+            "line",
+            "--loss",
+            "sse",
+            "--optimizer",
+            "gradient_descent:lr=10",
+            "--steps",
+            "500",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 3 and "diverged: non-finite" in err
     result = json.loads((out / "result.json").read_text())

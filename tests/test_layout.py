@@ -1,5 +1,6 @@
 """The house's rules (README, "Layout"): one-way imports, no cycles, no public name shadowing a module,
 no folder reaching into another folder's private names, every public name importable."""
+
 from __future__ import annotations
 
 import ast
@@ -66,8 +67,14 @@ def test_import_contracts_are_kept():
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.fail("lint-imports is not installed: `make test` installs import-linter with the test extra")
-    proc = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=SRC.parent.parent, timeout=300,
-                          env={"PYTHONPATH": str(SRC.parent), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [exe, "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=SRC.parent.parent,
+        timeout=300,
+        env={"PYTHONPATH": str(SRC.parent), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "3 kept, 0 broken" in proc.stdout
 

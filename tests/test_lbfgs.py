@@ -1,4 +1,5 @@
 """diyopt.lbfgs against torch.optim.LBFGS, iterate for iterate, in float64, both line-search modes."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,8 +58,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("problem,line_search_fn,kwargs,max_iter", CASES,
-                         ids=[f"{c[0]}-{c[1]}-{c[2]}-{c[3]}" for c in CASES])
+@pytest.mark.parametrize(
+    "problem,line_search_fn,kwargs,max_iter", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}-{c[3]}" for c in CASES]
+)
 def test_matches_torch_lbfgs(problem, line_search_fn, kwargs, max_iter):
     params0, loss = {"least_squares": least_squares_problem, "rosenbrock": rosenbrock_problem}[problem]()
     expected, evaluated, state = torch_trajectory(loss, params0, max_iter, line_search_fn=line_search_fn, **kwargs)
@@ -67,7 +69,9 @@ def test_matches_torch_lbfgs(problem, line_search_fn, kwargs, max_iter):
     assert result.steps == state["n_iter"]
     assert result.nfev == result.njev == state["func_evals"] == len(evaluated)
     for k in expected:
-        torch.testing.assert_close(result.params[k], expected[k], rtol=1e-12, atol=1e-12 * float(expected[k].abs().max()))
+        torch.testing.assert_close(
+            result.params[k], expected[k], rtol=1e-12, atol=1e-12 * float(expected[k].abs().max())
+        )
     # The losses diyopt records at the start of each iteration are among the losses torch evaluated.
     assert result.losses[0].item() == pytest.approx(evaluated[0], rel=1e-12)
     # A run that is not cut short by max_iter has stopped for a reason a user can act on.
@@ -77,20 +81,22 @@ def test_matches_torch_lbfgs(problem, line_search_fn, kwargs, max_iter):
 def test_strong_wolfe_solves_rosenbrock():
     # Known minimum (1, 1), loss 0.
     params0, loss = rosenbrock_problem()
-    r = lbfgs(loss, params0, max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-10,
-              tolerance_change=1e-15)
+    r = lbfgs(loss, params0, max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-15)
     torch.testing.assert_close(r.params["x"], torch.ones(2), atol=1e-6, rtol=0)
     assert r.final_loss < 1e-12
     assert r.stop_reason != "max_steps"
     torch.testing.assert_close(torch.tensor(r.final_loss), loss(r.params).detach(), rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"lr": -1.0}, "Invalid learning rate: -1.0"),
-    ({"max_iter": 0}, "max_iter must be a positive integer"),
-    ({"history_size": 0}, "history_size must be a positive integer"),
-    ({"line_search_fn": "armijo"}, "line_search_fn must be None or 'strong_wolfe'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"lr": -1.0}, "Invalid learning rate: -1.0"),
+        ({"max_iter": 0}, "max_iter must be a positive integer"),
+        ({"history_size": 0}, "history_size must be a positive integer"),
+        ({"line_search_fn": "armijo"}, "line_search_fn must be None or 'strong_wolfe'"),
+    ],
+)
 def test_rejects_bad_arguments(kwargs, match):
     params0, loss = rosenbrock_problem()
     with pytest.raises(ValueError, match=match):

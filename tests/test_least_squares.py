@@ -37,7 +37,7 @@ def _j_misra1a(b, x):
 
 def _j_misra1b(b, x):
     t = 1 + b[1] * x / 2
-    return np.stack([1 - t ** -2.0, b[0] * x * t ** -3.0], 1)
+    return np.stack([1 - t**-2.0, b[0] * x * t**-3.0], 1)
 
 
 def _j_chwirut(b, x):
@@ -51,18 +51,24 @@ def _j_danwood(b, x):
 
 
 def _j_kirby2(b, x):
-    n, d = b[0] + b[1] * x + b[2] * x ** 2, 1 + b[3] * x + b[4] * x ** 2
-    return np.stack([1 / d, x / d, x ** 2 / d, -n * x / d ** 2, -n * x ** 2 / d ** 2], 1)
+    n, d = b[0] + b[1] * x + b[2] * x**2, 1 + b[3] * x + b[4] * x**2
+    return np.stack([1 / d, x / d, x**2 / d, -n * x / d**2, -n * x**2 / d**2], 1)
 
 
 def _j_roszman1(b, x):
     u = b[2] / (x - b[3])
-    w = 1 / (1 + u ** 2) / np.pi
+    w = 1 / (1 + u**2) / np.pi
     return np.stack([np.ones_like(x), -x, -w / (x - b[3]), -w * b[2] / (x - b[3]) ** 2], 1)
 
 
-JACOBIANS = {"Misra1a": _j_misra1a, "Misra1b": _j_misra1b, "Chwirut2": _j_chwirut, "DanWood": _j_danwood,
-             "Kirby2": _j_kirby2, "Roszman1": _j_roszman1}
+JACOBIANS = {
+    "Misra1a": _j_misra1a,
+    "Misra1b": _j_misra1b,
+    "Chwirut2": _j_chwirut,
+    "DanWood": _j_danwood,
+    "Kirby2": _j_kirby2,
+    "Roszman1": _j_roszman1,
+}
 
 
 @needs_files
@@ -76,8 +82,9 @@ def test_curve_fit_matches_scipy_on_nist(name):
     model = lambda x, *b: formula.model(dict(zip(formula.params, b)), {"x": x})
     fit = diyopt.curve_fit(model, x, y, p0, **TIGHT)
     numpy_model, jac = _nist_models()[name], JACOBIANS[name]
-    ref_popt, ref_pcov = scipy_optimize.curve_fit(lambda x, *b: numpy_model(b, x), x.numpy(), y.numpy(), p0,
-                                                  jac=lambda x, *b: jac(b, x), maxfev=20000, **TIGHT)
+    ref_popt, ref_pcov = scipy_optimize.curve_fit(
+        lambda x, *b: numpy_model(b, x), x.numpy(), y.numpy(), p0, jac=lambda x, *b: jac(b, x), maxfev=20000, **TIGHT
+    )
     assert _rel(fit.params, ref_popt) < 1e-6
     assert _rel(fit.covariance, ref_pcov) < 1e-6
     # and the standard errors are NIST's certified standard deviations
@@ -111,12 +118,14 @@ def _exp_jac_numpy(x, a, k, c):
 def test_curve_fit_sigma_matches_scipy(sigma_kind, absolute):
     x, y, sigma = _exp_data(outliers=False)
     if sigma_kind == "2d":
-        sigma = np.diag(sigma ** 2) + 1e-4 * np.exp(-np.abs(np.subtract.outer(x, x)))
+        sigma = np.diag(sigma**2) + 1e-4 * np.exp(-np.abs(np.subtract.outer(x, x)))
     s = None if sigma_kind is None else sigma
-    popt, pcov = diyopt.curve_fit(_exp_model_torch, torch.tensor(x), torch.tensor(y), [1.0, 1.0, 0.0], sigma=s,
-                                  absolute_sigma=absolute, **TIGHT)
-    ref_popt, ref_pcov = scipy_optimize.curve_fit(_exp_model_numpy, x, y, [1.0, 1.0, 0.0], sigma=s,
-                                                  absolute_sigma=absolute, jac=_exp_jac_numpy, **TIGHT)
+    popt, pcov = diyopt.curve_fit(
+        _exp_model_torch, torch.tensor(x), torch.tensor(y), [1.0, 1.0, 0.0], sigma=s, absolute_sigma=absolute, **TIGHT
+    )
+    ref_popt, ref_pcov = scipy_optimize.curve_fit(
+        _exp_model_numpy, x, y, [1.0, 1.0, 0.0], sigma=s, absolute_sigma=absolute, jac=_exp_jac_numpy, **TIGHT
+    )
     assert _rel(popt, ref_popt) < 1e-6
     assert _rel(pcov, ref_pcov) < 1e-6
 
@@ -125,11 +134,28 @@ def test_curve_fit_sigma_matches_scipy(sigma_kind, absolute):
 @pytest.mark.parametrize("f_scale", [0.1, 1.0])
 def test_curve_fit_robust_losses_match_scipy(loss, f_scale):
     x, y, _ = _exp_data(outliers=True)
-    fit = diyopt.curve_fit(_exp_model_torch, torch.tensor(x), torch.tensor(y), [1.0, 1.0, 0.0], loss=loss,
-                           f_scale=f_scale, max_nfev=2000, **TIGHT)
-    ref_popt, ref_pcov = scipy_optimize.curve_fit(_exp_model_numpy, x, y, [1.0, 1.0, 0.0], method="trf",
-                                                  jac=_exp_jac_numpy, loss=loss, f_scale=f_scale, max_nfev=2000,
-                                                  **TIGHT)
+    fit = diyopt.curve_fit(
+        _exp_model_torch,
+        torch.tensor(x),
+        torch.tensor(y),
+        [1.0, 1.0, 0.0],
+        loss=loss,
+        f_scale=f_scale,
+        max_nfev=2000,
+        **TIGHT,
+    )
+    ref_popt, ref_pcov = scipy_optimize.curve_fit(
+        _exp_model_numpy,
+        x,
+        y,
+        [1.0, 1.0, 0.0],
+        method="trf",
+        jac=_exp_jac_numpy,
+        loss=loss,
+        f_scale=f_scale,
+        max_nfev=2000,
+        **TIGHT,
+    )
     assert _rel(fit.params, ref_popt) < 1e-6
     assert _rel(fit.covariance, ref_pcov) < 1e-6
 
@@ -139,21 +165,37 @@ def test_curve_fit_arctan_with_a_small_first_step_matches_scipy(f_scale):
     """arctan saturates: with MINPACK's factor=100 the first steps run off at f_scale 0.1; factor=0.1
     keeps them local, and the fit matches scipy's trf."""
     x, y, _ = _exp_data(outliers=True)
-    fit = diyopt.curve_fit(_exp_model_torch, torch.tensor(x), torch.tensor(y), [1.0, 1.0, 0.0], loss="arctan",
-                           f_scale=f_scale, factor=0.1, max_nfev=2000, **TIGHT)
-    ref_popt, ref_pcov = scipy_optimize.curve_fit(_exp_model_numpy, x, y, [1.0, 1.0, 0.0], method="trf",
-                                                  jac=_exp_jac_numpy, loss="arctan", f_scale=f_scale,
-                                                  max_nfev=2000, **TIGHT)
+    fit = diyopt.curve_fit(
+        _exp_model_torch,
+        torch.tensor(x),
+        torch.tensor(y),
+        [1.0, 1.0, 0.0],
+        loss="arctan",
+        f_scale=f_scale,
+        factor=0.1,
+        max_nfev=2000,
+        **TIGHT,
+    )
+    ref_popt, ref_pcov = scipy_optimize.curve_fit(
+        _exp_model_numpy,
+        x,
+        y,
+        [1.0, 1.0, 0.0],
+        method="trf",
+        jac=_exp_jac_numpy,
+        loss="arctan",
+        f_scale=f_scale,
+        max_nfev=2000,
+        **TIGHT,
+    )
     assert _rel(fit.params, ref_popt) < 1e-6
     assert _rel(fit.covariance, ref_pcov) < 1e-6
 
 
 def test_curve_fit_named_params():
     x, y, _ = _exp_data(outliers=False)
-    fit = diyopt.curve_fit(lambda x, a, k, c: a * torch.exp(-k * x) + c, x, y, {"a": 1.0, "k": 1.0, "c": 0.0},
-                           **TIGHT)
-    ref_popt, ref_pcov = scipy_optimize.curve_fit(_exp_model_numpy, x, y, [1.0, 1.0, 0.0], jac=_exp_jac_numpy,
-                                                  **TIGHT)
+    fit = diyopt.curve_fit(lambda x, a, k, c: a * torch.exp(-k * x) + c, x, y, {"a": 1.0, "k": 1.0, "c": 0.0}, **TIGHT)
+    ref_popt, ref_pcov = scipy_optimize.curve_fit(_exp_model_numpy, x, y, [1.0, 1.0, 0.0], jac=_exp_jac_numpy, **TIGHT)
     assert _rel([float(fit.params[k]) for k in "akc"], ref_popt) < 1e-6
     assert _rel([float(fit.std[k]) for k in "akc"], np.sqrt(np.diag(ref_pcov))) < 1e-6
 
@@ -193,14 +235,17 @@ def test_result_fields():
     assert budget.stop_reason == "max_steps" and budget.nfev == 3
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(method="dogleg"), ValueError, "unknown method 'dogleg'"),
-    (dict(ftol=-1.0), ValueError, "Invalid ftol value"),
-    (dict(f_scale=0.0), ValueError, "Invalid f_scale value"),
-    (dict(loss="hubber"), ValueError, "unknown loss 'hubber'"),
-    (dict(jac="both"), ValueError, "unknown jac 'both'"),
-    (dict(max_nfev=0), ValueError, "max_nfev must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(method="dogleg"), ValueError, "unknown method 'dogleg'"),
+        (dict(ftol=-1.0), ValueError, "Invalid ftol value"),
+        (dict(f_scale=0.0), ValueError, "Invalid f_scale value"),
+        (dict(loss="hubber"), ValueError, "unknown loss 'hubber'"),
+        (dict(jac="both"), ValueError, "unknown jac 'both'"),
+        (dict(max_nfev=0), ValueError, "max_nfev must be a positive integer"),
+    ],
+)
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         diyopt.least_squares(lambda p: p["a"] - 1, {"a": torch.tensor(0.0)}, **kwargs)

@@ -1,6 +1,7 @@
 """PyTorch Lightning (the ``test`` extra): a LightningModule whose ``configure_optimizers`` returns a diyopt
 optimizer (``to_torch``) and an ``lr_scheduler`` trains exactly as with the torch.optim class, and its
 checkpoint resumes to the same parameters as an uninterrupted run."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,10 @@ import diyopt
 
 L = pytest.importorskip("lightning")
 
-DATA = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)),
-                                      torch.randn(32, 1, generator=torch.Generator().manual_seed(1)))
+DATA = torch.utils.data.TensorDataset(
+    torch.randn(32, 4, generator=torch.Generator().manual_seed(0)),
+    torch.randn(32, 1, generator=torch.Generator().manual_seed(1)),
+)
 
 
 class Regression(L.LightningModule):
@@ -35,8 +38,16 @@ class Regression(L.LightningModule):
 
 
 def _trainer(max_epochs: int, **kw):
-    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, **kw)
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
 
 
 def _loader():

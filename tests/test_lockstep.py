@@ -3,6 +3,7 @@
 The central test plants a one-ulp change in a copy of Adam at step 37 and checks that the harness names
 that step, that tensor and that size -- and says "bitwise equal" without the plant.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,16 @@ import torch
 import diyopt
 from diyopt.analysis import lockstep
 
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
-    [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")]
+    ),
+}
 
 # A user's Adam twice: as a diyopt rule and as a torch.optim class, the same arithmetic op for op (so the
 # two are bitwise equal), the class with a one-ulp change planted at step ``plant_at``.
-PLANTED = textwrap.dedent('''
+PLANTED = textwrap.dedent("""
     import math
     import torch
     import diyopt
@@ -64,7 +69,7 @@ PLANTED = textwrap.dedent('''
                     if first and int(step) == self.plant_at:  # the plant: one ulp up, in one element
                         p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(math.inf, dtype=p.dtype))
                     first = False
-''')
+""")
 
 
 @pytest.fixture
@@ -75,8 +80,9 @@ def planted(tmp_path):
 
 
 def _check(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "diyopt", "check", *args], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "diyopt", "check", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
+    )
 
 
 def test_against_finds_a_planted_one_ulp_change_at_its_step(planted):
@@ -103,7 +109,7 @@ def test_the_planted_difference_is_one_ulp(planted):
     diff = report.parted
     assert (diff.step, diff.param) == (37, "0.weight")
     # one ulp of the element moved: at most 2**-52 of the tensor's largest value
-    assert 0 < diff.rel_error <= 2 ** -52
+    assert 0 < diff.rel_error <= 2**-52
     assert report.steps_run == 37
 
 
@@ -116,12 +122,15 @@ def test_against_a_torch_class_with_settings_and_to_torch():
     assert "parted from Adam at step" in wrong.stdout
 
 
-@pytest.mark.parametrize("ref,message", [
-    ("torch.optim:Nope", "module 'torch.optim' has no 'Nope'"),
-    ("no_such_module_xyz:Adam", "cannot import 'no_such_module_xyz' for --against"),
-    ("torch.optim", "bad reference 'torch.optim': expected MODULE:Class"),
-    ("torch.optim:Adam:lr", "bad setting 'lr'"),
-])
+@pytest.mark.parametrize(
+    "ref,message",
+    [
+        ("torch.optim:Nope", "module 'torch.optim' has no 'Nope'"),
+        ("no_such_module_xyz:Adam", "cannot import 'no_such_module_xyz' for --against"),
+        ("torch.optim", "bad reference 'torch.optim': expected MODULE:Class"),
+        ("torch.optim:Adam:lr", "bad setting 'lr'"),
+    ],
+)
 def test_against_bad_input_is_one_line_and_exit_2(ref, message):
     out = _check("adam", "--against", ref)
     assert out.returncode == 2
@@ -129,12 +138,19 @@ def test_against_bad_input_is_one_line_and_exit_2(ref, message):
 
 
 def test_lockstep_reload_and_groups_match_torch_and_bad_arguments_are_refused():
-    report = lockstep(diyopt.optim.sgd(lr=1e-2, momentum=0.9), torch.optim.SGD, {"lr": 1e-2, "momentum": 0.9},
-                      form="to_torch", groups=[{}, {"lr": 3e-2}], reload_at=50)
+    report = lockstep(
+        diyopt.optim.sgd(lr=1e-2, momentum=0.9),
+        torch.optim.SGD,
+        {"lr": 1e-2, "momentum": 0.9},
+        form="to_torch",
+        groups=[{}, {"lr": 3e-2}],
+        reload_at=50,
+    )
     assert report.passed, report.summary()
     # a setting in the second group that only torch honours (diyopt's sgd has no such key) parts in a bias
-    report = lockstep(diyopt.optim.sgd(lr=1e-2), torch.optim.SGD, {"lr": 1e-2, "weight_decay": 0.5},
-                      form="to_torch", groups=[{}, {}])
+    report = lockstep(
+        diyopt.optim.sgd(lr=1e-2), torch.optim.SGD, {"lr": 1e-2, "weight_decay": 0.5}, form="to_torch", groups=[{}, {}]
+    )
     assert not report.passed and report.parted.step == 1
     with pytest.raises(ValueError, match="need form='to_torch'"):
         lockstep(diyopt.optim.sgd(), torch.optim.SGD, groups=[{}, {}])

@@ -5,6 +5,7 @@
 - sweep's best is the best *setting* by the median over seeds, not the single best run;
 - a tolerance not reached prints "not reached", never an empty cell.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,12 @@ def test_seed_s_is_the_documented_rule(dtype):
         zb = torch.randn((), generator=gen, dtype=torch.float64)
         got = diyopt.core.starts.perturbed(params, seed)
         assert got["a"].dtype == dtype
-        torch.testing.assert_close(got["a"], (params["a"].double() + 0.1 * (1 + params["a"].double().abs()) * za).to(dtype))
-        torch.testing.assert_close(got["b"], (params["b"].double() + 0.1 * (1 + params["b"].double().abs()) * zb).to(dtype))
+        torch.testing.assert_close(
+            got["a"], (params["a"].double() + 0.1 * (1 + params["a"].double().abs()) * za).to(dtype)
+        )
+        torch.testing.assert_close(
+            got["b"], (params["b"].double() + 0.1 * (1 + params["b"].double().abs()) * zb).to(dtype)
+        )
 
 
 def test_sweep_and_compare_start_seed_s_at_the_same_point():
@@ -52,8 +57,16 @@ def test_sweep_and_compare_agree_on_steps_to_tol(known):
     if not known:  # no known optimum: both take f* = the lowest loss any run reached
         problem = diyopt.problems.Problem("rosen", problem.params0, problem.loss)
     cmp = diyopt.compare(problem, {"adam": diyopt.optim.adam(lr=2e-2)}, seeds=3, steps=800, tol=1e-4)
-    result = diyopt.sweep(problem.loss, problem.params0, diyopt.optim.adam(), 800, grid={"lr": [2e-2]},
-                          seeds=3, tol=1e-4, f_star=problem.optimum)
+    result = diyopt.sweep(
+        problem.loss,
+        problem.params0,
+        diyopt.optim.adam(),
+        800,
+        grid={"lr": [2e-2]},
+        seeds=3,
+        tol=1e-4,
+        f_star=problem.optimum,
+    )
     if known:
         assert cmp.f_star == result.info["f_star"] == 0.0
     steps = cmp.costs("steps")["adam"]
@@ -87,21 +100,42 @@ def test_sweep_best_is_the_best_median_setting_not_the_best_run():
     params = {"x": torch.tensor([0.5], dtype=torch.float64)}
     starts = {0: 0.5, 1: 3.0, 2: 3.0}
     init = lambda s: {"x": torch.tensor([starts[s]], dtype=torch.float64)}
-    result = diyopt.sweep(loss, params, diyopt.optim.gradient_descent(), 50, grid={"lr": [0.3, 1e-3]},
-                          seeds=3, init=init, tol=1e-3)
+    result = diyopt.sweep(
+        loss, params, diyopt.optim.gradient_descent(), 50, grid={"lr": [0.3, 1e-3]}, seeds=3, init=init, tol=1e-3
+    )
     by = {s["lr"]: s for s in result.by_setting()}
     assert by[0.3]["diverged"] == 2 and math.isinf(by[0.3]["final_loss"])
     slow = [r["final_loss"] for r in result.rows if r["lr"] == 1e-3]
     assert by[1e-3]["final_loss"] == float(np.median(slow)) and by[1e-3]["diverged"] == 0
-    assert result.best_run()["lr"] == 0.3          # the single best run
-    assert result.best()["lr"] == 1e-3             # the best setting over seeds
+    assert result.best_run()["lr"] == 0.3  # the single best run
+    assert result.best()["lr"] == 1e-3  # the best setting over seeds
     assert by[0.3]["reached"] == "1/3" and math.isinf(by[0.3]["steps_to_tol"])
 
 
 def test_cli_sweep_prints_not_reached_and_the_best_setting(tmp_path, capsys):
     out = tmp_path / "s"
-    assert main(["sweep", "--problem", "booth", "--optimizer", "sgd", "--grid", "lr=1e-4,0.05", "--seeds", "2",
-                 "--steps", "200", "--tol", "1e-6", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--problem",
+                "booth",
+                "--optimizer",
+                "sgd",
+                "--grid",
+                "lr=1e-4,0.05",
+                "--seeds",
+                "2",
+                "--steps",
+                "200",
+                "--tol",
+                "1e-6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     with (out / "sweep.csv").open() as f:
         rows = list(csv.DictReader(f))

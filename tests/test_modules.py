@@ -3,6 +3,7 @@
 The reference is the plain PyTorch loop -- ``torch.optim.SGD`` on a deep copy of the module, the same loss
 -- so a fit that silently trains nothing (the old zeros-for-missing-gradients behaviour) fails here.
 """
+
 import copy
 import warnings
 
@@ -85,13 +86,13 @@ def test_module_styles_with_a_torch_optim_class(style, dtype):
     assert_trained_like(r, model, x, y, dtype)
 
 
-@pytest.mark.parametrize("style, dtype", [("given", torch.float64), ("closure", torch.float64),
-                                          ("given", torch.float32)])  # each compiles: ~5-15 s
+@pytest.mark.parametrize(
+    "style, dtype", [("given", torch.float64), ("closure", torch.float64), ("given", torch.float32)]
+)  # each compiles: ~5-15 s
 def test_module_styles_compiled(style, dtype):
     model, x, y = make("mlp", dtype)
     losses, params = reference(model, x, y, steps=16)
-    r = diyopt.fit(styles(model, x, y)[style], model, diyopt.optim.sgd(lr=LR), 16, engine="compiled",
-                   chunk=8)
+    r = diyopt.fit(styles(model, x, y)[style], model, diyopt.optim.sgd(lr=LR), 16, engine="compiled", chunk=8)
     tol = tolerances(dtype)
     torch.testing.assert_close(r.losses, losses, **tol)
     for k, v in params.items():
@@ -187,8 +188,14 @@ def test_lbfgs_on_a_module_reaches_least_squares(style):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1).double()
     x, y = torch.randn(30, 3, dtype=torch.float64), torch.randn(30, 1, dtype=torch.float64)
-    r = diyopt.lbfgs(styles(model, x, y)[style], model, max_iter=100, line_search_fn="strong_wolfe",
-                     tolerance_grad=1e-12, tolerance_change=1e-15)
+    r = diyopt.lbfgs(
+        styles(model, x, y)[style],
+        model,
+        max_iter=100,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+    )
     sol = torch.linalg.lstsq(torch.cat([x, torch.ones(30, 1, dtype=torch.float64)], 1), y).solution[:, 0]
     torch.testing.assert_close(model.weight.detach().reshape(-1), sol[:3], rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(model.bias.detach(), sol[3:], rtol=1e-7, atol=1e-9)

@@ -3,6 +3,7 @@
 Reference values are NIST's certified parameters, standard deviations and residual sums of squares,
 read from the files in ``<repo>/../shared/nist`` (or ``$DIYOPT_NIST_DIR``).
 """
+
 import functools
 import importlib.util
 import math
@@ -21,9 +22,35 @@ FILES = sorted(NIST_DIR.glob("*.dat"))
 needs_files = pytest.mark.skipif(not FILES, reason=f"no NIST StRD files in {NIST_DIR} (set DIYOPT_NIST_DIR)")
 NONLINEAR = [f.stem for f in FILES if f.stem != "Norris"]
 TIGHT = dict(ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=20000)
-ALL_27 = ["Misra1a", "Chwirut2", "Chwirut1", "Lanczos3", "Gauss1", "Gauss2", "DanWood", "Misra1b", "Kirby2",
-          "Hahn1", "Nelson", "MGH17", "Lanczos1", "Lanczos2", "Gauss3", "Misra1c", "Misra1d", "Roszman1", "ENSO",
-          "MGH09", "Thurber", "BoxBOD", "Rat42", "MGH10", "Eckerle4", "Rat43", "Bennett5"]
+ALL_27 = [
+    "Misra1a",
+    "Chwirut2",
+    "Chwirut1",
+    "Lanczos3",
+    "Gauss1",
+    "Gauss2",
+    "DanWood",
+    "Misra1b",
+    "Kirby2",
+    "Hahn1",
+    "Nelson",
+    "MGH17",
+    "Lanczos1",
+    "Lanczos2",
+    "Gauss3",
+    "Misra1c",
+    "Misra1d",
+    "Roszman1",
+    "ENSO",
+    "MGH09",
+    "Thurber",
+    "BoxBOD",
+    "Rat42",
+    "MGH10",
+    "Eckerle4",
+    "Rat43",
+    "Bennett5",
+]
 
 
 def test_shared_nist_is_found():
@@ -59,10 +86,22 @@ def test_lm_certified_accuracy(name, start):
 
 @needs_files
 @pytest.mark.parametrize("start", ["start1", "start2"])
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason="Lanczos1's residuals are at float64 rounding level: "
-                                            "its std LRE measures 2.9-3.0 depending on the start", strict=False))
-    if n == "Lanczos1" else n for n in NONLINEAR])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            marks=pytest.mark.xfail(
+                reason="Lanczos1's residuals are at float64 rounding level: "
+                "its std LRE measures 2.9-3.0 depending on the start",
+                strict=False,
+            ),
+        )
+        if n == "Lanczos1"
+        else n
+        for n in NONLINEAR
+    ],
+)
 def test_standard_errors_match_certified(name, start):
     """Standard errors from the autograd Jacobian agree with NIST's certified standard deviations to
     >= 3 digits."""
@@ -181,17 +220,22 @@ def test_model_section_missing_falls_back_to_the_table(tmp_path):
     assert p.info["formula"] == nist.Formula(nist.FORMULAS["BoxBOD"]).text
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("      149             3\n", "      149             three\n"), "not numeric"),
-    (lambda t: t.replace("      224            10\n", ""), "expected 6 observations"),
-    (lambda t: t.replace("      224            10\n", "      224  10  3\n"), "expected 2 values"),
-    (lambda t: t.replace("y = b1*(1-exp[-b2*x])", "y = b1*__import__('os')"), "unsupported"),
-    (lambda t: t.replace("y = b1*(1-exp[-b2*x])", "y = b1*(1-exp[-b2*z])"), "unknown name"),
-    (lambda t: t.replace("  b2 =     1             0.75        5.4723748542E-01  1.0455993237E-01\n", ""),
-     "do not match"),
-    (lambda t: t.replace("Dataset Name:", "Name:"), "no 'Dataset Name:'"),
-    (lambda t: t.replace("Residual Sum of Squares:", "RSS:"), "Residual Sum of Squares"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace("      149             3\n", "      149             three\n"), "not numeric"),
+        (lambda t: t.replace("      224            10\n", ""), "expected 6 observations"),
+        (lambda t: t.replace("      224            10\n", "      224  10  3\n"), "expected 2 values"),
+        (lambda t: t.replace("y = b1*(1-exp[-b2*x])", "y = b1*__import__('os')"), "unsupported"),
+        (lambda t: t.replace("y = b1*(1-exp[-b2*x])", "y = b1*(1-exp[-b2*z])"), "unknown name"),
+        (
+            lambda t: t.replace("  b2 =     1             0.75        5.4723748542E-01  1.0455993237E-01\n", ""),
+            "do not match",
+        ),
+        (lambda t: t.replace("Dataset Name:", "Name:"), "no 'Dataset Name:'"),
+        (lambda t: t.replace("Residual Sum of Squares:", "RSS:"), "Residual Sum of Squares"),
+    ],
+)
 def test_malformed_files_name_the_file(tmp_path, edit, message):
     path = tmp_path / "Bad.dat"
     path.write_text(edit(BOXBOD))

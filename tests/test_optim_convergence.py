@@ -7,6 +7,7 @@ headroom). The fit stops as soon as the params are within 3e-2 (the callback), s
 how many steps it took. Optimizers these two problems (one dense vector) cannot drive have no ``fit`` form
 in their record, which says why.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -35,11 +36,15 @@ def rosenbrock():
 @pytest.mark.parametrize("info", sorted(records(FIT), key=lambda info: info.name), ids=lambda info: info.name)
 def test_converges_within_budget(info, problem):
     budget = info.budget
-    kwargs, steps = ((budget.parabola, budget.parabola_steps) if problem == "parabola"
-                     else (budget.rosenbrock, budget.rosenbrock_steps))
+    kwargs, steps = (
+        (budget.parabola, budget.parabola_steps)
+        if problem == "parabola"
+        else (budget.rosenbrock, budget.rosenbrock_steps)
+    )
     params0, loss, solution = {"parabola": parabola, "rosenbrock": rosenbrock}[problem]()
     close = lambda step, value, p: bool((p["x"] - solution).norm() <= TOL)  # noqa: E731
     result = diyopt.fit(loss, params0, getattr(optim, info.name)(**kwargs), steps, callback=close)
     distance = float((result.params["x"] - solution).norm())
     assert result.stop_reason == "callback" and distance <= TOL, (
-        f"{info.name} on {problem}: distance {distance:.3g} after {result.steps} steps (budget {steps})")
+        f"{info.name} on {problem}: distance {distance:.3g} after {result.steps} steps (budget {steps})"
+    )

@@ -1,5 +1,6 @@
 """The optimizer database itself (tests/optim_db.py): one record per built-in, complete enough that every
 generic test runs every optimizer it can drive."""
+
 from __future__ import annotations
 
 import inspect
@@ -54,10 +55,20 @@ def test_settings_cover_every_flag(info):
 UNTESTED_KERNELS: dict[str, str] = {}  # name -> why a declared kernel has no kernel_settings yet
 
 
-@pytest.mark.parametrize("info", [
-    pytest.param(i, id=i.name, marks=[pytest.mark.xfail(strict=True, reason=UNTESTED_KERNELS[i.name])]
-                 if i.name in UNTESTED_KERNELS else [])
-    for i in optim_db if i.settings])
+@pytest.mark.parametrize(
+    "info",
+    [
+        pytest.param(
+            i,
+            id=i.name,
+            marks=[pytest.mark.xfail(strict=True, reason=UNTESTED_KERNELS[i.name])]
+            if i.name in UNTESTED_KERNELS
+            else [],
+        )
+        for i in optim_db
+        if i.settings
+    ],
+)
 def test_a_declared_kernel_has_kernel_settings(info):
     # to_torch's kernel engine runs torch's fused step for a rule whose factory sets Optimizer.kernel;
     # test_to_torch_kernels.py checks it against the pure rule for the record's kernel_settings only.

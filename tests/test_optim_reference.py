@@ -7,6 +7,7 @@ is compared field by field under the same name. An optimizer torch lacks (Lion) 
 record's ``reference``, the paper's algorithm written out in tests/optim_references.py, and Lion with
 optax.lion where JAX is installed.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -122,8 +123,9 @@ def test_lion_matches_optax():
     jax.config.update("jax_enable_x64", True)
     params0, loss = lockstep_problem(seed=2)
     kwargs = {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1}
-    tx = optax.lion(learning_rate=kwargs["lr"], b1=kwargs["betas"][0], b2=kwargs["betas"][1],
-                    weight_decay=kwargs["weight_decay"])
+    tx = optax.lion(
+        learning_rate=kwargs["lr"], b1=kwargs["betas"][0], b2=kwargs["betas"][1], weight_decay=kwargs["weight_decay"]
+    )
     jparams = {k: jnp.asarray(v.numpy()) for k, v in params0.items()}
     jstate = tx.init(jparams)
     opt = diyopt.optim.lion(**kwargs)
@@ -133,8 +135,12 @@ def test_lion_matches_optax():
         grads = grads_of(loss, params, step)
         updates, state = opt.update(grads, state, params)
         params = diyopt.apply_updates(params, updates)
-        jgrads = {k: jnp.asarray(grads_of(loss, {n: torch.from_numpy(np.array(v)) for n, v in jparams.items()}, step)[k]
-                                 .numpy()) for k in jparams}
+        jgrads = {
+            k: jnp.asarray(
+                grads_of(loss, {n: torch.from_numpy(np.array(v)) for n, v in jparams.items()}, step)[k].numpy()
+            )
+            for k in jparams
+        }
         jupdates, jstate = tx.update(jgrads, jstate, jparams)
         jparams = optax.apply_updates(jparams, jupdates)
     for k in params:

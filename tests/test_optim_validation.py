@@ -3,6 +3,7 @@
 
 Each row that torch.optim also rejects (``torch_too``) is checked against torch too, so the wording stays
 torch's."""
+
 from __future__ import annotations
 
 import pytest

@@ -7,8 +7,14 @@ import torch
 import diyopt
 from diyopt import problems
 
-TEST_FUNCTIONS = [("rosenbrock", {}), ("rosenbrock", {"dim": 3}), ("beale", {}), ("booth", {}),
-                  ("himmelblau", {}), ("quadratic", {"dim": 10, "cond": 1e4})]
+TEST_FUNCTIONS = [
+    ("rosenbrock", {}),
+    ("rosenbrock", {"dim": 3}),
+    ("beale", {}),
+    ("booth", {}),
+    ("himmelblau", {}),
+    ("quadratic", {"dim": 10, "cond": 1e4}),
+]
 
 
 def _lbfgs():
@@ -20,8 +26,19 @@ def _lbfgs():
 
 
 def test_registry():
-    for name in ["line", "polynomial", "logistic", "rosenbrock", "beale", "booth", "himmelblau", "quadratic",
-                 "csv", "nist", "breast_cancer"]:
+    for name in [
+        "line",
+        "polynomial",
+        "logistic",
+        "rosenbrock",
+        "beale",
+        "booth",
+        "himmelblau",
+        "quadratic",
+        "csv",
+        "nist",
+        "breast_cancer",
+    ]:
         assert name in problems.names()
     with pytest.raises(ValueError, match="unknown problem 'rosenbrok' \\(did you mean 'rosenbrock'\\?\\)"):
         problems.get("rosenbrok")
@@ -52,8 +69,9 @@ def test_newton_reaches_the_known_minimum(name, kwargs):
 def test_lbfgs_reaches_the_known_minimum(name, kwargs):
     lbfgs = _lbfgs()
     p = problems.get(name, **kwargs)
-    r = lbfgs(p.loss, p.params0, max_iter=2000, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-              tolerance_change=1e-15)
+    r = lbfgs(
+        p.loss, p.params0, max_iter=2000, line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15
+    )
     assert p.distance(r.params) < 1e-6 and r.final_loss - p.optimum < 1e-10
 
 
@@ -96,8 +114,9 @@ def test_polynomial_solution_is_numpy_polyfit(degree):
     np.testing.assert_allclose(p.solution["c"].numpy(), ref, rtol=1e-9, atol=1e-12)
     r = diyopt.least_squares(p.residual, p.params0)
     np.testing.assert_allclose(r.params["c"].numpy(), ref, rtol=1e-9, atol=1e-12)
-    assert p.optimum == pytest.approx(float(np.mean((np.polyval(ref[::-1], p.info["x"].numpy())
-                                                     - p.info["y"].numpy()) ** 2)), rel=1e-12)
+    assert p.optimum == pytest.approx(
+        float(np.mean((np.polyval(ref[::-1], p.info["x"].numpy()) - p.info["y"].numpy()) ** 2)), rel=1e-12
+    )
 
 
 def test_logistic_not_separable_solution_matches_scipy():

@@ -1,4 +1,5 @@
 """Signs of life (issue 10, item 11): progress bars when asked or on a terminal, nothing extra otherwise."""
+
 import fcntl
 import os
 import select
@@ -46,8 +47,9 @@ def test_compiled_fit_says_it_compiles(capsys):
     loss, p0 = line_problem()
     r = diyopt.fit(loss, p0, diyopt.optim.sgd(lr=1e-3), 16, engine="compiled", chunk=8, backend="aot_eager")
     assert capsys.readouterr().err == ""  # not a terminal, not asked: the output is as it was
-    r2 = diyopt.fit(loss, p0, diyopt.optim.sgd(lr=1e-3), 16, engine="compiled", chunk=8, backend="aot_eager",
-                    progress=True)
+    r2 = diyopt.fit(
+        loss, p0, diyopt.optim.sgd(lr=1e-3), 16, engine="compiled", chunk=8, backend="aot_eager", progress=True
+    )
     err = capsys.readouterr().err
     assert "diyopt: compiling (first call; cached for next time)" in err
     assert "diyopt: compiled in " in err and " s\n" in err
@@ -62,7 +64,8 @@ def test_sweep_progress(capsys):
     best = min(r["final_loss"] for r in result.rows)
     assert "sweep 2 runs" in err and "40/40" in err and "best loss=" in err
     assert float(err.rsplit("best loss=", 1)[1].split("]")[0]) == pytest.approx(
-        float(result.losses[:, -1].min()), rel=1e-3)
+        float(result.losses[:, -1].min()), rel=1e-3
+    )
     assert best <= float(result.losses[:, -1].min())
 
 
@@ -76,8 +79,13 @@ COMPARE = ["compare", "--problem", "line", "--optimizers", "sgd,adam", "--seeds"
 
 @pytest.mark.parametrize("command", [FIT, SWEEP, COMPARE], ids=["fit", "sweep", "compare"])
 def test_cli_prints_nothing_extra_when_not_a_terminal(tmp_path, command):
-    proc = subprocess.run([sys.executable, "-m", "diyopt.cli", *command, "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diyopt.cli", *command, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "step/s" not in proc.stdout and "\r" not in proc.stdout
@@ -87,8 +95,7 @@ def run_with_terminal_stderr(args: list[str]) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal (stdout a pipe): (exit code, stdout, terminal text)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "diyopt.cli", *args], stdout=subprocess.PIPE, stderr=slave,
-                            env=ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "diyopt.cli", *args], stdout=subprocess.PIPE, stderr=slave, env=ENV)
     os.close(slave)
     seen = b""
     while True:  # drain the terminal as the child writes, so it never blocks on a full buffer

@@ -11,6 +11,7 @@ Each fenced block is one test, run in a fresh process in a temporary folder:
   lines are set-up this test cannot repeat inside ``make test``, and are skipped. Any other line fails,
   so a new kind of command is handled here on purpose rather than skipped by accident.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,14 +39,21 @@ def blocks(text: str) -> list[tuple[int, str, str]]:
 
 
 BLOCKS = blocks(README.read_text(encoding="utf-8"))
-FILES = {m.group(1): code for _, lang, code in BLOCKS if lang == "python"
-         and (m := re.match(r"#\s*([\w.-]+\.py)\s*\n", code))}
+FILES = {
+    m.group(1): code
+    for _, lang, code in BLOCKS
+    if lang == "python" and (m := re.match(r"#\s*([\w.-]+\.py)\s*\n", code))
+}
 
 
 def env() -> dict:
     src = str(Path(diyopt.__file__).parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
-            "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+        "MPLBACKEND": "Agg",
+        "PYTHONWARNINGS": "ignore",
+    }
 
 
 @pytest.fixture
@@ -81,8 +89,9 @@ def test_readme_block_runs(folder, line, lang, code):
     if lang == "text":  # a drawing, not code: tests/test_layout.py checks the layout drawing against the folders
         return
     if lang == "python":
-        proc = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env(), capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=folder, env=env(), capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, f"{where}: python block failed:\n{proc.stderr[-3000:]}"
         return
     assert lang in ("bash", "sh", "console"), f"{where}: a {lang!r} block: teach tests/test_readme.py to run it"
@@ -92,8 +101,14 @@ def test_readme_block_runs(folder, line, lang, code):
         if not argv or argv[0] in SKIPPED:
             continue
         assert argv[0] == "diyopt", f"{where}: cannot run {command!r}; teach tests/test_readme.py about it"
-        proc = subprocess.run([sys.executable, "-m", "diyopt.cli", *capped(argv[1:])], cwd=folder, env=env(),
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "diyopt.cli", *capped(argv[1:])],
+            cwd=folder,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"{where}: {command!r} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
         ran += 1
     if lang == "bash" and "diyopt" in code:

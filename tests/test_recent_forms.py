@@ -1,6 +1,7 @@
 """The recent optimizers and ``partition`` in every form: eager ``fit``, compiled ``fit`` (equal to eager),
 ``sweep`` (run k equal to a single fit), checkpoint + resume (bitwise), the conformance kit -- or a clear
 refusal naming the form (``soap`` and ``muon`` in a sweep)."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,12 @@ from diyopt import transforms as T
 GEN = torch.Generator().manual_seed(0)
 X = torch.randn(32, 4, generator=GEN, dtype=torch.float64)
 Y = torch.randn(32, 3, generator=GEN, dtype=torch.float64)
-P0 = {"w1": torch.randn(8, 4, generator=GEN, dtype=torch.float64) / 2, "b1": torch.zeros(8, dtype=torch.float64),
-      "w2": torch.randn(3, 8, generator=GEN, dtype=torch.float64) / 3, "b2": torch.zeros(3, dtype=torch.float64)}
+P0 = {
+    "w1": torch.randn(8, 4, generator=GEN, dtype=torch.float64) / 2,
+    "b1": torch.zeros(8, dtype=torch.float64),
+    "w2": torch.randn(3, 8, generator=GEN, dtype=torch.float64) / 3,
+    "b2": torch.zeros(3, dtype=torch.float64),
+}
 
 
 def loss(p):
@@ -31,8 +36,10 @@ def loss(p):
 def adam_sgd(lr=1e-2, sgd_lr=0.05):
     """``partition`` with two plain rules: Adam for the matrices, SGD with momentum for the biases (a
     factory, as a user writes one, so sweep and to_torch's param groups can set its settings)."""
-    return T.partition({"adam": optim.adam(lr=lr), "sgd": optim.sgd(lr=sgd_lr, momentum=0.9)},
-                       lambda name, t: "adam" if t.ndim == 2 else "sgd")
+    return T.partition(
+        {"adam": optim.adam(lr=lr), "sgd": optim.sgd(lr=sgd_lr, momentum=0.9)},
+        lambda name, t: "adam" if t.ndim == 2 else "sgd",
+    )
 
 
 MAKERS = {
@@ -105,10 +112,12 @@ def test_conformance_kit_passes(name):
 
 def test_partition_routes_by_shape_and_by_name_and_equals_each_rule_alone():
     grads = {k: torch.sin(v + 1) for k, v in P0.items()}
-    by_shape = T.partition({"adam": optim.adam(lr=1e-2), "sgd": optim.sgd(lr=0.1)},
-                           lambda name, t: "adam" if t.ndim == 2 else "sgd")
-    by_name = T.partition({"adam": optim.adam(lr=1e-2), "sgd": optim.sgd(lr=0.1)},
-                          {"w1": "adam", "w2": "adam", "b1": "sgd", "b2": "sgd"})
+    by_shape = T.partition(
+        {"adam": optim.adam(lr=1e-2), "sgd": optim.sgd(lr=0.1)}, lambda name, t: "adam" if t.ndim == 2 else "sgd"
+    )
+    by_name = T.partition(
+        {"adam": optim.adam(lr=1e-2), "sgd": optim.sgd(lr=0.1)}, {"w1": "adam", "w2": "adam", "b1": "sgd", "b2": "sgd"}
+    )
     adam, sgd = optim.adam(lr=1e-2), optim.sgd(lr=0.1)
     mats = {k: v for k, v in P0.items() if v.ndim == 2}
     vecs = {k: v for k, v in P0.items() if v.ndim != 2}
@@ -127,8 +136,10 @@ def test_partition_to_torch_state_dict_round_trip_equals_torch_pair():
     twin = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
     twin.load_state_dict(model.state_dict())
     ours = diyopt.to_torch(adam_sgd(), model)
-    refs = [torch.optim.Adam([p for p in twin.parameters() if p.ndim == 2], lr=1e-2),
-            torch.optim.SGD([p for p in twin.parameters() if p.ndim != 2], lr=0.05, momentum=0.9)]
+    refs = [
+        torch.optim.Adam([p for p in twin.parameters() if p.ndim == 2], lr=1e-2),
+        torch.optim.SGD([p for p in twin.parameters() if p.ndim != 2], lr=0.05, momentum=0.9),
+    ]
     for step in range(20):
         for m, opts in ((model, [ours]), (twin, refs)):
             for o in opts:
@@ -147,13 +158,21 @@ def test_partition_to_torch_state_dict_round_trip_equals_torch_pair():
     assert "sgd.momentum_buffer" in ours.state[model[0].bias]
 
 
-@pytest.mark.parametrize("rules,labels,error,match", [
-    ({}, lambda n, t: "a", ValueError, "non-empty"),
-    ({"a": "adam"}, lambda n, t: "a", TypeError, "rule 'a' is a str"),
-    ({"a": optim.sgd()}, 3, TypeError, "labels must be a function"),
-    ({"a": optim.sgd()}, lambda n, t: "b", ValueError, r"'w1' is labelled 'b', which names no rule; rules: \['a'\]"),
-    ({"a": optim.sgd()}, {"w1": "a"}, ValueError, r"parameter 'b1' has no label"),
-])
+@pytest.mark.parametrize(
+    "rules,labels,error,match",
+    [
+        ({}, lambda n, t: "a", ValueError, "non-empty"),
+        ({"a": "adam"}, lambda n, t: "a", TypeError, "rule 'a' is a str"),
+        ({"a": optim.sgd()}, 3, TypeError, "labels must be a function"),
+        (
+            {"a": optim.sgd()},
+            lambda n, t: "b",
+            ValueError,
+            r"'w1' is labelled 'b', which names no rule; rules: \['a'\]",
+        ),
+        ({"a": optim.sgd()}, {"w1": "a"}, ValueError, r"parameter 'b1' has no label"),
+    ],
+)
 def test_partition_bad_input(rules, labels, error, match):
     with pytest.raises(error, match=match):
         T.partition(rules, labels).init(P0)
@@ -161,14 +180,14 @@ def test_partition_bad_input(rules, labels, error, match):
 
 # ---------------------------------------------------------------- SIGKILL and resume, in a subprocess
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys, torch, diyopt
     sys.path.insert(0, {tests!r})
     from test_recent_forms import loss, P0, MAKERS
     r = diyopt.fit(loss, P0, MAKERS[sys.argv[1]](), 150, checkpoint=sys.argv[2], checkpoint_every=1,
                    resume=True)
     torch.save(r.params, sys.argv[3])
-''')
+""")
 
 
 @pytest.mark.slow  # two interpreter starts and 150 steps saved one by one: ~40 s
@@ -176,8 +195,12 @@ SCRIPT = textwrap.dedent('''
 def test_sigkill_and_resume_is_bitwise(name, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     ck, out = str(tmp_path / "run.pt"), str(tmp_path / "out.pt")
     proc = subprocess.Popen([sys.executable, str(script), name, ck, out], env=env)
     for _ in range(600):  # kill it once the checkpoint exists, mid-run

@@ -7,6 +7,7 @@ Every setting runs 100 steps on the harness's MLP (``4 -> 8 -> 3``: matrices and
 per row in float32; one per row through ``to_torch`` with two param groups and a ``state_dict`` reload
 after 50 steps. ``diyopt.optim.muon`` itself runs every configuration of torch's optim database.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,9 @@ class MuonAdamW:
 
     MUON = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn")
 
-    def __init__(self, params, adamw_lr=1e-3, adamw_betas=(0.9, 0.999), adamw_eps=1e-8, adamw_weight_decay=1e-2,
-                 **muon_kwargs):
+    def __init__(
+        self, params, adamw_lr=1e-3, adamw_betas=(0.9, 0.999), adamw_eps=1e-8, adamw_weight_decay=1e-2, **muon_kwargs
+    ):
         groups = list(params)
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
@@ -90,50 +92,88 @@ class OnePerGroup:
 
 # name, reference, settings, float64 tolerance, float32 tolerance, and why they are what they are
 ROWS = [
-    ("adopt", po.ADOPT, [
-        {},
-        {"lr": 1e-2, "weight_decay": 0.1},
-        {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True},
-        {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True, "fixed_decay": True, "maximize": True},
-        {"lr": 1e-2, "clip_lambda": None, "betas": (0.5, 0.9), "eps": 1e-4},
-    ], 1e-12, 1e-5),
-    ("adan", po.Adan, [
-        {},
-        {"lr": 1e-2, "weight_decay": 0.1},
-        {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True},
-        {"lr": 1e-2, "max_grad_norm": 0.5},
-        {"lr": 3e-3, "betas": (0.9, 0.8, 0.95), "eps": 1e-6},
-    ], 1e-12, 1e-5),
-    ("soap", po.SOAP, [
-        {},
-        {"lr": 1e-2, "precondition_frequency": 3},
-        {"precondition_1d": True, "normalize_gradient": True, "correct_bias": False, "shampoo_beta": 0.9},
-        {"max_precondition_dim": 5, "weight_decay": 0.0, "maximize": True},
-        {"lr": 1e-2, "betas": (0.9, 0.99), "precondition_frequency": 1, "eps": 1e-6},
-    ], 1e-12, 1e-5),
+    (
+        "adopt",
+        po.ADOPT,
+        [
+            {},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True},
+            {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True, "fixed_decay": True, "maximize": True},
+            {"lr": 1e-2, "clip_lambda": None, "betas": (0.5, 0.9), "eps": 1e-4},
+        ],
+        1e-12,
+        1e-5,
+    ),
+    (
+        "adan",
+        po.Adan,
+        [
+            {},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True},
+            {"lr": 1e-2, "max_grad_norm": 0.5},
+            {"lr": 3e-3, "betas": (0.9, 0.8, 0.95), "eps": 1e-6},
+        ],
+        1e-12,
+        1e-5,
+    ),
+    (
+        "soap",
+        po.SOAP,
+        [
+            {},
+            {"lr": 1e-2, "precondition_frequency": 3},
+            {"precondition_1d": True, "normalize_gradient": True, "correct_bias": False, "shampoo_beta": 0.9},
+            {"max_precondition_dim": 5, "weight_decay": 0.0, "maximize": True},
+            {"lr": 1e-2, "betas": (0.9, 0.99), "precondition_frequency": 1, "eps": 1e-6},
+        ],
+        1e-12,
+        1e-5,
+    ),
     # Prodigy: D is a ratio of sums over every param and grows by orders of magnitude in the first steps;
     # the reference forms those sums in Python floats (one .item() per tensor), diyopt in tensors, and
     # the last-bit differences grow with D: ~1e-12 after 100 steps in float64, ~5e-5 in float32 (where
     # the reference keeps D in double and diyopt in the params' float32).
-    ("prodigy", prodigyopt.Prodigy, [
-        {},
-        {"use_bias_correction": True},
-        {"safeguard_warmup": True, "weight_decay": 0.1},
-        {"use_bias_correction": True, "safeguard_warmup": True, "weight_decay": 0.1, "decouple": False},
-        {"growth_rate": 1.02, "d_coef": 2.0, "d0": 1e-5},
-        {"slice_p": 3, "betas": (0.0, 0.99), "beta3": 0.9, "eps": 1e-6},
-    ], 5e-12, 1e-4),
-    ("muon_adamw", MuonAdamW, [
-        {},
-        {"lr": 0.02, "adamw_lr": 1e-2},
-        {"lr": 0.02, "momentum": 0.8, "nesterov": False, "weight_decay": 0.0, "adamw_weight_decay": 0.1},
-        {"lr": 0.01, "adjust_lr_fn": "match_rms_adamw", "ns_steps": 6, "adamw_betas": (0.8, 0.99)},
-        {"lr": 0.01, "adjust_lr_fn": "original", "ns_coefficients": (3.4, -4.7, 2.0), "eps": 1e-6,
-         "adamw_eps": 1e-6},
-    ], 1e-12, 1e-5),
+    (
+        "prodigy",
+        prodigyopt.Prodigy,
+        [
+            {},
+            {"use_bias_correction": True},
+            {"safeguard_warmup": True, "weight_decay": 0.1},
+            {"use_bias_correction": True, "safeguard_warmup": True, "weight_decay": 0.1, "decouple": False},
+            {"growth_rate": 1.02, "d_coef": 2.0, "d0": 1e-5},
+            {"slice_p": 3, "betas": (0.0, 0.99), "beta3": 0.9, "eps": 1e-6},
+        ],
+        5e-12,
+        1e-4,
+    ),
+    (
+        "muon_adamw",
+        MuonAdamW,
+        [
+            {},
+            {"lr": 0.02, "adamw_lr": 1e-2},
+            {"lr": 0.02, "momentum": 0.8, "nesterov": False, "weight_decay": 0.0, "adamw_weight_decay": 0.1},
+            {"lr": 0.01, "adjust_lr_fn": "match_rms_adamw", "ns_steps": 6, "adamw_betas": (0.8, 0.99)},
+            {
+                "lr": 0.01,
+                "adjust_lr_fn": "original",
+                "ns_coefficients": (3.4, -4.7, 2.0),
+                "eps": 1e-6,
+                "adamw_eps": 1e-6,
+            },
+        ],
+        1e-12,
+        1e-5,
+    ),
 ]
-CASES = [pytest.param(name, ref, kw, tol, id=f"{name}-{j}")
-         for name, ref, settings, tol, _ in ROWS for j, kw in enumerate(settings)]
+CASES = [
+    pytest.param(name, ref, kw, tol, id=f"{name}-{j}")
+    for name, ref, settings, tol, _ in ROWS
+    for j, kw in enumerate(settings)
+]
 
 
 def _assert_equal(report):
@@ -153,15 +193,21 @@ def test_lockstep_with_the_reference_float64(name, reference, kwargs, tol):
 @pytest.mark.parametrize("name,reference,settings,tol32", [pytest.param(n, r, s, t, id=n) for n, r, s, _, t in ROWS])
 def test_lockstep_with_the_reference_float32(name, reference, settings, tol32):
     kwargs = settings[1]
-    report = lockstep(getattr(diyopt.optim, name)(**kwargs), reference, kwargs, steps=STEPS, tol=tol32,
-                      dtype=torch.float32)
+    report = lockstep(
+        getattr(diyopt.optim, name)(**kwargs), reference, kwargs, steps=STEPS, tol=tol32, dtype=torch.float32
+    )
     _assert_equal(report)
 
 
 # the second group's own settings, given to both sides; prodigy's reference is one Prodigy per group (its
 # D spans all the params an update sees: to_torch gives it one group at a time)
-SECOND_GROUP = {"adopt": {"lr": 3e-3}, "adan": {"lr": 3e-3}, "soap": {"lr": 1e-3, "weight_decay": 0.0},
-                "prodigy": {"d_coef": 0.5}, "muon_adamw": {"adamw_lr": 3e-3}}
+SECOND_GROUP = {
+    "adopt": {"lr": 3e-3},
+    "adan": {"lr": 3e-3},
+    "soap": {"lr": 1e-3, "weight_decay": 0.0},
+    "prodigy": {"d_coef": 0.5},
+    "muon_adamw": {"adamw_lr": 3e-3},
+}
 
 
 @pytest.mark.parametrize("name,reference,settings,tol", [pytest.param(n, r, s, t, id=n) for n, r, s, t, _ in ROWS])
@@ -171,8 +217,16 @@ def test_to_torch_two_groups_and_a_state_dict_reload(name, reference, settings, 
         ref = lambda groups, **kw: OnePerGroup(prodigyopt.Prodigy, groups, **kw)  # noqa: E731
     else:
         ref = reference
-    report = lockstep(getattr(diyopt.optim, name)(**kwargs), ref, kwargs, steps=STEPS, tol=tol, form="to_torch",
-                      groups=[{}, SECOND_GROUP[name]], reload_at=STEPS // 2)
+    report = lockstep(
+        getattr(diyopt.optim, name)(**kwargs),
+        ref,
+        kwargs,
+        steps=STEPS,
+        tol=tol,
+        form="to_torch",
+        groups=[{}, SECOND_GROUP[name]],
+        reload_at=STEPS // 2,
+    )
     _assert_equal(report)
 
 
@@ -190,14 +244,18 @@ def test_adan_maximize_is_the_reference_minimizing_the_negated_loss():
     ours = diyopt.optim.adan(lr=1e-2, maximize=True)
     model = diyopt.analysis._lockstep.mlp()  # the harness's model
     gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(16, 4, generator=gen, dtype=torch.float64), torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    x, y = (
+        torch.randn(16, 4, generator=gen, dtype=torch.float64),
+        torch.randn(16, 3, generator=gen, dtype=torch.float64),
+    )
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = ours.init(params)
     twin = copy.deepcopy(model)
     ref = po.Adan(twin.parameters(), lr=1e-2)
     for _ in range(30):
-        grads = torch.func.grad(lambda p: torch.nn.functional.mse_loss(
-            torch.func.functional_call(model, p, (x,)), y))(params)
+        grads = torch.func.grad(lambda p: torch.nn.functional.mse_loss(torch.func.functional_call(model, p, (x,)), y))(
+            params
+        )
         updates, state = ours.update({k: -g for k, g in grads.items()}, state, params)  # ascend -f
         params = diyopt.apply_updates(params, updates)
         ref.zero_grad()
@@ -225,8 +283,9 @@ def _muon_configs():
 
 
 def _matrices_only():
-    return torch.nn.Sequential(torch.nn.Linear(4, 8, bias=False), torch.nn.Tanh(),
-                               torch.nn.Linear(8, 3, bias=False)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8, bias=False), torch.nn.Tanh(), torch.nn.Linear(8, 3, bias=False)
+    ).double()
 
 
 @pytest.mark.parametrize("kwargs", _muon_configs())
@@ -245,8 +304,11 @@ def test_muon_refuses_other_shapes_and_says_where_to_route_them():
     with pytest.raises(ValueError, match=r"Muon only supports 2D parameters"):
         diyopt.optim.muon().init({"bias": torch.zeros(3)})
     # muon_adamw takes every shape: 3-D and 0-D tensors go to AdamW, equal to torch's AdamW on them
-    ps = {"w": torch.randn(4, 3, dtype=torch.float64), "heads": torch.randn(2, 3, 4, dtype=torch.float64),
-          "scale": torch.ones((), dtype=torch.float64)}
+    ps = {
+        "w": torch.randn(4, 3, dtype=torch.float64),
+        "heads": torch.randn(2, 3, 4, dtype=torch.float64),
+        "scale": torch.ones((), dtype=torch.float64),
+    }
     opt = diyopt.optim.muon_adamw(adamw_lr=1e-2)
     state = opt.init(ps)
     assert set(state["muon"][0]) == {"w"} and set(state["adamw"][0]) == {"heads", "scale"}

@@ -1,4 +1,5 @@
 """diyopt report: one self-contained HTML page, checked by parsing it and by rendering it in Chromium."""
+
 import base64
 import csv
 import os
@@ -20,8 +21,9 @@ from diyopt.cli import main
 @pytest.fixture(scope="module")
 def comparison_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "line"
-    c = diyopt.compare("line", {"sgd": diyopt.optim.sgd(lr=1e-2), "adam": diyopt.optim.adam(lr=1e-2)},
-                       seeds=2, steps=60)
+    c = diyopt.compare(
+        "line", {"sgd": diyopt.optim.sgd(lr=1e-2), "adam": diyopt.optim.adam(lr=1e-2)}, seeds=2, steps=60
+    )
     return c.save(out)
 
 
@@ -138,9 +140,20 @@ def _chromium():
 
 
 def _browser(args, tmp_path, url):
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-           f"--user-data-dir={tmp_path / 'profile'}", *args, url]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        *args,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -184,8 +197,16 @@ def test_the_browser_check_fails_on_a_broken_figure(comparison_dir, tmp_path):
 def test_report_bolds_every_winner_not_the_first_row(tmp_path):
     """Two optimizers that are the same algorithm (sgd without momentum and gradient_descent) tie at rank 1:
     both rows are bold; the slower adam is not."""
-    c = diyopt.compare("line", {"adam": diyopt.optim.adam(lr=1e-3), "sgd": diyopt.optim.sgd(lr=1e-2),
-                                "gd": diyopt.optim.gradient_descent(lr=1e-2)}, seeds=2, steps=300)
+    c = diyopt.compare(
+        "line",
+        {
+            "adam": diyopt.optim.adam(lr=1e-3),
+            "sgd": diyopt.optim.sgd(lr=1e-2),
+            "gd": diyopt.optim.gradient_descent(lr=1e-2),
+        },
+        seeds=2,
+        steps=300,
+    )
     ranks = {r["optimizer"]: r["rank"] for r in c.table()}
     assert ranks["sgd"] == ranks["gd"] == 1 and ranks["adam"] > 1
     out = write_report(c.save(tmp_path / "tie"))

@@ -1,4 +1,5 @@
 """Schedules against torch.optim.lr_scheduler, value for value, and against their closed forms."""
+
 from __future__ import annotations
 
 import math
@@ -28,14 +29,21 @@ def ours(schedule, steps):
     return torch.stack([schedule(torch.tensor(float(t), dtype=torch.float64)) for t in range(steps)])
 
 
-@pytest.mark.parametrize("schedule,make_scheduler,steps", [
-    (schedules.cosine_decay(BASE, 50), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=50), 51),
-    (schedules.cosine_decay(BASE, 17, end_value=0.01),
-     lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=17, eta_min=0.01), 18),
-    (schedules.exponential(BASE, 0.95), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.95), 200),
-    (schedules.step(BASE, 30), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=30), 200),
-    (schedules.step(BASE, 7, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 7, gamma=0.5), 100),
-], ids=["cosine", "cosine-eta_min", "exponential", "step", "step-gamma"])
+@pytest.mark.parametrize(
+    "schedule,make_scheduler,steps",
+    [
+        (schedules.cosine_decay(BASE, 50), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=50), 51),
+        (
+            schedules.cosine_decay(BASE, 17, end_value=0.01),
+            lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=17, eta_min=0.01),
+            18,
+        ),
+        (schedules.exponential(BASE, 0.95), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.95), 200),
+        (schedules.step(BASE, 30), lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=30), 200),
+        (schedules.step(BASE, 7, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 7, gamma=0.5), 100),
+    ],
+    ids=["cosine", "cosine-eta_min", "exponential", "step", "step-gamma"],
+)
 def test_equals_torch_lr_scheduler(schedule, make_scheduler, steps):
     # torch's schedulers are recursive (each value from the last), ours closed form: agreement to
     # rounding, relative to the base lr.
@@ -51,7 +59,9 @@ def test_linear_warmup_and_join_closed_forms():
     warm, cos = schedules.linear_warmup(2.0, 10), schedules.cosine_decay(2.0, 90)
     s = schedules.join([warm, cos], [10])
     values = ours(s, 120)
-    expected = [2.0 * t / 10 if t < 10 else 2.0 * (1 + math.cos(math.pi * min(t - 10, 90) / 90)) / 2 for t in range(120)]
+    expected = [
+        2.0 * t / 10 if t < 10 else 2.0 * (1 + math.cos(math.pi * min(t - 10, 90) / 90)) / 2 for t in range(120)
+    ]
     torch.testing.assert_close(values, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=1e-15)
 
 
@@ -66,12 +76,15 @@ def test_piecewise_and_constant():
     assert ours(schedules.constant(0.3), 3).tolist() == [0.3, 0.3, 0.3]
 
 
-@pytest.mark.parametrize("make", [
-    lambda: schedules.join([schedules.linear_warmup(1.0, 5), schedules.cosine_decay(1.0, 20)], [5]),
-    lambda: schedules.piecewise([3, 8], [1.0, 0.5, 0.1]),
-    lambda: schedules.step(1.0, 4),
-    lambda: schedules.exponential(1.0, 0.9),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: schedules.join([schedules.linear_warmup(1.0, 5), schedules.cosine_decay(1.0, 20)], [5]),
+        lambda: schedules.piecewise([3, 8], [1.0, 0.5, 0.1]),
+        lambda: schedules.step(1.0, 4),
+        lambda: schedules.exponential(1.0, 0.9),
+    ],
+)
 def test_vmaps_and_compiles_without_branching(make):
     s = make()
     steps = torch.arange(30, dtype=torch.float64)
@@ -81,13 +94,16 @@ def test_vmaps_and_compiles_without_branching(make):
     torch.testing.assert_close(s(torch.tensor(7)).double(), expected[7], rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: schedules.piecewise([1, 2], [1.0]), "piecewise needs one more value than boundaries"),
-    (lambda: schedules.piecewise([2, 1], [1.0, 2.0, 3.0]), "piecewise boundaries must increase"),
-    (lambda: schedules.join([schedules.constant(1.0)], [3]), "join needs one more schedule than boundaries"),
-    (lambda: schedules.cosine_decay(1.0, 0), "decay_steps must be a positive number, got 0"),
-    (lambda: schedules.step(1.0, -1), "step_size must be a positive number, got -1"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: schedules.piecewise([1, 2], [1.0]), "piecewise needs one more value than boundaries"),
+        (lambda: schedules.piecewise([2, 1], [1.0, 2.0, 3.0]), "piecewise boundaries must increase"),
+        (lambda: schedules.join([schedules.constant(1.0)], [3]), "join needs one more schedule than boundaries"),
+        (lambda: schedules.cosine_decay(1.0, 0), "decay_steps must be a positive number, got 0"),
+        (lambda: schedules.step(1.0, -1), "step_size must be a positive number, got -1"),
+    ],
+)
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()

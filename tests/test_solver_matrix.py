@@ -5,6 +5,7 @@ closed forms, NIST's certified values); the solver must land on one of them.
 The assertions are on numbers (distance to the answer, digits of the certified values), not on how a
 solver names its stop.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,15 +33,18 @@ def make(problem: str):
 def applies(solver, case) -> bool:
     if getattr(case, solver.takes) is None:
         return False
-    return case.certified is None or solver.tol <= 10.0 ** -case.lre
+    return case.certified is None or solver.tol <= 10.0**-case.lre
 
 
 def _matrix():
     out = []
     for problem, marks in [(f.__name__, []) for f in PROBLEMS] + [(f"{n}-{s}", [needs_nist]) for n, s in NIST_PROBLEMS]:
         if marks and not nist_available():  # listed (and skipped) without building the case
-            out += [pytest.param(s, problem, marks=marks, id=f"{s.name}-{problem}") for s in SOLVERS
-                    if s.tol <= 10.0 ** -Case.lre]
+            out += [
+                pytest.param(s, problem, marks=marks, id=f"{s.name}-{problem}")
+                for s in SOLVERS
+                if s.tol <= 10.0**-Case.lre
+            ]
             continue
         case = make(problem)
         for solver in SOLVERS:
@@ -73,8 +77,12 @@ def test_solver_lands_on_the_known_answer(solver, problem):
     assert nearest <= solver.tol, f"{solver.name} on {problem}: distance {nearest:.3g} > {solver.tol}"
 
 
-FLOAT32 = [pytest.param(s, f.__name__, id=f"{s.name}-{f.__name__}") for f in PROBLEMS for s in SOLVERS
-           if s.takes != "curve" and make(f.__name__).any_dtype]
+FLOAT32 = [
+    pytest.param(s, f.__name__, id=f"{s.name}-{f.__name__}")
+    for f in PROBLEMS
+    for s in SOLVERS
+    if s.takes != "curve" and make(f.__name__).any_dtype
+]
 
 
 @pytest.mark.parametrize("solver,problem", FLOAT32)

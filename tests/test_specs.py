@@ -1,4 +1,5 @@
 """Optimizer specs: ``diyopt.optim.get("adam:lr=1e-2,betas=0.8/0.99")`` and ``FILE.py:NAME[:settings]``."""
+
 from __future__ import annotations
 
 import textwrap
@@ -10,19 +11,22 @@ import diyopt
 from diyopt.optim import parse
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("adam", ("adam", None, {})),
-    ("adam:", ("adam", None, {})),
-    ("adam:lr=1e-2", ("adam", None, {"lr": 0.01})),
-    ("adam:lr=1e-2,betas=0.8/0.99", ("adam", None, {"lr": 0.01, "betas": (0.8, 0.99)})),
-    ("adam:amsgrad=true,maximize=False", ("adam", None, {"amsgrad": True, "maximize": False})),
-    ("rprop:etas=0.5/1.2,step_sizes=1e-6/50", ("rprop", None, {"etas": (0.5, 1.2), "step_sizes": (1e-6, 50)})),
-    (" sgd : lr = 0.1 , momentum = 0.9 ", None),  # spaces around the name are not part of the syntax
-    ("sgd:lr=0.1, momentum=9", ("sgd", None, {"lr": 0.1, "momentum": 9})),
-    ("x:foo=none", ("x", None, {"foo": None})),
-    ("rules/my.py:signum", ("rules/my.py", "signum", {})),
-    ("rules/my.py:signum:lr=0.1,betas=0.9/0.99", ("rules/my.py", "signum", {"lr": 0.1, "betas": (0.9, 0.99)})),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("adam", ("adam", None, {})),
+        ("adam:", ("adam", None, {})),
+        ("adam:lr=1e-2", ("adam", None, {"lr": 0.01})),
+        ("adam:lr=1e-2,betas=0.8/0.99", ("adam", None, {"lr": 0.01, "betas": (0.8, 0.99)})),
+        ("adam:amsgrad=true,maximize=False", ("adam", None, {"amsgrad": True, "maximize": False})),
+        ("rprop:etas=0.5/1.2,step_sizes=1e-6/50", ("rprop", None, {"etas": (0.5, 1.2), "step_sizes": (1e-6, 50)})),
+        (" sgd : lr = 0.1 , momentum = 0.9 ", None),  # spaces around the name are not part of the syntax
+        ("sgd:lr=0.1, momentum=9", ("sgd", None, {"lr": 0.1, "momentum": 9})),
+        ("x:foo=none", ("x", None, {"foo": None})),
+        ("rules/my.py:signum", ("rules/my.py", "signum", {})),
+        ("rules/my.py:signum:lr=0.1,betas=0.9/0.99", ("rules/my.py", "signum", {"lr": 0.1, "betas": (0.9, 0.99)})),
+    ],
+)
 def test_parse(spec, expected):
     if expected is None:
         with pytest.raises(ValueError, match="bad optimizer name"):
@@ -38,28 +42,32 @@ def test_get_builds_the_named_optimizer_with_its_settings():
     assert opt.hyperparams == reference.hyperparams
     p = {"x": torch.tensor([1.0, -2.0], dtype=torch.float64)}
     g = {"x": torch.tensor([0.3, 0.1], dtype=torch.float64)}
-    torch.testing.assert_close(opt.update(g, opt.init(p), p)[0]["x"], reference.update(g, reference.init(p), p)[0]["x"],
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        opt.update(g, opt.init(p), p)[0]["x"], reference.update(g, reference.init(p), p)[0]["x"], rtol=0, atol=0
+    )
     for name in diyopt.optim.names():
         assert diyopt.optim.get(name).hyperparams == getattr(diyopt.optim, name)().hyperparams
 
 
-@pytest.mark.parametrize("spec, error, match", [
-    ("adm", ValueError, r"unknown optimizer 'adm' \(did you mean 'adam'\?\)"),
-    ("adam:bta=0.9", ValueError, r"unknown setting for adam: 'bta' \(did you mean 'betas'\?\)"),
-    ("adam:lr", ValueError, r"bad setting 'lr' in spec 'adam:lr': expected key=value"),
-    ("adam:lr=", ValueError, r"bad setting 'lr='"),
-    ("adam:=1", ValueError, r"bad setting '=1'"),
-    ("adam:lr=fast", ValueError, r"bad value 'fast' for 'lr'"),
-    ("adam:lr=1,lr=2", ValueError, r"setting 'lr' given twice"),
-    ("adam:lr=-1", ValueError, r"Invalid learning rate: -1"),
-    ("", ValueError, r"empty optimizer spec"),
-    ("my rule", ValueError, r"bad optimizer name 'my rule'"),
-    ("rules.py", ValueError, r"names a file but no object in it"),
-    ("rules.py:1x", ValueError, r"bad object name '1x'"),
-    ("does/not/exist.py:rule", FileNotFoundError, r"no such file: does/not/exist.py"),
-    (3, TypeError, r"must be a string"),
-])
+@pytest.mark.parametrize(
+    "spec, error, match",
+    [
+        ("adm", ValueError, r"unknown optimizer 'adm' \(did you mean 'adam'\?\)"),
+        ("adam:bta=0.9", ValueError, r"unknown setting for adam: 'bta' \(did you mean 'betas'\?\)"),
+        ("adam:lr", ValueError, r"bad setting 'lr' in spec 'adam:lr': expected key=value"),
+        ("adam:lr=", ValueError, r"bad setting 'lr='"),
+        ("adam:=1", ValueError, r"bad setting '=1'"),
+        ("adam:lr=fast", ValueError, r"bad value 'fast' for 'lr'"),
+        ("adam:lr=1,lr=2", ValueError, r"setting 'lr' given twice"),
+        ("adam:lr=-1", ValueError, r"Invalid learning rate: -1"),
+        ("", ValueError, r"empty optimizer spec"),
+        ("my rule", ValueError, r"bad optimizer name 'my rule'"),
+        ("rules.py", ValueError, r"names a file but no object in it"),
+        ("rules.py:1x", ValueError, r"bad object name '1x'"),
+        ("does/not/exist.py:rule", FileNotFoundError, r"no such file: does/not/exist.py"),
+        (3, TypeError, r"must be a string"),
+    ],
+)
 def test_bad_specs(spec, error, match):
     with pytest.raises(error, match=match):
         diyopt.optim.get(spec)
@@ -92,13 +100,16 @@ def rule_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("attr, settings, lr", [
-    ("gradient_descent", "", 1e-3),          # an elementwise rule, called with no settings
-    ("gradient_descent", ":lr=0.25", 0.25),  # ... and with settings
-    ("built", "", 0.5),                      # an Optimizer, as is
-    ("built", ":lr=0.125", 0.125),           # an Optimizer, rebuilt with the settings
-    ("make", ":lr=2", 2),                    # a factory
-])
+@pytest.mark.parametrize(
+    "attr, settings, lr",
+    [
+        ("gradient_descent", "", 1e-3),  # an elementwise rule, called with no settings
+        ("gradient_descent", ":lr=0.25", 0.25),  # ... and with settings
+        ("built", "", 0.5),  # an Optimizer, as is
+        ("built", ":lr=0.125", 0.125),  # an Optimizer, rebuilt with the settings
+        ("make", ":lr=2", 2),  # a factory
+    ],
+)
 def test_user_file(rule_file, attr, settings, lr):
     opt = diyopt.optim.get(f"{rule_file}:{attr}{settings}")
     p, g = {"x": torch.tensor([1.0])}, {"x": torch.tensor([2.0])}
@@ -107,8 +118,11 @@ def test_user_file(rule_file, attr, settings, lr):
 
 
 def test_user_file_errors(rule_file, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown name in .*my_rule.py: 'gradient_decent' \(did you mean "
-                                         r"'gradient_descent'\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown name in .*my_rule.py: 'gradient_decent' \(did you mean "
+        r"'gradient_descent'\?\)",
+    ):
         diyopt.optim.get(f"{rule_file}:gradient_decent")
     with pytest.raises(TypeError, match="is a int; expected an Optimizer"):
         diyopt.optim.get(f"{rule_file}:not_an_optimizer")
@@ -121,10 +135,12 @@ def test_user_file_errors(rule_file, tmp_path):
         diyopt.optim.get(f"{broken}:rule")
 
     raising = tmp_path / "raising.py"
-    raising.write_text(textwrap.dedent("""
+    raising.write_text(
+        textwrap.dedent("""
         import torch
         x = 1
         y = x / 0
-    """))
+    """)
+    )
     with pytest.raises(ImportError, match=r"cannot import .*raising.py, line 4: ZeroDivisionError: division by zero"):
         diyopt.optim.get(f"{raising}:y")

@@ -6,6 +6,7 @@ steps). Params and state must agree to 1e-12 relative; the functional form (init
 the same numbers; a fresh instance loaded from a state_dict continues in lockstep; schedulers, per-group
 hyperparameters, hooks and params without grads behave as in torch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -111,8 +112,7 @@ def test_state_dict_uses_torchs_names_for_adam():
     step(theirs, theirs_p, loss)
     ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
     assert set(ours_sd["state"]) == set(theirs_sd["state"]) == {0, 1}
-    assert set(ours_sd["state"][0]) == set(theirs_sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq",
-                                                                      "max_exp_avg_sq"}
+    assert set(ours_sd["state"][0]) == set(theirs_sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
     assert ours_sd["param_groups"][0]["lr"] == theirs_sd["param_groups"][0]["lr"] == 1e-3
     assert ours_sd["param_groups"][0]["param_names"] == ["w", "b"]
 
@@ -251,11 +251,14 @@ def test_compiled_engine_matches_eager_with_a_scheduler():
         assert_state_equal(compiled.state[compiled_p[k]], eager.state[eager_p[k]])
 
 
-@pytest.mark.parametrize("args, error, match", [
-    ((lambda p: p, None), TypeError, "diyopt Optimizer"),
-    ((diyopt.optim.adam(), []), ValueError, "empty parameter list"),
-    ((diyopt.optim.adam(), [{"lr": 1e-2}]), ValueError, "'params'"),
-])
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((lambda p: p, None), TypeError, "diyopt Optimizer"),
+        ((diyopt.optim.adam(), []), ValueError, "empty parameter list"),
+        ((diyopt.optim.adam(), [{"lr": 1e-2}]), ValueError, "'params'"),
+    ],
+)
 def test_bad_arguments(args, error, match):
     opt, params = args
     if params is None:
@@ -285,8 +288,11 @@ def test_any_optimizer_works_a_bare_chain_included():
     ours_p, theirs_p = leaves(p0), leaves(p0)
     first, *rest = list(p0)
     ours = diyopt.to_torch(bare, [{"params": [ours_p[first]], "b1": 0.5}, {"params": [ours_p[k] for k in rest]}])
-    theirs = torch.optim.Adam([{"params": [theirs_p[first]], "betas": (0.5, 0.999)},
-                               {"params": [theirs_p[k] for k in rest]}], lr=1e-2, betas=(0.8, 0.999))
+    theirs = torch.optim.Adam(
+        [{"params": [theirs_p[first]], "betas": (0.5, 0.999)}, {"params": [theirs_p[k] for k in rest]}],
+        lr=1e-2,
+        betas=(0.8, 0.999),
+    )
     for i in range(STEPS):
         step(ours, ours_p, loss, i)
         step(theirs, theirs_p, loss, i)

@@ -1,6 +1,7 @@
 """``to_torch``'s kernel engine (torch's fused in-place steps: ``adam``, ``adamw``, ``sgd``, ``adagrad``; torch.optim's
 multi-tensor steps: ``rmsprop``, ``adadelta``, ``adamax``, ``nadam``, ``radam``, ``rprop``, ``asgd``) against the pure rule (``optimizer.update``, the reference) and the torch.optim class, in float64 and
 float32; which settings take the kernel and which fall back; state names, checkpoints, the guard."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,10 +23,12 @@ def kernel_calls(monkeypatch):
     """Count the kernel engine's calls per kernel name (the kernels themselves run unchanged)."""
     calls = {}
     for name, (state, run) in list(torch_optim._KERNELS.items()):
+
         def counted(*a, _run=run, _name=name):
             out = _run(*a)
             calls[_name] = calls.get(_name, 0) + int(bool(out))
             return out
+
         monkeypatch.setitem(torch_optim._KERNELS, name, (state, counted))
     return calls
 
@@ -148,17 +151,20 @@ def test_lr_scheduler_and_param_groups_keep_the_kernel(kernel_calls):
     assert kernel_calls["adamw"] == 10
 
 
-@pytest.mark.parametrize("make", [
-    lambda: diyopt.optim.adam(lr=diyopt.schedules.constant(1e-3)),
-    lambda: diyopt.optim.adam(lr=torch.tensor(1e-3)),
-    lambda: diyopt.optim.adam(betas=(torch.tensor(0.9), torch.tensor(0.999))),
-    lambda: diyopt.optim.sgd(lr=1e-2, momentum=torch.tensor(0.9)),
-    lambda: diyopt.optim.rmsprop(lr=diyopt.schedules.constant(1e-2)),
-    lambda: diyopt.optim.nadam(lr=torch.tensor(2e-3)),
-    lambda: diyopt.optim.asgd(lr=torch.tensor(1e-2)),
-    lambda: diyopt.optim.adagrad(lr_decay=1e-2),
-    lambda: diyopt.chain(diyopt.optim.adam()),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: diyopt.optim.adam(lr=diyopt.schedules.constant(1e-3)),
+        lambda: diyopt.optim.adam(lr=torch.tensor(1e-3)),
+        lambda: diyopt.optim.adam(betas=(torch.tensor(0.9), torch.tensor(0.999))),
+        lambda: diyopt.optim.sgd(lr=1e-2, momentum=torch.tensor(0.9)),
+        lambda: diyopt.optim.rmsprop(lr=diyopt.schedules.constant(1e-2)),
+        lambda: diyopt.optim.nadam(lr=torch.tensor(2e-3)),
+        lambda: diyopt.optim.asgd(lr=torch.tensor(1e-2)),
+        lambda: diyopt.optim.adagrad(lr_decay=1e-2),
+        lambda: diyopt.chain(diyopt.optim.adam()),
+    ],
+)
 def test_settings_the_kernel_cannot_do_fall_back(make, kernel_calls):
     rule = make()
     assert rule.kernel is None
@@ -180,8 +186,18 @@ def test_a_group_with_a_tensor_lr_falls_back_per_group(kernel_calls):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name,kwargs", [("adam", {}), ("sgd", {"momentum": 0.9}), ("adagrad", {}), ("sgd", {}),
-                                         ("rmsprop", {}), ("nadam", {}), ("asgd", {})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("adam", {}),
+        ("sgd", {"momentum": 0.9}),
+        ("adagrad", {}),
+        ("sgd", {}),
+        ("rmsprop", {}),
+        ("nadam", {}),
+        ("asgd", {}),
+    ],
+)
 def test_guard_raises_before_writing(name, kwargs, dtype, kernel_calls):
     ps = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
     opt = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs), ps)

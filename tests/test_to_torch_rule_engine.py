@@ -1,6 +1,7 @@
 """``to_torch``'s engine for a user's ``elementwise`` rule: tensor by tensor, each tensor's state and param
 written before the next is computed. Checked against the pure ``update`` (the reference) and torch.optim, in
 float64 and float32; the guard before and during the step; a rule whose state changes shape."""
+
 from __future__ import annotations
 
 import importlib.util

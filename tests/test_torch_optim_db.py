@@ -14,6 +14,7 @@ too: the same error type and message regex, raised at construction or at the fir
 
 What is deliberately not matched is listed in ``NOT_MATCHED`` below, each with its reason.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,8 +33,9 @@ RTOL = 1e-12
 
 # torch.optim class name -> diyopt.optim factory name: the records of the optimizer database
 # (tests/optim_db.py) that are a whole torch class
-DIYOPT_NAMES = {info.torch_cls.__name__: info.name for info in records(TO_TORCH)
-                if info.torch_cls is not None and info.is_torch_cls}
+DIYOPT_NAMES = {
+    info.torch_cls.__name__: info.name for info in records(TO_TORCH) if info.torch_cls is not None and info.is_torch_cls
+}
 
 # The skip list: what diyopt deliberately does not do as torch does, and why. Keys are
 # (class name, the error's regex or a configuration's kwarg).
@@ -56,8 +58,11 @@ NOT_MATCHED = {
 # other class of optim_db must be in DIYOPT_NAMES (test_every_class_is_covered).
 MISSING: dict[str, str] = {}
 
-DB = {info.optim_cls.__name__: info for info in optim_db
-      if info.optim_cls.__name__ in DIYOPT_NAMES and info.optim_cls.__name__ not in MISSING}
+DB = {
+    info.optim_cls.__name__: info
+    for info in optim_db
+    if info.optim_cls.__name__ in DIYOPT_NAMES and info.optim_cls.__name__ not in MISSING
+}
 
 
 def test_every_class_is_covered():
@@ -65,6 +70,8 @@ def test_every_class_is_covered():
     assert classes <= set(DIYOPT_NAMES) | set(MISSING), classes - set(DIYOPT_NAMES) - set(MISSING)
     for name in set(DIYOPT_NAMES) - set(MISSING):
         assert DIYOPT_NAMES[name] in diyopt.optim.names(), name
+
+
 DTYPES = {"f64default": torch.float64, "f32default": torch.float32}
 
 
@@ -121,13 +128,13 @@ def _model(name: str, seed: int = 0):
 
         def loss(ps, step):
             i = picks[step]
-            return sum((torch.nn.functional.embedding(i, p, sparse=True) ** 2).sum() * (k + 1)
-                       for k, p in enumerate(ps))
+            return sum(
+                (torch.nn.functional.embedding(i, p, sparse=True) ** 2).sum() * (k + 1) for k, p in enumerate(ps)
+            )
 
         return tables, loss
     weight = torch.randn(10, 5, generator=g, dtype=f64)
-    second = torch.randn(10, generator=g, dtype=f64) if name != "Muon" else torch.randn(4, 3, generator=g,
-                                                                                          dtype=f64)
+    second = torch.randn(10, generator=g, dtype=f64) if name != "Muon" else torch.randn(4, 3, generator=g, dtype=f64)
     inputs = torch.randn(STEPS, 5, generator=g, dtype=f64)
     if name == "Muon":
         x3 = torch.randn(STEPS, 3, generator=g, dtype=f64)
@@ -207,6 +214,7 @@ def test_configuration_matches_torch(name, dname, j, shape, default_dtype):
     # L-BFGS runs up to 20 iterations per step: 4 steps carry the history across calls all the same
     for step in range(4 if name == "LBFGS" else STEPS):
         for opt, params in ((ours, ps), (ref, qs)):
+
             def closure(opt=opt, params=params, step=step):
                 opt.zero_grad()
                 value = loss(params, step)
@@ -291,10 +299,17 @@ def test_muon_routes_other_params_to_another_rule_with_masked():
     twin = copy.deepcopy(model)
     matrices = {n for n, p in model.named_parameters() if p.ndim == 2}
     T = diyopt.transforms
-    ours = diyopt.to_torch(diyopt.chain(T.masked(diyopt.optim.muon(lr=0.02), matrices),
-                                        T.masked(diyopt.optim.adamw(lr=1e-2), lambda n: n not in matrices)), model)
-    refs = [torch.optim.Muon([p for p in twin.parameters() if p.ndim == 2], lr=0.02),
-            torch.optim.AdamW([p for p in twin.parameters() if p.ndim != 2], lr=1e-2)]
+    ours = diyopt.to_torch(
+        diyopt.chain(
+            T.masked(diyopt.optim.muon(lr=0.02), matrices),
+            T.masked(diyopt.optim.adamw(lr=1e-2), lambda n: n not in matrices),
+        ),
+        model,
+    )
+    refs = [
+        torch.optim.Muon([p for p in twin.parameters() if p.ndim == 2], lr=0.02),
+        torch.optim.AdamW([p for p in twin.parameters() if p.ndim != 2], lr=1e-2),
+    ]
     x = torch.randn(6, 16, 5, dtype=torch.float64)
     for step in range(6):
         for m, opts in ((model, [ours]), (twin, refs)):

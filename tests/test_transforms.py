@@ -1,5 +1,6 @@
 """Transforms against independent references: clip_grad_norm_ / clip_grad_value_, torch param groups,
 runs that skip or average gradients by hand, and equivalences between compositions."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,11 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 
 def random_tree(seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    return {"w": scale * torch.randn(4, 3, generator=g), "b": scale * torch.randn(3, generator=g),
-            "c": scale * torch.randn(2, 2, 2, generator=g)}
+    return {
+        "w": scale * torch.randn(4, 3, generator=g),
+        "b": scale * torch.randn(3, generator=g),
+        "c": scale * torch.randn(2, 2, 2, generator=g),
+    }
 
 
 def run(opt, grads_seq, params):
@@ -47,7 +51,9 @@ def test_clip_by_global_norm_equals_clip_grad_norm(max_norm):
     for leaf, (k, u) in zip(leaves, ours.items()):
         torch.testing.assert_close(u, leaf.grad, rtol=1e-14, atol=0, msg=k)
     # On one flat buffer (the fit loop's layout) the same numbers, to rounding of the norm.
-    flat, _ = T.clip_by_global_norm(max_norm).update({"flat": torch.cat([g.reshape(-1) for g in grads.values()])}, (), None)
+    flat, _ = T.clip_by_global_norm(max_norm).update(
+        {"flat": torch.cat([g.reshape(-1) for g in grads.values()])}, (), None
+    )
     torch.testing.assert_close(flat["flat"], torch.cat([leaf.grad.reshape(-1) for leaf in leaves]), rtol=1e-13, atol=0)
 
 
@@ -73,8 +79,9 @@ def test_masked_weight_decay_equals_torch_param_groups():
     opt = diyopt.chain(T.masked(T.add_decayed_weights(0.1), {"w"}), T.scale_by_adam(), T.scale_by_lr(1e-2))
     ours, _ = run(opt, grads_seq, params)
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-    ref = torch.optim.Adam([{"params": [leaves["w"]], "weight_decay": 0.1},
-                            {"params": [leaves["b"], leaves["c"]]}], lr=1e-2)
+    ref = torch.optim.Adam(
+        [{"params": [leaves["w"]], "weight_decay": 0.1}, {"params": [leaves["b"], leaves["c"]]}], lr=1e-2
+    )
     for grads in grads_seq:
         for k, leaf in leaves.items():
             leaf.grad = grads[k].clone()
@@ -126,7 +133,7 @@ def test_apply_if_finite_gives_up_after_max_consecutive_errors():
     nan = {"x": torch.tensor([float("nan"), 1.0])}
     out, state = run(T.apply_if_finite(optim.sgd(lr=0.1), max_consecutive_errors=2), [nan] * 3, params)
     assert torch.equal(out[1]["x"], params["x"])  # skipped twice ...
-    assert torch.isnan(out[2]["x"][0])            # ... then applied
+    assert torch.isnan(out[2]["x"][0])  # ... then applied
     assert int(state.notfinite_count) == 3 and int(state.total_notfinite) == 3
 
 
@@ -135,8 +142,10 @@ def test_accumulate_equals_one_step_on_the_mean_gradient(every_k):
     params = random_tree(6)
     micro = [random_tree(40 + i) for i in range(every_k * 5)]
     ours, state = run(T.accumulate(optim.sgd(lr=0.1, momentum=0.9, nesterov=True), every_k), micro, params)
-    means = [{k: torch.stack([g[k] for g in micro[i:i + every_k]]).mean(0) for k in params}
-             for i in range(0, len(micro), every_k)]
+    means = [
+        {k: torch.stack([g[k] for g in micro[i : i + every_k]]).mean(0) for k in params}
+        for i in range(0, len(micro), every_k)
+    ]
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     ref = torch.optim.SGD(list(leaves.values()), lr=0.1, momentum=0.9, nesterov=True)
     for j, mean in enumerate(means):
@@ -194,7 +203,7 @@ def test_rmsprop_is_adam_without_momentum_and_bias_correction():
         a, sa = adam.update(g, sa, params)
         r, sr = rms.update(g, sr, params)
         for k in g:
-            torch.testing.assert_close(a[k], r[k] * (1 - 0.95 ** t) ** 0.5, rtol=1e-14, atol=0)
+            torch.testing.assert_close(a[k], r[k] * (1 - 0.95**t) ** 0.5, rtol=1e-14, atol=0)
             torch.testing.assert_close(sa[k].exp_avg_sq, sr[k].square_avg, rtol=1e-15, atol=0)
 
 
@@ -206,11 +215,16 @@ def test_adagrad_lr_decay_is_an_inverse_time_schedule():
         torch.testing.assert_close(a[-1][k], b[-1][k], rtol=1e-15, atol=0)
 
 
-@pytest.mark.parametrize("sched,torch_sched", [
-    (lambda: schedules.step(1e-2, step_size=7, gamma=0.5),
-     lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5)),
-    (lambda: schedules.cosine_decay(1e-2, 30), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=30)),
-])
+@pytest.mark.parametrize(
+    "sched,torch_sched",
+    [
+        (
+            lambda: schedules.step(1e-2, step_size=7, gamma=0.5),
+            lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
+        ),
+        (lambda: schedules.cosine_decay(1e-2, 30), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=30)),
+    ],
+)
 def test_a_schedule_as_lr_equals_torch_with_its_lr_scheduler(sched, torch_sched):
     params, grads_seq = random_tree(14), [random_tree(90 + i) for i in range(30)]
     ours, _ = run(optim.adam(lr=sched(), weight_decay=0.1, decoupled_weight_decay=True), grads_seq, params)
@@ -238,6 +252,7 @@ def _tensorize(kwargs):
         if isinstance(v, tuple):
             return tuple(conv(x) for x in v)
         return v
+
     return {k: conv(v) for k, v in kwargs.items()}
 
 

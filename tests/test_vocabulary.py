@@ -1,6 +1,7 @@
 """One result vocabulary (diyopt.core.result): every solver and fit engine says "budget used up" with the
 same word, and counts evaluations with one meaning, checked against counters wrapped around the loss,
 torch.optim.LBFGS's own counts and closed forms; the shared Armijo and strong-Wolfe line searches."""
+
 import math
 from pathlib import Path
 
@@ -36,8 +37,10 @@ def start(dtype=torch.float64):
 def _exp_residual():
     x = torch.linspace(0, 1, 20, dtype=torch.float64)
     y = 2 * torch.exp(-3 * x)
-    return (lambda p: p["a"] * torch.exp(-p["k"] * x) - y), {"a": torch.tensor(1.0, dtype=torch.float64),
-                                                             "k": torch.tensor(1.0, dtype=torch.float64)}
+    return (lambda p: p["a"] * torch.exp(-p["k"] * x) - y), {
+        "a": torch.tensor(1.0, dtype=torch.float64),
+        "k": torch.tensor(1.0, dtype=torch.float64),
+    }
 
 
 BUDGETS = {
@@ -160,8 +163,9 @@ def test_gauss_newton_stopped_by_the_budget_reports_the_jacobian_at_its_params()
     for budget in (3, 4, 5):
         r = diyopt.least_squares(residual, p0, method="gauss_newton", max_nfev=budget)
         assert r.stop_reason == "max_steps"
-        jac = torch.autograd.functional.jacobian(lambda a, k: residual({"a": a, "k": k}),
-                                                 (r.params["a"], r.params["k"]))
+        jac = torch.autograd.functional.jacobian(
+            lambda a, k: residual({"a": a, "k": k}), (r.params["a"], r.params["k"])
+        )
         torch.testing.assert_close(r.info["jacobian"], torch.stack(jac, 1), rtol=1e-12, atol=1e-12)
 
 
@@ -194,7 +198,7 @@ def test_backtracking_halves_until_sufficient_decrease(dtype):
     # a direction that never decreases the loss: stops at the evaluation budget, then at the smallest step
     up = torch.tensor([2.0], dtype=dtype)
     assert linesearch.backtracking(evaluate, x, up, 1.0, -4.0, max_evals=3).evals == 3
-    tiny = linesearch.backtracking(evaluate, x, up, 1.0, -4.0, max_evals=10 ** 6)
+    tiny = linesearch.backtracking(evaluate, x, up, 1.0, -4.0, max_evals=10**6)
     assert tiny.t < 1e-10 <= 2 * tiny.t and tiny.evals == 35  # 1, 1/2, ..., 2^-34 < 1e-10
 
 

@@ -1,4 +1,5 @@
 """diyopt bench --suite workloads: the validation metric, the scoring, the tuning rules, the CLI."""
+
 import math
 import sys
 from pathlib import Path
@@ -99,8 +100,23 @@ def test_suite_all_is_diagnostic_then_workloads():
 
 def test_cli_workloads_writes_rows_and_missing_sklearn_is_one_line(tmp_path, capsys, monkeypatch):
     out = tmp_path / "b"
-    rc = main(["bench", "--suite", "workloads", "--tasks", "breast_cancer_logreg", "--optimizers", "adam",
-               "--trials", "2", "--seeds", "1", "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--suite",
+            "workloads",
+            "--tasks",
+            "breast_cancer_logreg",
+            "--optimizers",
+            "adam",
+            "--trials",
+            "2",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "vmap refused" not in capsys.readouterr().err  # the workloads loop by design, not as a fallback
     text = (out / "results.csv").read_text().splitlines()
@@ -124,8 +140,7 @@ def test_sort_targets_are_the_sorted_inputs_and_the_splits_differ():
 
 
 def test_torch_adam_class_on_a_workload_equals_diyopt_adam():
-    r = diyopt.bench(["adam", torch.optim.Adam], suite="workloads", tasks=["breast_cancer_logreg"], trials=3,
-                     seeds=2)
+    r = diyopt.bench(["adam", torch.optim.Adam], suite="workloads", tasks=["breast_cancer_logreg"], trials=3, seeds=2)
     ours, torchs = r.rows
     for k in ("solved", "attempts", "steps_to_target", "steps_to_target_lo", "steps_to_target_hi", "studies_solved"):
         assert ours[k] == torchs[k], k

@@ -3,6 +3,7 @@
 The public names, one per line. Everything else is an implementation detail. The folders, and which way
 the imports go, are drawn in the README's layout section.
 """
+
 from diyopt import (
     optim,
     problems,

@@ -1,4 +1,5 @@
 """``python -m diyopt ...`` (and ``torchrun -m diyopt ...``): the command line."""
+
 import sys
 
 from diyopt.cli import main

@@ -3,6 +3,7 @@
 A CLI run that meets any of these prints one line and exits ``EXIT_BAD_INPUT`` (2); a fit that diverged
 exits ``EXIT_DIVERGED`` (3).
 """
+
 from __future__ import annotations
 
 #: What went non-finite, in the order the guard reports it, and the words its message uses.

@@ -16,6 +16,7 @@ The ones torch also has agree with it value for value: ``cosine_decay`` with ``C
 ``decay_steps``; after it, this one stays at ``end_value`` where torch's curve climbs back up),
 ``exponential`` with ``ExponentialLR``, ``step`` with ``StepLR``.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,17 @@ from torch import Tensor
 
 Schedule = Callable[[Tensor], Tensor]
 
-__all__ = ["Schedule", "constant", "cosine_decay", "exponential", "join", "linear", "linear_warmup",
-           "piecewise", "step"]
+__all__ = [
+    "Schedule",
+    "constant",
+    "cosine_decay",
+    "exponential",
+    "join",
+    "linear",
+    "linear_warmup",
+    "piecewise",
+    "step",
+]
 
 
 def _float(step: Tensor | float) -> Tensor:
@@ -98,8 +108,9 @@ def piecewise(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
     """
     boundaries, values = list(boundaries), list(values)
     if len(values) != len(boundaries) + 1:
-        raise ValueError(f"piecewise needs one more value than boundaries, got {len(values)} values "
-                         f"for {len(boundaries)} boundaries")
+        raise ValueError(
+            f"piecewise needs one more value than boundaries, got {len(values)} values for {len(boundaries)} boundaries"
+        )
     if any(b >= c for b, c in zip(boundaries, boundaries[1:])):
         raise ValueError(f"piecewise boundaries must increase, got {boundaries}")
 
@@ -122,8 +133,10 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """
     schedules, boundaries = list(schedules), list(boundaries)
     if len(schedules) != len(boundaries) + 1:
-        raise ValueError(f"join needs one more schedule than boundaries, got {len(schedules)} schedules "
-                         f"for {len(boundaries)} boundaries")
+        raise ValueError(
+            f"join needs one more schedule than boundaries, got {len(schedules)} schedules "
+            f"for {len(boundaries)} boundaries"
+        )
     if any(b >= c for b, c in zip(boundaries, boundaries[1:])):
         raise ValueError(f"join boundaries must increase, got {boundaries}")
 

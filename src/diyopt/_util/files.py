@@ -18,6 +18,7 @@ The rules, from the tools people trust with their data (git, rsync, databases):
 - **Strict JSON.** :func:`dumps` writes non-finite numbers as ``null`` with the reason beside them
   (``"final_loss": null, "final_loss_nonfinite": "inf"``), which every JSON parser reads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -203,15 +204,19 @@ def owned_files(folder: str | os.PathLike) -> set[str]:
         manifest = json.loads((Path(folder) / MANIFEST).read_text())
         files = manifest.get("files", []) if isinstance(manifest, dict) else []
         # Only plain relative paths inside the folder: a crafted manifest must not point diyopt elsewhere.
-        return {f for f in files if isinstance(f, str) and f and not os.path.isabs(f)
-                and ".." not in Path(f).parts and f != MANIFEST}
+        return {
+            f
+            for f in files
+            if isinstance(f, str) and f and not os.path.isabs(f) and ".." not in Path(f).parts and f != MANIFEST
+        }
     except (OSError, ValueError):
         return set()
 
 
 @contextlib.contextmanager
-def output_folder(out: str | os.PathLike, *, names: Iterable[str] = (), kind: str = "output",
-                  flag: str = "--out") -> Iterator[Path]:
+def output_folder(
+    out: str | os.PathLike, *, names: Iterable[str] = (), kind: str = "output", flag: str = "--out"
+) -> Iterator[Path]:
     """``with output_folder(out) as tmp: write files into tmp`` -- then they are published into ``out``.
 
     ``out`` may be new (the staging folder is renamed into place: atomic), an earlier diyopt output, or
@@ -252,8 +257,10 @@ def output_folder(out: str | os.PathLike, *, names: Iterable[str] = (), kind: st
 def _refuse_clashes(out: Path, names: Iterable[str], own: set[str], flag: str) -> None:
     clash = [n for n in names if (out / n).exists() and n not in own]
     if clash:
-        raise FileExistsError(f"{out} already holds {', '.join(sorted(clash))}, which diyopt did not write; "
-                              f"move them away or choose another {flag}")
+        raise FileExistsError(
+            f"{out} already holds {', '.join(sorted(clash))}, which diyopt did not write; "
+            f"move them away or choose another {flag}"
+        )
 
 
 def _files(folder: Path) -> list[str]:
@@ -297,8 +304,6 @@ def write_folder(out: str | os.PathLike, write: Callable[[Path], Any], **options
 # ---------------------------------------------------------------- one run at a time on a checkpoint
 
 
-
-
 @contextlib.contextmanager
 def locked(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]:
     """Hold an OS-level lock (``filelock``, ``flock`` on ``PATH.lock``) for the ``with`` body.
@@ -337,8 +342,10 @@ def locked(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]:
             int(holder)
         except (OSError, IndexError, ValueError):
             holder = "unknown"
-        raise Busy(f"{what} {path} is in use by another diyopt run (process {holder}); wait for it to "
-                   f"finish, or use another {what} file") from None
+        raise Busy(
+            f"{what} {path} is in use by another diyopt run (process {holder}); wait for it to "
+            f"finish, or use another {what} file"
+        ) from None
     except OSError as e:
         raise OSError(f"cannot write {what} {path}: {e.strerror or e}") from None
     if not os.access(folder, os.W_OK):
@@ -353,5 +360,3 @@ def locked(path: str | os.PathLike, what: str = "checkpoint") -> Iterator[None]:
             if os.path.samestat(os.stat(lock_path), held["stat"]):
                 os.unlink(lock_path)
         lock.release()
-
-

@@ -1,4 +1,5 @@
 """How tables print a value: one format for every table diyopt writes."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ exit code 128 + signal (130, 143). SLURM, Kubernetes and ``timeout`` stop jobs w
   ``PENDING.signum``; the loop looks at it between steps (one attribute read), saves, and raises
   :func:`interrupted`. A second signal raises at once.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ it is redrawn at most every 0.1 s, and only then reads the loss (a ``float()``: 
 so a step pays one clock read and a comparison for it. tqdm is imported on first use (``tqdm.auto``, so a
 notebook gets its widget): importing it costs ~0.1 s, which ``import diyopt`` need not pay.
 """
+
 from __future__ import annotations
 
 import sys
@@ -58,8 +59,15 @@ class StepBar:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=done, desc=self.desc, unit=self.unit, file=sys.stderr,
-                            dynamic_ncols=True, mininterval=REDRAW_SECONDS)
+            self.bar = tqdm(
+                total=self.total,
+                initial=done,
+                desc=self.desc,
+                unit=self.unit,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=REDRAW_SECONDS,
+            )
         if loss is not None:
             self.bar.set_postfix_str(f"{self.label}={float(loss):.4g}", refresh=False)
         self.bar.update(done - self.bar.n)

@@ -1,6 +1,7 @@
 """Argument checks, written once: the library's (``ValueError`` naming the argument) and the CLI's
 (argparse types whose message argparse prefixes with the option).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,7 @@
 """Judging optimizers: compare, conformance checks, performance profiles, figures, the HTML report, the
 demo and the benchmark suite (:mod:`~diyopt.analysis.benchmarking`).
 """
+
 from ._compare import (
     Comparison,
     compare,

@@ -1,4 +1,5 @@
 """Small numpy helpers shared by a comparison and its figures."""
+
 from __future__ import annotations
 
 import numpy as np

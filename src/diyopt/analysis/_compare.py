@@ -26,6 +26,7 @@ nan or inf counts as final loss ``inf``.
 (:mod:`diyopt.analysis.profiles`); each (problem, seed) pair is one instance, its cost the steps or seconds to the
 tolerance.
 """
+
 from __future__ import annotations
 
 import math
@@ -138,19 +139,21 @@ class Comparison:
         rows = []
         for label, runs in self.runs.items():
             finals = np.array([r.final_loss for r in runs])
-            rows.append({
-                "optimizer": label,
-                "final_loss": float(np.median(finals)),
-                "final_loss_min": float(finals.min()),
-                "final_loss_max": float(finals.max()),
-                "final_gap": float(np.median(finals - self.f_star)),
-                "distance": float(np.median([self.problem.distance(r.params) for r in runs])),
-                "reached": f"{int(np.isfinite(steps[label]).sum())}/{len(runs)}",
-                "steps_to_tol": float(np.median(steps[label])),
-                "seconds_to_tol": float(np.median(secs[label])),
-                "seconds": float(np.median([r.seconds[-1] for r in runs])),
-                "diverged": f"{sum(r.stop_reason == 'diverged' for r in runs)}/{len(runs)}",
-            })
+            rows.append(
+                {
+                    "optimizer": label,
+                    "final_loss": float(np.median(finals)),
+                    "final_loss_min": float(finals.min()),
+                    "final_loss_max": float(finals.max()),
+                    "final_gap": float(np.median(finals - self.f_star)),
+                    "distance": float(np.median([self.problem.distance(r.params) for r in runs])),
+                    "reached": f"{int(np.isfinite(steps[label]).sum())}/{len(runs)}",
+                    "steps_to_tol": float(np.median(steps[label])),
+                    "seconds_to_tol": float(np.median(secs[label])),
+                    "seconds": float(np.median([r.seconds[-1] for r in runs])),
+                    "diverged": f"{sum(r.stop_reason == 'diverged' for r in runs)}/{len(runs)}",
+                }
+            )
         for row in rows:
             row["rank"] = 1 + sum(self._beats(o, row) for o in rows)
         return rows
@@ -249,9 +252,17 @@ class Comparison:
 # ---------------------------------------------------------------- compare
 
 
-def compare(problem: Problem | str, optimizers: Mapping[str, Any] | Sequence[Any], *, seeds: int = 5,
-            steps: int = 1000, tol: float = 1e-6, perturb: float = 0.1, engine: str = "eager",
-            progress: bool | None = None) -> Comparison:
+def compare(
+    problem: Problem | str,
+    optimizers: Mapping[str, Any] | Sequence[Any],
+    *,
+    seeds: int = 5,
+    steps: int = 1000,
+    tol: float = 1e-6,
+    perturb: float = 0.1,
+    engine: str = "eager",
+    progress: bool | None = None,
+) -> Comparison:
     """Run every optimizer from the same ``seeds`` starting points for ``steps`` updates.
 
     Args:
@@ -288,22 +299,33 @@ def compare(problem: Problem | str, optimizers: Mapping[str, Any] | Sequence[Any
                 bar.update(1)
 
     known = problem.optimum
-    f_star = float(known) if known is not None else min(
-        float(np.nanmin(np.where(np.isfinite(r.losses), r.losses, np.nan))) for rs in runs.values() for r in rs)
+    f_star = (
+        float(known)
+        if known is not None
+        else min(
+            float(np.nanmin(np.where(np.isfinite(r.losses), r.losses, np.nan))) for rs in runs.values() for r in rs
+        )
+    )
     settings = {
         "problem": problem.name,
         "problem_info": {k: v for k, v in problem.info.items() if isinstance(v, (str, int, float, bool))},
         "optimizers": {label: describe(opt, kwargs, spec) for label, (opt, kwargs, spec) in resolved.items()},
-        "seeds": seeds, "steps": steps, "tol": tol, "perturb": perturb, "engine": engine,
-        "f_star": f_star, "f_star_source": "problem.optimum" if known is not None else "best loss seen",
+        "seeds": seeds,
+        "steps": steps,
+        "tol": tol,
+        "perturb": perturb,
+        "engine": engine,
+        "f_star": f_star,
+        "f_star_source": "problem.optimum" if known is not None else "best loss seen",
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     return Comparison(problem, runs, tol, f_star, settings)
 
 
-def _one_run(problem: Problem, opt: Any, kwargs: dict, p0: Params, seed: int, steps: int, engine: str,
-             two_d: bool) -> Run:
+def _one_run(
+    problem: Problem, opt: Any, kwargs: dict, p0: Params, seed: int, steps: int, engine: str, two_d: bool
+) -> Run:
     stamps = np.full(steps, np.nan)
     path = np.empty((steps + 1, 2)) if two_d else None
     if two_d:
@@ -328,7 +350,7 @@ def _one_run(problem: Problem, opt: Any, kwargs: dict, p0: Params, seed: int, st
         final = float(problem.loss(result.params))
     losses = np.append(result.losses.detach().double().cpu().numpy()[:n], final)
     seconds = np.concatenate([[0.0], stamps[:n] - start])
-    return Run(seed, losses, seconds, result.params, result.stop_reason, None if path is None else path[:n + 1])
+    return Run(seed, losses, seconds, result.params, result.stop_reason, None if path is None else path[: n + 1])
 
 
 # ---------------------------------------------------------------- optimizers and problems by name
@@ -340,9 +362,15 @@ def versions() -> dict[str, str]:
 
     from diyopt import __version__
 
-    return {"diyopt": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "matplotlib": matplotlib.__version__, "python": sys.version.split()[0],
-            "platform": platform.platform(), "threads": str(torch.get_num_threads())}
+    return {
+        "diyopt": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "threads": str(torch.get_num_threads()),
+    }
 
 
 # ---------------------------------------------------------------- across problems
@@ -365,8 +393,9 @@ def profile_costs(comparisons: Iterable[Comparison], kind: str = "steps") -> dic
     return {s: np.array(v) for s, v in out.items()}
 
 
-def compare_all(problems: Sequence[Problem | str], optimizers: Mapping[str, Any] | Sequence[Any],
-                **options: Any) -> list[Comparison]:
+def compare_all(
+    problems: Sequence[Problem | str], optimizers: Mapping[str, Any] | Sequence[Any], **options: Any
+) -> list[Comparison]:
     """:func:`compare` on each problem with the same optimizers and options."""
     return [compare(p, optimizers, **options) for p in problems]
 
@@ -384,10 +413,16 @@ def save_all(comparisons: Sequence[Comparison], out_dir: str | Path) -> Path:
             folders.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
             c.save(tmp / folders[-1])
         for kind in ("steps", "seconds"):
-            save(plot_performance_profile(profile_costs(comparisons, kind), cost=kind),
-                 tmp / f"performance_profile_{kind}.png")
-        settings = {"problems": [c.problem.name for c in comparisons], "folders": folders,
-                    "optimizers": list(comparisons[0].runs), "versions": versions()}
+            save(
+                plot_performance_profile(profile_costs(comparisons, kind), cost=kind),
+                tmp / f"performance_profile_{kind}.png",
+            )
+        settings = {
+            "problems": [c.problem.name for c in comparisons],
+            "folders": folders,
+            "optimizers": list(comparisons[0].runs),
+            "versions": versions(),
+        }
         (tmp / "settings.json").write_text(dumps(settings))
 
     return write_folder(out_dir, write, names=OUTPUT_FILES, kind="compare")
@@ -401,7 +436,13 @@ def _safe_name(name: str) -> str:
 
 
 #: The files a comparison writes (save_all adds sub-folders and the profiles).
-OUTPUT_FILES = ("loss_vs_step.png", "loss_vs_time.png", "paths.png", "table.csv", "table.md", "settings.json",
-                "performance_profile_steps.png", "performance_profile_seconds.png")
-
-
+OUTPUT_FILES = (
+    "loss_vs_step.png",
+    "loss_vs_time.png",
+    "paths.png",
+    "table.csv",
+    "table.md",
+    "settings.json",
+    "performance_profile_steps.png",
+    "performance_profile_seconds.png",
+)

@@ -32,6 +32,7 @@ The gradients of the test problems are written in closed form: the kit checks th
 :func:`check_loss` checks a loss instead: scalar output, gradient equal to finite differences
 (``torch.autograd.gradcheck`` in float64), and what it does on a NaN input (stated, not judged).
 """
+
 from __future__ import annotations
 
 import copy
@@ -90,8 +91,10 @@ class CheckReport:
         lines = [f"{'check':{width}}  result  details", f"{'-' * width}  ------  {'-' * 40}"]
         lines += [f"{r.name:{width}}  {r.status:6}  {r.detail}" for r in self.results]
         failed = len(self.failures)
-        lines.append(f"{self.subject}: " + ("all checks passed" if not failed else
-                                            f"{failed} of {len(self.results)} checks FAILED"))
+        lines.append(
+            f"{self.subject}: "
+            + ("all checks passed" if not failed else f"{failed} of {len(self.results)} checks FAILED")
+        )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -101,8 +104,14 @@ class CheckReport:
 # ---------------------------------------------------------------- optimizers
 
 
-def check(optimizer: Optimizer, *, lr: float | None = None, budget: int = DEFAULT_BUDGET,
-          tol: float = DEFAULT_TOL, name: str | None = None) -> CheckReport:
+def check(
+    optimizer: Optimizer,
+    *,
+    lr: float | None = None,
+    budget: int = DEFAULT_BUDGET,
+    tol: float = DEFAULT_TOL,
+    name: str | None = None,
+) -> CheckReport:
     """Run the conformance checks on ``optimizer`` (see the module docstring for the list).
 
     Args:
@@ -185,8 +194,12 @@ def _quadratic() -> _Problem:
 def _parabola() -> _Problem:
     c = {"a": torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), "b": torch.tensor([3.0], dtype=torch.float64)}
     p0 = {"a": torch.zeros(3, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
-    return _Problem(p0, lambda p: sum(((p[k].detach() - c[k]) ** 2).sum() for k in p),
-                    lambda p: {k: 2 * (p[k] - c[k]) for k in p}, c)
+    return _Problem(
+        p0,
+        lambda p: sum(((p[k].detach() - c[k]) ** 2).sum() for k in p),
+        lambda p: {k: 2 * (p[k] - c[k]) for k in p},
+        c,
+    )
 
 
 def _rosenbrock() -> _Problem:
@@ -200,8 +213,12 @@ def _rosenbrock() -> _Problem:
         x, y = p["xy"][0], p["xy"][1]
         return {"xy": torch.stack([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])}
 
-    return _Problem({"xy": torch.tensor([-1.2, 1.0], dtype=torch.float64)}, loss, grad,
-                    {"xy": torch.tensor([1.0, 1.0], dtype=torch.float64)})
+    return _Problem(
+        {"xy": torch.tensor([-1.2, 1.0], dtype=torch.float64)},
+        loss,
+        grad,
+        {"xy": torch.tensor([1.0, 1.0], dtype=torch.float64)},
+    )
 
 
 def _steps(opt: Optimizer, problem: _Problem, n: int, params: Params | None = None) -> tuple[Params, Any]:
@@ -231,8 +248,11 @@ def _downhill(opt: Optimizer) -> tuple[str, str]:
     f10 = float(q.loss(_steps(opt, q, 10)[0]))
     if slope < 0 and f10 < f0:
         return PASS, f"loss {f0:.4g} -> {f10:.4g} in 10 steps; {which} . grad = {slope:.3g} < 0"
-    why = f"{which} points uphill (update . grad = {slope:.3g} >= 0)" if slope >= 0 else \
-        f"loss did not go down in 10 steps ({f0:.4g} -> {f10:.4g})"
+    why = (
+        f"{which} points uphill (update . grad = {slope:.3g} >= 0)"
+        if slope >= 0
+        else f"loss did not go down in 10 steps ({f0:.4g} -> {f10:.4g})"
+    )
     return FAIL, why
 
 
@@ -261,8 +281,10 @@ def _converges(opt: Optimizer, problem: _Problem, budget: int, tol: float, lr) -
             return PASS, f"within {tol:g} of the optimum after {step} steps{at}"
         if not torch.isfinite(err):
             return FAIL, f"diverged (non-finite params) at step {step}{at}; try a smaller lr"
-    return FAIL, (f"not within {tol:g} of the optimum after {budget} steps{at} (max error {float(err):.3g}, "
-                  f"loss {float(problem.loss(params)):.3g}); try another lr (--lr) or a larger budget (--budget)")
+    return FAIL, (
+        f"not within {tol:g} of the optimum after {budget} steps{at} (max error {float(err):.3g}, "
+        f"loss {float(problem.loss(params)):.3g}); try another lr (--lr) or a larger budget (--budget)"
+    )
 
 
 def _snapshot(*trees) -> list:
@@ -306,8 +328,10 @@ def _repeatable(opt: Optimizer) -> tuple[str, str]:
     second = opt.update(grads, state, params)
     where = _first_difference(first, second, "result")
     if where:
-        return FAIL, (f"the same update call twice gave different {where}: state hides outside the state "
-                      "tree (a closure, a global, randomness?)")
+        return FAIL, (
+            f"the same update call twice gave different {where}: state hides outside the state "
+            "tree (a closure, a global, randomness?)"
+        )
     q = _quadratic()
     run_a, run_b = _steps(opt, q, 5), _steps(opt, q, 5)
     where = _first_difference(run_a, run_b, "run")
@@ -321,8 +345,10 @@ def _tensors_only(opt: Optimizer) -> tuple[str, str]:
     leaves = pytree.tree_flatten_with_path(state)[0]
     for path, leaf in leaves:
         if not isinstance(leaf, Tensor):
-            return FAIL, (f"state{pytree.keystr(path)} is a {type(leaf).__name__} ({leaf!r}); keep it a tensor "
-                          "(the step count too) so state can be saved, compiled and vmapped")
+            return FAIL, (
+                f"state{pytree.keystr(path)} is a {type(leaf).__name__} ({leaf!r}); keep it a tensor "
+                "(the step count too) so state can be saved, compiled and vmapped"
+            )
     return PASS, f"{len(leaves)} leaves, all tensors"
 
 
@@ -334,8 +360,12 @@ def _dtypes(opt: Optimizer) -> tuple[str, str]:
             if u.dtype != dtype:
                 return FAIL, f"{dtype} params gave a {u.dtype} update for {k!r}"
         for path, leaf in pytree.tree_flatten_with_path(new_state)[0]:
-            if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dtype != dtype \
-                    and not _torch_scalar(leaf):
+            if (
+                isinstance(leaf, Tensor)
+                and leaf.is_floating_point()
+                and leaf.dtype != dtype
+                and not _torch_scalar(leaf)
+            ):
                 return FAIL, f"{dtype} params gave {leaf.dtype} state{pytree.keystr(path)}"
     return PASS, "float32 and float64 kept in updates and state"
 
@@ -395,10 +425,12 @@ def _no_graph(opt: Optimizer, steps: int = 1000) -> tuple[str, str]:
             for path, leaf in pytree.tree_flatten_with_path((updates, state))[0]:
                 if isinstance(leaf, Tensor) and (leaf.requires_grad or leaf.grad_fn is not None):
                     what = "update" if path[0].idx == 0 else "state"
-                    return FAIL, (f"{what}{pytree.keystr(path[1:])} has grad_fn "
-                                  f"{type(leaf.grad_fn).__name__} at step {step}: an autograd graph is kept "
-                                  "and grows every step (a requires_grad tensor in a closure or "
-                                  "hyperparameter? use .detach() or torch.no_grad())")
+                    return FAIL, (
+                        f"{what}{pytree.keystr(path[1:])} has grad_fn "
+                        f"{type(leaf.grad_fn).__name__} at step {step}: an autograd graph is kept "
+                        "and grows every step (a requires_grad tensor in a closure or "
+                        "hyperparameter? use .detach() or torch.no_grad())"
+                    )
         params = apply_updates(params, updates)
         if step in (10, steps):
             counts[step] = _live_tensors()
@@ -414,8 +446,10 @@ def _flat_buffer(opt: Optimizer, steps: int = 5) -> tuple[str, str]:
     if not opt.flattenable:
         return SKIP, "not flattenable: the fit loop always gives it the named tensors"
     gen = torch.Generator().manual_seed(0)
-    named = {"w": torch.randn(3, 2, generator=gen, dtype=torch.float64),
-             "v": 10 * torch.randn(4, generator=gen, dtype=torch.float64)}
+    named = {
+        "w": torch.randn(3, 2, generator=gen, dtype=torch.float64),
+        "v": 10 * torch.randn(4, generator=gen, dtype=torch.float64),
+    }
     flat = {"flat": torch.cat([t.reshape(-1) for t in named.values()])}
     s_named, s_flat = opt.init(named), opt.init(flat)
     for step in range(steps):
@@ -424,8 +458,10 @@ def _flat_buffer(opt: Optimizer, steps: int = 5) -> tuple[str, str]:
         u_flat, s_flat = opt.update({"flat": 2 * flat["flat"]}, s_flat, flat)
         joined = torch.cat([u.reshape(-1) for u in u_named.values()])
         if not torch.allclose(joined, u_flat["flat"], rtol=1e-12, atol=1e-15):
-            return FAIL, (f"step {step}: updates on one flat buffer differ from per-tensor updates; a rule that "
-                          "looks at whole tensors (norms, shapes) must be declared @elementwise(whole_tensor=True)")
+            return FAIL, (
+                f"step {step}: updates on one flat buffer differ from per-tensor updates; a rule that "
+                "looks at whole tensors (norms, shapes) must be declared @elementwise(whole_tensor=True)"
+            )
         named = {k: t + u_named[k] for k, t in named.items()}
         flat = {"flat": flat["flat"] + u_flat["flat"]}
     return PASS, f"flat-buffer and per-tensor updates agree over {steps} steps"
@@ -441,8 +477,9 @@ def _live_tensors() -> int:
 # ---------------------------------------------------------------- losses
 
 
-def check_loss(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module, *,
-               name: str | None = None) -> CheckReport:
+def check_loss(
+    loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module, *, name: str | None = None
+) -> CheckReport:
     """Check a loss ``loss_fn(params) -> scalar Tensor`` at ``params``.
 
     Rows: ``scalar output`` (a 0-dim tensor with a gradient path to the params), ``gradient`` (autograd

@@ -18,6 +18,7 @@ built as ``reference(params_or_groups, **kwargs)`` and stepped as torch.optim is
 This is what ``diyopt check SPEC --against MODULE:Class[:k=v,...]`` runs, and what the built-ins' tests
 against their references use.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,12 +39,14 @@ class Difference:
 
     step: int
     param: str
-    abs_error: float   # max |ours - reference| over the tensor's elements
-    rel_error: float   # abs_error / max |reference|
+    abs_error: float  # max |ours - reference| over the tensor's elements
+    rel_error: float  # abs_error / max |reference|
 
     def __str__(self) -> str:
-        return (f"step {self.step}, tensor {self.param!r}: max abs error {self.abs_error:.3g}, "
-                f"relative {self.rel_error:.3g}")
+        return (
+            f"step {self.step}, tensor {self.param!r}: max abs error {self.abs_error:.3g}, "
+            f"relative {self.rel_error:.3g}"
+        )
 
 
 @dataclass
@@ -53,10 +56,10 @@ class LockstepReport:
     steps: int
     tol: float
     first_difference: Difference | None  # the first bitwise difference, however small
-    parted: Difference | None            # the first error above tol
-    worst: Difference | None = None      # the largest error seen
+    parted: Difference | None  # the first error above tol
+    worst: Difference | None = None  # the largest error seen
     reference: str = "reference"
-    steps_run: int = 0                   # steps both ran (fewer than ``steps`` when they parted)
+    steps_run: int = 0  # steps both ran (fewer than ``steps`` when they parted)
 
     @property
     def passed(self) -> bool:
@@ -67,8 +70,10 @@ class LockstepReport:
             return f"parted from {self.reference} at {self.parted} (tol {self.tol:g})"
         if self.first_difference is None:
             return f"equal to {self.tol:g} over {self.steps} steps (bitwise equal throughout)"
-        return (f"equal to {self.tol:g} over {self.steps} steps; first bitwise difference at "
-                f"{self.first_difference}; largest at {self.worst}")
+        return (
+            f"equal to {self.tol:g} over {self.steps} steps; first bitwise difference at "
+            f"{self.first_difference}; largest at {self.worst}"
+        )
 
     def __str__(self) -> str:
         return self.summary()
@@ -81,7 +86,7 @@ def mlp(seed: int = 0, dtype: torch.dtype = torch.float64, sizes: Sequence[int] 
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = torch.nn.Linear(a, b, dtype=dtype)
         with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=gen, dtype=dtype) / a ** 0.5)
+            lin.weight.copy_(torch.randn(b, a, generator=gen, dtype=dtype) / a**0.5)
             lin.bias.copy_(0.1 * torch.randn(b, generator=gen, dtype=dtype))
         layers.append(lin)
         if i < len(sizes) - 2:
@@ -95,8 +100,13 @@ def _batches(model: torch.nn.Module, steps: int, seed: int, batch: int = 16):
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     gen = torch.Generator().manual_seed(seed + 1)
     dtype = linears[0].weight.dtype
-    pairs = [(torch.randn(batch, linears[0].in_features, generator=gen, dtype=dtype),
-              torch.randn(batch, linears[-1].out_features, generator=gen, dtype=dtype)) for _ in range(steps)]
+    pairs = [
+        (
+            torch.randn(batch, linears[0].in_features, generator=gen, dtype=dtype),
+            torch.randn(batch, linears[-1].out_features, generator=gen, dtype=dtype),
+        )
+        for _ in range(steps)
+    ]
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 
@@ -108,7 +118,7 @@ def load_reference(spec: str) -> tuple[Callable, dict]:
     text = spec.strip()
     at = text.find(".py:")
     if at >= 0:
-        path, rest = text[:at + 3], text[at + 4:]
+        path, rest = text[: at + 3], text[at + 4 :]
         name, _, settings = rest.partition(":")
         obj = getattr_from_file(path, name)
     else:
@@ -128,11 +138,20 @@ def load_reference(spec: str) -> tuple[Callable, dict]:
     return obj, parse_settings(settings, spec)
 
 
-def lockstep(optimizer: Optimizer, reference: Callable | str, kwargs: Mapping[str, Any] | None = None, *,
-             steps: int = 100, tol: float = 1e-12, model: torch.nn.Module | None = None,
-             dtype: torch.dtype = torch.float64, form: str = "functional",
-             groups: Sequence[Mapping[str, Any]] | None = None, reload_at: int | None = None,
-             seed: int = 0) -> LockstepReport:
+def lockstep(
+    optimizer: Optimizer,
+    reference: Callable | str,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    steps: int = 100,
+    tol: float = 1e-12,
+    model: torch.nn.Module | None = None,
+    dtype: torch.dtype = torch.float64,
+    form: str = "functional",
+    groups: Sequence[Mapping[str, Any]] | None = None,
+    reload_at: int | None = None,
+    seed: int = 0,
+) -> LockstepReport:
     """Run ``optimizer`` and ``reference(params, **kwargs)`` side by side; see the module docstring.
 
     Args:
@@ -171,8 +190,9 @@ def lockstep(optimizer: Optimizer, reference: Callable | str, kwargs: Mapping[st
     if form == "to_torch":
         from diyopt.engines import to_torch
 
-        ours: _TorchSide | _FunctionalSide = _TorchSide(copy.deepcopy(model),
-                                                        lambda ps: to_torch(optimizer, ps), groups, named=True)
+        ours: _TorchSide | _FunctionalSide = _TorchSide(
+            copy.deepcopy(model), lambda ps: to_torch(optimizer, ps), groups, named=True
+        )
     else:
         ours = _FunctionalSide(copy.deepcopy(model), optimizer)
 
@@ -210,8 +230,12 @@ class _TorchSide:
         if self.groups is None:
             return self.build(named if self.named else [p for _, p in named])
         pick = [lambda p: True] if len(self.groups) == 1 else [lambda p: p.ndim >= 2, lambda p: p.ndim < 2]
-        return self.build([{"params": [(n, p) if self.named else p for n, p in named if keep(p)], **settings}
-                           for keep, settings in zip(pick, self.groups)])
+        return self.build(
+            [
+                {"params": [(n, p) if self.named else p for n, p in named if keep(p)], **settings}
+                for keep, settings in zip(pick, self.groups)
+            ]
+        )
 
     def step(self, loss_of, step: int) -> dict[str, Tensor]:
         self.opt.zero_grad()

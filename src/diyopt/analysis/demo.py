@@ -13,6 +13,7 @@ a failed or interrupted run leaves no half-written output, and files in ``out`` 
 are never touched. Both fits go through ``fit``'s divergence guard: a fit that diverges stops at its last
 finite params, and the summary says so (``"stop_reason": "diverged"``; the CLI exits 3).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,10 @@ from diyopt.problems.losses import l2_norm
 def initial_params(seed: int) -> dict[str, torch.Tensor]:
     """The seed's ``a = torch.randn(1)``, ``b = torch.randn(1)``, drawn from ``seed`` in float64."""
     gen = torch.Generator().manual_seed(seed)
-    return {"a": torch.randn(1, generator=gen, dtype=torch.float64),
-            "b": torch.randn(1, generator=gen, dtype=torch.float64)}
+    return {
+        "a": torch.randn(1, generator=gen, dtype=torch.float64),
+        "b": torch.randn(1, generator=gen, dtype=torch.float64),
+    }
 
 
 def seed_loss(x: torch.Tensor, y: torch.Tensor):
@@ -50,8 +53,14 @@ def fit_with_torch_adam(seed: int, n: int, steps: int, lr: float) -> Result:
     return fit(seed_loss(x, y), initial_params(seed), torch.optim.Adam, steps, lr=lr)
 
 
-def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr: float = 1e-3,
-             n: int = 100, parallel: bool | None = None) -> dict:
+def run_demo(
+    out: str | Path = "runs/demo",
+    seed: int = 0,
+    steps: int = 4000,
+    lr: float = 1e-3,
+    n: int = 100,
+    parallel: bool | None = None,
+) -> dict:
     """Run the seed's experiment, write six figures and ``summary.json`` to ``out``; return the summary.
 
     The two fits are independent, so with ``parallel`` (default: on Linux with two or more cores) the
@@ -75,8 +84,9 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr
 
         fits = {"gradient_descent": fit(seed_loss(x, y), params0, gradient_descent(lr=lr), steps)}
         _save(plots.plot_data(x, y), tmp / "sample.png")
-        _save_fit_figures(tmp, x, y, fits["gradient_descent"], "original", LABELS["gradient_descent"],
-                          (exact_a, exact_b))
+        _save_fit_figures(
+            tmp, x, y, fits["gradient_descent"], "original", LABELS["gradient_descent"], (exact_a, exact_b)
+        )
         fits = {"adam": adam.result() if adam else fit_with_torch_adam(seed, n, steps, lr), **fits}
         _save_fit_figures(tmp, x, y, fits["adam"], "Adam", LABELS["adam"], (exact_a, exact_b))
         curves = [(LABELS["adam"], fits["adam"].losses), (LABELS["gradient_descent"], fits["gradient_descent"].losses)]
@@ -84,7 +94,12 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr
         summary = {
             "data": {"n": n, "a": -1.0, "b": 1.0, "sigma": 0.1, "seed": seed},
             "exact": {"a": exact_a, "b": exact_b},
-            "settings": {"steps": steps, "lr": lr, "loss": "l2_norm", "init": {k: float(v) for k, v in params0.items()}},
+            "settings": {
+                "steps": steps,
+                "lr": lr,
+                "loss": "l2_norm",
+                "init": {k: float(v) for k, v in params0.items()},
+            },
             "fits": {name: _fit_summary(r, exact_a, exact_b) for name, r in fits.items()},
         }
         (tmp / "summary.json").write_text(dumps(summary))
@@ -92,8 +107,15 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, steps: int = 4000, lr
 
 
 #: What the demo writes into its folder (the seed's six figures and the summary).
-OUTPUT_FILES = ("sample.png", "Adam_loss.png", "Adam.png", "original_loss.png", "original.png",
-                "compare_loss.png", "summary.json")
+OUTPUT_FILES = (
+    "sample.png",
+    "Adam_loss.png",
+    "Adam.png",
+    "original_loss.png",
+    "original.png",
+    "compare_loss.png",
+    "summary.json",
+)
 
 
 class _Future:
@@ -104,8 +126,9 @@ class _Future:
         try:
             ok, value = pickle.loads(self.conn.recv_bytes())
         except EOFError:
-            raise RuntimeError(f"the demo's worker process ended without a result (exit code "
-                               f"{self.process.exitcode})") from None
+            raise RuntimeError(
+                f"the demo's worker process ended without a result (exit code {self.process.exitcode})"
+            ) from None
         if not ok:
             raise value
         return value
@@ -168,9 +191,16 @@ def _child(conn, parent: int, fn, args) -> None:
 
 def _fit_summary(result: Result, exact_a: float, exact_b: float) -> dict:
     a, b = float(result.params["a"]), float(result.params["b"])
-    summary = {"a": a, "b": b, "final_loss": float(result.losses[-1]) if len(result.losses) else float("nan"),
-               "seconds": result.seconds, "steps": result.steps, "abs_error_a": abs(a - exact_a),
-               "abs_error_b": abs(b - exact_b), "stop_reason": result.stop_reason}
+    summary = {
+        "a": a,
+        "b": b,
+        "final_loss": float(result.losses[-1]) if len(result.losses) else float("nan"),
+        "seconds": result.seconds,
+        "steps": result.steps,
+        "abs_error_a": abs(a - exact_a),
+        "abs_error_b": abs(b - exact_b),
+        "stop_reason": result.stop_reason,
+    }
     if "diverged" in result.info:
         from diyopt.errors import describe_nonfinite
 
@@ -195,16 +225,22 @@ def _save_fit_figures(folder: Path, x, y, result: Result, stem: str, label: str,
     from diyopt.analysis import figures as plots
 
     _save(plots.plot_loss(result.losses, label=label, ylabel=LOSS_LABEL), folder / f"{stem}_loss.png")
-    _save(plots.plot_line_fit(x, y, float(result.params["a"]), float(result.params["b"]), label, exact=exact),
-          folder / f"{stem}.png")
+    _save(
+        plots.plot_line_fit(x, y, float(result.params["a"]), float(result.params["b"]), label, exact=exact),
+        folder / f"{stem}.png",
+    )
 
 
 def format_table(summary: dict) -> str:
     """A small fixed-width table of both fits against the exact line."""
     ex = summary["exact"]
-    rows = [f"{'fit':<18}{'a':>11}{'b':>11}{'final loss':>13}{'|a-a*|':>10}{'|b-b*|':>10}{'seconds':>9}",
-            f"{'exact (lstsq)':<18}{ex['a']:>11.6f}{ex['b']:>11.6f}"]
+    rows = [
+        f"{'fit':<18}{'a':>11}{'b':>11}{'final loss':>13}{'|a-a*|':>10}{'|b-b*|':>10}{'seconds':>9}",
+        f"{'exact (lstsq)':<18}{ex['a']:>11.6f}{ex['b']:>11.6f}",
+    ]
     for name, f in summary["fits"].items():
-        rows.append(f"{name:<18}{f['a']:>11.6f}{f['b']:>11.6f}{f['final_loss']:>13.6f}"
-                    f"{f['abs_error_a']:>10.1e}{f['abs_error_b']:>10.1e}{f['seconds']:>9.3f}")
+        rows.append(
+            f"{name:<18}{f['a']:>11.6f}{f['b']:>11.6f}{f['final_loss']:>13.6f}"
+            f"{f['abs_error_a']:>10.1e}{f['abs_error_b']:>10.1e}{f['seconds']:>9.3f}"
+        )
     return "\n".join(rows)

@@ -3,6 +3,7 @@
 Headless machines get the Agg backend (no display needed). Every function returns the Axes it drew
 on, and the ``save_*`` helpers write a PNG and close the figure.
 """
+
 from __future__ import annotations
 
 import os
@@ -87,16 +88,23 @@ def plot_loss(losses: Tensor, ax=None, label: str | None = None, logy: bool = Tr
     return ax
 
 
-def plot_line_fit(x: Tensor, y: Tensor, a: float, b: float, label: str, ax=None,
-                  exact: tuple[float, float] | None = None):
+def plot_line_fit(
+    x: Tensor, y: Tensor, a: float, b: float, label: str, ax=None, exact: tuple[float, float] | None = None
+):
     """The data and the fitted line ``y = a x + b`` with legend ``label`` (``Adam.png``, ``original.png``);
     ``exact=(a*, b*)`` adds the exact least-squares line, dashed, to compare against."""
     ax = plot_data(x, y, ax, label="data")
     xs = torch.linspace(float(x.min()), float(x.max()), 100, dtype=torch.float64)
     ax.plot(xs.numpy(), (a * xs + b).numpy(), color="tab:red", label=f"{label}: y = {a:.4g} x + {b:.4g}")
     if exact is not None:
-        ax.plot(xs.numpy(), (exact[0] * xs + exact[1]).numpy(), color="black", linestyle="--", linewidth=1,
-                label="least squares (exact)")
+        ax.plot(
+            xs.numpy(),
+            (exact[0] * xs + exact[1]).numpy(),
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="least squares (exact)",
+        )
     ax.legend()
     return ax
 
@@ -141,10 +149,12 @@ def plot_sweep(result, path: str | Path | None = None):
     """
     import math
 
-
     rows = result.rows
-    swept = result.hyperparameters() if hasattr(result, "hyperparameters") else \
-        [k for k in rows[0] if k not in ("run", "seed", "final_loss", "steps_to_tol", "diverged")]
+    swept = (
+        result.hyperparameters()
+        if hasattr(result, "hyperparameters")
+        else [k for k in rows[0] if k not in ("run", "seed", "final_loss", "steps_to_tol", "diverged")]
+    )
     keys = swept or (["seed"] if rows[0].get("seed") is not None else ["run"])
     ok = [r for r in rows if not r["diverged"] and math.isfinite(r["final_loss"])]
     best = min((r["final_loss"] for r in ok), default=math.nan)
@@ -166,20 +176,48 @@ def plot_sweep(result, path: str | Path | None = None):
         xpos = values.index if categorical else (lambda v: v)
         zero = [r for r in ok if r["final_loss"] - best <= 0]
         rest = [r for r in ok if r["final_loss"] - best > 0]
-        ax.scatter([xpos(r[key]) for r in rest], [gap_of(r) for r in rest], s=16, alpha=0.6,
-                   color="tab:blue", label="a run (one seed)")
+        ax.scatter(
+            [xpos(r[key]) for r in rest],
+            [gap_of(r) for r in rest],
+            s=16,
+            alpha=0.6,
+            color="tab:blue",
+            label="a run (one seed)",
+        )
         if zero:
-            ax.scatter([xpos(r[key]) for r in zero], [floor] * len(zero), marker="*", s=90, color="tab:green",
-                       edgecolor="black", linewidth=0.5, zorder=4, label="best run (gap 0, drawn at the floor)")
+            ax.scatter(
+                [xpos(r[key]) for r in zero],
+                [floor] * len(zero),
+                marker="*",
+                s=90,
+                color="tab:green",
+                edgecolor="black",
+                linewidth=0.5,
+                zorder=4,
+                label="best run (gap 0, drawn at the floor)",
+            )
         if swept:
             line = _best_setting_per_value(result, key, values, best, floor)
             xs = [xpos(v) for v, g in line if math.isfinite(g)]
-            ax.plot(xs, [g for _, g in line if math.isfinite(g)], color="tab:blue", lw=1.2,
-                    label="best setting at this value (median over seeds)")
+            ax.plot(
+                xs,
+                [g for _, g in line if math.isfinite(g)],
+                color="tab:blue",
+                lw=1.2,
+                label="best setting at this value (median over seeds)",
+            )
         bad = [r for r in rows if r["diverged"] or not math.isfinite(r["final_loss"])]
         if bad:
-            ax.scatter([xpos(r[key]) for r in bad], [top] * len(bad), marker="x", s=40, color="tab:red",
-                       linewidth=1.5, zorder=5, label=f"diverged ({len(bad)} runs)")
+            ax.scatter(
+                [xpos(r[key]) for r in bad],
+                [top] * len(bad),
+                marker="x",
+                s=40,
+                color="tab:red",
+                linewidth=1.5,
+                zorder=5,
+                label=f"diverged ({len(bad)} runs)",
+            )
         ax.set_yscale("log")
         ax.set_ylim(floor / 2, top * 3)
         readable_log_ticks(ax)
@@ -280,8 +318,15 @@ def _sweep_heatmap(ax, result, swept: list[str], best: float, floor: float, fig)
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="tab:red"))
                 ax.text(j, i, "diverged", ha="center", va="center", color="tab:red", fontsize=8)
             elif len(xs) * len(ys) <= 64:
-                ax.text(j, i, f"{max(g, 0):.2g}", ha="center", va="center", fontsize=7,
-                        color="white" if norm is not None and norm(max(g, floor)) > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{max(g, 0):.2g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm is not None and norm(max(g, floor)) > 0.5 else "black",
+                )
     ax.set_xticks(range(len(xs)))
     ax.set_xticklabels([_value_label(v) for v in xs])
     ax.set_yticks(range(len(ys)))
@@ -304,9 +349,8 @@ def comparison_loss_vs_step(cmp, ax=None):
     for i, (label, runs) in enumerate(cmp.runs.items()):
         curves = cmp.gaps(runs)
         x = np.arange(curves.shape[1])
-        line, = ax.plot(x, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
-        ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2,
-                        linewidth=0)
+        (line,) = ax.plot(x, np.median(curves, axis=0), label=label, linestyle=linestyle(i))
+        ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2, linewidth=0)
     _log_if_positive(cmp, ax)
     ax.set_xlabel("step")
     ax.set_ylabel(_ylabel(cmp))
@@ -337,8 +381,10 @@ def comparison_paths(cmp, ax=None, levels: int = 30):
     from diyopt.analysis.figures import axes
 
     if not cmp.is_2d:
-        raise ValueError(f"plot_paths needs a problem with 2 parameters, {cmp.problem.name!r} has "
-                         f"{sum(p.numel() for p in cmp.problem.params0.values())}")
+        raise ValueError(
+            f"plot_paths needs a problem with 2 parameters, {cmp.problem.name!r} has "
+            f"{sum(p.numel() for p in cmp.problem.params0.values())}"
+        )
     ax = axes(ax)
     # The view: every start, the known minima and the paths of the runs that did not diverge. A
     # diverged run is drawn as far as it stays in view and marked with an x where it leaves it.
@@ -370,23 +416,45 @@ def comparison_paths(cmp, ax=None, levels: int = 30):
             if run.stop_reason == "diverged":  # as far as it is finite and in view
                 inside = np.isfinite(path).all(axis=1) & (path >= box_lo).all(axis=1) & (path <= box_hi).all(axis=1)
                 stop = len(path) if inside.all() else int(np.argmin(inside))
-                path = path[:max(stop, 1)]
-            line, = ax.plot(path[:, 0], path[:, 1], color=color, lw=1.4 if k == 0 else 0.7,
-                            linestyle=linestyle(i), alpha=1.0 if k == 0 else 0.5,
-                            label=(f"{label} (diverged)" if diverged else label) if k == 0 else None)
+                path = path[: max(stop, 1)]
+            (line,) = ax.plot(
+                path[:, 0],
+                path[:, 1],
+                color=color,
+                lw=1.4 if k == 0 else 0.7,
+                linestyle=linestyle(i),
+                alpha=1.0 if k == 0 else 0.5,
+                label=(f"{label} (diverged)" if diverged else label) if k == 0 else None,
+            )
             color = line.get_color()
             if run.stop_reason == "diverged":
                 ax.plot(*path[-1], "x", color=color, ms=7, mew=2)
     starts = [r.path[0] for r in next(iter(cmp.runs.values()))]  # every optimizer has the same starts
     for k, p in enumerate(starts):
-        ax.plot(*p, "o", mfc="white", mec="black", mew=1.0, ms=7 if k == 0 else 5, zorder=5,
-                label=(f"starts (seeds 0–{len(starts) - 1}; seed 0 large)" if len(starts) > 1 else "start")
-                if k == 0 else None)
+        ax.plot(
+            *p,
+            "o",
+            mfc="white",
+            mec="black",
+            mew=1.0,
+            ms=7 if k == 0 else 5,
+            zorder=5,
+            label=(f"starts (seeds 0–{len(starts) - 1}; seed 0 large)" if len(starts) > 1 else "start")
+            if k == 0
+            else None,
+        )
     minima = cmp.minima()
     for k, m in enumerate(minima):
-        ax.plot(*flat2(m), "*", mfc="gold", mec="black", mew=0.8, ms=15, zorder=6,
-                label=("known minimum" if len(minima) == 1 else f"known minima ({len(minima)})")
-                if k == 0 else None)
+        ax.plot(
+            *flat2(m),
+            "*",
+            mfc="gold",
+            mec="black",
+            mew=0.8,
+            ms=15,
+            zorder=6,
+            label=("known minimum" if len(minima) == 1 else f"known minima ({len(minima)})") if k == 0 else None,
+        )
     ax.set_xlim(box_lo[0], box_hi[0])
     ax.set_ylim(box_lo[1], box_hi[1])
     names = _names2(cmp)
@@ -412,8 +480,6 @@ def _ylabel(cmp) -> str:
     return "loss − known optimum" if cmp.problem.optimum is not None else "loss"
 
 
-
-
 def _names2(cmp) -> list[str]:
     p0 = cmp.problem.params0
     if len(p0) == 2:
@@ -429,8 +495,10 @@ def _grid_loss(cmp, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
     def at(flat: Tensor) -> Tensor:
         if len(keys) == 2:
-            params = {keys[0]: flat[0].reshape(template[keys[0]].shape),
-                      keys[1]: flat[1].reshape(template[keys[1]].shape)}
+            params = {
+                keys[0]: flat[0].reshape(template[keys[0]].shape),
+                keys[1]: flat[1].reshape(template[keys[1]].shape),
+            }
         else:
             params = {keys[0]: flat.reshape(template[keys[0]].shape)}
         return cmp.problem.loss(params)

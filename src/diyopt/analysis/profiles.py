@@ -7,6 +7,7 @@ For costs ``t[p, s] >= 0`` of solver ``s`` on problem ``p`` (``inf`` = not solve
 Reference: E. D. Dolan and J. J. Moré, "Benchmarking optimization software with performance profiles",
 Math. Program. 91 (2002) 201-213.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -14,8 +15,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def performance_profile(costs: Mapping[str, Sequence[float]] | np.ndarray, taus: Sequence[float] | None = None,
-                        labels: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def performance_profile(
+    costs: Mapping[str, Sequence[float]] | np.ndarray,
+    taus: Sequence[float] | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Dolan--Moré performance profile.
 
     Args:
@@ -80,5 +84,3 @@ def plot_performance_profile(costs: Mapping[str, Sequence[float]], ax=None, cost
     ax.set_title(f"Performance profile, cost = {cost} to tolerance, {n} instances")
     ax.legend(loc="lower right")
     return ax
-
-

@@ -10,6 +10,7 @@ if one failed) and prefixes the title with ``[figures ok]`` -- what the browser 
 
 Rendering uses jinja2 (a dependency of torch itself, and of the ``[report]`` extra) with autoescaping on.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,28 +21,44 @@ from pathlib import Path
 from typing import Any
 
 # Figures in the order a reader wants them; any other PNG follows, alphabetically.
-_FIGURE_ORDER = ["matrix.png", "profile_attempts.png", "profile_steps_to_target.png", "profile_seconds_to_target.png",
-                 "performance_profile_steps.png", "performance_profile_seconds.png", "loss_vs_step.png",
-                 "loss_vs_time.png", "paths.png"]
+_FIGURE_ORDER = [
+    "matrix.png",
+    "profile_attempts.png",
+    "profile_steps_to_target.png",
+    "profile_seconds_to_target.png",
+    "performance_profile_steps.png",
+    "performance_profile_seconds.png",
+    "loss_vs_step.png",
+    "loss_vs_time.png",
+    "paths.png",
+]
 _CAPTIONS = {
     # a `diyopt bench` folder (results.csv, manifest.json)
     "matrix.png": "Tasks × optimizers: the fraction of studies that solved the task; text: median attempts.",
     "profile_attempts.png": "Performance profile, cost = attempts (trials to the first success); "
-                            "ρ(τ): the fraction of tasks within τ times the best optimizer's cost.",
+    "ρ(τ): the fraction of tasks within τ times the best optimizer's cost.",
     "profile_steps_to_target.png": "Performance profile, cost = steps to the target.",
     "profile_seconds_to_target.png": "Performance profile, cost = seconds to the target (AlgoPerf's time-to-result).",
     "performance_profile_steps.png": "Dolan–Moré performance profile, cost = steps to reach the tolerance: "
-                                     "ρ(τ) is the fraction of instances solved within τ times the best cost.",
+    "ρ(τ) is the fraction of instances solved within τ times the best cost.",
     "performance_profile_seconds.png": "The same profile with cost = wall-clock seconds to the tolerance.",
     "loss_vs_step.png": "Loss against step: the median over seeds, the band spans min to max.",
     "loss_vs_time.png": "Loss against wall-clock time (median over seeds).",
     "paths.png": "Optimizer paths over loss contours; seed 0 bold, known minimizers as stars.",
 }
-_COLUMNS = [("rank", "rank"), ("optimizer", "optimizer"), ("final_loss", "final loss (median)"),
-            ("final_loss_min", "min"), ("final_loss_max", "max"),
-            ("final_gap", "loss − f* (median)"), ("distance", "distance to optimum"),
-            ("reached", "reached tol"), ("steps_to_tol", "steps to tol"), ("seconds_to_tol", "seconds to tol"),
-            ("seconds", "seconds")]
+_COLUMNS = [
+    ("rank", "rank"),
+    ("optimizer", "optimizer"),
+    ("final_loss", "final loss (median)"),
+    ("final_loss_min", "min"),
+    ("final_loss_max", "max"),
+    ("final_gap", "loss − f* (median)"),
+    ("distance", "distance to optimum"),
+    ("reached", "reached tol"),
+    ("steps_to_tol", "steps to tol"),
+    ("seconds_to_tol", "seconds to tol"),
+    ("seconds", "seconds"),
+]
 
 
 def write_report(directory: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
@@ -52,27 +69,36 @@ def write_report(directory: str | Path, out: str | Path | None = None, title: st
     settings = _read_json(directory / "settings.json")
     # Sub-folders in the order the problems were given (save_all records it), others after, by name.
     order = {name: i for i, name in enumerate(settings.get("folders") or [])}
-    subdirs = sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: (order.get(p.name, len(order)), p.name))
+    subdirs = sorted(
+        (p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: (order.get(p.name, len(order)), p.name),
+    )
     sections = [s for s in [_section(directory, top=True)] if s is not None]
     sections += [s for d in subdirs if (s := _section(d, top=False)) is not None]
     if not sections:
-        raise ValueError(f"{directory} holds no diyopt comparison (no settings.json, table.csv or figures); "
-                         "run `diyopt compare ... --out DIR` first")
+        raise ValueError(
+            f"{directory} holds no diyopt comparison (no settings.json, table.csv or figures); "
+            "run `diyopt compare ... --out DIR` first"
+        )
     if title is None and sections[0].get("bench"):
         c = sections[0]["settings"]
         title = f"diyopt bench: {c.get('suite')} suite, {len(c.get('optimizers', []))} optimizers"
     elif title is None:
         problems = settings.get("problems") or [settings.get("problem", directory.name)]
         title = f"diyopt comparison: {', '.join(map(str, problems))}"
-    page = _render(title=title, sections=sections, versions=settings.get("versions") or
-                   next((s["settings"].get("versions") for s in sections if s["settings"].get("versions")), {}))
+    page = _render(
+        title=title,
+        sections=sections,
+        versions=settings.get("versions")
+        or next((s["settings"].get("versions") for s in sections if s["settings"].get("versions")), {}),
+    )
     out = Path(out) if out is not None else directory / "report.html"
     if out.is_dir():  # --out an existing folder: the page goes inside it
         out = out / "report.html"
     if out.exists() and not _written_by_diyopt(out):
-        raise FileExistsError(f"{out} exists and is not a report diyopt wrote; choose another --out, or move "
-                              "the file away first")
+        raise FileExistsError(
+            f"{out} exists and is not a report diyopt wrote; choose another --out, or move the file away first"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     from diyopt._util.files import atomic_write
 
@@ -91,8 +117,10 @@ def _written_by_diyopt(path: Path) -> bool:
 
 def _section(folder: Path, top: bool) -> dict | None:
     settings = _read_json(folder / "settings.json")
-    figures = sorted(folder.glob("*.png"), key=lambda p: (
-        _FIGURE_ORDER.index(p.name) if p.name in _FIGURE_ORDER else len(_FIGURE_ORDER), p.name))
+    figures = sorted(
+        folder.glob("*.png"),
+        key=lambda p: (_FIGURE_ORDER.index(p.name) if p.name in _FIGURE_ORDER else len(_FIGURE_ORDER), p.name),
+    )
     table = _read_table(folder / "table.csv")
     bench = not settings and table is None and (folder / "results.csv").is_file()
     if bench:  # a `diyopt bench` folder: its results and the manifest's settings and versions
@@ -108,12 +136,21 @@ def _section(folder: Path, top: bool) -> dict | None:
     return {
         "id": "s-results" if bench else "s-" + "".join(c if c.isalnum() else "-" for c in str(folder.name)),
         "title": str(name),
-        "summary": (f"{len(settings.get('optimizers', []))} optimizers × {len(settings.get('tasks', []))} tasks, "
-                    f"{settings.get('trials')} trials × {len(settings.get('seeds', []))} studies each; a task is "
-                    "solved when more than half of the studies solve it. Intervals: bootstrap 95% over studies."
-                    if bench else _summary(settings)),
-        "figures": [{"name": p.name, "caption": _CAPTIONS.get(p.name, p.stem.replace("_", " ")),
-                     "data": base64.b64encode(p.read_bytes()).decode("ascii")} for p in figures],
+        "summary": (
+            f"{len(settings.get('optimizers', []))} optimizers × {len(settings.get('tasks', []))} tasks, "
+            f"{settings.get('trials')} trials × {len(settings.get('seeds', []))} studies each; a task is "
+            "solved when more than half of the studies solve it. Intervals: bootstrap 95% over studies."
+            if bench
+            else _summary(settings)
+        ),
+        "figures": [
+            {
+                "name": p.name,
+                "caption": _CAPTIONS.get(p.name, p.stem.replace("_", " ")),
+                "data": base64.b64encode(p.read_bytes()).decode("ascii"),
+            }
+            for p in figures
+        ],
         "table": table,
         "settings": settings,
         "settings_json": json.dumps(shown, indent=2, default=str) if shown else "",
@@ -126,9 +163,11 @@ def _summary(settings: dict) -> str:
         return ""
     f_star = settings.get("f_star")
     f_star = float(f_star) if isinstance(f_star, (int, float)) else math.nan  # null: not finite (strict JSON)
-    return (f"{len(settings.get('optimizers', {}))} optimizers × {settings['seeds']} seeds × "
-            f"{settings.get('steps')} steps; tolerance: gap to f* = {f_star:.6g} "
-            f"({settings.get('f_star_source', '')}) cut by {settings.get('tol')}.")
+    return (
+        f"{len(settings.get('optimizers', {}))} optimizers × {settings['seeds']} seeds × "
+        f"{settings.get('steps')} steps; tolerance: gap to f* = {f_star:.6g} "
+        f"({settings.get('f_star_source', '')}) cut by {settings.get('tol')}."
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -142,10 +181,17 @@ def _read_json(path: Path) -> dict:
     except OSError as e:
         raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold diyopt settings: expected a JSON object, got a "
-                         f"{type(data).__name__ if not isinstance(data, list) else 'JSON array'}")
-    for key, kind in (("problems", list), ("folders", list), ("versions", dict), ("optimizers", (dict, list)),
-                      ("problem", str)):
+        raise ValueError(
+            f"{path} does not hold diyopt settings: expected a JSON object, got a "
+            f"{type(data).__name__ if not isinstance(data, list) else 'JSON array'}"
+        )
+    for key, kind in (
+        ("problems", list),
+        ("folders", list),
+        ("versions", dict),
+        ("optimizers", (dict, list)),
+        ("problem", str),
+    ):
         if key in data and not isinstance(data[key], kind):
             raise ValueError(f"{path} does not hold diyopt settings: {key!r} is a {type(data[key]).__name__}")
     return data
@@ -164,9 +210,11 @@ def _read_table(path: Path, keep_order: bool = False) -> dict | None:
     if "rank" in rows[0]:
         rows.sort(key=lambda r: _number(r["rank"]))
     # every row of rank 1 is a winner and is bolded (ties share rank 1), not just the first row
-    return {"head": [h for _, h in columns],
-            "rows": [[_cell(k, r[k]) for k, _ in columns] for r in rows],
-            "winners": [_number(r.get("rank", "")) == 1 for r in rows]}
+    return {
+        "head": [h for _, h in columns],
+        "rows": [[_cell(k, r[k]) for k, _ in columns] for r in rows],
+        "winners": [_number(r.get("rank", "")) == 1 for r in rows],
+    }
 
 
 def _number(text: str) -> float:
@@ -195,8 +243,7 @@ def _render(**context: Any) -> str:
         import jinja2
     except ImportError:
         raise ImportError("diyopt report needs jinja2: pip install 'diyopt[report]'") from None
-    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     return env.from_string(_TEMPLATE).render(**context)
 
 

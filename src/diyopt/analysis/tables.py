@@ -1,4 +1,5 @@
 """Tables: a comparison's rows as CSV (full precision) and as GitHub Markdown (4 significant digits)."""
+
 from __future__ import annotations
 
 import math
@@ -23,11 +24,34 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     """A comparison's table as GitHub Markdown, sorted by rank, numbers to 4 significant digits; a
     tolerance no seed (or fewer than half of them) reached is "not reached"."""
     rows = sorted(rows, key=lambda r: r["rank"])
-    head = ["rank", "optimizer", "final loss (median)", "min", "max", "loss − f* (median)",
-            "distance to optimum",
-            "reached tol", "steps to tol", "seconds to tol", "seconds", "diverged"]
-    keys = ["rank", "optimizer", "final_loss", "final_loss_min", "final_loss_max", "final_gap", "distance",
-            "reached", "steps_to_tol", "seconds_to_tol", "seconds", "diverged"]
+    head = [
+        "rank",
+        "optimizer",
+        "final loss (median)",
+        "min",
+        "max",
+        "loss − f* (median)",
+        "distance to optimum",
+        "reached tol",
+        "steps to tol",
+        "seconds to tol",
+        "seconds",
+        "diverged",
+    ]
+    keys = [
+        "rank",
+        "optimizer",
+        "final_loss",
+        "final_loss_min",
+        "final_loss_max",
+        "final_gap",
+        "distance",
+        "reached",
+        "steps_to_tol",
+        "seconds_to_tol",
+        "seconds",
+        "diverged",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         lines.append("| " + " | ".join(_md_value(row[k], k) for k in keys) + " |")

@@ -4,6 +4,7 @@ Each subcommand is a module here (``fit``, ``demo``, ``compare``, ``report``, ``
 ``sweep``, ``bench``) whose ``add(subparsers)`` registers its arguments and a handler ``run(args) -> exit code``. Bad input of any kind ends in one line on stderr and exit code 2,
 no traceback (``--debug`` shows it); a fit that diverged exits 3.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,11 @@ COMMANDS = (fit, demo, compare, report, listing, check, sweep, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="diyopt", description="Write the loss and the update rule yourself; autograd "
-                     "supplies the gradients, diyopt runs, checks, compares and draws them.")
+    parser = _Parser(
+        prog="diyopt",
+        description="Write the loss and the update rule yourself; autograd "
+        "supplies the gradients, diyopt runs, checks, compares and draws them.",
+    )
     from diyopt import __version__
 
     parser.add_argument("--version", action="version", version=f"diyopt {__version__}")
@@ -108,4 +112,3 @@ def _fail(message: str, debug: bool) -> int:
         traceback.print_exc()
     print(message, file=sys.stderr)
     return EXIT_BAD_INPUT
-

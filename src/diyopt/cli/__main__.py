@@ -1,4 +1,5 @@
 """``python -m diyopt.cli ...``: the command line."""
+
 import sys
 
 from diyopt.cli import main

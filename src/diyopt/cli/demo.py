@@ -1,4 +1,5 @@
 """``diyopt demo``: the seed's experiment in one command."""
+
 from __future__ import annotations
 
 import sys
@@ -8,11 +9,14 @@ from diyopt.errors import EXIT_DIVERGED
 
 
 def add(sub) -> None:
-    p = sub.add_parser("demo", help="the seed's experiment: fit a noisy line with Adam and with plain "
-                       "gradient descent, write figures and summary.json",
-                       description="Reproduce the seed: make noisy line data, fit a, b with torch.optim.Adam "
-                       "and with diyopt's own gradient_descent (loss: (y - y_hat).norm()), write the six "
-                       "figures and summary.json to --out, and print a table.")
+    p = sub.add_parser(
+        "demo",
+        help="the seed's experiment: fit a noisy line with Adam and with plain "
+        "gradient descent, write figures and summary.json",
+        description="Reproduce the seed: make noisy line data, fit a, b with torch.optim.Adam "
+        "and with diyopt's own gradient_descent (loss: (y - y_hat).norm()), write the six "
+        "figures and summary.json to --out, and print a table.",
+    )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed for the data and the initial a, b (default: 0)")
     p.add_argument("--steps", type=positive_int, default=4000, help="updates per fit (default: 4000)")

@@ -11,6 +11,7 @@ diyopt did not write are never touched. Bad input: one line, exit
 2; a fit that diverged: its last finite params are written, exit 3. Under ``torchrun`` the line data is
 sharded across ranks and rank 0 writes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,8 +43,14 @@ def run_fit(args: Any) -> int:
     seed_everything(args.seed)
     optimizer = optimizer_from_spec(args.optimizer)  # parse every input before any work or output
     problem, reduction = build_problem(args)
-    settings = {"problem": args.problem, "optimizer_spec": args.optimizer, "loss": args.loss,
-                "seed": args.seed, "data": args.data, "engine": args.engine}
+    settings = {
+        "problem": args.problem,
+        "optimizer_spec": args.optimizer,
+        "loss": args.loss,
+        "seed": args.seed,
+        "data": args.data,
+        "engine": args.engine,
+    }
     checkpoint = args.checkpoint
     if args.checkpoint_every is not None and checkpoint is None:
         raise ValueError("--checkpoint-every needs --checkpoint FILE")
@@ -53,19 +60,31 @@ def run_fit(args: Any) -> int:
     if writer and checkpoint is not None and _inside(checkpoint, args.out):
         Path(args.out).mkdir(parents=True, exist_ok=True)  # --checkpoint OUT/c.pt: OUT holds it from the start
     try:
-        with (output_folder(args.out, names=("result.json", "losses.csv"), kind="fit") if writer else _nowhere()) as tmp:
-            result = fit(problem.loss, problem.params0, optimizer, args.steps, engine=args.engine,
-                         on_nonfinite=args.on_nonfinite, checkpoint=checkpoint,
-                         checkpoint_every=args.checkpoint_every, resume=args.resume, settings=settings,
-                         distributed=reduction, progress=None)  # a bar on a terminal only
+        with output_folder(args.out, names=("result.json", "losses.csv"), kind="fit") if writer else _nowhere() as tmp:
+            result = fit(
+                problem.loss,
+                problem.params0,
+                optimizer,
+                args.steps,
+                engine=args.engine,
+                on_nonfinite=args.on_nonfinite,
+                checkpoint=checkpoint,
+                checkpoint_every=args.checkpoint_every,
+                resume=args.resume,
+                settings=settings,
+                distributed=reduction,
+                progress=None,
+            )  # a bar on a terminal only
             if writer:
                 write_outputs(tmp, result, settings | {"steps": args.steps})
     except DivergedError as e:  # on_nonfinite="raise": no outputs, the checkpoint has the last finite params
         print(f"diyopt: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     if result.stop_reason == "diverged":
-        print(f"diyopt: {describe_nonfinite(result.info['diverged'])}; the last finite params are in "
-              f"{args.out}", file=sys.stderr)
+        print(
+            f"diyopt: {describe_nonfinite(result.info['diverged'])}; the last finite params are in {args.out}",
+            file=sys.stderr,
+        )
         return EXIT_DIVERGED
     if writer:
         print(f"{result!r}\nresult.json and losses.csv in {args.out}")
@@ -116,8 +135,7 @@ def build_problem(args: Any) -> tuple[Problem, str | None]:
         return _line_problem(args, loss_name or kwargs.pop("loss", "l2_norm"), kwargs)
     if args.data is not None:
         if "path" not in accepted:
-            raise ValueError(f"--data is the data file of --problem csv:model=... or --problem line, "
-                             f"not of {name!r}")
+            raise ValueError(f"--data is the data file of --problem csv:model=... or --problem line, not of {name!r}")
         if "path" in kwargs:
             raise ValueError(f"--data {args.data} and path={kwargs['path']} in --problem: give one")
         kwargs["path"] = args.data
@@ -140,20 +158,26 @@ def _line_problem(args: Any, loss_name: str, kwargs: dict | None = None) -> tupl
     rank's shard of the rows."""
     kwargs = dict(kwargs or {})
     if args.data and kwargs:
-        raise ValueError(f"--data FILE replaces the line's generated data; drop {', '.join(kwargs)} "
-                         f"from --problem {args.problem}")
+        raise ValueError(
+            f"--data FILE replaces the line's generated data; drop {', '.join(kwargs)} from --problem {args.problem}"
+        )
     x, y = data.load_csv(args.data) if args.data else data.make_line(**{"seed": args.seed, **kwargs})
     reduction = None
     if dd.active():
         reduction = None if _is_file_spec(loss_name) else dd.REDUCTION.get(loss_name)
         if reduction is None:
-            raise ValueError(f"loss {loss_name!r} does not decompose across ranks; use one of "
-                             f"{', '.join(sorted(dd.REDUCTION))}")
+            raise ValueError(
+                f"loss {loss_name!r} does not decompose across ranks; use one of {', '.join(sorted(dd.REDUCTION))}"
+            )
         x, y = dd.shard(x, y, even=reduction == "mean")
     loss_on_pred = load_from_file(loss_name) if _is_file_spec(loss_name) else losses.get(loss_name)
     zero = torch.zeros(1, dtype=torch.float64)
-    return Problem("line", {"a": zero, "b": zero.clone()}, lambda p: loss_on_pred(p["a"] * x + p["b"], y),
-                   info={"x": x, "y": y, "loss": loss_name}), reduction
+    return Problem(
+        "line",
+        {"a": zero, "b": zero.clone()},
+        lambda p: loss_on_pred(p["a"] * x + p["b"], y),
+        info={"x": x, "y": y, "loss": loss_name},
+    ), reduction
 
 
 def _is_file_spec(spec: str | None) -> bool:
@@ -183,8 +207,9 @@ def write_outputs(folder, result, settings: dict) -> None:
         "params_are": result.params_are,
     }
     if result.train_params is not None:
-        summary["train_params"] = {k: v.detach().cpu().double().reshape(-1).tolist()
-                                   for k, v in result.train_params.items()}
+        summary["train_params"] = {
+            k: v.detach().cpu().double().reshape(-1).tolist() for k, v in result.train_params.items()
+        }
     (folder / "result.json").write_text(dumps(summary))  # strict JSON: a nan/inf is null, its reason beside
     with open(folder / "losses.csv", "w", newline="") as f:
         out = csv.writer(f)
@@ -203,32 +228,53 @@ class _nowhere:
 
 
 def add(sub) -> None:
-    p = sub.add_parser("fit", help="one fit of a problem with an optimizer spec; checkpoints, resume, "
-                       "divergence guard; writes result.json and losses.csv",
-                       description="Fit --problem with --optimizer for --steps updates and write "
-                       "OUT/result.json and OUT/losses.csv (complete or not at all). Exit 2 on bad input, "
-                       "3 when the fit diverged (the last finite params are written). Runs under torchrun "
-                       "too: the data is sharded by rank, rank 0 writes.")
-    p.add_argument("--problem", required=True, help="problem spec NAME[:key=value,...] as in compare and sweep: "
-                   "rosenbrock:dim=4, nist:Misra1a, csv:path=data.csv,model=poly:2 (diyopt list problems)")
+    p = sub.add_parser(
+        "fit",
+        help="one fit of a problem with an optimizer spec; checkpoints, resume, "
+        "divergence guard; writes result.json and losses.csv",
+        description="Fit --problem with --optimizer for --steps updates and write "
+        "OUT/result.json and OUT/losses.csv (complete or not at all). Exit 2 on bad input, "
+        "3 when the fit diverged (the last finite params are written). Runs under torchrun "
+        "too: the data is sharded by rank, rank 0 writes.",
+    )
+    p.add_argument(
+        "--problem",
+        required=True,
+        help="problem spec NAME[:key=value,...] as in compare and sweep: "
+        "rosenbrock:dim=4, nist:Misra1a, csv:path=data.csv,model=poly:2 (diyopt list problems)",
+    )
     p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam:lr=1e-2 or my_rule.py:name")
     p.add_argument("--steps", type=positive_int, default=1000, help="number of updates (default: 1000)")
-    p.add_argument("--out", default=None, help="output folder for result.json and losses.csv (default: "
-                   "runs/fit-PROBLEM-OPTIMIZER, e.g. runs/fit-rosenbrock_dim_4-adam)")
-    p.add_argument("--loss", help="loss name for problems that take one (line, csv): l2_norm, mse, sse, ...; "
-                   "with --problem line also FILE.py:NAME")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder for result.json and losses.csv (default: "
+        "runs/fit-PROBLEM-OPTIMIZER, e.g. runs/fit-rosenbrock_dim_4-adam)",
+    )
+    p.add_argument(
+        "--loss",
+        help="loss name for problems that take one (line, csv): l2_norm, mse, sse, ...; "
+        "with --problem line also FILE.py:NAME",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the data and RNGs (default: 0)")
-    p.add_argument("--data", help="a CSV file with columns x, y: the path of --problem csv (any model it takes: "
-                   "csv:model=poly:2), or the data of --problem line")
+    p.add_argument(
+        "--data",
+        help="a CSV file with columns x, y: the path of --problem csv (any model it takes: "
+        "csv:model=poly:2), or the data of --problem line",
+    )
     p.add_argument("--checkpoint", help="checkpoint file, saved atomically every --checkpoint-every updates")
     p.add_argument("--checkpoint-every", type=positive_int, help="updates between checkpoints (default: 100)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--engine", choices=["eager", "compiled"], default="eager", help="default: eager")
-    p.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default="stop",
-                   help="what a nan/inf loss or gradient does: stop (exit 3, the last finite params "
-                   "written), raise (exit 3, nothing written), skip (leave params and state as they were for "
-                   "that step), ignore (no check) (default: stop)")
+    p.add_argument(
+        "--on-nonfinite",
+        choices=NONFINITE_POLICIES,
+        default="stop",
+        help="what a nan/inf loss or gradient does: stop (exit 3, the last finite params "
+        "written), raise (exit 3, nothing written), skip (leave params and state as they were for "
+        "that step), ignore (no check) (default: stop)",
+    )
 
     def run(args) -> int:
 

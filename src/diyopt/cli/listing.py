@@ -1,4 +1,5 @@
 """``diyopt list``: every optimizer, loss, problem, schedule and transform by name."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,8 +30,10 @@ def _problem_lines() -> list[str]:
         return ",".join(items) or "-"
 
     rows = [(n, args(n), problems.describe(n)) for n in problems.names()]
-    rows += [(f"nist:{f.stem}", "-", f"NIST StRD {f.stem}: " + nist.FORMULAS.get(f.stem, "linear regression"))
-             for f in sorted(nist.nist_dir().glob("*.dat"))]
+    rows += [
+        (f"nist:{f.stem}", "-", f"NIST StRD {f.stem}: " + nist.FORMULAS.get(f.stem, "linear regression"))
+        for f in sorted(nist.nist_dir().glob("*.dat"))
+    ]
     w1, w2 = max(len(r[0]) for r in rows), min(max(len(r[1]) for r in rows), 44)
     return [f"{n:<{w1}}  {a:<{w2}}  {d}" for n, a, d in rows]
 
@@ -58,8 +61,7 @@ def _function_lines(module) -> list[str]:
             rows.append((name, " ".join((f.__doc__ or "").split()[:12])))
             continue
         params = [p for p in signature.parameters.values() if p.name not in ("grad", "state", "param")]
-        args = ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
-                         for p in params)
+        args = ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in params)
         # the first sentence of the first paragraph, before cleaning: a sentence ends at ". " before a
         # capital, a role (:math:) or markup, not at "sec. 7"
         doc = " ".join(inspect.cleandoc(f.__doc__ or "").split("\n\n")[0].split())
@@ -95,13 +97,21 @@ LISTABLE: dict[str, Callable[[], list[str]]] = {
 
 
 def add(sub) -> None:
-    p = sub.add_parser("list", help="list the built-in optimizers, losses, problems, schedules, transforms",
-                       description="Print the built-in names of one kind, one per line; without KIND, every "
-                       "kind under a heading. Problems show their arguments (the --problem spec syntax: "
-                       "NAME:key=value,...) and a one-line description; schedules and transforms their "
-                       "arguments and what they do.")
-    p.add_argument("kind", metavar="KIND", nargs="?", choices=sorted(LISTABLE),
-                   help=f"what to list: {', '.join(sorted(LISTABLE))} (default: all)")
+    p = sub.add_parser(
+        "list",
+        help="list the built-in optimizers, losses, problems, schedules, transforms",
+        description="Print the built-in names of one kind, one per line; without KIND, every "
+        "kind under a heading. Problems show their arguments (the --problem spec syntax: "
+        "NAME:key=value,...) and a one-line description; schedules and transforms their "
+        "arguments and what they do.",
+    )
+    p.add_argument(
+        "kind",
+        metavar="KIND",
+        nargs="?",
+        choices=sorted(LISTABLE),
+        help=f"what to list: {', '.join(sorted(LISTABLE))} (default: all)",
+    )
 
     def run(args) -> int:
         if args.kind is not None:

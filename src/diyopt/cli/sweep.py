@@ -1,4 +1,3 @@
-
 from __future__ import annotations
 
 import math
@@ -54,21 +53,36 @@ def run_sweep_cli(args: Any) -> int:
     with output_folder(out, names=("sweep.csv", "sweep.png"), kind="sweep") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fallback note is printed below, as one line
-            result = sweep(problem.loss, problem.params0, optimizer, args.steps, grid=grid, seeds=args.seeds,
-                           init=init, tol=args.tol, f_star=problem.optimum, engine=args.engine, progress=None)
+            result = sweep(
+                problem.loss,
+                problem.params0,
+                optimizer,
+                args.steps,
+                grid=grid,
+                seeds=args.seeds,
+                init=init,
+                tol=args.tol,
+                f_star=problem.optimum,
+                engine=args.engine,
+                progress=None,
+            )
         if "fallback" in result.info:
             print(f"diyopt: note: {result.info['fallback']}", file=sys.stderr)
         result.to_csv(tmp / "sweep.csv")
         plot_sweep(result, tmp / "sweep.png")
     figure = out / "sweep.png"
     diverged = sum(r["diverged"] for r in result.rows)
-    print(f"{len(result)} runs x {args.steps} steps in {result.seconds:.3g} s "
-          f"({result.info['batches']} batch(es), engine {result.info['engine']}); {diverged} diverged")
+    print(
+        f"{len(result)} runs x {args.steps} steps in {result.seconds:.3g} s "
+        f"({result.info['batches']} batch(es), engine {result.info['engine']}); {diverged} diverged"
+    )
     print(format_settings(result))
     best = result.best()
-    print("best setting (lowest median final loss over seeds): "
-          + ", ".join(f"{k}={format_value(best[k])}" for k in result.hyperparameters())
-          + f"; median final loss {best['final_loss']:.6g}")
+    print(
+        "best setting (lowest median final loss over seeds): "
+        + ", ".join(f"{k}={format_value(best[k])}" for k in result.hyperparameters())
+        + f"; median final loss {best['final_loss']:.6g}"
+    )
     print(f"table: {out / 'sweep.csv'}; figure: {figure}")
     return 0
 
@@ -86,32 +100,52 @@ def format_settings(result: SweepResult) -> str:
     for s in result.by_setting():
         steps = s["steps_to_tol"]
         steps = "–" if steps is None else (NOT_REACHED if not math.isfinite(steps) else f"{steps:g}")
-        cells = [format_value(s[k]) for k in keys] + [str(s["seeds"]), num(s["final_loss"]), num(s["final_loss_min"]),
-                                               num(s["final_loss_max"]), str(s["diverged"]),
-                                               s["reached"] or "–", steps]
+        cells = [format_value(s[k]) for k in keys] + [
+            str(s["seeds"]),
+            num(s["final_loss"]),
+            num(s["final_loss_min"]),
+            num(s["final_loss_max"]),
+            str(s["diverged"]),
+            s["reached"] or "–",
+            steps,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def add(sub) -> None:
-    p = sub.add_parser("sweep", help="a grid of hyperparameters x seeds as one vectorized run: sweep.csv and "
-                       "a plot of the loss gap to the best setting against each hyperparameter",
-                       description="Run every combination of --grid values and --seeds starting points as one "
-                       "vectorized computation (torch.func.vmap over runs) and write OUT/sweep.csv (one row per "
-                       "run: hyperparameters, seed, final loss, steps to --tol, diverged, final params) and "
-                       "OUT/sweep.png, and print one row per setting (medians over seeds) and the best "
-                       "setting: the lowest median final loss over seeds. " + SEEDS_MEANING + " " + TOL_MEANING)
-    p.add_argument("--problem", required=True, help="problem spec NAME[:key=value,...] (rosenbrock:dim=4, "
-                   "nist:Misra1a; diyopt list problems)")
+    p = sub.add_parser(
+        "sweep",
+        help="a grid of hyperparameters x seeds as one vectorized run: sweep.csv and "
+        "a plot of the loss gap to the best setting against each hyperparameter",
+        description="Run every combination of --grid values and --seeds starting points as one "
+        "vectorized computation (torch.func.vmap over runs) and write OUT/sweep.csv (one row per "
+        "run: hyperparameters, seed, final loss, steps to --tol, diverged, final params) and "
+        "OUT/sweep.png, and print one row per setting (medians over seeds) and the best "
+        "setting: the lowest median final loss over seeds. " + SEEDS_MEANING + " " + TOL_MEANING,
+    )
+    p.add_argument(
+        "--problem",
+        required=True,
+        help="problem spec NAME[:key=value,...] (rosenbrock:dim=4, nist:Misra1a; diyopt list problems)",
+    )
     p.add_argument("--optimizer", required=True, help="optimizer spec, e.g. adam or my_rule.py:name")
-    p.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
-                   help="values of one hyperparameter (tuples as 0.9/0.999); repeat for more")
-    p.add_argument("--seeds", type=positive_int, default=None,
-                   help="starting points per setting, seeds 0..N-1 (default: one run per setting, from the "
-                   "standard start)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="values of one hyperparameter (tuples as 0.9/0.999); repeat for more",
+    )
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=None,
+        help="starting points per setting, seeds 0..N-1 (default: one run per setting, from the standard start)",
+    )
     p.add_argument("--steps", type=positive_int, default=1000, help="updates per run (default: 1000)")
-    p.add_argument("--tol", type=unit_interval, default=1e-6, help="the convergence tolerance, as in compare "
-                   "(default: 1e-6)")
+    p.add_argument(
+        "--tol", type=unit_interval, default=1e-6, help="the convergence tolerance, as in compare (default: 1e-6)"
+    )
     p.add_argument("--engine", choices=["vmap", "compiled"], default="vmap", help="default: vmap (no compile)")
     p.add_argument("--out", required=True, help="output folder")
 

@@ -7,6 +7,7 @@
 - :mod:`~diyopt.core.modules` -- running a loss through an ``nn.Module`` with the fit's tensors;
 - :mod:`~diyopt.core.linesearch` -- the strong-Wolfe line search and the L-BFGS two-loop recursion.
 """
+
 from .contract import (
     EXTRA_ARGS,
     Optimizer,

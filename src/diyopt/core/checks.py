@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,9 @@ def all_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
     return math.isfinite(float(loss)) and math.isfinite(float(total))
 
 
-
-
-def nonfinite_event(step: int, loss: Tensor, grads: Params, updates: Params | None = None,
-                    new: Params | None = None) -> dict | None:
+def nonfinite_event(
+    step: int, loss: Tensor, grads: Params, updates: Params | None = None, new: Params | None = None
+) -> dict | None:
     """Where a step went non-finite: ``{"step", "what", "param", "loss"}``, or None if everything is finite
     after all (an overflowed sum in the cheap check).
 
@@ -38,6 +38,7 @@ def nonfinite_event(step: int, loss: Tensor, grads: Params, updates: Params | No
     first parameter (in order) where it is, or None for the loss. Runs only on the failure path, so it
     may look at every tensor.
     """
+
     def first_bad(tensors: Params | None) -> str | None:
         return next((k for k, t in (tensors or {}).items() if not bool(torch.isfinite(t).all())), None)
 
@@ -48,8 +49,6 @@ def nonfinite_event(step: int, loss: Tensor, grads: Params, updates: Params | No
         if (name := first_bad(tensors)) is not None:
             return {"step": step, "what": what, "param": name, "loss": value}
     return None
-
-
 
 
 def check_updates(updates: Any, params: Params, optimizer: Optimizer, layout: FlatLayout | None) -> None:
@@ -75,11 +74,14 @@ def _check_updates(updates: Any, params: Params) -> None:
         if not isinstance(u, Tensor):
             raise TypeError(f"the update for parameter {k!r} must be a Tensor, got {type(u).__name__}")
         if u.shape != p.shape:
-            raise ValueError(f"the update for parameter {k!r} has shape {tuple(u.shape)}, "
-                             f"expected the parameter's shape {tuple(p.shape)}")
+            raise ValueError(
+                f"the update for parameter {k!r} has shape {tuple(u.shape)}, "
+                f"expected the parameter's shape {tuple(p.shape)}"
+            )
         if u.dtype != p.dtype:
-            raise TypeError(f"the update for parameter {k!r} has dtype {u.dtype}, expected the "
-                            f"parameter's dtype {p.dtype}")
+            raise TypeError(
+                f"the update for parameter {k!r} has dtype {u.dtype}, expected the parameter's dtype {p.dtype}"
+            )
 
 
 def check_loss_value(loss: Any, names: Any = None) -> None:
@@ -91,8 +93,10 @@ def check_loss_value(loss: Any, names: Any = None) -> None:
         raise ValueError(f"loss_fn must return a scalar, got a tensor of shape {tuple(loss.shape)}")
     if not loss.requires_grad:
         which = f" {', '.join(map(repr, names))}" if names else ""
-        raise ValueError(f"loss has no gradient path to the params{which}: it does not depend on them through "
-                         "differentiable torch operations (was .item(), .detach() or numpy used?)")
+        raise ValueError(
+            f"loss has no gradient path to the params{which}: it does not depend on them through "
+            "differentiable torch operations (was .item(), .detach() or numpy used?)"
+        )
 
 
 def check_gradients(grads: Mapping[str, Tensor | None]) -> None:
@@ -107,11 +111,14 @@ def check_gradients(grads: Mapping[str, Tensor | None]) -> None:
         return
     names = ", ".join(map(repr, missing))
     if len(missing) == len(grads):
-        raise ValueError(f"the loss does not depend on the parameters being optimized: no gradient for "
-                         f"{names}. It must compute with the tensors it is given (a loss that calls an "
-                         f"nn.Module is given that module as the params: fit(loss_fn, model, ...))")
-    warnings.warn(f"the loss does not depend on parameter(s) {names}: they get no gradient (a zero one is "
-                  "used)", stacklevel=2)
+        raise ValueError(
+            f"the loss does not depend on the parameters being optimized: no gradient for "
+            f"{names}. It must compute with the tensors it is given (a loss that calls an "
+            f"nn.Module is given that module as the params: fit(loss_fn, model, ...))"
+        )
+    warnings.warn(
+        f"the loss does not depend on parameter(s) {names}: they get no gradient (a zero one is used)", stacklevel=2
+    )
 
 
 def first_step_check(loss_fn: LossFn, params: Params) -> None:

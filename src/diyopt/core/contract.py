@@ -20,6 +20,7 @@ The contract's edges (docs/contract.md), both optional, so the plain pair above 
 - ``eval_params(state, params) -> params``: the params to evaluate and report when they are not the
   training params (schedule-free's average ``x``, an EMA, lookahead's slow weights).
 """
+
 from __future__ import annotations
 
 import functools
@@ -136,9 +137,11 @@ def chain(*transforms: Optimizer) -> Optimizer:
         return params
 
     evaluates = any(t.eval_params is not None for t in transforms)
-    common = dict(flattenable=all(t.flattenable for t in transforms),
-                  extra_args=frozenset().union(*(t.extra_args for t in transforms)),
-                  eval_params=eval_params if evaluates else None)
+    common = dict(
+        flattenable=all(t.flattenable for t in transforms),
+        extra_args=frozenset().union(*(t.extra_args for t in transforms)),
+        eval_params=eval_params if evaluates else None,
+    )
     owners: dict[str, list[int]] = {}
     for i, t in enumerate(transforms):
         if t.build is not None:
@@ -203,8 +206,7 @@ class elementwise:
         self._init = init
         self.whole_tensor = whole_tensor
         sig = inspect.signature(rule)
-        self.defaults = {n: p.default for n, p in sig.parameters.items()
-                         if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        self.defaults = {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         missing = [n for n, d in self.defaults.items() if d is inspect.Parameter.empty]
         if missing:
             raise TypeError(f"{rule.__name__}: hyperparameters need defaults, missing for {missing}")
@@ -217,8 +219,9 @@ class elementwise:
     def __call__(self, **hyperparams: Any) -> Optimizer:
         unknown = set(hyperparams) - set(self.defaults)
         if unknown:
-            raise TypeError(f"{self.__name__}() got unknown hyperparameter(s) {sorted(unknown)}; "
-                            f"known: {sorted(self.defaults)}")
+            raise TypeError(
+                f"{self.__name__}() got unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}"
+            )
         hyper = {**self.defaults, **hyperparams}
         rule, init_one = self.rule, self._init
         if init_one is None:
@@ -274,9 +277,11 @@ def _no_init_message(rule: Callable, error: BaseException) -> str:
     code = getattr(rule, "__code__", None)
     name = getattr(rule, "__name__", repr(rule))
     where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
-    return (f"rule {name!r}{where} uses its state, but declares no initial "
-            f"state, so the state is () ({type(error).__name__}: {error}). Declare it with @{name}.init, "
-            f"e.g. `@{name}.init` above `def init(param): return torch.zeros_like(param)`")
+    return (
+        f"rule {name!r}{where} uses its state, but declares no initial "
+        f"state, so the state is () ({type(error).__name__}: {error}). Declare it with @{name}.init, "
+        f"e.g. `@{name}.init` above `def init(param): return torch.zeros_like(param)`"
+    )
 
 
 # ---------------------------------------------------------------- dict-of-tensor helpers
@@ -287,11 +292,7 @@ def _arity_message(rule: Callable, out: Any) -> str:
     code = getattr(rule, "__code__", None)
     where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
     got = f"a tuple of {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}"
-    return (f"rule {getattr(rule, '__name__', 'rule')!r}{where} must return (update, new_state), got {got}; "
-            "write `return update, state`")
-
-
-
-
-
-
+    return (
+        f"rule {getattr(rule, '__name__', 'rule')!r}{where} must return (update, new_state), got {got}; "
+        "write `return update, state`"
+    )

@@ -8,6 +8,7 @@ r"""Line searches shared by the solvers and the optimizers, written once.
   :func:`diyopt.optim.lbfgs`);
 - :func:`two_loop`: L-BFGS's inverse-Hessian product (Nocedal & Wright, Algorithm 7.4).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,18 @@ class Backtrack(NamedTuple):
     evals: int  # evaluations made
 
 
-def backtracking(evaluate: Callable[[Tensor], tuple[float, Any]], x: Tensor, p: Tensor, f: float,
-                 slope: float, *, max_evals: int, c1: float = 1e-4, shrink: float = 0.5,
-                 min_step: float = 1e-10) -> Backtrack:
+def backtracking(
+    evaluate: Callable[[Tensor], tuple[float, Any]],
+    x: Tensor,
+    p: Tensor,
+    f: float,
+    slope: float,
+    *,
+    max_evals: int,
+    c1: float = 1e-4,
+    shrink: float = 0.5,
+    min_step: float = 1e-10,
+) -> Backtrack:
     """Armijo backtracking along ``p``: ``t = 1, shrink, shrink**2, ...`` until :func:`armijo` holds,
     ``max_evals`` evaluations are made or ``t < min_step``; the caller checks which.
 
@@ -56,8 +66,16 @@ def backtracking(evaluate: Callable[[Tensor], tuple[float, Any]], x: Tensor, p: 
 # ---------------------------------------------------------------- strong Wolfe and the two-loop recursion
 
 
-def lbfgs_direction(g: Tensor, y: Tensor, s: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor],
-                    ro: list[float], h_diag: float, history_size: int) -> tuple[Tensor, float]:
+def lbfgs_direction(
+    g: Tensor,
+    y: Tensor,
+    s: Tensor,
+    old_dirs: list[Tensor],
+    old_stps: list[Tensor],
+    ro: list[float],
+    h_diag: float,
+    history_size: int,
+) -> tuple[Tensor, float]:
     """One L-BFGS direction, as torch.optim.LBFGS computes it: the curvature pair ``(y, s)`` joins the
     history when ``y^T s > 1e-10`` (the last ``history_size`` pairs are kept, ``H_0 = y^T s / y^T y``),
     then ``d = -H g`` by :func:`two_loop`. The history lists are updated in place; returns ``(d, h_diag)``."""
@@ -72,8 +90,7 @@ def lbfgs_direction(g: Tensor, y: Tensor, s: Tensor, old_dirs: list[Tensor], old
     return two_loop(-g, old_dirs, old_stps, ro, h_diag), h_diag
 
 
-def two_loop(q: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor], ro: list[float],
-              h_diag: float) -> Tensor:
+def two_loop(q: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor], ro: list[float], h_diag: float) -> Tensor:
     """``-H g`` by the two-loop recursion (Nocedal & Wright, Algorithm 7.4), ``q = -g`` on entry."""
     al = [0.0] * len(old_dirs)
     for i in range(len(old_dirs) - 1, -1, -1):
@@ -91,10 +108,10 @@ def cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None) -> float:
     (Nocedal & Wright, eq. 3.59); the midpoint when the cubic has no real minimizer."""
     xmin_bound, xmax_bound = bounds if bounds is not None else ((x1, x2) if x1 <= x2 else (x2, x1))
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1 ** 2 - g1 * g2
+    d2_square = d1**2 - g1 * g2
     if d2_square < 0:
         return (xmin_bound + xmax_bound) / 2.0
-    d2 = d2_square ** 0.5
+    d2 = d2_square**0.5
     if x1 <= x2:
         min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
     else:

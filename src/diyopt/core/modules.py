@@ -15,6 +15,7 @@ are otherwise untouched, and frozen ones (``requires_grad=False``) are neither o
 ``fit``, ``sweep`` (which leaves the module as it was), ``lbfgs``, ``newton`` and ``least_squares`` all
 take a module this way.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -61,8 +62,9 @@ def bind_module(loss_fn: Callable, module: torch.nn.Module) -> tuple[Callable[[P
     (the module's trainable parameters, detached copies)."""
     trainable = {k: v for k, v in module.named_parameters() if v.requires_grad}
     if not trainable:
-        raise ValueError(f"the {type(module).__name__} has no trainable parameters (all have "
-                         "requires_grad=False): nothing to fit")
+        raise ValueError(
+            f"the {type(module).__name__} has no trainable parameters (all have requires_grad=False): nothing to fit"
+        )
     params = as_params(trainable)
     dtypes = {k: v.dtype for k, v in params.items()}
     bound = _LossOf(module, loss_fn)

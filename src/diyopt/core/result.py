@@ -36,6 +36,7 @@ the final params, the Jacobian for ``curve_fit``'s covariance, the false-converg
 engine's first-step check, a replay of the compiled steps in eager) is not counted, as
 ``torch.optim.LBFGS`` does not count one.
 """
+
 from __future__ import annotations
 
 import math
@@ -114,11 +115,12 @@ class Result:
             return float(self.info["diverged"]["loss"])
         return float(self.losses[-1]) if len(self.losses) else math.nan
 
-
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
-        return (f"Result({params}, final_loss={self.final_loss:.6g}, steps={self.steps}, "
-                f"seconds={self.seconds:.3g}, stop_reason={self.stop_reason!r})")
+        return (
+            f"Result({params}, final_loss={self.final_loss:.6g}, steps={self.steps}, "
+            f"seconds={self.seconds:.3g}, stop_reason={self.stop_reason!r})"
+        )
 
 
 def _short(t: Tensor) -> str:

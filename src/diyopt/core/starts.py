@@ -11,6 +11,7 @@ one at 1e3 move by a comparable *relative* amount; ``perturb`` is 0.1 unless a c
 A problem with named starts (NIST's Start 1 and Start 2) uses them first, see
 :func:`diyopt.problems.start_point`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,5 +32,3 @@ def perturbed(params: Params, seed: int, perturb: float = PERTURB) -> Params:
         z = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(device=v.device, dtype=v.dtype)
         out[k] = v + perturb * (1 + v.abs()) * z
     return out
-
-

@@ -4,6 +4,7 @@ sweep, ``to_torch``; checkpoints and ``torch.distributed`` support.
 Public modules: :mod:`~diyopt.engines.checkpoint`, :mod:`~diyopt.engines.distributed`,
 :mod:`~diyopt.engines.compiled`, :mod:`~diyopt.engines.hoisting`.
 """
+
 from ._fit import fit
 from ._sweep import SweepResult, sweep
 from ._to_torch import TorchOptimizer, to_torch

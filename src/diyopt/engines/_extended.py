@@ -13,6 +13,7 @@ call what this module hands them:
 - :func:`step_extended`, :func:`swap_params` -- ``to_torch``'s ``step(closure)`` and ``.train()`` /
   ``.eval()``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,8 +32,10 @@ def check_extra_args(optimizer: Optimizer) -> None:
     """An optimizer asking for an input no engine has is refused before the first step."""
     unknown = set(optimizer.extra_args) - EXTRA_ARGS
     if unknown:
-        raise TypeError(f"the optimizer's update asks for {sorted(unknown)}, which no engine supplies; the extra "
-                        f"inputs are {sorted(EXTRA_ARGS)} (Optimizer.extra_args)")
+        raise TypeError(
+            f"the optimizer's update asks for {sorted(unknown)}, which no engine supplies; the extra "
+            f"inputs are {sorted(EXTRA_ARGS)} (Optimizer.extra_args)"
+        )
 
 
 def engine_update(optimizer: Optimizer, grad_fn: GradFn | None) -> Callable:
@@ -105,33 +108,44 @@ def _units(opt) -> list[tuple[int, dict]]:
         values = tuple(group[k] for k in opt._hyper_keys)
         if not _same(first, values):
             differ = sorted(k for k, a, b in zip(opt._hyper_keys, first, values) if not _same((a,), (b,)))
-            raise ValueError(f"to_torch({_label(opt)}): param groups differ in {', '.join(differ)}, but its update "
-                             "evaluates the gradient at a point built from every parameter at once, so all "
-                             "groups must share its hyperparameters")
-    joint = {**groups[0], "param_names": [n for g in groups for n in g["param_names"]],
-             "params": [p for g in groups for p in g["params"]]}
+            raise ValueError(
+                f"to_torch({_label(opt)}): param groups differ in {', '.join(differ)}, but its update "
+                "evaluates the gradient at a point built from every parameter at once, so all "
+                "groups must share its hyperparameters"
+            )
+    joint = {
+        **groups[0],
+        "param_names": [n for g in groups for n in g["param_names"]],
+        "params": [p for g in groups for p in g["params"]],
+    }
     return [(0, joint)]
 
 
 def _same(a: tuple, b: tuple) -> bool:
     """Hyperparameter values equal; tensors by identity (as to_torch compares a group's values)."""
-    return all(x is y or not isinstance(x, torch.Tensor) and not isinstance(y, torch.Tensor) and x == y
-               for x, y in zip(a, b))
+    return all(
+        x is y or not isinstance(x, torch.Tensor) and not isinstance(y, torch.Tensor) and x == y for x, y in zip(a, b)
+    )
 
 
 def step_extended(opt, closure: Callable | None):
     """``TorchOptimizer.step`` for an optimizer with ``extra_args``, or in eval mode (refused)."""
     if opt._eval_mode:
-        raise RuntimeError(f"{_label(opt)} is in eval mode (the params hold its evaluation params): call "
-                           ".train() before step()")
+        raise RuntimeError(
+            f"{_label(opt)} is in eval mode (the params hold its evaluation params): call .train() before step()"
+        )
     wanted = opt.optimizer.extra_args
     check_extra_args(opt.optimizer)
     if wanted and closure is None:
-        raise RuntimeError(f"{_label(opt)} needs step(closure): its update takes {', '.join(sorted(wanted))}; the "
-                           "closure zeroes the grads, computes the loss, calls backward() and returns the loss")
+        raise RuntimeError(
+            f"{_label(opt)} needs step(closure): its update takes {', '.join(sorted(wanted))}; the "
+            "closure zeroes the grads, computes the loss, calls backward() and returns the loss"
+        )
     if wanted and opt.compiled:
-        raise ValueError(f"to_torch({_label(opt)}, compiled=True): its update takes {', '.join(sorted(wanted))}, "
-                         "which the compiled step cannot call; use compiled=False")
+        raise ValueError(
+            f"to_torch({_label(opt)}, compiled=True): its update takes {', '.join(sorted(wanted))}, "
+            "which the compiled step cannot call; use compiled=False"
+        )
     loss = None
     if closure is not None:
         with torch.enable_grad():

@@ -12,6 +12,7 @@ Reliability (see ``fit``'s arguments): a divergence guard (one reduction and one
 check that the rule's updates match the params, and gradients all-reduced under ``torch.distributed``
 (:mod:`diyopt.distributed`).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,12 +44,24 @@ from diyopt.engines._torch_class import fit_torch_class
 from diyopt.errors import DivergedError
 
 
-def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimizer: Any, steps: int,
-        *, optimizer_kwargs: Mapping[str, Any] | None = None, engine: str = "eager",
-        callback: Callable[[int, Tensor, Params], Any] | None = None, on_nonfinite: str = "stop",
-        checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-        resume: bool = False, settings: Mapping[str, Any] | None = None,
-        distributed: bool | str | None = None, progress: bool | None = False, **options: Any) -> Result:
+def fit(
+    loss_fn: LossFn,
+    params: Mapping[str, Tensor] | torch.nn.Module,
+    optimizer: Any,
+    steps: int,
+    *,
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    engine: str = "eager",
+    callback: Callable[[int, Tensor, Params], Any] | None = None,
+    on_nonfinite: str = "stop",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    settings: Mapping[str, Any] | None = None,
+    distributed: bool | str | None = None,
+    progress: bool | None = False,
+    **options: Any,
+) -> Result:
     """Minimize ``loss_fn(params)`` for ``steps`` updates.
 
     Args:
@@ -109,36 +122,61 @@ def fit(loss_fn: LossFn, params: Mapping[str, Tensor] | torch.nn.Module, optimiz
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         kwargs = {**(optimizer_kwargs or {}), **options}
         if checkpoint is not None or distributed:
-            raise ValueError("checkpoint= and distributed= need a diyopt optimizer; for a torch.optim class "
-                             "wrap its diyopt twin, or use DistributedDataParallel and state_dict()")
+            raise ValueError(
+                "checkpoint= and distributed= need a diyopt optimizer; for a torch.optim class "
+                "wrap its diyopt twin, or use DistributedDataParallel and state_dict()"
+            )
         if on_nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
-                             f"got {on_nonfinite!r}")
-        return _into(module, fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback,
-                                              on_nonfinite, progress))
+            raise ValueError(
+                f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {on_nonfinite!r}"
+            )
+        return _into(
+            module, fit_torch_class(loss_fn, params, optimizer, kwargs, steps, callback, on_nonfinite, progress)
+        )
     if isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError("pass the torch.optim class and its arguments, not an instance: "
-                        f"fit(loss_fn, params, torch.optim.{type(optimizer).__name__}, steps, lr=...)")
+        raise TypeError(
+            "pass the torch.optim class and its arguments, not an instance: "
+            f"fit(loss_fn, params, torch.optim.{type(optimizer).__name__}, steps, lr=...)"
+        )
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a diyopt Optimizer or a torch.optim.Optimizer class, "
-                        f"got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be a diyopt Optimizer or a torch.optim.Optimizer class, got {type(optimizer).__name__}"
+        )
     if optimizer_kwargs:
         optimizer = optimizer.replace_hyperparams(**optimizer_kwargs)
     if on_nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
-                         f"got {on_nonfinite!r}")
+        raise ValueError(
+            f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {on_nonfinite!r}"
+        )
     # settings only join the checkpoint's fingerprint: without a checkpoint no engine needs them
-    reliability = dict(on_nonfinite=on_nonfinite, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                       resume=resume, settings=settings if checkpoint is not None else None,
-                       distributed=distributed, progress=progress)
+    reliability = dict(
+        on_nonfinite=on_nonfinite,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        settings=settings if checkpoint is not None else None,
+        distributed=distributed,
+        progress=progress,
+    )
     if engine == "compiled":
         from diyopt.engines.compiled import fit_compiled
 
         asked = [k for k in EAGER_ONLY if reliability[k] not in (None, False)]
         if asked:
             raise ValueError(f"engine='compiled' does not support {asked[0]}= yet; use engine='eager'")
-        return _into(module, fit_compiled(loss_fn, params, optimizer, steps, callback=callback,
-                                          on_nonfinite=on_nonfinite, progress=progress, **options))
+        return _into(
+            module,
+            fit_compiled(
+                loss_fn,
+                params,
+                optimizer,
+                steps,
+                callback=callback,
+                on_nonfinite=on_nonfinite,
+                progress=progress,
+                **options,
+            ),
+        )
     if engine != "eager":
         raise ValueError(f"unknown engine {engine!r}; known: 'eager', 'compiled'")
     if options:
@@ -171,9 +209,20 @@ EAGER_ONLY = ("checkpoint", "checkpoint_every", "resume", "distributed")
 # ---------------------------------------------------------------- the eager engine (source of truth)
 
 
-def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int, callback,
-               on_nonfinite: str = "stop", checkpoint=None, checkpoint_every=None, resume: bool = False,
-               settings=None, distributed=None, progress: bool = False) -> Result:
+def _fit_eager(
+    loss_fn: LossFn,
+    params: Params,
+    optimizer: Optimizer,
+    steps: int,
+    callback,
+    on_nonfinite: str = "stop",
+    checkpoint=None,
+    checkpoint_every=None,
+    resume: bool = False,
+    settings=None,
+    distributed=None,
+    progress: bool = False,
+) -> Result:
     layout = FlatLayout.maybe(params) if optimizer.flattenable else None
     # The optimizer sees either the named tensors or one flat tensor under a single key.
     current = {"flat": layout.flatten(params)} if layout else params
@@ -187,15 +236,15 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
     saver = None
     losses: list[Tensor] = []
     if checkpoint is not None:
-        saver = _Saver(checkpoint, checkpoint_every, optimizer, steps, params, on_nonfinite, settings,
-                       reduce)
+        saver = _Saver(checkpoint, checkpoint_every, optimizer, steps, params, on_nonfinite, settings, reduce)
         saver.report = checkpoint_report(optimizer, layout)  # evaluation params, training params beside
         if resume and saver.exists():
             named, state, losses = saver.resume(params, state)
             current = {"flat": layout.flatten(named)} if layout else named
         elif saver.exists():
-            raise FileExistsError(f"checkpoint {checkpoint} exists: resume from it (resume=True, --resume) "
-                                  "or choose another file")
+            raise FileExistsError(
+                f"checkpoint {checkpoint} exists: resume from it (resume=True, --resume) or choose another file"
+            )
     guard = on_nonfinite != "ignore"
     update = engine_update(optimizer, _eager_grad_fn(loss_fn, layout, reduce) if optimizer.extra_args else None)
     first = len(losses)
@@ -216,8 +265,11 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         new = {k: v + updates[k] for k, v in current.items()}
         # The guard looks at what is about to be written (the new params) as well as the loss and the
         # gradients, in one check: nothing non-finite ever becomes the params or the state.
-        if guard and not all_finite(value, grads, new) and (
-                event := nonfinite_event(step, value, view(grads), view(updates), view(new))):
+        if (
+            guard
+            and not all_finite(value, grads, new)
+            and (event := nonfinite_event(step, value, view(grads), view(updates), view(new)))
+        ):
             if on_nonfinite == "skip":
                 losses.append(value)
                 skipped.append(step)
@@ -254,12 +306,23 @@ def _fit_eager(loss_fn: LossFn, params: Params, optimizer: Optimizer, steps: int
         loss, grads = _loss_and_grads(loss_fn, shown, layout, check=False)
         info["final_loss"] = float(loss.detach() if reduce is None else reduce(loss, grads)[0])
         evals += 1
-    return Result(view(shown), history, len(losses), seconds, stop_reason, state, info=info, nfev=evals,
-                  njev=evals, train_params=None if train is None else view(train))
+    return Result(
+        view(shown),
+        history,
+        len(losses),
+        seconds,
+        stop_reason,
+        state,
+        info=info,
+        nfev=evals,
+        njev=evals,
+        train_params=None if train is None else view(train),
+    )
 
 
 def _eager_grad_fn(loss_fn: LossFn, layout: FlatLayout | None, reduce):
     """The gradient at other params (``grad_fn``), as the loop computes it: autograd, all-reduced."""
+
     def grad_fn(at: Params) -> Params:
         loss, grads = _loss_and_grads(loss_fn, at, layout, check=False)
         return grads if reduce is None else reduce(loss, grads)[1]
@@ -311,7 +374,8 @@ class _Saver:
         if payload["step"] > self.steps:
             raise self.ckpt.CheckpointError(
                 f"cannot resume from {self.path}: it is at step {payload['step']}, past steps={self.steps}; "
-                f"give at least {payload['step']} steps to continue it")
+                f"give at least {payload['step']} steps to continue it"
+            )
         named = self.ckpt.restore_params(payload, params, self.path)
         state = self.ckpt.restore_state(payload, state, self.path)
         device = next(iter(params.values())).device
@@ -327,7 +391,7 @@ class _Saver:
         """Append the losses since the last save to the history file, then write the (small) checkpoint
         that counts them: a save costs O(1) in the run's length, not a rewrite of the whole history."""
         if self.writer:
-            new = losses[self.history.count:]
+            new = losses[self.history.count :]
             if new:
                 self.history.append(torch.stack(new))
             elif self.history.count > len(losses):  # cannot happen in a loop, but never count a ghost
@@ -335,8 +399,15 @@ class _Saver:
                 if losses:
                     self.history.append(torch.stack(losses))
             params, train = self.report(params, state) if self.report is not None else (params, None)
-            self.ckpt.save(self.path, params=params, state=state, step=len(losses), losses=self.history,
-                           fingerprint=self.fingerprint, train_params=train)
+            self.ckpt.save(
+                self.path,
+                params=params,
+                state=state,
+                step=len(losses),
+                losses=self.history,
+                fingerprint=self.fingerprint,
+                train_params=train,
+            )
         self.saved_at = len(losses)
 
 
@@ -361,5 +432,3 @@ def _loss_and_grads(loss_fn: LossFn, current: Params, layout: FlatLayout | None,
 
 
 # ---------------------------------------------------------------- torch.optim classes, used as they are
-
-

@@ -13,6 +13,7 @@ by step in float64 and float32.
   ``torch.optim.rmsprop.rmsprop(..., foreach=True)``, what the class runs with ``foreach=True``): a
   handful of ``torch._foreach_*`` ops over the whole group, in place.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -55,11 +56,22 @@ def _adam_kernel(decoupled: bool):
         amsgrad = bool(hp["amsgrad"])
         _count(steps)
         (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps, amsgrad=amsgrad,
-            lr=float(hp["lr"]), beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]),
-            weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
-            grad_scale=None, found_inf=None)
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+            steps,
+            amsgrad=amsgrad,
+            lr=float(hp["lr"]),
+            beta1=float(hp["betas"][0]),
+            beta2=float(hp["betas"][1]),
+            weight_decay=float(hp["weight_decay"]),
+            eps=float(hp["eps"]),
+            maximize=bool(hp["maximize"]),
+            grad_scale=None,
+            found_inf=None,
+        )
         return True
 
     return run
@@ -82,10 +94,20 @@ def _sgd_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
         first = torch.stack(steps).eq(0).tolist()  # one read, not one per tensor
         if any(first) and not all(first):
             return False
-    torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states] if momentum != 0 else [],
-                      weight_decay=float(hp["weight_decay"]), momentum=momentum, lr=float(hp["lr"]),
-                      dampening=float(hp["dampening"]), nesterov=bool(hp["nesterov"]),
-                      maximize=bool(hp["maximize"]), is_first_step=first[0], grad_scale=None, found_inf=None)
+    torch._fused_sgd_(
+        params,
+        grads,
+        [s["momentum_buffer"] for s in states] if momentum != 0 else [],
+        weight_decay=float(hp["weight_decay"]),
+        momentum=momentum,
+        lr=float(hp["lr"]),
+        dampening=float(hp["dampening"]),
+        nesterov=bool(hp["nesterov"]),
+        maximize=bool(hp["maximize"]),
+        is_first_step=first[0],
+        grad_scale=None,
+        found_inf=None,
+    )
     if momentum != 0:
         _count(steps)
     return True
@@ -97,9 +119,19 @@ def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> boo
     if steps is None:
         return False
     _count(steps)
-    torch._fused_adagrad_(params, grads, [s["sum"] for s in states], steps, lr=float(hp["lr"]), lr_decay=0.0,
-                          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]), maximize=bool(hp["maximize"]),
-                          grad_scale=None, found_inf=None)
+    torch._fused_adagrad_(
+        params,
+        grads,
+        [s["sum"] for s in states],
+        steps,
+        lr=float(hp["lr"]),
+        lr_decay=0.0,
+        weight_decay=float(hp["weight_decay"]),
+        eps=float(hp["eps"]),
+        maximize=bool(hp["maximize"]),
+        grad_scale=None,
+        found_inf=None,
+    )
     return True
 
 
@@ -117,11 +149,22 @@ def _rmsprop(hp: Mapping, params: list, grads: list, states: list) -> bool:
     from torch.optim.rmsprop import rmsprop
 
     centered, momentum = bool(hp["centered"]), float(hp["momentum"])
-    rmsprop(params, grads, [s["square_avg"] for s in states],
-            [s["grad_avg"] for s in states] if centered else [],  # diyopt keeps an empty one uncentered
-            [s["momentum_buffer"] for s in states] if momentum != 0 else [], steps, foreach=True,
-            maximize=bool(hp["maximize"]), lr=float(hp["lr"]), alpha=float(hp["alpha"]), eps=float(hp["eps"]),
-            weight_decay=float(hp["weight_decay"]), momentum=momentum, centered=centered)
+    rmsprop(
+        params,
+        grads,
+        [s["square_avg"] for s in states],
+        [s["grad_avg"] for s in states] if centered else [],  # diyopt keeps an empty one uncentered
+        [s["momentum_buffer"] for s in states] if momentum != 0 else [],
+        steps,
+        foreach=True,
+        maximize=bool(hp["maximize"]),
+        lr=float(hp["lr"]),
+        alpha=float(hp["alpha"]),
+        eps=float(hp["eps"]),
+        weight_decay=float(hp["weight_decay"]),
+        momentum=momentum,
+        centered=centered,
+    )
     return True
 
 
@@ -131,9 +174,19 @@ def _adadelta(hp: Mapping, params: list, grads: list, states: list) -> bool:
         return False
     from torch.optim.adadelta import adadelta
 
-    adadelta(params, grads, [s["square_avg"] for s in states], [s["acc_delta"] for s in states], steps,
-             foreach=True, lr=float(hp["lr"]), rho=float(hp["rho"]), eps=float(hp["eps"]),
-             weight_decay=float(hp["weight_decay"]), maximize=bool(hp["maximize"]))
+    adadelta(
+        params,
+        grads,
+        [s["square_avg"] for s in states],
+        [s["acc_delta"] for s in states],
+        steps,
+        foreach=True,
+        lr=float(hp["lr"]),
+        rho=float(hp["rho"]),
+        eps=float(hp["eps"]),
+        weight_decay=float(hp["weight_decay"]),
+        maximize=bool(hp["maximize"]),
+    )
     return True
 
 
@@ -143,9 +196,20 @@ def _adamax(hp: Mapping, params: list, grads: list, states: list) -> bool:
         return False
     from torch.optim.adamax import adamax
 
-    adamax(params, grads, [s["exp_avg"] for s in states], [s["exp_inf"] for s in states], steps, foreach=True,
-           maximize=bool(hp["maximize"]), eps=float(hp["eps"]), beta1=float(hp["betas"][0]),
-           beta2=float(hp["betas"][1]), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
+    adamax(
+        params,
+        grads,
+        [s["exp_avg"] for s in states],
+        [s["exp_inf"] for s in states],
+        steps,
+        foreach=True,
+        maximize=bool(hp["maximize"]),
+        eps=float(hp["eps"]),
+        beta1=float(hp["betas"][0]),
+        beta2=float(hp["betas"][1]),
+        lr=float(hp["lr"]),
+        weight_decay=float(hp["weight_decay"]),
+    )
     return True
 
 
@@ -155,11 +219,23 @@ def _nadam(hp: Mapping, params: list, grads: list, states: list) -> bool:
         return False
     from torch.optim.nadam import nadam
 
-    nadam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-          [s["mu_product"] for s in states], steps, decoupled_weight_decay=bool(hp["decoupled_weight_decay"]),
-          foreach=True, maximize=bool(hp["maximize"]), beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]),
-          lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]), momentum_decay=float(hp["momentum_decay"]),
-          eps=float(hp["eps"]))
+    nadam(
+        params,
+        grads,
+        [s["exp_avg"] for s in states],
+        [s["exp_avg_sq"] for s in states],
+        [s["mu_product"] for s in states],
+        steps,
+        decoupled_weight_decay=bool(hp["decoupled_weight_decay"]),
+        foreach=True,
+        maximize=bool(hp["maximize"]),
+        beta1=float(hp["betas"][0]),
+        beta2=float(hp["betas"][1]),
+        lr=float(hp["lr"]),
+        weight_decay=float(hp["weight_decay"]),
+        momentum_decay=float(hp["momentum_decay"]),
+        eps=float(hp["eps"]),
+    )
     return True
 
 
@@ -169,10 +245,21 @@ def _radam(hp: Mapping, params: list, grads: list, states: list) -> bool:
         return False
     from torch.optim.radam import radam
 
-    radam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps,
-          decoupled_weight_decay=bool(hp["decoupled_weight_decay"]), foreach=True, maximize=bool(hp["maximize"]),
-          beta1=float(hp["betas"][0]), beta2=float(hp["betas"][1]), lr=float(hp["lr"]),
-          weight_decay=float(hp["weight_decay"]), eps=float(hp["eps"]))
+    radam(
+        params,
+        grads,
+        [s["exp_avg"] for s in states],
+        [s["exp_avg_sq"] for s in states],
+        steps,
+        decoupled_weight_decay=bool(hp["decoupled_weight_decay"]),
+        foreach=True,
+        maximize=bool(hp["maximize"]),
+        beta1=float(hp["betas"][0]),
+        beta2=float(hp["betas"][1]),
+        lr=float(hp["lr"]),
+        weight_decay=float(hp["weight_decay"]),
+        eps=float(hp["eps"]),
+    )
     return True
 
 
@@ -182,9 +269,19 @@ def _rprop(hp: Mapping, params: list, grads: list, states: list) -> bool:
         return False
     from torch.optim.rprop import rprop
 
-    rprop(params, grads, [s["prev"] for s in states], [s["step_size"] for s in states], steps, foreach=True,
-          maximize=bool(hp["maximize"]), step_size_min=float(hp["step_sizes"][0]),
-          step_size_max=float(hp["step_sizes"][1]), etaminus=float(hp["etas"][0]), etaplus=float(hp["etas"][1]))
+    rprop(
+        params,
+        grads,
+        [s["prev"] for s in states],
+        [s["step_size"] for s in states],
+        steps,
+        foreach=True,
+        maximize=bool(hp["maximize"]),
+        step_size_min=float(hp["step_sizes"][0]),
+        step_size_max=float(hp["step_sizes"][1]),
+        etaminus=float(hp["etas"][0]),
+        etaplus=float(hp["etas"][1]),
+    )
     return True
 
 
@@ -194,9 +291,21 @@ def _asgd(hp: Mapping, params: list, grads: list, states: list) -> bool:
         return False
     from torch.optim.asgd import asgd
 
-    asgd(params, grads, [s["ax"] for s in states], [s["mu"] for s in states], [s["eta"] for s in states], steps,
-         foreach=True, maximize=bool(hp["maximize"]), lambd=float(hp["lambd"]), lr=float(hp["lr"]),
-         t0=float(hp["t0"]), alpha=float(hp["alpha"]), weight_decay=float(hp["weight_decay"]))
+    asgd(
+        params,
+        grads,
+        [s["ax"] for s in states],
+        [s["mu"] for s in states],
+        [s["eta"] for s in states],
+        steps,
+        foreach=True,
+        maximize=bool(hp["maximize"]),
+        lambd=float(hp["lambd"]),
+        lr=float(hp["lr"]),
+        t0=float(hp["t0"]),
+        alpha=float(hp["alpha"]),
+        weight_decay=float(hp["weight_decay"]),
+    )
     return True
 
 

@@ -18,6 +18,7 @@ What "best" means: the setting (grid point) with the lowest *median* final loss 
 diverged run counting as ``inf`` (:meth:`SweepResult.best`); :meth:`SweepResult.by_setting` has the
 medians of every setting.
 """
+
 from __future__ import annotations
 
 import csv
@@ -88,11 +89,17 @@ class SweepResult:
             groups.setdefault(tuple(row[k] for k in keys), []).append(row)
         out = []
         for values, rows in groups.items():
-            finals = [r["final_loss"] if math.isfinite(r["final_loss"]) and not r["diverged"] else math.inf
-                      for r in rows]
+            finals = [
+                r["final_loss"] if math.isfinite(r["final_loss"]) and not r["diverged"] else math.inf for r in rows
+            ]
             summary = dict(zip(keys, values))
-            summary.update(seeds=len(rows), final_loss=_median(finals), final_loss_min=min(finals),
-                           final_loss_max=max(finals), diverged=sum(r["diverged"] for r in rows))
+            summary.update(
+                seeds=len(rows),
+                final_loss=_median(finals),
+                final_loss_min=min(finals),
+                final_loss_max=max(finals),
+                diverged=sum(r["diverged"] for r in rows),
+            )
             if self.info.get("tol") is not None:
                 steps = [math.inf if r["steps_to_tol"] is None else float(r["steps_to_tol"]) for r in rows]
                 summary["reached"] = f"{sum(math.isfinite(v) for v in steps)}/{len(rows)}"
@@ -108,8 +115,9 @@ class SweepResult:
         settings = [s for s in self.by_setting() if math.isfinite(s["final_loss"])]
         if not settings:
             raise ValueError("no setting has a finite median final loss: most runs of every setting diverged")
-        return min(settings, key=lambda s: (s["final_loss"], s["steps_to_tol"] if s["steps_to_tol"] is not None
-                                            else math.inf))
+        return min(
+            settings, key=lambda s: (s["final_loss"], s["steps_to_tol"] if s["steps_to_tol"] is not None else math.inf)
+        )
 
     def best_run(self) -> dict:
         """The single run (row) with the lowest finite final loss -- one run, not a setting; see :meth:`best`."""
@@ -135,8 +143,10 @@ class SweepResult:
             writer.writerow(columns)
             reached = self.info.get("tol") is not None
             for k, row in enumerate(self.rows):
-                values = [NOT_REACHED if c == "steps_to_tol" and reached and row[c] is None else format_value(row[c])
-                          for c in row]
+                values = [
+                    NOT_REACHED if c == "steps_to_tol" and reached and row[c] is None else format_value(row[c])
+                    for c in row
+                ]
                 values += [repr(float(x)) for v in small.values() for x in v[k].reshape(-1)]
                 writer.writerow(values)
             text = f.getvalue()
@@ -147,8 +157,10 @@ class SweepResult:
 
     def __repr__(self) -> str:
         diverged = sum(r["diverged"] for r in self.rows)
-        return (f"SweepResult(runs={len(self.rows)}, steps={self.losses.shape[1]}, diverged={diverged}, "
-                f"seconds={self.seconds:.3g})")
+        return (
+            f"SweepResult(runs={len(self.rows)}, steps={self.losses.shape[1]}, diverged={diverged}, "
+            f"seconds={self.seconds:.3g})"
+        )
 
 
 _ROW_FIELDS = ("run", "seed", "final_loss", "steps_to_tol", "diverged")
@@ -161,14 +173,23 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-
-
-def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module,
-          optimizer: Optimizer, steps: int, *, grid: Mapping[str, Sequence[Any]] | None = None,
-          seeds: Sequence[int] | int | None = None, init: Callable[[int], Params] | None = None,
-          tol: float | None = None, f_star: float | None = None, engine: str = "vmap",
-          batch_size: int | None = None, memory_bytes: int | None = None, chunk: int = 8,
-          progress: bool | None = False) -> SweepResult:
+def sweep(
+    loss_fn: Callable[[Params], Tensor],
+    params: Mapping[str, Tensor] | torch.nn.Module,
+    optimizer: Optimizer,
+    steps: int,
+    *,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    seeds: Sequence[int] | int | None = None,
+    init: Callable[[int], Params] | None = None,
+    tol: float | None = None,
+    f_star: float | None = None,
+    engine: str = "vmap",
+    batch_size: int | None = None,
+    memory_bytes: int | None = None,
+    chunk: int = 8,
+    progress: bool | None = False,
+) -> SweepResult:
     """Run every combination of ``grid`` x ``seeds`` as one vectorized fit.
 
     Args:
@@ -205,16 +226,19 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(map(repr, ENGINES))}")
     if not isinstance(optimizer, Optimizer) or optimizer.build is None:
-        raise TypeError("sweep needs a diyopt optimizer built by a factory (diyopt.optim.adam(...), an "
-                        f"elementwise rule called with its settings), got {type(optimizer).__name__}")
+        raise TypeError(
+            "sweep needs a diyopt optimizer built by a factory (diyopt.optim.adam(...), an "
+            f"elementwise rule called with its settings), got {type(optimizer).__name__}"
+        )
     if isinstance(params, torch.nn.Module):  # the loss may call it or close over it (diyopt.core.modules)
         loss_fn, params = bind_module(loss_fn, params)
     params = as_params(params)
     grid = dict(grid or {})
     unknown = set(grid) - set(optimizer.hyperparams or {})
     if unknown:
-        raise ValueError(f"grid names unknown hyperparameter(s) {sorted(unknown)}; "
-                         f"known: {sorted(optimizer.hyperparams or {})}")
+        raise ValueError(
+            f"grid names unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(optimizer.hyperparams or {})}"
+        )
     for k, values in grid.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
             raise ValueError(f"grid[{k!r}] must be a non-empty list of values, got {values!r}")
@@ -254,20 +278,40 @@ def sweep(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     compiled = None
     if engine == "compiled":
         cpp = ref.device.type == "cpu"  # Inductor's C++ wrapper: no Python call per kernel (see engines)
-        compiled = torch.compile(lambda h, c, s: steps_fn(h, c, s, chunk), fullgraph=True,
-                                 options={"cpp_wrapper": True} if cpp else None)
+        compiled = torch.compile(
+            lambda h, c, s: steps_fn(h, c, s, chunk), fullgraph=True, options={"cpp_wrapper": True} if cpp else None
+        )
 
     try:
-        result = _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk,
-                          layout, view, pack, ref, steps_fn, compiled, progress)
+        result = _batched(
+            loss_fn,
+            optimizer,
+            steps,
+            grid,
+            runs,
+            starts,
+            tol,
+            engine,
+            batch_size,
+            chunk,
+            layout,
+            view,
+            pack,
+            ref,
+            steps_fn,
+            compiled,
+            progress,
+        )
     except RuntimeError as e:
         reason = _not_vectorizable(e)
         if reason is None:
             raise
         import warnings
 
-        note = (f"the loss or update rule cannot be vectorized with torch.func.vmap ({reason}); "
-                f"ran the {len(runs)} runs one by one instead (engine='loop')")
+        note = (
+            f"the loss or update rule cannot be vectorized with torch.func.vmap ({reason}); "
+            f"ran the {len(runs)} runs one by one instead (engine='loop')"
+        )
         warnings.warn(note, stacklevel=2)
         result = _sweep_loop(loss_fn, optimizer, steps, runs, starts, tol)
         result.info["fallback"] = note
@@ -295,26 +339,49 @@ def _sweep_loop(loss_fn, optimizer: Optimizer, steps: int, runs: list, starts: d
     for setting, seed in runs:
         r = fit(loss_fn, starts[seed], _rebuild(optimizer, setting), steps)
         curve = torch.full((steps,), math.nan, dtype=r.losses.dtype if len(r.losses) else torch.float64)
-        curve[:len(r.losses)] = r.losses.detach()
+        curve[: len(r.losses)] = r.losses.detach()
         with torch.no_grad():
             final_loss = loss_fn(r.params).detach()
         curves.append(curve)
         finals.append(r.params)
         rows.append(_row(len(rows), setting, seed, curve, final_loss))
     params = {k: torch.stack([f[k] for f in finals]) for k in finals[0]}
-    return SweepResult(rows, torch.stack(curves), params, time.perf_counter() - t0, 0.0,
-                       {"engine": "loop", "batch_size": 1, "batches": len(runs), "tol": tol})
+    return SweepResult(
+        rows,
+        torch.stack(curves),
+        params,
+        time.perf_counter() - t0,
+        0.0,
+        {"engine": "loop", "batch_size": 1, "batches": len(runs), "tol": tol},
+    )
 
 
-def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, chunk, layout, view, pack,
-             ref, steps_fn, compiled, progress) -> SweepResult:
+def _batched(
+    loss_fn,
+    optimizer,
+    steps,
+    grid,
+    runs,
+    starts,
+    tol,
+    engine,
+    batch_size,
+    chunk,
+    layout,
+    view,
+    pack,
+    ref,
+    steps_fn,
+    compiled,
+    progress,
+) -> SweepResult:
     all_losses, finals, rows = [], [], []
     seconds = compile_seconds = 0.0
     n_batches = math.ceil(len(runs) / batch_size)
     bar = StepBar.maybe(progress, steps * n_batches, desc=f"sweep {len(runs)} runs", label="best loss")
     notice = CompileNotice(progress) if compiled is not None else None
     for lo in range(0, len(runs), batch_size):
-        batch = runs[lo:lo + batch_size]
+        batch = runs[lo : lo + batch_size]
         padded = batch + [batch[-1]] * (batch_size - len(batch)) if compiled is not None else batch
         hyper = {k: _stack_values([s[k] for s, _ in padded], ref) for k in sorted(grid)}
         current = _stack([pack(starts[seed]) for _, seed in padded])
@@ -323,8 +390,18 @@ def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_s
         # step sees the same strides on every call (else it compiles a second graph).
         state = torch.utils._pytree.tree_map(lambda t: t.contiguous() if isinstance(t, Tensor) else t, state)
         t0 = time.perf_counter()
-        curve, current, state, first_call = _run(steps_fn, compiled, hyper, current, state, steps, chunk,
-                                                 bar, (lo // batch_size) * steps, notice if lo == 0 else None)
+        curve, current, state, first_call = _run(
+            steps_fn,
+            compiled,
+            hyper,
+            current,
+            state,
+            steps,
+            chunk,
+            bar,
+            (lo // batch_size) * steps,
+            notice if lo == 0 else None,
+        )
         if lo == 0 and compiled is not None:
             compile_seconds = first_call
         seconds += time.perf_counter() - t0
@@ -341,10 +418,12 @@ def _batched(loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_s
     losses = torch.cat(all_losses)
     if bar is not None:
         bar.close(steps * n_batches, _best(losses[:, -1]))
-    final_params = view({k: torch.cat([f[k] for f in finals]) for k in finals[0]}) if layout is None else \
-        _unflatten_runs(layout, torch.cat([f["flat"] for f in finals]))
-    info = {"engine": engine, "batch_size": batch_size, "batches": math.ceil(len(runs) / batch_size),
-            "tol": tol}
+    final_params = (
+        view({k: torch.cat([f[k] for f in finals]) for k in finals[0]})
+        if layout is None
+        else _unflatten_runs(layout, torch.cat([f["flat"] for f in finals]))
+    )
+    info = {"engine": engine, "batch_size": batch_size, "batches": math.ceil(len(runs) / batch_size), "tol": tol}
     return SweepResult(rows, losses, final_params, seconds, compile_seconds, info)
 
 
@@ -395,12 +474,27 @@ def _keep_finite(ok: Tensor, new: Any, old: Any) -> Any:
     old_leaves, old_spec = pytree.tree_flatten(old)
     if spec != old_spec:
         return new
-    return pytree.tree_unflatten([torch.where(ok, n, o) if isinstance(n, Tensor) and isinstance(o, Tensor) else n
-                                  for n, o in zip(new_leaves, old_leaves)], spec)
+    return pytree.tree_unflatten(
+        [
+            torch.where(ok, n, o) if isinstance(n, Tensor) and isinstance(o, Tensor) else n
+            for n, o in zip(new_leaves, old_leaves)
+        ],
+        spec,
+    )
 
 
-def _run(steps_fn: Callable, compiled: Callable | None, hyper, current, state, steps: int, chunk: int,
-         bar=None, offset: int = 0, notice=None):
+def _run(
+    steps_fn: Callable,
+    compiled: Callable | None,
+    hyper,
+    current,
+    state,
+    steps: int,
+    chunk: int,
+    bar=None,
+    offset: int = 0,
+    notice=None,
+):
     """Whole chunks (compiled when asked), then the leftover steps eagerly (the same math).
 
     Returns the ``(runs, steps)`` losses, the final params and state, and the first call's extra time.
@@ -450,14 +544,17 @@ def _start(params: Params, seed: int | None, init: Callable | None) -> Params:
     if init is not None:
         start = as_params(init(seed))
         if list(start) != list(params) or any(start[k].shape != params[k].shape for k in params):
-            raise ValueError(f"init({seed}) must return the same names and shapes as params: "
-                             f"{ {k: tuple(v.shape) for k, v in params.items()} }")
+            raise ValueError(
+                f"init({seed}) must return the same names and shapes as params: "
+                f"{ {k: tuple(v.shape) for k, v in params.items()} }"
+            )
         return start
     return perturbed(params, seed)
 
 
 def _stack_values(values: list, ref: Tensor):
     """Per-run hyperparameter values as a run-axis tensor (a tuple of them for tuple values like betas)."""
+
     def column(vs):
         return torch.tensor([float(v) for v in vs], dtype=ref.dtype, device=ref.device)
 
@@ -533,8 +630,9 @@ def _bytes_per_run(loss_fn, current: Params, view, optimizer: Optimizer, steps: 
     with _CountBytes() as counter:
         grads, loss = grad_and_value(current)
         engine_update(optimizer, functional_grad_fn(optimizer, loss_fn, view))(grads, state, current, loss)
-    state_bytes = sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(state)
-                      if isinstance(t, Tensor))
+    state_bytes = sum(
+        t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(state) if isinstance(t, Tensor)
+    )
     return counter.bytes + 2 * state_bytes + steps * loss.element_size()
 
 
@@ -548,9 +646,3 @@ def _default_memory(device: torch.device) -> int:
 
 
 # ---------------------------------------------------------------- diyopt sweep (the command line)
-
-
-
-
-
-

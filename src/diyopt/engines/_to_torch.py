@@ -38,6 +38,7 @@ which fuses the whole rule into one pass over memory and writes state and params
 for big models (see ``benchmarks/to_torch_step.py``). The learning rate is passed as a tensor there, so a
 scheduler changing it does not recompile.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,9 @@ from diyopt.engines._kernels import KERNELS, SCALARS_ANY_DTYPE
 from diyopt.engines.hoisting import hoisting_backend
 
 
-def to_torch(optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False,
-             on_nonfinite: str = "raise") -> TorchOptimizer:
+def to_torch(
+    optimizer: Optimizer, params_or_module: Any, *, compiled: bool = False, on_nonfinite: str = "raise"
+) -> TorchOptimizer:
     """Wrap ``optimizer`` as a ``torch.optim.Optimizer`` over ``params_or_module``.
 
     Args:
@@ -121,7 +123,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             try:
                 opt, _ = self._group_optimizer(i, group)
                 self._init_optimizer(opt).init(
-                    {n: p if p.is_sparse else p.detach().to("meta") for n, p in zip(group["param_names"], group["params"])})
+                    {
+                        n: p if p.is_sparse else p.detach().to("meta")
+                        for n, p in zip(group["param_names"], group["params"])
+                    }
+                )
             except ValueError:
                 raise
             except Exception:  # noqa: BLE001 -- not a verdict on the params; the first step will tell
@@ -131,18 +137,24 @@ class TorchOptimizer(torch.optim.Optimizer):
         if self.optimizer.build is None:
             extra = sorted(k for k in param_group if k not in ("params", "param_names"))
             if extra:
-                raise TypeError(f"param group sets {extra}, but this optimizer has no hyperparameters to "
-                                "override (it was not built by a configurable factory)")
+                raise TypeError(
+                    f"param group sets {extra}, but this optimizer has no hyperparameters to "
+                    "override (it was not built by a configurable factory)"
+                )
         elif "lr" in param_group and "lr" not in (self.optimizer.hyperparams or {}):
             # torch keeps any key in a group; a learning rate nothing reads would silently train at another one
-            raise TypeError(f"param group sets ['lr'], but this optimizer has no hyperparameter 'lr' "
-                            f"(its settings: {sorted(self.optimizer.hyperparams)})")
+            raise TypeError(
+                f"param group sets ['lr'], but this optimizer has no hyperparameter 'lr' "
+                f"(its settings: {sorted(self.optimizer.hyperparams)})"
+            )
         if self._built:  # a group added later, after construction
             if not isinstance(param_group["params"], (torch.nn.Module, Mapping, Tensor)):
                 param_group = {**param_group, "params": list(param_group["params"])}
             if _given_names(param_group["params"]) != self._named_input:
-                raise ValueError("all optimizer param groups should be with/without names. cannot add param "
-                                 f"group {'without' if self._named_input else 'with'} names to the optimizer")
+                raise ValueError(
+                    "all optimizer param groups should be with/without names. cannot add param "
+                    f"group {'without' if self._named_input else 'with'} names to the optimizer"
+                )
             start = sum(len(g["params"]) for g in self.param_groups)
             param_group = {**param_group, "params": _named_list(param_group["params"], start)}
         super().add_param_group(param_group)
@@ -210,7 +222,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             return
         if not extra and opt.kernel is not None and self._kernel_step(opt, layout, params, grads):
             return
-        if not extra and isinstance(opt.build, elementwise) and self._rule_step(i, opt, layout, structure, names, params, grads):
+        if (
+            not extra
+            and isinstance(opt.build, elementwise)
+            and self._rule_step(i, opt, layout, structure, names, params, grads)
+        ):
             return
         leaves = layout.read(self.state, params, i)
         state = pytree.tree_unflatten(leaves, layout.spec)
@@ -251,8 +267,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         key = (i, tuple(names), structure)
         layout = self._layouts.get(key)
         gkey = f"group{i}"
-        missing = layout is None or (layout.names and any(not self.state[p] for p in params)) or (
-            layout.has_global and gkey not in self.state)
+        missing = (
+            layout is None
+            or (layout.names and any(not self.state[p] for p in params))
+            or (layout.has_global and gkey not in self.state)
+        )
         if missing:
             fresh = self._init_optimizer(opt).init(dict(zip(names, params)))
             if layout is None:
@@ -302,9 +321,13 @@ class TorchOptimizer(torch.optim.Optimizer):
         if layout.kernel_checked != ids:
             loose = opt.kernel in _SCALARS_ANY_DTYPE
             if any(t.device != device for t in (*params, *grads)) or any(
-                    not isinstance(v, Tensor) or v.device != device or v.is_sparse
-                    or not (v.dtype is dtype or (loose and v.dim() == 0 and v.is_floating_point()))
-                    for s in states for v in s.values()):
+                not isinstance(v, Tensor)
+                or v.device != device
+                or v.is_sparse
+                or not (v.dtype is dtype or (loose and v.dim() == 0 and v.is_floating_point()))
+                for s in states
+                for v in s.values()
+            ):
                 return False
             layout.kernel_checked = ids
         if self.on_nonfinite == "raise" and not _all_finite(grads, layout):
@@ -403,8 +426,10 @@ def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any, 
         error = DivergedError(event)
         if stepped:  # _rule_step: the tensors before this one are written already
             event["stepped"] = list(stepped)
-            error.args = (f"{error} (from finite gradients; the {len(stepped)} tensor(s) before it in its group "
-                          f"were already stepped: {', '.join(map(repr, stepped[:3]))}{', ...' if len(stepped) > 3 else ''})",)
+            error.args = (
+                f"{error} (from finite gradients; the {len(stepped)} tensor(s) before it in its group "
+                f"were already stepped: {', '.join(map(repr, stepped[:3]))}{', ...' if len(stepped) > 3 else ''})",
+            )
         raise error
 
 
@@ -488,8 +513,11 @@ class _Layout:
             raw.append((owner, parts))
         slots = []
         for owner, parts in raw:
-            short = ".".join(str(k.name if isinstance(k, pytree.GetAttrKey) else k.key)
-                             for k in parts if not isinstance(k, pytree.SequenceKey))
+            short = ".".join(
+                str(k.name if isinstance(k, pytree.GetAttrKey) else k.key)
+                for k in parts
+                if not isinstance(k, pytree.SequenceKey)
+            )
             clash = sum(1 for o, p in raw if o == owner and _short(p) == short) > 1
             full = ".".join(_part(k) for k in parts) or "value"
             slots.append((owner, full if clash or not short else short))
@@ -555,8 +583,10 @@ def _named_groups(params: Any) -> tuple[list[dict], bool]:
     if isinstance(params, torch.nn.Module):
         return [{"params": list(params.named_parameters())}], True
     if isinstance(params, Tensor):
-        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                        f"but got {torch.typename(params)}")
+        raise TypeError(
+            "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+            f"but got {torch.typename(params)}"
+        )
     if isinstance(params, Mapping):
         return [{"params": [(str(k), v) for k, v in params.items()]}], True
     items = list(params)
@@ -573,8 +603,10 @@ def _named_groups(params: Any) -> tuple[list[dict], bool]:
             listed_params = list(listed_params)  # a generator (model.parameters()) is read once
         group_named = _given_names(listed_params)
         if named is not None and group_named != named:
-            raise ValueError("all optimizer param groups should be with/without names. cannot add param group "
-                             f"{'with' if group_named else 'without'} names to the optimizer")
+            raise ValueError(
+                "all optimizer param groups should be with/without names. cannot add param group "
+                f"{'with' if group_named else 'without'} names to the optimizer"
+            )
         named = group_named
         listed = _named_list(listed_params, start)
         start += len(listed)

@@ -1,5 +1,6 @@
 """``fit`` with a ``torch.optim.Optimizer`` class, used as it is: ``opt.step(closure)`` per step, with
 fit's first-step checks and divergence guard."""
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,16 @@ from diyopt.core.tree import LossFn, Params
 from diyopt.errors import DivergedError
 
 
-def fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, steps: int, callback,
-                     on_nonfinite: str = "stop", progress: bool = False) -> Result:
+def fit_torch_class(
+    loss_fn: LossFn,
+    params: Params,
+    cls: type,
+    kwargs: dict,
+    steps: int,
+    callback,
+    on_nonfinite: str = "stop",
+    progress: bool = False,
+) -> Result:
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     opt = cls(list(leaves.values()), **kwargs)
     guard = on_nonfinite != "ignore"
@@ -66,8 +75,17 @@ def fit_torch_class(loss_fn: LossFn, params: Params, cls: type, kwargs: dict, st
         info["skipped"] = skipped
     final = {k: v.detach().clone() for k, v in leaves.items()}
     history = torch.stack(losses) if losses else torch.empty(0)
-    return Result(final, history, len(losses), seconds, stop_reason, opt.state_dict(), info=info,
-                  nfev=closure.calls, njev=closure.calls)
+    return Result(
+        final,
+        history,
+        len(losses),
+        seconds,
+        stop_reason,
+        opt.state_dict(),
+        info=info,
+        nfev=closure.calls,
+        njev=closure.calls,
+    )
 
 
 class _Closure:

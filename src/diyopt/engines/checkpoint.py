@@ -18,6 +18,7 @@ holds only tensors and plain Python containers -- never code:
 Writes are atomic: temp file in the same folder, flush, fsync, ``os.replace``, fsync the folder. A kill
 at any instant leaves either the previous checkpoint or the new one, never a torn file.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,12 +43,7 @@ FORMAT = "diyopt-checkpoint"
 VERSION = 2  # 2: the loss history may live beside the file (LossFile); 1 is still read
 
 
-
-
 # ---------------------------------------------------------------- atomic file and folder writes
-
-
-
 
 
 # ---------------------------------------------------------------- RNG states as tensors
@@ -59,10 +55,14 @@ def capture_rng() -> dict:
     version, internal, gauss_next = random.getstate()
     rng = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -123,8 +123,7 @@ def fingerprint(optimizer: Any, steps: int | None, params: Mapping[str, Tensor],
     build = getattr(optimizer, "build", None)
     fp = {"optimizer": getattr(build, "__name__", None) or type(optimizer).__name__}
     fp.update({k: describe(v) for k, v in (getattr(optimizer, "hyperparams", None) or {}).items()})
-    fp["params"] = ", ".join(f"{k}:{tuple(v.shape)}:{str(v.dtype).removeprefix('torch.')}"
-                             for k, v in params.items())
+    fp["params"] = ", ".join(f"{k}:{tuple(v.shape)}:{str(v.dtype).removeprefix('torch.')}" for k, v in params.items())
     fp.update({k: describe(v) for k, v in settings.items() if v is not None})
     return fp
 
@@ -136,20 +135,34 @@ def check_fingerprint(saved: Mapping[str, str], now: Mapping[str, str], path: st
     def short(v: Any) -> str:
         return v if isinstance(v, str) and len(v) <= 300 else f"{str(v)[:300]}..."
 
-    diffs = [f"{k}={short(saved.get(k, '(unset)'))}, now {k}={short(now.get(k, '(unset)'))}"
-             for k in list(saved) + [k for k in now if k not in saved] if saved.get(k) != now.get(k)]
+    diffs = [
+        f"{k}={short(saved.get(k, '(unset)'))}, now {k}={short(now.get(k, '(unset)'))}"
+        for k in list(saved) + [k for k in now if k not in saved]
+        if saved.get(k) != now.get(k)
+    ]
     if diffs:
-        raise CheckpointError(f"cannot resume from {path}: checkpoint was made with " + "; ".join(diffs[:8])
-                              + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-                              + " (use the same settings, or a new checkpoint file)")
+        raise CheckpointError(
+            f"cannot resume from {path}: checkpoint was made with "
+            + "; ".join(diffs[:8])
+            + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+            + " (use the same settings, or a new checkpoint file)"
+        )
 
 
 # ---------------------------------------------------------------- save and load
 
 
-def save(path: str | Path, *, params: Mapping[str, Tensor], state: Any, step: int,
-         losses: Tensor | LossFile, fingerprint: Mapping[str, str], extra: Mapping[str, Any] | None = None,
-         train_params: Mapping[str, Tensor] | None = None) -> None:
+def save(
+    path: str | Path,
+    *,
+    params: Mapping[str, Tensor],
+    state: Any,
+    step: int,
+    losses: Tensor | LossFile,
+    fingerprint: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+    train_params: Mapping[str, Tensor] | None = None,
+) -> None:
     """Write a checkpoint atomically. ``state`` is any pytree of tensors (NamedTuples, tuples, dicts).
 
     ``train_params``, for an optimizer whose evaluation params differ from its training params: then
@@ -162,7 +175,9 @@ def save(path: str | Path, *, params: Mapping[str, Tensor], state: Any, step: in
     """
     leaves, spec = pytree.tree_flatten(state)
     payload = {
-        "format": FORMAT, "version": VERSION, "step": int(step),
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(step),
         "params": {k: v.detach().cpu() for k, v in params.items()},
         "state_leaves": [x.detach().cpu() if isinstance(x, Tensor) else x for x in leaves],
         "state_structure": str(spec),
@@ -219,8 +234,7 @@ class LossFile:
         self.count += len(values)
 
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-           "bfloat16": torch.bfloat16}
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MAX_ENTRIES = 100_000  # the most containers and values a checkpoint's plain-data parts may hold
 MAX_DEPTH = 16
 
@@ -236,17 +250,21 @@ def load(path: str | Path) -> dict:
     except pickle.UnpicklingError as e:
         found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|\n|$)", str(e))
         reason = found.group(1).strip() if found else " ".join(str(e).split())[:200]
-        raise CheckpointError(f"{path}: refused to load, not a plain-data checkpoint: torch.load("
-                              f"weights_only=True) found {reason}") from None
+        raise CheckpointError(
+            f"{path}: refused to load, not a plain-data checkpoint: torch.load(weights_only=True) found {reason}"
+        ) from None
     except (OSError, RuntimeError, EOFError, ValueError, MemoryError, RecursionError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]})") from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a diyopt checkpoint")
     if payload.get("version") not in (1, VERSION):
         version = payload.get("version")
-        raise CheckpointError(f"{path}: checkpoint version {version if isinstance(version, int) else '?'} "
-                              f"is not supported (this diyopt reads versions 1 and {VERSION})")
+        raise CheckpointError(
+            f"{path}: checkpoint version {version if isinstance(version, int) else '?'} "
+            f"is not supported (this diyopt reads versions 1 and {VERSION})"
+        )
     validate(payload, path)
     if "losses_file" in payload:
         payload["losses"] = _read_losses(path, payload)
@@ -301,17 +319,28 @@ def validate(payload: dict, path: str | Path = "checkpoint") -> None:
             raise bad(f"'losses' holds {len(losses)} values for step {step}")
     else:
         info = payload["losses_file"]
-        if (not isinstance(info, dict) or not isinstance(info.get("name"), str) or "/" in info["name"]
-                or info.get("count") != step or info.get("dtype") not in _DTYPES):
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("name"), str)
+            or "/" in info["name"]
+            or info.get("count") != step
+            or info.get("dtype") not in _DTYPES
+        ):
             raise bad("'losses_file' must name the history file, its dtype, and count one value per step")
     rng = payload["rng"]
     try:
-        ok = (isinstance(rng, dict) and isinstance(rng["torch"], Tensor) and isinstance(rng["numpy"], dict)
-              and isinstance(rng["numpy"]["keys"], Tensor) and isinstance(rng["numpy"]["kind"], str)
-              and all(isinstance(rng["numpy"][k], (int, float)) for k in ("pos", "has_gauss", "gauss"))
-              and isinstance(rng["python"], dict) and isinstance(rng["python"]["internal"], Tensor)
-              and isinstance(rng["python"]["version"], int)
-              and isinstance(rng["python"]["gauss_next"], (float, type(None))))
+        ok = (
+            isinstance(rng, dict)
+            and isinstance(rng["torch"], Tensor)
+            and isinstance(rng["numpy"], dict)
+            and isinstance(rng["numpy"]["keys"], Tensor)
+            and isinstance(rng["numpy"]["kind"], str)
+            and all(isinstance(rng["numpy"][k], (int, float)) for k in ("pos", "has_gauss", "gauss"))
+            and isinstance(rng["python"], dict)
+            and isinstance(rng["python"]["internal"], Tensor)
+            and isinstance(rng["python"]["version"], int)
+            and isinstance(rng["python"]["gauss_next"], (float, type(None)))
+        )
     except (KeyError, TypeError):
         ok = False
     if not ok:
@@ -346,10 +375,14 @@ def _read_losses(path: Path, payload: dict) -> Tensor:
     except OSError as e:
         raise CheckpointError(f"{path}: its loss history {file} cannot be read ({e.strerror or e})") from None
     if len(data) != info["count"] * size:
-        raise CheckpointError(f"{path}: its loss history {file} holds {len(data) // size} values, "
-                              f"expected {info['count']}")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).clone() if data else \
-        torch.empty(0, dtype=dtype)
+        raise CheckpointError(
+            f"{path}: its loss history {file} holds {len(data) // size} values, expected {info['count']}"
+        )
+    return (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).clone()
+        if data
+        else torch.empty(0, dtype=dtype)
+    )
 
 
 def restore_state(payload: Mapping, template: Any, path: str | Path = "checkpoint") -> Any:
@@ -358,14 +391,18 @@ def restore_state(payload: Mapping, template: Any, path: str | Path = "checkpoin
     t_leaves, spec = pytree.tree_flatten(template)
     leaves = payload["state_leaves"]
     if str(spec) != payload["state_structure"] or len(leaves) != len(t_leaves):
-        raise CheckpointError(f"{path}: the saved optimizer state does not fit this optimizer "
-                              f"({len(leaves)} saved tensors, {len(t_leaves)} expected)")
+        raise CheckpointError(
+            f"{path}: the saved optimizer state does not fit this optimizer "
+            f"({len(leaves)} saved tensors, {len(t_leaves)} expected)"
+        )
     out = []
     for i, (saved, t) in enumerate(zip(leaves, t_leaves)):
         if isinstance(t, Tensor):
             if not isinstance(saved, Tensor) or saved.shape != t.shape:
-                raise CheckpointError(f"{path}: optimizer state tensor {i} has shape "
-                                      f"{tuple(getattr(saved, 'shape', ()))}, expected {tuple(t.shape)}")
+                raise CheckpointError(
+                    f"{path}: optimizer state tensor {i} has shape "
+                    f"{tuple(getattr(saved, 'shape', ()))}, expected {tuple(t.shape)}"
+                )
             saved = saved.to(device=t.device, dtype=t.dtype)
         out.append(saved)
     return pytree.tree_unflatten(out, spec)

@@ -16,6 +16,7 @@ Compiled graphs live in Inductor's on-disk cache (``/tmp/torchinductor_$USER`` u
 ``TORCHINDUCTOR_CACHE_DIR`` says otherwise), so a second process with the same loss and rule skips most
 of the compilation; ``Result.compile_seconds`` reports what the first call cost.
 """
+
 from __future__ import annotations
 
 import time
@@ -54,8 +55,9 @@ RECOMPILE_LIMIT = 64
 
 def more_graphs():
     """Context for calling the engines' compiled functions: room for RECOMPILE_LIMIT cached graphs."""
-    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
-                                      accumulated_recompile_limit=max(RECOMPILE_LIMIT * 4, 256))
+    return torch._dynamo.config.patch(
+        recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=max(RECOMPILE_LIMIT * 4, 256)
+    )
 
 
 def call_compiled(compiled: Callable, *args: Any, may_compile: bool) -> Any:
@@ -101,9 +103,19 @@ def tensor_hyperparams(optimizer: Optimizer, like: Tensor) -> Optimizer:
 # ---------------------------------------------------------------- fit(..., engine="compiled")
 
 
-def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer: Optimizer, steps: int,
-                 callback: Callable | None = None, *, on_nonfinite: str = "stop", chunk: int | None = None,
-                 mode: str | None = None, backend: str = "inductor", progress: bool = False) -> Result:
+def fit_compiled(
+    loss_fn: Callable[[Params], Tensor],
+    params: Params,
+    optimizer: Optimizer,
+    steps: int,
+    callback: Callable | None = None,
+    *,
+    on_nonfinite: str = "stop",
+    chunk: int | None = None,
+    mode: str | None = None,
+    backend: str = "inductor",
+    progress: bool = False,
+) -> Result:
     """``fit`` with the whole step compiled; equal to the eager engine up to rounding.
 
     Args:
@@ -123,8 +135,10 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     (the first call's extra time: tracing, compiling or loading from Inductor's cache) are as in ``fit``.
     """
     if on_nonfinite not in ("stop", "raise", "ignore"):
-        raise ValueError(f"engine='compiled' supports on_nonfinite='stop', 'raise' or 'ignore', got "
-                         f"{on_nonfinite!r}; use engine='eager' for 'skip'")
+        raise ValueError(
+            f"engine='compiled' supports on_nonfinite='stop', 'raise' or 'ignore', got "
+            f"{on_nonfinite!r}; use engine='eager' for 'skip'"
+        )
     numel = sum(p.numel() for p in params.values())
     if chunk is None:
         chunk = 1 if callback is not None or numel > SMALL_PROBLEM_NUMEL else SMALL_PROBLEM_CHUNK
@@ -151,8 +165,9 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     run = _make_loop(eager_step, chunk, per_turn, guard) if chunk > 1 else _make_single(eager_step, guard)
     # dynamic=False: one graph per problem shape. A second shape would otherwise make Dynamo trace with
     # symbolic sizes, which while_loop does not take for the sizes the loss captures.
-    compiled = torch.compile(run, fullgraph=True, dynamic=False, mode=mode, backend=backend,
-                             options={"cpp_wrapper": True} if cpp else None)
+    compiled = torch.compile(
+        run, fullgraph=True, dynamic=False, mode=mode, backend=backend, options={"cpp_wrapper": True} if cpp else None
+    )
     losses = torch.empty(steps, dtype=current[next(iter(current))].dtype)
     counts = {}  # steps per call, as the 0-dim tensors the graph takes (at most two distinct values)
     stop_reason, info = MAX_STEPS, {}
@@ -175,10 +190,13 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
         t0 = time.perf_counter()
         try:
             new_current, new_state, chunk_losses, finite = call_compiled(
-                compiled, current, state, count, may_compile=first_call is None)
+                compiled, current, state, count, may_compile=first_call is None
+            )
         except torch._dynamo.exc.Unsupported as e:  # e.g. .item() or numpy inside loss_fn or the rule
-            raise TypeError(f"engine='compiled' cannot compile this loss or update rule as one graph "
-                            f"({str(e).strip().splitlines()[0]}); use engine='eager'") from e
+            raise TypeError(
+                f"engine='compiled' cannot compile this loss or update rule as one graph "
+                f"({str(e).strip().splitlines()[0]}); use engine='eager'"
+            ) from e
         if first_call is None:
             first_call = time.perf_counter() - t0
             notice.done(first_call)
@@ -189,7 +207,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
                 continue
             stop_reason = diverged(event)
             break
-        losses[done:done + n] = chunk_losses[:n]
+        losses[done : done + n] = chunk_losses[:n]
         current, state = new_current, new_state
         done += n
         if bar is not None:
@@ -199,8 +217,7 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
                 stop_reason = CALLBACK
                 break
     if stop_reason == MAX_STEPS and done < steps:  # fewer than per_turn steps left: the eager step (same math)
-        done, current, state, event = _replay(eager_step, current, state, losses, done, steps - done, view,
-                                              guard)
+        done, current, state, event = _replay(eager_step, current, state, losses, done, steps - done, view, guard)
         if event is not None:
             stop_reason = diverged(event)
     total = time.perf_counter() - start
@@ -215,9 +232,19 @@ def fit_compiled(loss_fn: Callable[[Params], Tensor], params: Params, optimizer:
     if train is not None:  # the loss at the params reported, not at the last gradient point
         info["final_loss"] = float(loss_fn(view(shown)).detach())
         evals += 1
-    return Result(view(shown), losses[:done].clone(), done, total - compile_seconds, stop_reason, state,
-                  compile_seconds=compile_seconds, info=info, nfev=evals, njev=evals,
-                  train_params=None if train is None else view(train))
+    return Result(
+        view(shown),
+        losses[:done].clone(),
+        done,
+        total - compile_seconds,
+        stop_reason,
+        state,
+        compile_seconds=compile_seconds,
+        info=info,
+        nfev=evals,
+        njev=evals,
+        train_params=None if train is None else view(train),
+    )
 
 
 def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:
@@ -293,9 +320,11 @@ def _make_loop(step: Callable, chunk: int, per_turn: int, guard: bool) -> Callab
             new = [n.clone() if n is old else n for n, old in zip(new, values)]
             return (i + per_turn, losses, finite, *new)
 
-        start = (torch.zeros((), dtype=torch.int64, device=ref.device),
-                 torch.zeros(chunk, dtype=ref.dtype, device=ref.device),
-                 torch.ones(chunk, dtype=torch.bool, device=ref.device))
+        start = (
+            torch.zeros((), dtype=torch.int64, device=ref.device),
+            torch.zeros(chunk, dtype=ref.dtype, device=ref.device),
+            torch.ones(chunk, dtype=torch.bool, device=ref.device),
+        )
         # The loop's carry must keep its layout; contiguous() makes init's expanded zeros plain tensors.
         _, losses, finite, *values = while_loop(cond, body, (*start, *(leaves[j].contiguous() for j in carried)))
         current, state = rebuild(values)
@@ -304,8 +333,16 @@ def _make_loop(step: Callable, chunk: int, per_turn: int, guard: bool) -> Callab
     return run
 
 
-def _replay(step: Callable, current: Params, state: Any, losses: Tensor, done: int, count: int,
-            view: Callable, guard: bool = True):
+def _replay(
+    step: Callable,
+    current: Params,
+    state: Any,
+    losses: Tensor,
+    done: int,
+    count: int,
+    view: Callable,
+    guard: bool = True,
+):
     """Run up to ``count`` eager steps from ``done``; stop before the first non-finite one (as fit does)."""
     for _ in range(count):
         new_current, new_state, loss, finite = step(current, state)

@@ -33,6 +33,7 @@ rank 0 collects the rows with :func:`gather` (``torch.distributed.all_gather_obj
     mine = diyopt.sweep(loss, p0, diyopt.optim.adam(), 4000, grid={"lr": dd.split_work(lrs)})
     rows = dd.gather(mine.rows)                 # every run's row on rank 0, None elsewhere
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,10 @@ def shard(*tensors: Tensor, even: bool = True) -> tuple[Tensor, ...] | Tensor:
         raise ValueError(f"shard: tensors must have the same length, got {sorted(lengths)}")
     n, world = lengths.pop(), world_size()
     if even and n % world:
-        raise ValueError(f"cannot split {n} rows evenly across {world} ranks (the 'mean' reduction needs "
-                         "equal shards); use a sum loss with even=False, or drop rows")
+        raise ValueError(
+            f"cannot split {n} rows evenly across {world} ranks (the 'mean' reduction needs "
+            "equal shards); use a sum loss with even=False, or drop rows"
+        )
     out = tuple(t.tensor_split(world)[rank()] for t in tensors)
     return out[0] if len(out) == 1 else out
 
@@ -135,8 +138,10 @@ def grad_reducer(mode: bool | str | None) -> GradReducer | None:
     if mode is None or mode is True:
         return GradReducer("mean") if active() else None
     if not active():
-        raise ValueError(f"distributed={mode!r} needs a torch.distributed process group with more than one "
-                         "rank: run under torchrun and call diyopt.distributed.init()")
+        raise ValueError(
+            f"distributed={mode!r} needs a torch.distributed process group with more than one "
+            "rank: run under torchrun and call diyopt.distributed.init()"
+        )
     return GradReducer(mode)
 
 
@@ -145,7 +150,7 @@ def grad_reducer(mode: bool | str | None) -> GradReducer | None:
 
 def split_work(items: Sequence[Any]) -> list[Any]:
     """Round-robin: this rank's share of ``items`` (e.g. the rows of a sweep grid)."""
-    return list(items)[rank()::world_size()]
+    return list(items)[rank() :: world_size()]
 
 
 def gather(rows: list[Any]) -> list[Any] | None:

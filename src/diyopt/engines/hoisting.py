@@ -17,6 +17,7 @@ rule, without the user changing a line:
 
 The result is the same computation in the same order, so it equals the unsplit graph up to rounding.
 """
+
 from __future__ import annotations
 
 import operator

@@ -3,6 +3,7 @@
 ``names()`` lists the built-ins; ``get(spec)`` builds one from a spec string (``"adam:lr=1e-2"``,
 ``"my_rules.py:signum"``). The CLI, the specs and the tests all read this registry.
 """
+
 from ._builtins import (
     IMPLEMENTATION_FLAGS,
     adadelta,

@@ -25,6 +25,7 @@ with ``foreach=True``), so an input torch refuses is refused here too.
 ``names()`` lists the registry; ``BUILTINS`` here maps torch.optim's twins to their factories, and the registry
 (``optim._registry.BUILTINS``, the public ``diyopt.optim.BUILTINS``) adds the others (schedule-free).
 """
+
 from __future__ import annotations
 
 import math
@@ -142,8 +143,18 @@ def gradient_descent(grad, state, param, *, lr=1e-3):
 
 
 @configurable
-def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False,
-        foreach=None, differentiable=False, fused=None) -> Optimizer:
+def sgd(
+    lr=1e-3,
+    momentum=0.0,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    *,
+    maximize=False,
+    foreach=None,
+    differentiable=False,
+    fused=None,
+) -> Optimizer:
     """SGD with momentum, equal to ``torch.optim.SGD``: ``chain(decay, trace, scale_by_lr)``."""
     check_impl(foreach, fused, differentiable)
     check_lr(lr)
@@ -165,8 +176,18 @@ def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, 
 
 
 @configurable
-def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
-            maximize=False, foreach=None, differentiable=False, fused=None) -> Optimizer:
+def adagrad(
+    lr=1e-2,
+    lr_decay=0.0,
+    weight_decay=0.0,
+    initial_accumulator_value=0.0,
+    eps=1e-10,
+    *,
+    maximize=False,
+    foreach=None,
+    differentiable=False,
+    fused=None,
+) -> Optimizer:
     """Adagrad, equal to ``torch.optim.Adagrad``; ``lr_decay`` makes the step ``lr / (1 + t lr_decay)``.
 
     As in torch, ``to_torch`` fills every accumulator from the constructor's ``initial_accumulator_value``;
@@ -187,8 +208,7 @@ def adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0
     )
     # torch's fused Adagrad step computes this rule in place without lr_decay (whose schedule keeps its own
     # counter; see Optimizer.kernel)
-    fast = _is_number(lr_decay) and lr_decay == 0 and all(
-        _finite_number(x) for x in (lr, weight_decay, eps))
+    fast = _is_number(lr_decay) and lr_decay == 0 and all(_finite_number(x) for x in (lr, weight_decay, eps))
     return rule._replace(kernel="adagrad") if fast else rule
 
 
@@ -200,8 +220,19 @@ def _inverse_time_decay(lr, lr_decay) -> Callable:
 
 
 @configurable
-def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-            maximize=False, capturable=False, foreach=None, differentiable=False) -> Optimizer:
+def rmsprop(
+    lr=1e-2,
+    alpha=0.99,
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum=0.0,
+    centered=False,
+    *,
+    maximize=False,
+    capturable=False,
+    foreach=None,
+    differentiable=False,
+) -> Optimizer:
     """RMSprop, equal to ``torch.optim.RMSprop``: ``chain(decay, scale_by_rms, trace, scale_by_lr)``."""
     check_impl(foreach, None, differentiable)
     check_lr(lr)
@@ -221,8 +252,9 @@ def rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, cente
 
 
 @configurable
-def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, foreach=None, capturable=False,
-             differentiable=False) -> Optimizer:
+def adadelta(
+    lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, foreach=None, capturable=False, differentiable=False
+) -> Optimizer:
     """Adadelta, equal to ``torch.optim.Adadelta``."""
     check_impl(foreach, None, differentiable)
     check_lr(lr)
@@ -252,8 +284,9 @@ def _is_schedule(lr: Any) -> bool:
     return callable(lr) and not isinstance(lr, Tensor)
 
 
-def _adam_like(direction: Callable[[Any], Optimizer], weight_decay, decoupled: bool, maximize: bool, lr,
-               folds_lr: bool = False) -> Optimizer:
+def _adam_like(
+    direction: Callable[[Any], Optimizer], weight_decay, decoupled: bool, maximize: bool, lr, folds_lr: bool = False
+) -> Optimizer:
     """``chain([negate], [coupled decay], direction, scale_by_lr, [decoupled decay])``.
 
     ``direction(lr)`` builds the adaptive transform; with ``folds_lr`` it takes the learning rate and
@@ -280,9 +313,20 @@ def _adam_like(direction: Callable[[Any], Optimizer], weight_decay, decoupled: b
 
 
 @configurable
-def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *, maximize=False,
-         decoupled_weight_decay=False, foreach=None, capturable=False, differentiable=False,
-         fused=None) -> Optimizer:
+def adam(
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    amsgrad=False,
+    *,
+    maximize=False,
+    decoupled_weight_decay=False,
+    foreach=None,
+    capturable=False,
+    differentiable=False,
+    fused=None,
+) -> Optimizer:
     """Adam, equal to ``torch.optim.Adam`` with the same arguments.
 
     ``chain([negate if maximize], [coupled decay], scale_by_adam(lr=lr), [decoupled decay])``.
@@ -306,16 +350,47 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
 
 
 @configurable
-def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *, maximize=False,
-          foreach=None, capturable=False, differentiable=False, fused=None) -> Optimizer:
+def adamw(
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=1e-2,
+    amsgrad=False,
+    *,
+    maximize=False,
+    foreach=None,
+    capturable=False,
+    differentiable=False,
+    fused=None,
+) -> Optimizer:
     """AdamW (Loshchilov & Hutter, 2019), equal to ``torch.optim.AdamW``: Adam with decoupled weight decay."""
-    return adam(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused)
+    return adam(
+        lr,
+        betas,
+        eps,
+        weight_decay,
+        amsgrad,
+        maximize=maximize,
+        decoupled_weight_decay=True,
+        foreach=foreach,
+        capturable=capturable,
+        differentiable=differentiable,
+        fused=fused,
+    )
 
 
 @configurable
-def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False, foreach=None,
-           differentiable=False, capturable=False) -> Optimizer:
+def adamax(
+    lr=2e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    *,
+    maximize=False,
+    foreach=None,
+    differentiable=False,
+    capturable=False,
+) -> Optimizer:
     """Adamax, equal to ``torch.optim.Adamax``."""
     check_impl(foreach, None, differentiable)
     _check_adam_like(lr, betas, eps, weight_decay)
@@ -329,9 +404,19 @@ def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=
 
 
 @configurable
-def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-          decoupled_weight_decay=False, *, maximize=False, foreach=None, capturable=False,
-          differentiable=False) -> Optimizer:
+def nadam(
+    lr=2e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum_decay=4e-3,
+    decoupled_weight_decay=False,
+    *,
+    maximize=False,
+    foreach=None,
+    capturable=False,
+    differentiable=False,
+) -> Optimizer:
     """NAdam, equal to ``torch.optim.NAdam`` (decoupled_weight_decay=True is torch's NAdamW)."""
     check_impl(foreach, None, differentiable)
     _check_adam_like(lr, betas, eps, weight_decay)
@@ -346,14 +431,25 @@ def nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_deca
 
 
 @configurable
-def radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *,
-          maximize=False, foreach=None, capturable=False, differentiable=False) -> Optimizer:
+def radam(
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    decoupled_weight_decay=False,
+    *,
+    maximize=False,
+    foreach=None,
+    capturable=False,
+    differentiable=False,
+) -> Optimizer:
     """RAdam, equal to ``torch.optim.RAdam`` (decoupled_weight_decay=True is torch's RAdamW)."""
     check_impl(foreach, None, differentiable)
     _check_adam_like(lr, betas, eps, weight_decay)
     lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
-    rule = _adam_like(lambda _: T.scale_by_radam(b1=b1, b2=b2, eps=eps), weight_decay, decoupled_weight_decay,
-                      maximize, lr)
+    rule = _adam_like(
+        lambda _: T.scale_by_radam(b1=b1, b2=b2, eps=eps), weight_decay, decoupled_weight_decay, maximize, lr
+    )
     return _with_kernel(rule, "radam", lr, b1, b2, eps, weight_decay)
 
 
@@ -364,13 +460,25 @@ def _no_schedule(name: str, lr: Any) -> None:
     """These rules take ``lr`` into their own step-size arithmetic (as torch's do), so it is a number or a
     tensor; a schedule goes through ``torch.optim.lr_scheduler`` on ``to_torch`` instead."""
     if _is_schedule(lr):
-        raise TypeError(f"{name}'s lr cannot be a schedule (it enters the rule's own step-size arithmetic); "
-                        "use a number or a tensor, and torch.optim.lr_scheduler on to_torch(...)")
+        raise TypeError(
+            f"{name}'s lr cannot be a schedule (it enters the rule's own step-size arithmetic); "
+            "use a number or a tensor, and torch.optim.lr_scheduler on to_torch(...)"
+        )
 
 
 @configurable
-def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False, foreach=None,
-         differentiable=False, capturable=False) -> Optimizer:
+def asgd(
+    lr=1e-2,
+    lambd=1e-4,
+    alpha=0.75,
+    t0=1e6,
+    weight_decay=0.0,
+    *,
+    maximize=False,
+    foreach=None,
+    differentiable=False,
+    capturable=False,
+) -> Optimizer:
     """Averaged SGD, equal to ``torch.optim.ASGD``: ``chain([negate], [coupled decay], scale_by_asgd)``.
 
     The averaged iterate is the state's ``ax`` (``to_torch(...).state[p]["ax"]``), as in torch.
@@ -379,14 +487,18 @@ def asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=
     check_impl(foreach, None, differentiable)
     check_lr(lr)
     check_weight_decay(weight_decay)
-    rule = chain(*_maximize(maximize), *_coupled_decay(weight_decay),
-                 T.scale_by_asgd(lr=_to_scalar(lr), lambd=lambd, alpha=alpha, t0=t0))
+    rule = chain(
+        *_maximize(maximize),
+        *_coupled_decay(weight_decay),
+        T.scale_by_asgd(lr=_to_scalar(lr), lambd=lambd, alpha=alpha, t0=t0),
+    )
     return _with_kernel(rule, "asgd", lr, lambd, alpha, t0, weight_decay)
 
 
 @configurable
-def adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, maximize=False,
-              foreach=None) -> Optimizer:
+def adafactor(
+    lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, maximize=False, foreach=None
+) -> Optimizer:
     """Adafactor, equal to ``torch.optim.Adafactor`` (its ``eps`` is the pair ``(eps1, eps2)``)."""
     _no_schedule("adafactor", lr)
     check_impl(foreach)
@@ -399,14 +511,25 @@ def adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0
     _check(eps[1], lambda v: v >= 0.0, "epsilon2 should be >= 0 but is: {}")
     _check(d, lambda v: v >= 1.0, "Clipping threshold d should be >= 1 but is: {}")
     _check(weight_decay, lambda v: v >= 0.0, "weight_decay should be >= 0 but is: {}")
-    return chain(*_maximize(maximize),
-                 T.scale_by_adafactor(lr=_to_scalar(lr), beta2_decay=beta2_decay, eps=tuple(eps), d=d,
-                                      weight_decay=weight_decay))
+    return chain(
+        *_maximize(maximize),
+        T.scale_by_adafactor(
+            lr=_to_scalar(lr), beta2_decay=beta2_decay, eps=tuple(eps), d=d, weight_decay=weight_decay
+        ),
+    )
 
 
 @configurable
-def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.7750, 2.0315),
-         eps=1e-7, ns_steps=5, adjust_lr_fn=None) -> Optimizer:
+def muon(
+    lr=1e-3,
+    weight_decay=0.1,
+    momentum=0.95,
+    nesterov=True,
+    ns_coefficients=(3.4445, -4.7750, 2.0315),
+    eps=1e-7,
+    ns_steps=5,
+    adjust_lr_fn=None,
+) -> Optimizer:
     """Muon, equal to ``torch.optim.Muon``: momentum, orthogonalized by Newton-Schulz, for 2-D params.
 
     ``chain(scale_by_muon)``, the decoupled decay inside. As torch's, it refuses a parameter that is not a matrix
@@ -430,8 +553,18 @@ def muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficient
     if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
         raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
     lr = _to_scalar(lr)
-    return chain(T.scale_by_muon(lr=lr, momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
-                                 eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, weight_decay=weight_decay))
+    return chain(
+        T.scale_by_muon(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+            ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn,
+            weight_decay=weight_decay,
+        )
+    )
 
 
 @configurable
@@ -452,8 +585,15 @@ def sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, maximize=False) -> Opt
 
 
 @configurable
-def lbfgs(lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9, history_size=100,
-          line_search_fn=None) -> Optimizer:
+def lbfgs(
+    lr=1.0,
+    max_iter=20,
+    max_eval=None,
+    tolerance_grad=1e-7,
+    tolerance_change=1e-9,
+    history_size=100,
+    line_search_fn=None,
+) -> Optimizer:
     """L-BFGS for ``to_torch``, equal to ``torch.optim.LBFGS``: ``to_torch(lbfgs(), model).step(closure)``
     runs up to ``max_iter`` iterations and keeps the history across steps (see :mod:`diyopt.torch_lbfgs`).
 
@@ -467,8 +607,10 @@ def lbfgs(lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_cha
         raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
 
     def update(grads, state, params=None):
-        raise TypeError("diyopt.optim.lbfgs evaluates the loss several times per step: use it as "
-                        "to_torch(lbfgs(...), params).step(closure), or minimize with diyopt.lbfgs(loss_fn, params)")
+        raise TypeError(
+            "diyopt.optim.lbfgs evaluates the loss several times per step: use it as "
+            "to_torch(lbfgs(...), params).step(closure), or minimize with diyopt.lbfgs(loss_fn, params)"
+        )
 
     return Optimizer(lambda params: (), update, torch_optimizer=TorchLBFGS)
 
@@ -477,8 +619,16 @@ def lbfgs(lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_cha
 
 
 @configurable
-def rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False, capturable=False, foreach=None,
-          differentiable=False) -> Optimizer:
+def rprop(
+    lr=1e-2,
+    etas=(0.5, 1.2),
+    step_sizes=(1e-6, 50),
+    *,
+    maximize=False,
+    capturable=False,
+    foreach=None,
+    differentiable=False,
+) -> Optimizer:
     """Rprop, equal to ``torch.optim.Rprop``; ``lr`` is the initial per-element step size."""
     check_impl(foreach, None, differentiable)
     check_lr(lr)
@@ -531,7 +681,3 @@ BUILTINS: dict[str, Callable[..., Optimizer]] = {
     "rprop": rprop,
     "sgd": sgd,
 }
-
-
-
-

@@ -12,6 +12,7 @@ here) and keeps the history -- the pairs ``(s, y)``, the last direction and step
 The scalars are Python floats (double), as torch's are for float64 params; for float32 params torch keeps
 them as float32 tensors, so float32 runs agree to float32 rounding only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -44,8 +45,7 @@ class TorchLBFGS(torch.optim.Optimizer):
         self._params = self.param_groups[0]["params"]
 
     def _flat_grad(self) -> Tensor:
-        return torch.cat([torch.zeros_like(p).view(-1) if p.grad is None else p.grad.reshape(-1)
-                          for p in self._params])
+        return torch.cat([torch.zeros_like(p).view(-1) if p.grad is None else p.grad.reshape(-1) for p in self._params])
 
     def _flat_params(self) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self._params])
@@ -54,7 +54,7 @@ class TorchLBFGS(torch.optim.Optimizer):
         offset = 0
         for p in self._params:
             n = p.numel()
-            p.copy_(x[offset:offset + n].view_as(p))
+            p.copy_(x[offset : offset + n].view_as(p))
             offset += n
 
     @torch.no_grad()
@@ -98,6 +98,7 @@ class TorchLBFGS(torch.optim.Optimizer):
                 break
             x = self._flat_params()
             if group["line_search_fn"] is not None:
+
                 def along(x0: Tensor, step: float, direction: Tensor) -> tuple[float, Tensor]:
                     self._set(torch.add(x0, direction, alpha=step))
                     value = float(closure())
@@ -105,8 +106,9 @@ class TorchLBFGS(torch.optim.Optimizer):
                     self._set(x0)
                     return value, grad
 
-                loss, g, t, ls_evals = strong_wolfe(along, x, t, d, loss, g, gtd, tolerance_change=1e-9,
-                                                     max_ls=max_eval - evals)
+                loss, g, t, ls_evals = strong_wolfe(
+                    along, x, t, d, loss, g, gtd, tolerance_change=1e-9, max_ls=max_eval - evals
+                )
                 self._set(torch.add(x, d, alpha=t))
             else:
                 self._set(torch.add(x, d, alpha=t))
@@ -122,6 +124,14 @@ class TorchLBFGS(torch.optim.Optimizer):
             if float((d * t).abs().max()) <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
                 break
 
-        state.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag, prev_flat_grad=prev_g,
-                     prev_loss=prev_loss)
+        state.update(
+            d=d,
+            t=t,
+            old_dirs=old_dirs,
+            old_stps=old_stps,
+            ro=ro,
+            H_diag=h_diag,
+            prev_flat_grad=prev_g,
+            prev_loss=prev_loss,
+        )
         return orig_loss

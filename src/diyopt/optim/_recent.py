@@ -16,6 +16,7 @@ Validation uses torch's wording, as everywhere in :mod:`diyopt.optim`. The imple
 references take (``foreach``, ``fsdp_in_use``, ``data_format``) are accepted; what each means here is in
 the factory's docstring. The lockstep tests: ``tests/test_recent_optimizers.py``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,9 +50,21 @@ def hidden_matrices(name: str, tensor: Tensor) -> str:
 
 
 @configurable
-def muon_adamw(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
-               ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, *,
-               adamw_lr=1e-3, adamw_betas=(0.9, 0.999), adamw_eps=1e-8, adamw_weight_decay=1e-2) -> Optimizer:
+def muon_adamw(
+    lr=1e-3,
+    weight_decay=0.1,
+    momentum=0.95,
+    nesterov=True,
+    ns_coefficients=(3.4445, -4.7750, 2.0315),
+    eps=1e-7,
+    ns_steps=5,
+    adjust_lr_fn=None,
+    *,
+    adamw_lr=1e-3,
+    adamw_betas=(0.9, 0.999),
+    adamw_eps=1e-8,
+    adamw_weight_decay=1e-2,
+) -> Optimizer:
     """Muon on every 2-D tensor, AdamW on every other one: ``partition`` of :func:`~diyopt.optim.muon`
     and :func:`~diyopt.optim.adamw` by :func:`hidden_matrices`.
 
@@ -67,18 +80,33 @@ def muon_adamw(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                     lambda name, p: "muon" if p.ndim == 2 and "embed" not in name else "adamw")
     """
     return T.partition(
-        {"muon": muon(lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn),
-         "adamw": adamw(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay)},
-        hidden_matrices)
+        {
+            "muon": muon(lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn),
+            "adamw": adamw(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay),
+        },
+        hidden_matrices,
+    )
 
 
 # ---------------------------------------------------------------- SOAP
 
 
 @configurable
-def soap(lr=3e-3, betas=(0.95, 0.95), shampoo_beta=None, weight_decay=1e-2, precondition_frequency=10,
-         max_precondition_dim=10000, merge_dims=False, precondition_1d=False, correct_bias=True,
-         normalize_gradient=False, data_format="channels_first", eps=1e-8, maximize=False) -> Optimizer:
+def soap(
+    lr=3e-3,
+    betas=(0.95, 0.95),
+    shampoo_beta=None,
+    weight_decay=1e-2,
+    precondition_frequency=10,
+    max_precondition_dim=10000,
+    merge_dims=False,
+    precondition_1d=False,
+    correct_bias=True,
+    normalize_gradient=False,
+    data_format="channels_first",
+    eps=1e-8,
+    maximize=False,
+) -> Optimizer:
     """SOAP (Vyas et al., 2025, "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR;
     arXiv:2409.11321), equal to ``pytorch_optimizer.SOAP`` with the same arguments.
 
@@ -97,29 +125,56 @@ def soap(lr=3e-3, betas=(0.95, 0.95), shampoo_beta=None, weight_decay=1e-2, prec
     check_eps(eps)
     if shampoo_beta is not None:
         _check(shampoo_beta, lambda v: 0.0 <= v < 1.0, "Invalid shampoo_beta value: {}")
-    for name, value in (("precondition_frequency", precondition_frequency),
-                        ("max_precondition_dim", max_precondition_dim)):
+    for name, value in (
+        ("precondition_frequency", precondition_frequency),
+        ("max_precondition_dim", max_precondition_dim),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"Invalid {name} value: {value!r} (a positive integer)")
     if merge_dims:
-        raise ValueError("soap: merge_dims=True is not supported (pytorch_optimizer's merge reshapes a "
-                         "small matrix to [1] and fails); leave it False")
+        raise ValueError(
+            "soap: merge_dims=True is not supported (pytorch_optimizer's merge reshapes a "
+            "small matrix to [1] and fails); leave it False"
+        )
     if data_format not in ("channels_first", "channels_last"):
         raise ValueError(f"Invalid data_format: {data_format!r} (channels_first or channels_last)")
-    return chain(*_maximize(maximize), T.scale_by_soap(
-        lr=lr, b1=betas[0], b2=betas[1], shampoo_beta=shampoo_beta, weight_decay=weight_decay,
-        precondition_frequency=precondition_frequency, max_precondition_dim=max_precondition_dim,
-        precondition_1d=precondition_1d, correct_bias=correct_bias, normalize_gradient=normalize_gradient,
-        eps=eps))
+    return chain(
+        *_maximize(maximize),
+        T.scale_by_soap(
+            lr=lr,
+            b1=betas[0],
+            b2=betas[1],
+            shampoo_beta=shampoo_beta,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            max_precondition_dim=max_precondition_dim,
+            precondition_1d=precondition_1d,
+            correct_bias=correct_bias,
+            normalize_gradient=normalize_gradient,
+            eps=eps,
+        ),
+    )
 
 
 # ---------------------------------------------------------------- Prodigy
 
 
 @configurable
-def prodigy(lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, weight_decay=0.0, decouple=True,
-            use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=float("inf"),
-            fsdp_in_use=False, slice_p=1) -> Optimizer:
+def prodigy(
+    lr=1.0,
+    betas=(0.9, 0.999),
+    beta3=None,
+    eps=1e-8,
+    weight_decay=0.0,
+    decouple=True,
+    use_bias_correction=False,
+    safeguard_warmup=False,
+    d0=1e-6,
+    d_coef=1.0,
+    growth_rate=float("inf"),
+    fsdp_in_use=False,
+    slice_p=1,
+) -> Optimizer:
     """Prodigy (Mishchenko & Defazio, 2024, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
     ICML; arXiv:2306.06101), equal to ``prodigyopt.Prodigy`` with the same arguments.
 
@@ -137,28 +192,53 @@ def prodigy(lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, weight_decay=0.0, 
     check_betas(betas)
     check_weight_decay(weight_decay)
     if _is_schedule(lr):
-        raise TypeError("prodigy's lr cannot be a schedule (it scales the estimated step size inside the "
-                        "rule); use a number, and torch.optim.lr_scheduler on to_torch(...)")
+        raise TypeError(
+            "prodigy's lr cannot be a schedule (it scales the estimated step size inside the "
+            "rule); use a number, and torch.optim.lr_scheduler on to_torch(...)"
+        )
     if fsdp_in_use:
-        raise ValueError("prodigy: fsdp_in_use=True is not supported; diyopt's distributed fit all-reduces the "
-                         "gradients, so each rank holds the whole params")
+        raise ValueError(
+            "prodigy: fsdp_in_use=True is not supported; diyopt's distributed fit all-reduces the "
+            "gradients, so each rank holds the whole params"
+        )
     if isinstance(slice_p, bool) or not isinstance(slice_p, int) or slice_p < 1:
         raise ValueError(f"Invalid slice_p value: {slice_p!r} (a positive integer)")
     coupled = nonzero(weight_decay) and not decouple
     return chain(
         *([T.add_decayed_weights(weight_decay)] if coupled else []),
-        T.scale_by_prodigy(lr=lr, b1=betas[0], b2=betas[1], beta3=beta3, eps=eps,
-                           weight_decay=0.0 if coupled else weight_decay, decouple=decouple,
-                           use_bias_correction=use_bias_correction, safeguard_warmup=safeguard_warmup, d0=d0,
-                           d_coef=d_coef, growth_rate=growth_rate, slice_p=slice_p))
+        T.scale_by_prodigy(
+            lr=lr,
+            b1=betas[0],
+            b2=betas[1],
+            beta3=beta3,
+            eps=eps,
+            weight_decay=0.0 if coupled else weight_decay,
+            decouple=decouple,
+            use_bias_correction=use_bias_correction,
+            safeguard_warmup=safeguard_warmup,
+            d0=d0,
+            d_coef=d_coef,
+            growth_rate=growth_rate,
+            slice_p=slice_p,
+        ),
+    )
 
 
 # ---------------------------------------------------------------- ADOPT, Adan
 
 
 @configurable
-def adopt(lr=1e-3, betas=(0.9, 0.9999), clip_lambda=adopt_clip, weight_decay=0.0, weight_decouple=False,
-          fixed_decay=False, foreach=None, eps=1e-6, maximize=False) -> Optimizer:
+def adopt(
+    lr=1e-3,
+    betas=(0.9, 0.9999),
+    clip_lambda=adopt_clip,
+    weight_decay=0.0,
+    weight_decouple=False,
+    fixed_decay=False,
+    foreach=None,
+    eps=1e-6,
+    maximize=False,
+) -> Optimizer:
     """ADOPT (Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal
     Rate", NeurIPS; arXiv:2411.02853), equal to ``pytorch_optimizer.ADOPT`` with the same arguments.
 
@@ -176,14 +256,23 @@ def adopt(lr=1e-3, betas=(0.9, 0.9999), clip_lambda=adopt_clip, weight_decay=0.0
         raise TypeError(f"clip_lambda must be a function of the step or None, got {type(clip_lambda).__name__}")
     direction = T.scale_by_adopt(b1=betas[0], b2=betas[1], eps=eps, clip_lambda=clip_lambda)
     if weight_decouple and fixed_decay and nonzero(weight_decay):
-        return chain(*_maximize(maximize), direction, T.scale_by_lr(lr),
-                     T.add_decoupled_weight_decay(1.0, weight_decay))
+        return chain(
+            *_maximize(maximize), direction, T.scale_by_lr(lr), T.add_decoupled_weight_decay(1.0, weight_decay)
+        )
     return _adam_like(lambda _: direction, weight_decay, weight_decouple, maximize, lr)
 
 
 @configurable
-def adan(lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.0, weight_decouple=False, max_grad_norm=0.0,
-         foreach=None, eps=1e-8, maximize=False) -> Optimizer:
+def adan(
+    lr=1e-3,
+    betas=(0.98, 0.92, 0.99),
+    weight_decay=0.0,
+    weight_decouple=False,
+    max_grad_norm=0.0,
+    foreach=None,
+    eps=1e-8,
+    maximize=False,
+) -> Optimizer:
     """Adan (Xie et al., 2024, "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
     Models", IEEE TPAMI; arXiv:2208.06677), equal to ``pytorch_optimizer.Adan`` with the same arguments.
 
@@ -205,13 +294,16 @@ def adan(lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.0, weight_decouple=Fa
         _check(b, lambda v: 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {{}}")
     _check(betas[2], lambda v: 0.0 <= v <= 1.0, "Invalid beta parameter at index 2: {}")
     if _is_schedule(lr) and nonzero(weight_decay):
-        raise TypeError("adan's lr cannot be a schedule with weight_decay (the decay uses lr as a number); "
-                        "use torch.optim.lr_scheduler on to_torch(...)")
+        raise TypeError(
+            "adan's lr cannot be a schedule with weight_decay (the decay uses lr as a number); "
+            "use torch.optim.lr_scheduler on to_torch(...)"
+        )
     _check(max_grad_norm, lambda v: v >= 0.0, "Invalid max_grad_norm value: {}")
     decay: list[Optimizer] = []
     if nonzero(weight_decay):
-        decay = [T.add_decoupled_weight_decay(lr, weight_decay) if weight_decouple
-                 else _proximal_decay(lr, weight_decay)]
+        decay = [
+            T.add_decoupled_weight_decay(lr, weight_decay) if weight_decouple else _proximal_decay(lr, weight_decay)
+        ]
     return chain(
         *([T.clip_by_global_norm_f32(max_grad_norm, eps)] if nonzero(max_grad_norm) else []),
         *_maximize(maximize),

@@ -15,6 +15,7 @@ The syntax::
 Errors are one line: an unknown name suggests the closest, a malformed part is quoted, and a file that fails
 to import is named with the line that failed.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,11 +59,10 @@ def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:
     if at >= 0 or text.endswith(".py"):
         if at < 0:
             raise ValueError(f"spec {spec!r} names a file but no object in it; write FILE.py:NAME")
-        target, rest = text[:at + 3], text[at + 4:]
+        target, rest = text[: at + 3], text[at + 4 :]
         attr, _, settings = rest.partition(":")
         if not attr.isidentifier():
-            raise ValueError(f"bad object name {attr!r} in spec {spec!r}: expected a Python identifier after "
-                             "FILE.py:")
+            raise ValueError(f"bad object name {attr!r} in spec {spec!r}: expected a Python identifier after FILE.py:")
     else:
         target, _, settings = text.partition(":")
         attr = None
@@ -120,8 +120,10 @@ def get(spec: str) -> Optimizer:
         return obj.replace_hyperparams(**kwargs) if kwargs else obj
     if callable(obj):
         return _build(obj, kwargs, f"{target}:{attr}")
-    raise TypeError(f"{target}:{attr} is a {type(obj).__name__}; expected an Optimizer, an elementwise rule "
-                    "or a function returning an Optimizer")
+    raise TypeError(
+        f"{target}:{attr} is a {type(obj).__name__}; expected an Optimizer, an elementwise rule "
+        "or a function returning an Optimizer"
+    )
 
 
 def _build(factory: Any, kwargs: dict, label: str) -> Optimizer:
@@ -187,8 +189,10 @@ def load_file(path: str):
         frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == full]
         line = f", line {frames[-1].lineno}" if frames else ""
         if isinstance(e, SystemExit):
-            raise ImportError(f"cannot import {path}{line}: it calls sys.exit({e.code!r}) at import; a rule or "
-                              "loss file should only define things") from None
+            raise ImportError(
+                f"cannot import {path}{line}: it calls sys.exit({e.code!r}) at import; a rule or "
+                "loss file should only define things"
+            ) from None
         message = " ".join(str(e).split())[:500]
         raise ImportError(f"cannot import {path}{line}: {type(e).__name__}: {message}") from None
     except KeyboardInterrupt:
@@ -264,8 +268,13 @@ def _resolve_one(o: Any) -> tuple[Any, dict]:
         return o, {}
     if isinstance(o, type) and issubclass(o, torch.optim.Optimizer):
         return o, {}
-    if (isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], type)
-            and issubclass(o[0], torch.optim.Optimizer) and isinstance(o[1], Mapping)):
+    if (
+        isinstance(o, tuple)
+        and len(o) == 2
+        and isinstance(o[0], type)
+        and issubclass(o[0], torch.optim.Optimizer)
+        and isinstance(o[1], Mapping)
+    ):
         return o[0], dict(o[1])
     raise TypeError(f"an optimizer must be {_KINDS}, got {type(o).__name__}")
 
@@ -291,8 +300,7 @@ def describe(opt: Any, kwargs: dict, spec: str | None) -> dict:
         hyper = opt.hyperparams or {}
     else:
         name, hyper = f"{opt.__module__}.{opt.__qualname__}", kwargs
-    return {"spec": spec, "optimizer": name or "custom",
-            "hyperparams": {k: _jsonable(v) for k, v in hyper.items()}}
+    return {"spec": spec, "optimizer": name or "custom", "hyperparams": {k: _jsonable(v) for k, v in hyper.items()}}
 
 
 def _jsonable(v: Any) -> Any:

@@ -5,6 +5,7 @@ Each is a chain ending in :func:`~diyopt.transforms.scale_by_schedule_free`; the
 :math:`y`, ``Optimizer.eval_params`` gives the average :math:`x` -- what ``fit`` reports, checkpoints hold,
 and ``to_torch(...).eval()`` puts into the model (schedulefree's ``optimizer.eval()``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,9 @@ def _decay(weight_decay: Any) -> list[Optimizer]:
 
 
 @configurable
-def schedule_free_sgd(lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0, weight_lr_power=2,
-                      foreach=None, *, maximize=False) -> Optimizer:
+def schedule_free_sgd(
+    lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0, weight_lr_power=2, foreach=None, *, maximize=False
+) -> Optimizer:
     r"""Schedule-free SGD: :math:`d_k = g(y_k) + \lambda y_k`, then schedule-free averaging with
     :math:`\beta` = ``momentum``. ``foreach`` is accepted and changes nothing (see :mod:`diyopt.optim`);
     ``maximize`` (keyword-only, as in every diyopt optimizer; schedulefree has none) ascends.
@@ -45,13 +47,26 @@ def schedule_free_sgd(lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.
     check_lr(lr)
     check_weight_decay(weight_decay)
     _check(momentum, lambda m: 0 < m < 1, "Momentum must be between 0 and 1 exclusive: {}")
-    return chain(*_maximize(maximize), *_decay(weight_decay),
-                 T.scale_by_schedule_free(lr, momentum, warmup_steps, r, weight_lr_power))
+    return chain(
+        *_maximize(maximize),
+        *_decay(weight_decay),
+        T.scale_by_schedule_free(lr, momentum, warmup_steps, r, weight_lr_power),
+    )
 
 
 @configurable
-def schedule_free_adamw(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, warmup_steps=0, r=0.0,
-                        weight_lr_power=2.0, foreach=None, *, maximize=False) -> Optimizer:
+def schedule_free_adamw(
+    lr=0.0025,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0,
+    warmup_steps=0,
+    r=0.0,
+    weight_lr_power=2.0,
+    foreach=None,
+    *,
+    maximize=False,
+) -> Optimizer:
     r"""Schedule-free AdamW: :math:`d_k = g / (\sqrt{v_k/(1-\beta_2^k)} + \epsilon) + \lambda y_k`, then
     schedule-free averaging with :math:`\beta` = ``betas[0]``. No first moment: the averaging is the momentum.
     ``maximize`` as in :func:`schedule_free_sgd`.
@@ -60,5 +75,9 @@ def schedule_free_adamw(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
     check_eps(eps)
     check_betas(betas)
     check_weight_decay(weight_decay)
-    return chain(*_maximize(maximize), T.scale_by_schedule_free_adam(b2=betas[1], eps=eps), *_decay(weight_decay),
-                 T.scale_by_schedule_free(lr, betas[0], warmup_steps, r, weight_lr_power))
+    return chain(
+        *_maximize(maximize),
+        T.scale_by_schedule_free_adam(b2=betas[1], eps=eps),
+        *_decay(weight_decay),
+        T.scale_by_schedule_free(lr, betas[0], warmup_steps, r, weight_lr_power),
+    )

@@ -7,6 +7,7 @@ weights in the state and report them through ``eval_params``. The wrapper's ``hy
 lr schedulers reach the base, and the fast engines pass them all as tensors. An own name the base already
 uses (``alpha`` of RMSprop under lookahead) stays fixed at the wrapper's value and is not a group key.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -73,9 +74,11 @@ def sam(base: Optimizer, rho=0.05, adaptive=False, perturb_eps=1e-12) -> Optimiz
 def _sam(base: Optimizer, rho, adaptive, perturb_eps) -> Optimizer:
     def update(grads: Params, state: Any, params: Params | None = None, *, grad_fn=None, **extra: Any):
         if grad_fn is None or params is None:
-            raise TypeError("sam's update needs params and grad_fn= (the gradient at other params); "
-                            "fit, sweep and to_torch(...).step(closure) supply it, as does a chain -- a wrapper "
-                            "that does not pass extra_args on (masked, accumulate) cannot hold sam")
+            raise TypeError(
+                "sam's update needs params and grad_fn= (the gradient at other params); "
+                "fit, sweep and to_torch(...).step(closure) supply it, as does a chain -- a wrapper "
+                "that does not pass extra_args on (masked, accumulate) cannot hold sam"
+            )
         scaled = [g * params[k].abs() for k, g in grads.items()] if adaptive else grads.values()
         scale = rho / (_global_norm(scaled) + perturb_eps)
         ascent = {k: p + (p * p * grads[k] if adaptive else grads[k]) * scale for k, p in params.items()}
@@ -84,8 +87,13 @@ def _sam(base: Optimizer, rho, adaptive, perturb_eps) -> Optimizer:
             passed["grad_fn"] = grad_fn
         return base.update(grad_fn(ascent), state, params, **passed)
 
-    return Optimizer(base.init, update, flattenable=base.flattenable, extra_args=base.extra_args | {"grad_fn"},
-                     eval_params=base.eval_params)
+    return Optimizer(
+        base.init,
+        update,
+        flattenable=base.flattenable,
+        extra_args=base.extra_args | {"grad_fn"},
+        eval_params=base.eval_params,
+    )
 
 
 # ---------------------------------------------------------------- lookahead
@@ -93,8 +101,8 @@ def _sam(base: Optimizer, rho, adaptive, perturb_eps) -> Optimizer:
 
 class LookaheadState(NamedTuple):
     count: Tensor  # base steps since the last synchronization (0-dim)
-    slow: Params   # the slow weights phi, what eval_params reports
-    base: Any      # the base optimizer's state
+    slow: Params  # the slow weights phi, what eval_params reports
+    base: Any  # the base optimizer's state
 
 
 def lookahead(base: Optimizer, k=5, alpha=0.5) -> Optimizer:
@@ -115,8 +123,11 @@ def lookahead(base: Optimizer, k=5, alpha=0.5) -> Optimizer:
 def _lookahead(base: Optimizer, k, alpha) -> Optimizer:
     def init(params: Params) -> LookaheadState:
         ref = next(iter(params.values()))
-        return LookaheadState(torch.zeros((), dtype=ref.dtype, device=ref.device),
-                              {n: p.detach().clone() for n, p in params.items()}, base.init(params))
+        return LookaheadState(
+            torch.zeros((), dtype=ref.dtype, device=ref.device),
+            {n: p.detach().clone() for n, p in params.items()},
+            base.init(params),
+        )
 
     def update(grads: Params, state: LookaheadState, params: Params | None = None, **extra: Any):
         if params is None:
@@ -130,14 +141,15 @@ def _lookahead(base: Optimizer, k, alpha) -> Optimizer:
             pulled = torch.lerp(theta, state.slow[n], 1 - alpha)  # pytorch_optimizer's _foreach_lerp_
             fast[n] = torch.where(sync, pulled, theta)
             slow[n] = torch.where(sync, pulled, state.slow[n])
-        return ({n: fast[n] - p for n, p in params.items()},
-                LookaheadState(torch.where(sync, torch.zeros_like(count), count), slow, base_state))
+        return (
+            {n: fast[n] - p for n, p in params.items()},
+            LookaheadState(torch.where(sync, torch.zeros_like(count), count), slow, base_state),
+        )
 
     def eval_params(state: LookaheadState, params: Params) -> Params:
         return dict(state.slow)
 
-    return Optimizer(init, update, flattenable=base.flattenable, extra_args=base.extra_args,
-                     eval_params=eval_params)
+    return Optimizer(init, update, flattenable=base.flattenable, extra_args=base.extra_args, eval_params=eval_params)
 
 
 # ---------------------------------------------------------------- EMA
@@ -145,8 +157,8 @@ def _lookahead(base: Optimizer, k, alpha) -> Optimizer:
 
 class EmaState(NamedTuple):
     count: Tensor  # updates averaged so far (AveragedModel's n_averaged)
-    ema: Params    # the moving average of the params after each update, what eval_params reports
-    base: Any      # the base optimizer's state
+    ema: Params  # the moving average of the params after each update, what eval_params reports
+    base: Any  # the base optimizer's state
 
 
 def ema(base: Optimizer, decay=0.999) -> Optimizer:
@@ -159,29 +171,31 @@ def ema(base: Optimizer, decay=0.999) -> Optimizer:
     Training follows the base unchanged; ``eval_params`` gives :math:`\bar w` (the initial params before
     the first update). It averages the params the base trains (its training params).
     """
-    _check(decay, lambda d: 0.0 <= d <= 1.0,
-           "Invalid decay value {} provided. Please provide a value in [0,1] range.")
+    _check(decay, lambda d: 0.0 <= d <= 1.0, "Invalid decay value {} provided. Please provide a value in [0,1] range.")
     return wrap(_ema, base, decay=decay)
 
 
 def _ema(base: Optimizer, decay) -> Optimizer:
     def init(params: Params) -> EmaState:
         ref = next(iter(params.values()))
-        return EmaState(torch.zeros((), dtype=ref.dtype, device=ref.device),
-                        {n: p.detach().clone() for n, p in params.items()}, base.init(params))
+        return EmaState(
+            torch.zeros((), dtype=ref.dtype, device=ref.device),
+            {n: p.detach().clone() for n, p in params.items()},
+            base.init(params),
+        )
 
     def update(grads: Params, state: EmaState, params: Params | None = None, **extra: Any):
         if params is None:
             raise TypeError("ema's update needs params")
         updates, base_state = base.update(grads, state.base, params, **extra)
         first = state.count == 0  # AveragedModel copies the params at its first update
-        avg = {n: torch.where(first, p + updates[n], torch.lerp(state.ema[n], p + updates[n], 1 - decay))
-               for n, p in params.items()}
+        avg = {
+            n: torch.where(first, p + updates[n], torch.lerp(state.ema[n], p + updates[n], 1 - decay))
+            for n, p in params.items()
+        }
         return updates, EmaState(state.count + 1, avg, base_state)
 
     def eval_params(state: EmaState, params: Params) -> Params:
         return dict(state.ema)
 
-    return Optimizer(init, update, flattenable=base.flattenable, extra_args=base.extra_args,
-                     eval_params=eval_params)
-
+    return Optimizer(init, update, flattenable=base.flattenable, extra_args=base.extra_args, eval_params=eval_params)

@@ -4,6 +4,7 @@
 :mod:`~diyopt.problems.losses`, :mod:`~diyopt.problems.data`, :mod:`~diyopt.problems.strd` (NIST StRD
 files), :mod:`~diyopt.problems.expressions` (model formulas), :mod:`~diyopt.core.starts`.
 """
+
 from ._classic import (
     beale,
     booth,

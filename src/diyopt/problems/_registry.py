@@ -2,6 +2,7 @@
 
 ``diyopt.problems.get("rosenbrock", dim=2)``, ``diyopt.problems.names()``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -45,8 +46,9 @@ def get(name: str, **kwargs: Any) -> Problem:
     kwargs = {**spec_kwargs, **_checked_kwargs(name, kwargs)}
     missing = _missing(name, kwargs)
     if missing:
-        raise ValueError(f"problem {name!r} needs {', '.join(k + '=...' for k in missing)} "
-                         f"(e.g. {name}:{missing[0]}=...)")
+        raise ValueError(
+            f"problem {name!r} needs {', '.join(k + '=...' for k in missing)} (e.g. {name}:{missing[0]}=...)"
+        )
     return PROBLEMS[name](**checked_arguments(name, PROBLEMS[name], kwargs))
 
 
@@ -170,48 +172,23 @@ def _convert(problem: str, key: str, text: str, param: inspect.Parameter | None)
                 raise ValueError
             return {k.strip(): float(v) for k, _, v in pairs}
     except ValueError:
-        expected = {"bool": "true or false", "int": "an integer", "float": "a number",
-                    "tuple": "numbers joined by /", "list": "numbers joined by /",
-                    "dict": "name=number pairs joined by /"}
-        raise ValueError(f"{what}: expected {next((v for k, v in expected.items() if kind.startswith(k)), kind)}") from None
+        expected = {
+            "bool": "true or false",
+            "int": "an integer",
+            "float": "a number",
+            "tuple": "numbers joined by /",
+            "list": "numbers joined by /",
+            "dict": "name=number pairs joined by /",
+        }
+        raise ValueError(
+            f"{what}: expected {next((v for k, v in expected.items() if kind.startswith(k)), kind)}"
+        ) from None
     import ast
 
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------- arguments checked before any work
@@ -249,8 +226,10 @@ def checked_arguments(name: str, factory: Callable, kwargs: dict) -> dict:
         have = _memory_bytes()
         if need > have / 2:
             sizes = ", ".join(f"{k}={v}" for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool))
-            raise ValueError(f"problem {name!r} with {sizes} needs about {_gb(need)} of memory; this machine "
-                             f"has {_gb(have)} (at most half of it may go to one problem)")
+            raise ValueError(
+                f"problem {name!r} with {sizes} needs about {_gb(need)} of memory; this machine "
+                f"has {_gb(have)} (at most half of it may go to one problem)"
+            )
     return out
 
 

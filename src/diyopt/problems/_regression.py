@@ -1,5 +1,6 @@
 """Regression problems: polynomial fits, logistic regression (synthetic and breast cancer), a user's CSV
 file and NIST StRD files."""
+
 from __future__ import annotations
 
 import math
@@ -14,15 +15,19 @@ from diyopt.problems._registry import register
 
 
 @register("polynomial", "fit a degree-K polynomial to n noisy points on [-1, 1] (mean squared error)")
-def polynomial(degree: int = 3, n: int = 50, sigma: float = 0.1, seed: int = 0,
-               coef: list[float] | None = None) -> Problem:
+def polynomial(
+    degree: int = 3, n: int = 50, sigma: float = 0.1, seed: int = 0, coef: list[float] | None = None
+) -> Problem:
     r"""Fit a degree-``degree`` polynomial :math:`\sum_k c_k x^k` to noisy samples on ``[-1, 1]`` (mean
     squared error). The solution is the exact least-squares fit, from ``lstsq`` on the Vandermonde matrix."""
     if degree < 0 or n <= degree:
         raise ValueError(f"polynomial needs degree >= 0 and n > degree, got degree={degree}, n={n}")
     g = torch.Generator().manual_seed(seed)
-    true = torch.tensor(coef, dtype=torch.float64) if coef is not None else \
-        torch.randn(degree + 1, generator=g, dtype=torch.float64)
+    true = (
+        torch.tensor(coef, dtype=torch.float64)
+        if coef is not None
+        else torch.randn(degree + 1, generator=g, dtype=torch.float64)
+    )
     if true.numel() != degree + 1:
         raise ValueError(f"coef needs degree + 1 = {degree + 1} values, got {true.numel()}")
     x = 2 * torch.rand(n, generator=g, dtype=torch.float64) - 1
@@ -31,10 +36,15 @@ def polynomial(degree: int = 3, n: int = 50, sigma: float = 0.1, seed: int = 0,
     best = torch.linalg.lstsq(vander, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     residual = lambda p: _vander(x, degree) @ p["c"] - y
     loss = lambda p: residual(p).square().mean()
-    return Problem("polynomial", {"c": torch.zeros(degree + 1, dtype=torch.float64)}, loss, {"c": best},
-                   float(loss({"c": best})), residual,
-                   info={"description": f"degree-{degree} polynomial, {n} noisy points", "x": x, "y": y,
-                         "true": true})
+    return Problem(
+        "polynomial",
+        {"c": torch.zeros(degree + 1, dtype=torch.float64)},
+        loss,
+        {"c": best},
+        float(loss({"c": best})),
+        residual,
+        info={"description": f"degree-{degree} polynomial, {n} noisy points", "x": x, "y": y, "true": true},
+    )
 
 
 def _vander(x: Tensor, degree: int) -> Tensor:
@@ -60,13 +70,19 @@ def logistic(n: int = 200, dim: int = 2, separable: bool = False, seed: int = 0,
         labels = torch.where(score > 0, 1.0, -1.0).double()
     else:
         labels = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(score), 1.0, -1.0)
-    return _logistic_problem("logistic", features, labels, l2, separable and l2 == 0,
-                             f"logistic regression, {n} points in {dim}-D, "
-                             f"{'separable' if separable else 'not separable'}")
+    return _logistic_problem(
+        "logistic",
+        features,
+        labels,
+        l2,
+        separable and l2 == 0,
+        f"logistic regression, {n} points in {dim}-D, {'separable' if separable else 'not separable'}",
+    )
 
 
-def _logistic_problem(name: str, features: Tensor, labels: Tensor, l2: float, no_minimizer: bool,
-                      description: str) -> Problem:
+def _logistic_problem(
+    name: str, features: Tensor, labels: Tensor, l2: float, no_minimizer: bool, description: str
+) -> Problem:
     def loss(p: Params) -> Tensor:
         margin = labels * (features @ p["w"] + p["b"])
         return torch.nn.functional.softplus(-margin).mean() + 0.5 * l2 * p["w"].square().sum()
@@ -80,8 +96,14 @@ def _logistic_problem(name: str, features: Tensor, labels: Tensor, l2: float, no
 
         fit = newton(loss, params0, gtol=1e-12)
         solution, optimum = fit.params, fit.final_loss
-    return Problem(name, params0, loss, solution, optimum,
-                   info={"description": description, "features": features, "labels": labels, "l2": l2})
+    return Problem(
+        name,
+        params0,
+        loss,
+        solution,
+        optimum,
+        info={"description": description, "features": features, "labels": labels, "l2": l2},
+    )
 
 
 @register("breast_cancer", "scikit-learn's breast-cancer data: logistic regression (hidden=0) or a tanh MLP")
@@ -98,27 +120,41 @@ def breast_cancer(hidden: int = 0, l2: float = 1e-2, seed: int = 0) -> Problem:
     features = (features - features.mean(0)) / features.std(0)
     labels = torch.tensor(data.target, dtype=torch.float64) * 2 - 1
     if hidden == 0:
-        return _logistic_problem("breast_cancer", features, labels, l2, False,
-                                 "breast cancer (sklearn), logistic regression")
+        return _logistic_problem(
+            "breast_cancer", features, labels, l2, False, "breast cancer (sklearn), logistic regression"
+        )
     g = torch.Generator().manual_seed(seed)
     d = features.shape[1]
-    params0 = {"w1": torch.randn(d, hidden, generator=g, dtype=torch.float64) / d ** 0.5,
-               "b1": torch.zeros(hidden, dtype=torch.float64),
-               "w2": torch.randn(hidden, generator=g, dtype=torch.float64) / hidden ** 0.5,
-               "b2": torch.zeros((), dtype=torch.float64)}
+    params0 = {
+        "w1": torch.randn(d, hidden, generator=g, dtype=torch.float64) / d**0.5,
+        "b1": torch.zeros(hidden, dtype=torch.float64),
+        "w2": torch.randn(hidden, generator=g, dtype=torch.float64) / hidden**0.5,
+        "b2": torch.zeros((), dtype=torch.float64),
+    }
 
     def loss(p: Params) -> Tensor:
         margin = labels * (torch.tanh(features @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"])
-        return torch.nn.functional.softplus(-margin).mean() + 0.5 * l2 * (p["w1"].square().sum() + p["w2"].square().sum())
+        return torch.nn.functional.softplus(-margin).mean() + 0.5 * l2 * (
+            p["w1"].square().sum() + p["w2"].square().sum()
+        )
 
-    return Problem("breast_cancer", params0, loss,
-                   info={"description": f"breast cancer (sklearn), MLP 30-{hidden}-1", "features": features,
-                         "labels": labels, "l2": l2})
+    return Problem(
+        "breast_cancer",
+        params0,
+        loss,
+        info={
+            "description": f"breast cancer (sklearn), MLP 30-{hidden}-1",
+            "features": features,
+            "labels": labels,
+            "l2": l2,
+        },
+    )
 
 
 @register("csv", "your CSV file (columns x, y): model line, poly:K or an expression in x; loss by name")
-def csv(path: str, model: str = "line", loss: str = "mse", x: str = "x", y: str = "y",
-        p0: dict[str, float] | None = None) -> Problem:
+def csv(
+    path: str, model: str = "line", loss: str = "mse", x: str = "x", y: str = "y", p0: dict[str, float] | None = None
+) -> Problem:
     """A user's data file (columns ``x`` and ``y``) with a model and a loss.
 
     ``model`` is ``"line"`` (``a*x + b``), ``"poly:K"`` (``c[0] + c[1] x + ... + c[K] x^K``) or an
@@ -153,9 +189,15 @@ def csv(path: str, model: str = "line", loss: str = "mse", x: str = "x", y: str 
         predict = lambda p: eval(code, {"__builtins__": {}}, {**FUNCTIONS, "pi": math.pi, "x": xs, **p})
         solution = None
     optimum = float(loss_on_pred(predict(solution), ys)) if solution is not None else None
-    return Problem(f"csv:{Path(path).name}", params0, lambda p: loss_on_pred(predict(p), ys), solution,
-                   optimum, lambda p: predict(p) - ys,
-                   info={"description": f"{path}: y = {model}, loss {loss}", "x": xs, "y": ys, "model": model})
+    return Problem(
+        f"csv:{Path(path).name}",
+        params0,
+        lambda p: loss_on_pred(predict(p), ys),
+        solution,
+        optimum,
+        lambda p: predict(p) - ys,
+        info={"description": f"{path}: y = {model}, loss {loss}", "x": xs, "y": ys, "model": model},
+    )
 
 
 @register("nist", "a NIST StRD regression file by name (nist:Misra1a) or path; certified answers")

@@ -1,4 +1,5 @@
 """Data: the seed's noisy line and CSV loading."""
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,6 @@ def least_squares_line(x: Tensor, y: Tensor) -> tuple[float, float]:
     design = torch.stack([x, torch.ones_like(x)], 1).double()
     sol = torch.linalg.lstsq(design, y.double().unsqueeze(1), driver="gelsd").solution.squeeze(1)
     return float(sol[0]), float(sol[1])
-
-
 
 
 def load_csv(path: str | Path, x: str = "x", y: str = "y") -> Dataset:

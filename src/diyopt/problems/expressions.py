@@ -1,12 +1,19 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import ast
 
 import torch
 
-FUNCTIONS = {"exp": torch.exp, "log": torch.log, "sin": torch.sin, "cos": torch.cos,
-              "arctan": torch.atan, "sqrt": torch.sqrt}
+FUNCTIONS = {
+    "exp": torch.exp,
+    "log": torch.log,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "arctan": torch.atan,
+    "sqrt": torch.sqrt,
+}
 
 
 def compile_expression(expr: str, source: str):
@@ -26,5 +33,19 @@ def names_in(code) -> set[str]:
     return set(code.co_names)
 
 
-ALLOWED_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Name, ast.Load, ast.Constant,
-                  ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.USub, ast.UAdd)
+ALLOWED_NODES = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Call,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Pow,
+    ast.USub,
+    ast.UAdd,
+)

@@ -3,6 +3,7 @@
 Any callable of that shape works wherever a loss is asked for; these are the named ones
 (``diyopt.losses.get("huber")``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -63,5 +64,3 @@ def register(name: str, fn: Loss) -> Loss:
     """Add a loss to the registry, for the CLI and specs."""
     _LOSSES[name] = fn
     return fn
-
-

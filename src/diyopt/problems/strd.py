@@ -13,6 +13,7 @@ dataset name, used when a file's own ``Model:`` text cannot be found.
 Names resolve in ``$DIYOPT_NIST_DIR``, then in ``shared/nist`` beside the repository
 (``<repo>/../shared/nist``); an explicit path is used as is.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,7 @@ FORMULAS: dict[str, str] = {
     "Misra1d": "y = b1*b2*x*((1+b2*x)**(-1))",
     "Roszman1": "y =  b1 - b2*x - arctan[b3/(x-b4)]/pi",
     "ENSO": "y = b1 + b2*cos( 2*pi*x/12 ) + b3*sin( 2*pi*x/12 ) + b5*cos( 2*pi*x/b4 ) + b6*sin( 2*pi*x/b4 )"
-            " + b8*cos( 2*pi*x/b7 ) + b9*sin( 2*pi*x/b7 )",
+    " + b8*cos( 2*pi*x/b7 ) + b9*sin( 2*pi*x/b7 )",
     "MGH09": "y = b1*(x**2+x*b2) / (x**2+x*b3+b4)",
     "Thurber": "y = (b1 + b2*x + b3*x**2 + b4*x**3) / (1 + b5*x + b6*x**2 + b7*x**3)",
     "BoxBOD": "y = b1*(1-exp[-b2*x])",
@@ -94,10 +95,6 @@ class Formula:
         return eval(self.lhs, {"__builtins__": {}}, {**FUNCTIONS, "y": y})
 
 
-
-
-
-
 # ---------------------------------------------------------------- finding and reading files
 
 
@@ -123,8 +120,10 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         return path
     found = nist_dir() / f"{path}.dat"
     if not found.exists():
-        raise FileNotFoundError(f"no NIST StRD file {found}; set DIYOPT_NIST_DIR or pass a path "
-                                f"(NIST's 27 nonlinear datasets: {', '.join(FORMULAS)})")
+        raise FileNotFoundError(
+            f"no NIST StRD file {found}; set DIYOPT_NIST_DIR or pass a path "
+            f"(NIST's 27 nonlinear datasets: {', '.join(FORMULAS)})"
+        )
     return found
 
 
@@ -147,8 +146,7 @@ def read(path_or_name: str | os.PathLike) -> dict:
     linear = any("Linear Least Squares" in ln for ln in lines[:20])
     formula = _read_formula(lines, name, path)
     if linear:
-        rows = [m.groups() for ln in lines
-                if (m := re.fullmatch(rf"\s*(B\d+)\s+({_NUMBER})\s+({_NUMBER})\s*", ln))]
+        rows = [m.groups() for ln in lines if (m := re.fullmatch(rf"\s*(B\d+)\s+({_NUMBER})\s+({_NUMBER})\s*", ln))]
         if not rows:
             raise bad("no certified 'B0 estimate std' rows")
         names = [r[0] for r in rows]
@@ -160,9 +158,11 @@ def read(path_or_name: str | os.PathLike) -> dict:
             raise bad("no 'Residual  df  sum-of-squares' row in the analysis of variance table")
         rss = float(rss_line.split()[2])
     else:
-        rows = [m.groups() for ln in lines
-                if (m := re.fullmatch(rf"\s*(b\d+)\s*=\s*({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})\s*",
-                                      ln))]
+        rows = [
+            m.groups()
+            for ln in lines
+            if (m := re.fullmatch(rf"\s*(b\d+)\s*=\s*({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})\s*", ln))
+        ]
         if not rows:
             raise bad("no 'b1 = start1 start2 certified std' rows")
         names = [r[0] for r in rows]
@@ -175,9 +175,18 @@ def read(path_or_name: str | os.PathLike) -> dict:
         raise bad(f"the parameter rows {names} do not match the model's parameters {formula.params}")
     x, y = _read_data(lines, path, formula)
     as_params = lambda values: {n: torch.tensor(v, dtype=torch.float64) for n, v in zip(names, values)}
-    return {"name": name, "path": path, "kind": "linear" if linear else "nonlinear", "formula": formula,
-            "x": x, "y": y, "starts": {"start1": as_params(start1), "start2": as_params(start2)},
-            "certified": as_params(cert), "certified_std": as_params(std), "certified_rss": rss}
+    return {
+        "name": name,
+        "path": path,
+        "kind": "linear" if linear else "nonlinear",
+        "formula": formula,
+        "x": x,
+        "y": y,
+        "starts": {"start1": as_params(start1), "start2": as_params(start2)},
+        "certified": as_params(cert),
+        "certified_std": as_params(std),
+        "certified_rss": rss,
+    }
 
 
 def _read_formula(lines: list[str], name: str, path: Path) -> Formula:
@@ -188,7 +197,7 @@ def _read_formula(lines: list[str], name: str, path: Path) -> Formula:
             return Formula(FORMULAS[name], f"{path} (NIST's {name} formula)")
         raise DataError(f"{path}: not a NIST StRD file: no 'Model:' section")
     text, collecting = [], False
-    for ln in lines[start + 1:start + 20]:
+    for ln in lines[start + 1 : start + 20]:
         s = ln.strip()
         if not collecting and "=" in s and re.search(r"\by\b", s.split("=")[0]):
             collecting = True
@@ -217,7 +226,7 @@ def _read_data(lines: list[str], path: Path, formula: Formula) -> tuple[dict[str
     if "y" not in columns or not all(re.fullmatch(r"[xy]\d*", c) for c in columns):
         raise DataError(f"{path}: the data header should name columns y, x..., got {lines[at]!r}")
     rows = []
-    for lineno, ln in enumerate(lines[at + 1:], start=at + 2):
+    for lineno, ln in enumerate(lines[at + 1 :], start=at + 2):
         if not ln.strip():
             continue
         try:
@@ -281,10 +290,22 @@ def problem(path_or_name: str | os.PathLike):
     d = read(path_or_name)
     residual = residual_fn(d["formula"], d["x"], d["y"])
     return NistProblem(
-        name=f"nist:{d['name']}", params0={k: v.clone() for k, v in d["starts"]["start1"].items()},
-        loss=lambda p: residual(p).square().sum(), solution=d["certified"], optimum=d["certified_rss"],
+        name=f"nist:{d['name']}",
+        params0={k: v.clone() for k, v in d["starts"]["start1"].items()},
+        loss=lambda p: residual(p).square().sum(),
+        solution=d["certified"],
+        optimum=d["certified_rss"],
         residual=residual,
-        info={"description": f"NIST StRD {d['name']} ({d['kind']}): {d['formula'].text}", "path": str(d["path"]),
-              "x": d["x"], "y": d["y"], "kind": d["kind"], "formula": d["formula"].text},
-        starts=d["starts"], certified=d["certified"], certified_std=d["certified_std"],
-        certified_rss=d["certified_rss"])
+        info={
+            "description": f"NIST StRD {d['name']} ({d['kind']}): {d['formula'].text}",
+            "path": str(d["path"]),
+            "x": d["x"],
+            "y": d["y"],
+            "kind": d["kind"],
+            "formula": d["formula"].text,
+        },
+        starts=d["starts"],
+        certified=d["certified"],
+        certified_std=d["certified_std"],
+        certified_rss=d["certified_rss"],
+    )

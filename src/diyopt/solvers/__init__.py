@@ -2,6 +2,7 @@
 
 :mod:`~diyopt.solvers.stats` holds the statistics of a fit (Jacobians, covariance, standard errors).
 """
+
 from ._lbfgs import lbfgs
 from ._least_squares import CurveFit, curve_fit, least_squares, robust_loss
 from ._newton import newton

@@ -12,6 +12,7 @@ transformation. ``lbfgs(loss_fn, params, max_iter=k)`` takes the same iterates a
 ``torch.optim.LBFGS(params, max_iter=k).step(closure)``; scalars are handled as Python floats, which is
 the same arithmetic as torch's float64 0-dim tensors, so float64 runs agree to rounding.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,10 +30,18 @@ from diyopt.core.tree import FlatLayout, Params, as_params
 __all__ = ["lbfgs"]
 
 
-def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module, *,
-          max_iter: int = 100, max_eval: int | None = None, lr: float = 1.0, history_size: int = 100,
-          tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9,
-          line_search_fn: str | None = None) -> Result:
+def lbfgs(
+    loss_fn: Callable[[Params], Tensor],
+    params: Mapping[str, Tensor] | torch.nn.Module,
+    *,
+    max_iter: int = 100,
+    max_eval: int | None = None,
+    lr: float = 1.0,
+    history_size: int = 100,
+    tolerance_grad: float = 1e-7,
+    tolerance_change: float = 1e-9,
+    line_search_fn: str | None = None,
+) -> Result:
     """Minimize ``loss_fn(params)`` by L-BFGS; arguments as ``torch.optim.LBFGS``.
 
     Args:
@@ -66,9 +75,17 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     if isinstance(params, torch.nn.Module):  # as in fit: every loss style trains it, it holds the result
         module = params
         loss_fn, params = bind_module(loss_fn, module)
-        result = lbfgs(loss_fn, params, max_iter=max_iter, max_eval=max_eval, lr=lr, history_size=history_size,
-                       tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
-                       line_search_fn=line_search_fn)
+        result = lbfgs(
+            loss_fn,
+            params,
+            max_iter=max_iter,
+            max_eval=max_eval,
+            lr=lr,
+            history_size=history_size,
+            tolerance_grad=tolerance_grad,
+            tolerance_change=tolerance_change,
+            line_search_fn=line_search_fn,
+        )
         load_into(module, result.params)
         return result
     if max_eval is None:
@@ -94,9 +111,9 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     if float(g.abs().max()) <= tolerance_grad:
         stop, message = CONVERGED, _SMALL_GRADIENT
 
-    old_dirs: list[Tensor] = []   # y_i
-    old_stps: list[Tensor] = []   # s_i
-    ro: list[float] = []          # 1 / y_i^T s_i
+    old_dirs: list[Tensor] = []  # y_i
+    old_stps: list[Tensor] = []  # s_i
+    ro: list[float] = []  # 1 / y_i^T s_i
     h_diag = 1.0
     d = t = prev_g = None
     n_iter = 0
@@ -116,11 +133,13 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
             break
 
         if line_search_fn == "strong_wolfe":
+
             def along(x0: Tensor, step: float, direction: Tensor) -> tuple[float, Tensor]:
                 return evaluate(torch.add(x0, direction, alpha=step))
 
-            loss, g, t, ls_evals = strong_wolfe(along, x, t, d, loss, g, gtd, tolerance_change=tolerance_change,
-                                                 max_ls=max_eval - evals)
+            loss, g, t, ls_evals = strong_wolfe(
+                along, x, t, d, loss, g, gtd, tolerance_change=tolerance_change, max_ls=max_eval - evals
+            )
             x = torch.add(x, d, alpha=t)
         else:
             x = torch.add(x, d, alpha=t)
@@ -147,9 +166,16 @@ def lbfgs(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | to
     # The loss at the final x, for the report; torch does not evaluate it (nor count it) after the last
     # fixed-step iteration, so neither does nfev here.
     final = loss if known else evaluate(x)[0]
-    return Result(layout.unflatten(x.detach()), torch.tensor(losses, dtype=torch.float64), n_iter,
-                  time.perf_counter() - start, stop, info={"message": message, "final_loss": final},
-                  nfev=evals, njev=evals)
+    return Result(
+        layout.unflatten(x.detach()),
+        torch.tensor(losses, dtype=torch.float64),
+        n_iter,
+        time.perf_counter() - start,
+        stop,
+        info={"message": message, "final_loss": final},
+        nfev=evals,
+        njev=evals,
+    )
 
 
 _SMALL_GRADIENT = "the largest gradient component is at most tolerance_grad"
@@ -168,7 +194,3 @@ def _check(max_iter, max_eval, lr, history_size, line_search_fn) -> None:
 
 
 # ---------------------------------------------------------------- strong-Wolfe line search
-
-
-
-

@@ -20,6 +20,7 @@ iteration exactly as ``scipy.optimize.least_squares`` does (Triggs et al.), so t
 References: J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and theory", 1978;
 MINPACK ``lmder``/``lmpar``; B. Triggs et al., "Bundle adjustment -- a modern synthesis", 1999.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,14 +54,33 @@ _MESSAGES = {
     8: "gtol is too small: the residuals are orthogonal to the Jacobian columns to machine precision",
 }
 #: MINPACK's code -> the stop_reason every solver uses (diyopt.core.result).
-_STOP = {0: DIVERGED, 1: CONVERGED, 2: CONVERGED, 3: CONVERGED, 4: CONVERGED, 5: MAX_STEPS,
-         6: PRECISION, 7: PRECISION, 8: PRECISION}
+_STOP = {
+    0: DIVERGED,
+    1: CONVERGED,
+    2: CONVERGED,
+    3: CONVERGED,
+    4: CONVERGED,
+    5: MAX_STEPS,
+    6: PRECISION,
+    7: PRECISION,
+    8: PRECISION,
+}
 
 
-def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module,
-                  method: str = "lm", *, ftol: float = 1e-15, xtol: float = 1e-15, gtol: float = 1e-15,
-                  max_nfev: int | None = None, loss: str = "linear", f_scale: float = 1.0,
-                  factor: float = 100.0, jac: str = "auto") -> Result:
+def least_squares(
+    residual_fn: Callable[[Params], Tensor],
+    params: Mapping[str, Tensor] | torch.nn.Module,
+    method: str = "lm",
+    *,
+    ftol: float = 1e-15,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    max_nfev: int | None = None,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+    factor: float = 100.0,
+    jac: str = "auto",
+) -> Result:
     """Minimize :math:`\\sum_i \\rho(r_i^2)` over ``params``, ``r = residual_fn(params)`` (any shape).
 
     Args:
@@ -165,8 +185,15 @@ def least_squares(residual_fn: Callable[[Params], Tensor], params: Mapping[str, 
     seconds = time.perf_counter() - start
     x, costs = run.x, run.costs
     losses = torch.tensor(costs, dtype=torch.float64)
-    info = {"status": run.status, "message": message, "method": method,
-            "loss": loss, "jacobian": run.jacobian, "final_loss": costs[-1], "restarts": restarts}
+    info = {
+        "status": run.status,
+        "message": message,
+        "method": method,
+        "loss": loss,
+        "jacobian": run.jacobian,
+        "final_loss": costs[-1],
+        "restarts": restarts,
+    }
     if check is not None:
         info.update(optimality=check.optimality, degenerate=check.degenerate)
     if module is not None:
@@ -180,8 +207,10 @@ def _check_dependence(residual_fn: Callable, params: Params) -> None:
     leaves = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
     r = residual_fn(leaves)
     if isinstance(r, Tensor) and r.is_floating_point() and not r.requires_grad:
-        raise ValueError(f"the residuals do not depend on the parameters {', '.join(map(repr, leaves))}: "
-                         "no autograd path (was .item(), .detach() or numpy used?)")
+        raise ValueError(
+            f"the residuals do not depend on the parameters {', '.join(map(repr, leaves))}: "
+            "no autograd path (was .item(), .detach() or numpy used?)"
+        )
     if isinstance(r, Tensor) and r.requires_grad:
         grads = torch.autograd.grad(r.sum(), list(leaves.values()), allow_unused=True)
         check_gradients(dict(zip(leaves, grads)))
@@ -207,8 +236,7 @@ class _Check(NamedTuple):
     why: str
 
 
-def _false_convergence(problem: _Residuals, x0: Tensor, x: Tensor, jac: Tensor, names: list,
-                       bar: float) -> _Check:
+def _false_convergence(problem: _Residuals, x0: Tensor, x: Tensor, jac: Tensor, names: list, bar: float) -> _Check:
     r"""Did the fit stop where it should not have?
 
     Two signs, each cheap (one residual and one Jacobian evaluation): the gradient test -- at a minimum
@@ -260,7 +288,7 @@ def robust_loss(name: str, f_scale: float = 1.0) -> Callable[[Tensor], tuple[Ten
 
     def rho(f: Tensor):
         r0, r1, r2 = base((f / f_scale) ** 2)
-        return r0 * f_scale ** 2, r1, r2 / f_scale ** 2
+        return r0 * f_scale**2, r1, r2 / f_scale**2
 
     return rho
 
@@ -268,23 +296,22 @@ def robust_loss(name: str, f_scale: float = 1.0) -> Callable[[Tensor], tuple[Ten
 def _huber(z):
     small = z <= 1
     sz = z.clamp_min(1).sqrt()
-    return (torch.where(small, z, 2 * sz - 1), torch.where(small, 1.0, 1 / sz),
-            torch.where(small, 0.0, -0.5 / sz ** 3))
+    return (torch.where(small, z, 2 * sz - 1), torch.where(small, 1.0, 1 / sz), torch.where(small, 0.0, -0.5 / sz**3))
 
 
 def _soft_l1(z):
     t = 1 + z
-    return 2 * (t.sqrt() - 1), t ** -0.5, -0.5 * t ** -1.5
+    return 2 * (t.sqrt() - 1), t**-0.5, -0.5 * t**-1.5
 
 
 def _cauchy(z):
     t = 1 + z
-    return torch.log1p(z), 1 / t, -1 / t ** 2
+    return torch.log1p(z), 1 / t, -1 / t**2
 
 
 def _arctan(z):
-    t = 1 + z ** 2
-    return torch.atan(z), 1 / t, -2 * z / t ** 2
+    t = 1 + z**2
+    return torch.atan(z), 1 / t, -2 * z / t**2
 
 
 _RHO = {"huber": _huber, "soft_l1": _soft_l1, "cauchy": _cauchy, "arctan": _arctan}
@@ -298,7 +325,7 @@ def _cost_and_scaled(f: Tensor, jac: Tensor | None, rho):
     r0, r1, r2 = rho(f)
     if jac is None:
         return r0.sum(), None, None
-    scale = (r1 + 2 * r2 * f ** 2).clamp_min(EPS).sqrt()
+    scale = (r1 + 2 * r2 * f**2).clamp_min(EPS).sqrt()
     return r0.sum(), jac * scale[:, None], f * r1 / scale
 
 
@@ -408,16 +435,15 @@ class _Trial(NamedTuple):
     grew: bool  # the residual norm grew tenfold
 
 
-def _try_step(problem: _Residuals, x: Tensor, p: Tensor, pnorm: float, par: float, js: Tensor,
-              cost: float) -> _Trial:
+def _try_step(problem: _Residuals, x: Tensor, p: Tensor, pnorm: float, par: float, js: Tensor, cost: float) -> _Trial:
     cost1, f1 = problem.evaluate(x + p)
     fnorm = math.sqrt(cost)
     fnorm1 = math.sqrt(cost1) if math.isfinite(cost1) else math.inf
     actred = 1 - cost1 / cost if 0.1 * fnorm1 < fnorm else -1.0
     t1 = float((js @ p).norm()) / fnorm
     t2 = math.sqrt(par) * pnorm / fnorm
-    prered = t1 ** 2 + 2 * t2 ** 2
-    dirder = -(t1 ** 2 + t2 ** 2)
+    prered = t1**2 + 2 * t2**2
+    dirder = -(t1**2 + t2**2)
     ratio = actred / prered if prered != 0 else 0.0
     return _Trial(f1, cost1, pnorm, actred, prered, dirder, ratio, 0.1 * fnorm1 >= fnorm)
 
@@ -469,13 +495,13 @@ def _lmpar(s: np.ndarray, vh: np.ndarray, b: np.ndarray, delta: float, par: floa
 
     def step(lam: float) -> np.ndarray:
         if lam == 0:
-            return vh.T @ np.where(rank, sb / np.where(rank, s ** 2, 1.0), 0.0)
-        return vh.T @ (sb / (s ** 2 + lam))
+            return vh.T @ np.where(rank, sb / np.where(rank, s**2, 1.0), 0.0)
+        return vh.T @ (sb / (s**2 + lam))
 
     def q_and_dq(lam: float) -> tuple[float, float]:
-        w = sb / (s ** 2 + lam)
+        w = sb / (s**2 + lam)
         q = float(np.linalg.norm(w))
-        return q, -float((w ** 2 / (s ** 2 + lam)).sum()) / q if q > 0 else 0.0
+        return q, -float((w**2 / (s**2 + lam)).sum()) / q if q > 0 else 0.0
 
     gn = step(0.0)
     gn_norm = float(np.linalg.norm(gn))
@@ -565,9 +591,18 @@ class CurveFit:
         return f"CurveFit(params={self.params}, std={self.std}, stop_reason={self.result.stop_reason!r})"
 
 
-def curve_fit(model: Callable[..., Tensor], x: Any, y: Any, p0: Sequence[float] | Tensor | Mapping[str, Any],
-              sigma: Any = None, absolute_sigma: bool = False, loss: str = "linear", f_scale: float = 1.0,
-              method: str = "lm", **options: Any) -> CurveFit:
+def curve_fit(
+    model: Callable[..., Tensor],
+    x: Any,
+    y: Any,
+    p0: Sequence[float] | Tensor | Mapping[str, Any],
+    sigma: Any = None,
+    absolute_sigma: bool = False,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+    method: str = "lm",
+    **options: Any,
+) -> CurveFit:
     """Fit ``y ~ model(x, *params)`` (or ``model(x, **params)`` when ``p0`` is a dict) by least squares.
 
     The residuals are ``(model(x, *p) - y) / sigma`` (1-D ``sigma``) or ``L^-1 (model(x, *p) - y)`` with
@@ -602,8 +637,9 @@ def curve_fit(model: Callable[..., Tensor], x: Any, y: Any, p0: Sequence[float] 
     result = least_squares(residual, start, method=method, loss=loss, f_scale=f_scale, **options)
     if result.stop_reason == DIVERGED:
         raise RuntimeError(f"Optimal parameters not found: {result.info['message']}")
-    cost, js, _ = _cost_and_scaled(residual(result.params).detach(), result.info["jacobian"],
-                                   robust_loss(loss, f_scale))
+    cost, js, _ = _cost_and_scaled(
+        residual(result.params).detach(), result.info["jacobian"], robust_loss(loss, f_scale)
+    )
     cov = _covariance(js, cost, absolute=absolute_sigma)
     std = cov.diagonal().sqrt()
     if named:

@@ -9,6 +9,7 @@ params. The damping :math:`\mu \ge 0` is Levenberg's safeguard: it starts at 0 (
 quadratic convergence near a minimum), grows tenfold whenever :math:`H + \mu I` is not positive definite
 or the step does not decrease the loss enough (:func:`~diyopt.core.linesearch.armijo`), and shrinks after every accepted step.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,14 @@ from diyopt.core.result import CONVERGED, DIVERGED, MAX_STEPS, PRECISION, Result
 from diyopt.core.tree import FlatLayout, Params, as_params
 
 
-def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | torch.nn.Module, *,
-           max_iter: int = 100, gtol: float = 1e-10, xtol: float = 1e-14) -> Result:
+def newton(
+    loss_fn: Callable[[Params], Tensor],
+    params: Mapping[str, Tensor] | torch.nn.Module,
+    *,
+    max_iter: int = 100,
+    gtol: float = 1e-10,
+    xtol: float = 1e-14,
+) -> Result:
     """Minimize ``loss_fn(params)`` by Newton's method with the exact Hessian and Levenberg damping.
 
     Args:
@@ -100,5 +107,14 @@ def newton(loss_fn: Callable[[Params], Tensor], params: Mapping[str, Tensor] | t
     stop = MAX_STEPS if stop is None else stop
     if module is not None:
         load_into(module, layout.unflatten(x))
-    return Result(layout.unflatten(x.clone()), torch.tensor(losses, dtype=torch.float64), nhev, seconds, stop,
-                  info={"grad_norm": gmax, "message": message, "final_loss": f}, nfev=nfev, njev=nhev, nhev=nhev)
+    return Result(
+        layout.unflatten(x.clone()),
+        torch.tensor(losses, dtype=torch.float64),
+        nhev,
+        seconds,
+        stop,
+        info={"grad_norm": gmax, "message": message, "final_loss": f},
+        nfev=nfev,
+        njev=nhev,
+        nhev=nhev,
+    )

@@ -10,6 +10,7 @@ with :math:`(J^\\top J)^{+}` the Moore-Penrose inverse computed from the SVD of 
 ``eps * max(m, n) * s_max`` -- the same definition as ``scipy.optimize.curve_fit``'s ``pcov``.
 Standard errors are the square roots of the diagonal; NIST calls them the parameters' standard deviations.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -71,6 +72,6 @@ def standard_errors(residual_fn: Callable[[Params], Tensor], params: Params) -> 
     std = covariance(jac, rss).diagonal().sqrt()
     out, i = {}, 0
     for k, v in params.items():
-        out[k] = std[i:i + v.numel()].reshape(v.shape)
+        out[k] = std[i : i + v.numel()].reshape(v.shape)
         i += v.numel()
     return out

@@ -8,6 +8,7 @@ hyperparameter's value -- ``torch.where`` selects instead. Validation lives one 
 clipping, the wrappers that change *where* or *when* an inner transform applies, and the adaptive
 per-tensor scalings of Adam, RMSprop, Adagrad, ...
 """
+
 from ._adan import (
     AdanState,
     clip_by_global_norm_f32,

@@ -1,5 +1,6 @@
 """Adan's per-tensor step (Xie et al., 2024), as ``pytorch_optimizer.Adan`` computes it, and the global-norm
 clipping that optimizer applies first."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -12,11 +13,11 @@ from diyopt.core.tree import Params
 
 
 class AdanState(NamedTuple):
-    step: Tensor          # updates taken so far (0-dim, the param's dtype)
-    exp_avg: Tensor       # m_t, EMA of the gradients
+    step: Tensor  # updates taken so far (0-dim, the param's dtype)
+    exp_avg: Tensor  # m_t, EMA of the gradients
     exp_avg_diff: Tensor  # v_t, EMA of the gradient differences g_t - g_{t-1}
-    exp_avg_sq: Tensor    # n_t, EMA of (g_t + beta2 (g_t - g_{t-1}))^2
-    prev_grad: Tensor     # g_{t-1}
+    exp_avg_sq: Tensor  # n_t, EMA of (g_t + beta2 (g_t - g_{t-1}))^2
+    prev_grad: Tensor  # g_{t-1}
 
 
 @elementwise
@@ -40,16 +41,17 @@ def scale_by_adan(grad, state: AdanState, param, *, b1=0.98, b2=0.92, b3=0.99, e
     exp_avg_diff = torch.lerp(state.exp_avg_diff, diff, 1 - b2)
     nesterov = diff * b2 + grad
     exp_avg_sq = state.exp_avg_sq * b3 + (1 - b3) * (nesterov * nesterov)
-    denom = exp_avg_sq.sqrt() / torch.sqrt(1 - b3 ** step) + eps
-    update = exp_avg / denom / (1 - b1 ** step) + exp_avg_diff / denom * (b2 / (1 - b2 ** step))
+    denom = exp_avg_sq.sqrt() / torch.sqrt(1 - b3**step) + eps
+    update = exp_avg / denom / (1 - b1**step) + exp_avg_diff / denom * (b2 / (1 - b2**step))
     return update, AdanState(step, exp_avg, exp_avg_diff, exp_avg_sq, grad)
 
 
 @scale_by_adan.init
 def _(param):
     zeros = torch.zeros_like(param)
-    return AdanState(torch.zeros((), dtype=param.dtype, device=param.device), zeros, zeros.clone(),
-                     zeros.clone(), zeros.clone())
+    return AdanState(
+        torch.zeros((), dtype=param.dtype, device=param.device), zeros, zeros.clone(), zeros.clone(), zeros.clone()
+    )
 
 
 def clip_by_global_norm_f32(max_grad_norm: float | Tensor, eps: float = 1e-8) -> Optimizer:

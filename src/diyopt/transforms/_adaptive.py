@@ -17,6 +17,7 @@ dtype: ``1 - beta ** t`` for a float32 ``beta`` is a float32 number even for flo
 and NAdam fold the learning rate into such scalars (``lr / (1 - beta1 ** t)``); given ``lr`` they return
 the step itself, with torch's rounding, instead of the direction (``diyopt.optim`` passes it).
 """
+
 from __future__ import annotations
 
 import math
@@ -78,9 +79,9 @@ def _zero_step(param: Tensor) -> Tensor:
 
 
 class AdamState(NamedTuple):
-    step: Tensor            # updates taken so far (0-dim, the param's dtype)
-    exp_avg: Tensor         # first moment m_t
-    exp_avg_sq: Tensor      # second moment v_t
+    step: Tensor  # updates taken so far (0-dim, the param's dtype)
+    exp_avg: Tensor  # first moment m_t
+    exp_avg_sq: Tensor  # second moment v_t
     max_exp_avg_sq: Tensor  # running max of v_t (AMSGrad); empty when amsgrad is off
 
 
@@ -116,17 +117,16 @@ def scale_by_adam(grad, state: AdamState, param, *, b1=0.9, b2=0.999, eps=1e-8, 
 @scale_by_adam.init
 def _(param, *, amsgrad=False):
     zeros = torch.zeros_like(param)
-    return AdamState(_zero_step(param), zeros, zeros.clone(),
-                     zeros.clone() if amsgrad else param.new_empty(0))
+    return AdamState(_zero_step(param), zeros, zeros.clone(), zeros.clone() if amsgrad else param.new_empty(0))
 
 
 # ---------------------------------------------------------------- RMSprop
 
 
 class RmsState(NamedTuple):
-    step: Tensor        # updates taken so far
+    step: Tensor  # updates taken so far
     square_avg: Tensor  # EMA of g^2
-    grad_avg: Tensor    # EMA of g (centered only; empty otherwise)
+    grad_avg: Tensor  # EMA of g (centered only; empty otherwise)
 
 
 @elementwise
@@ -151,8 +151,9 @@ def scale_by_rms(grad, state: RmsState, param, *, alpha=0.99, eps=1e-8, centered
 
 @scale_by_rms.init
 def _(param, *, centered=False):
-    return RmsState(_zero_step(param), torch.zeros_like(param),
-                    torch.zeros_like(param) if centered else param.new_empty(0))
+    return RmsState(
+        _zero_step(param), torch.zeros_like(param), torch.zeros_like(param) if centered else param.new_empty(0)
+    )
 
 
 # ---------------------------------------------------------------- Adagrad
@@ -160,7 +161,7 @@ def _(param, *, centered=False):
 
 class AdagradState(NamedTuple):
     step: Tensor  # updates taken so far
-    sum: Tensor   # running sum of g^2, from initial_accumulator_value
+    sum: Tensor  # running sum of g^2, from initial_accumulator_value
 
 
 @elementwise
@@ -183,9 +184,9 @@ def _(param, *, initial_accumulator_value=0.0):
 
 
 class AdadeltaState(NamedTuple):
-    step: Tensor        # updates taken so far
+    step: Tensor  # updates taken so far
     square_avg: Tensor  # EMA of g^2
-    acc_delta: Tensor   # EMA of the squared updates
+    acc_delta: Tensor  # EMA of the squared updates
 
 
 @elementwise
@@ -215,7 +216,7 @@ def _(param):
 
 
 class AdamaxState(NamedTuple):
-    step: Tensor     # updates taken so far
+    step: Tensor  # updates taken so far
     exp_avg: Tensor  # first moment m_t
     exp_inf: Tensor  # exponentially weighted infinity norm u_t
 
@@ -248,8 +249,8 @@ def _(param):
 
 
 class NadamState(NamedTuple):
-    step: Tensor        # updates taken so far
-    exp_avg: Tensor     # first moment m_t
+    step: Tensor  # updates taken so far
+    exp_avg: Tensor  # first moment m_t
     exp_avg_sq: Tensor  # second moment v_t
     mu_product: Tensor  # prod_{s<=t} mu_s (0-dim), starts at 1
 
@@ -277,8 +278,9 @@ def scale_by_nadam(grad, state: NadamState, param, *, b1=0.9, b2=0.999, eps=1e-8
     new = NadamState(step, exp_avg, exp_avg_sq, mu_product)
     product = mu_product.to(mu.dtype)  # torch reads it out as a Python float
     if lr is None:
-        return (grad / denom * ((1.0 - mu) / (1.0 - product))
-                + exp_avg / denom * (mu_next / (1.0 - product * mu_next))), new
+        return (
+            grad / denom * ((1.0 - mu) / (1.0 - product)) + exp_avg / denom * (mu_next / (1.0 - product * mu_next))
+        ), new
     # torch: (-lr * (1 - mu)) / (1 - mu_product), in a tensor lr's dtype
     neg_lr = -lr
     c1 = _over(neg_lr * _cast(1.0 - mu, lr), _cast(1.0 - product, lr))
@@ -293,16 +295,20 @@ def _cast(x: Tensor, like):
 
 @scale_by_nadam.init
 def _(param):
-    return NadamState(_zero_step(param), torch.zeros_like(param), torch.zeros_like(param),
-                      torch.ones((), dtype=_scalar_dtype(param), device=param.device))
+    return NadamState(
+        _zero_step(param),
+        torch.zeros_like(param),
+        torch.zeros_like(param),
+        torch.ones((), dtype=_scalar_dtype(param), device=param.device),
+    )
 
 
 # ---------------------------------------------------------------- RAdam
 
 
 class RadamState(NamedTuple):
-    step: Tensor        # updates taken so far
-    exp_avg: Tensor     # first moment m_t
+    step: Tensor  # updates taken so far
+    exp_avg: Tensor  # first moment m_t
     exp_avg_sq: Tensor  # second moment v_t
 
 
@@ -322,10 +328,10 @@ def scale_by_radam(grad, state: RadamState, param, *, b1=0.9, b2=0.999, eps=1e-8
     bias_correction2 = _bias_correction(b2, step)
     corrected = exp_avg / _bias_correction(b1, step)
     rho_inf = 2 / (1 - b2) - 1
-    rho_t = rho_inf - 2 * step * (b2 ** step) / bias_correction2
+    rho_t = rho_inf - 2 * step * (b2**step) / bias_correction2
     # Clamped so the unused branch of the `where` holds no NaN (rho_t < 4 early on).
     rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).clamp(min=0).sqrt()
-    adaptive = bias_correction2 ** 0.5 / (exp_avg_sq.sqrt() + eps)
+    adaptive = bias_correction2**0.5 / (exp_avg_sq.sqrt() + eps)
     direction = torch.where(rho_t > 5.0, corrected * adaptive * rect, corrected)
     return direction, RadamState(step, exp_avg, exp_avg_sq)
 
@@ -339,14 +345,15 @@ def _(param):
 
 
 class RpropState(NamedTuple):
-    step: Tensor       # updates taken so far
-    prev: Tensor       # the previous (masked) gradient
+    step: Tensor  # updates taken so far
+    prev: Tensor  # the previous (masked) gradient
     step_size: Tensor  # per-element step size, starts at lr
 
 
 @elementwise
-def scale_by_rprop(grad, state: RpropState, param, *, lr=1e-2, etaminus=0.5, etaplus=1.2,
-                   step_size_min=1e-6, step_size_max=50.0):
+def scale_by_rprop(
+    grad, state: RpropState, param, *, lr=1e-2, etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0
+):
     r"""Rprop's step (Riedmiller & Braun, 1993), as torch.optim.Rprop computes it -- a full update.
 
     Per element: if :math:`g_t g_{t-1} > 0` the step size grows by ``etaplus``, if ``< 0`` it shrinks by
@@ -371,7 +378,7 @@ def _(param, *, lr=1e-2):
 
 
 class LionState(NamedTuple):
-    step: Tensor     # updates taken so far
+    step: Tensor  # updates taken so far
     exp_avg: Tensor  # momentum m_t
 
 
@@ -399,9 +406,9 @@ def _(param):
 
 class AsgdState(NamedTuple):
     step: Tensor  # updates taken so far
-    eta: Tensor   # the current step size eta_t (0-dim, torch's scalar dtype), starts at lr
-    mu: Tensor    # the averaging weight mu_t (0-dim, torch's scalar dtype), starts at 1
-    ax: Tensor    # the running average of the iterates
+    eta: Tensor  # the current step size eta_t (0-dim, torch's scalar dtype), starts at lr
+    mu: Tensor  # the averaging weight mu_t (0-dim, torch's scalar dtype), starts at 1
+    ax: Tensor  # the running average of the iterates
 
 
 @elementwise
@@ -430,22 +437,25 @@ def scale_by_asgd(grad, state: AsgdState, param, *, lr=1e-2, lambd=1e-4, alpha=0
 @scale_by_asgd.init
 def _(param, *, lr=1e-2):
     scalar = _scalar_dtype(param)
-    return AsgdState(_zero_step(param), torch.as_tensor(lr, dtype=scalar, device=param.device).clone().detach(),
-                     torch.ones((), dtype=scalar, device=param.device), torch.zeros_like(param))
+    return AsgdState(
+        _zero_step(param),
+        torch.as_tensor(lr, dtype=scalar, device=param.device).clone().detach(),
+        torch.ones((), dtype=scalar, device=param.device),
+        torch.zeros_like(param),
+    )
 
 
 # ---------------------------------------------------------------- SparseAdam
 
 
 class SparseAdamState(NamedTuple):
-    step: Tensor        # updates taken so far
-    exp_avg: Tensor     # first moment m_t (dense; only the rows with a gradient change)
+    step: Tensor  # updates taken so far
+    exp_avg: Tensor  # first moment m_t (dense; only the rows with a gradient change)
     exp_avg_sq: Tensor  # second moment v_t (dense; likewise)
 
 
 @elementwise
-def scale_by_sparse_adam(grad, state: SparseAdamState, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
-                         maximize=False):
+def scale_by_sparse_adam(grad, state: SparseAdamState, param, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, maximize=False):
     r"""Lazy Adam for sparse gradients (``nn.Embedding(sparse=True)``), as torch.optim.SparseAdam -- a full
     update, itself sparse: only the entries with a gradient move, and only their moments are updated.
 
@@ -491,15 +501,16 @@ def _(param):
 
 
 class AdafactorState(NamedTuple):
-    step: Tensor      # updates taken so far
-    row_var: Tensor   # row factor of the second moment (params with 2+ dims; empty otherwise)
-    col_var: Tensor   # column factor of the second moment (params with 2+ dims; empty otherwise)
+    step: Tensor  # updates taken so far
+    row_var: Tensor  # row factor of the second moment (params with 2+ dims; empty otherwise)
+    col_var: Tensor  # column factor of the second moment (params with 2+ dims; empty otherwise)
     variance: Tensor  # the full second moment (vectors; empty otherwise)
 
 
 @elementwise(whole_tensor=True)
-def scale_by_adafactor(grad, state: AdafactorState, param, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3),
-                       d=1.0, weight_decay=0.0):
+def scale_by_adafactor(
+    grad, state: AdafactorState, param, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0
+):
     r"""Adafactor's step (Shazeer & Stern, 2018), as torch.optim.Adafactor computes it -- a full update.
 
     .. math::
@@ -518,15 +529,17 @@ def scale_by_adafactor(grad, state: AdafactorState, param, *, lr=1e-2, beta2_dec
     eps1 = torch.finfo(param.dtype).eps if eps[0] is None else eps[0]
     eps2 = eps[1]
     step = state.step + 1
-    one_minus_beta2 = step ** beta2_decay
+    one_minus_beta2 = step**beta2_decay
     rho = 1 / step.sqrt()
     rms = torch.clamp(torch.linalg.vector_norm(param) / param.numel() ** 0.5, min=eps2)
     row_var, col_var, variance = state.row_var, state.col_var, state.variance
     if grad.dim() > 1:
-        row_var = torch.lerp(row_var, torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square() / grad.size(-1),
-                             one_minus_beta2)
-        col_var = torch.lerp(col_var, torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square() / grad.size(-2),
-                             one_minus_beta2)
+        row_var = torch.lerp(
+            row_var, torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square() / grad.size(-1), one_minus_beta2
+        )
+        col_var = torch.lerp(
+            col_var, torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square() / grad.size(-2), one_minus_beta2
+        )
         estimate = (row_var @ col_var) / row_var.mean(dim=-2, keepdim=True).clamp(min=eps1)
     else:
         variance = torch.lerp(variance, grad * grad, one_minus_beta2)
@@ -549,8 +562,12 @@ def scale_by_adafactor(grad, state: AdafactorState, param, *, lr=1e-2, beta2_dec
 def _(param):
     empty = param.new_empty(0)
     if param.dim() > 1:
-        return AdafactorState(_zero_step(param), param.new_zeros((*param.shape[:-1], 1)),
-                              param.new_zeros((*param.shape[:-2], 1, param.shape[-1])), empty)
+        return AdafactorState(
+            _zero_step(param),
+            param.new_zeros((*param.shape[:-1], 1)),
+            param.new_zeros((*param.shape[:-2], 1, param.shape[-1])),
+            empty,
+        )
     return AdafactorState(_zero_step(param), empty, empty.clone(), torch.zeros_like(param))
 
 
@@ -561,8 +578,9 @@ class MuonState(NamedTuple):
     momentum_buffer: Tensor  # the momentum of the gradient, B_t
 
 
-def orthogonalize(matrix: Tensor, ns_coefficients=(3.4445, -4.7750, 2.0315), ns_steps: int = 5,
-                  eps: float = 1e-7) -> Tensor:
+def orthogonalize(
+    matrix: Tensor, ns_coefficients=(3.4445, -4.7750, 2.0315), ns_steps: int = 5, eps: float = 1e-7
+) -> Tensor:
     r"""torch.optim.Muon's quintic Newton-Schulz iteration, in bfloat16: about :math:`U V^\top` of
     :math:`M = U S V^\top` (singular values near 1, not exactly 1, by design of the coefficients).
 
@@ -598,9 +616,20 @@ def _muon_lr_ratio(adjust_lr_fn, shape) -> float:
 
 
 @elementwise(whole_tensor=True)
-def scale_by_muon(grad, state: MuonState, param, *, lr=1e-3, momentum=0.95, nesterov=True,
-                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
-                  weight_decay=0.0):
+def scale_by_muon(
+    grad,
+    state: MuonState,
+    param,
+    *,
+    lr=1e-3,
+    momentum=0.95,
+    nesterov=True,
+    ns_coefficients=(3.4445, -4.7750, 2.0315),
+    eps=1e-7,
+    ns_steps=5,
+    adjust_lr_fn=None,
+    weight_decay=0.0,
+):
     r"""Muon's step (Jordan et al., 2024), as torch.optim.Muon computes it -- a full update, 2-D params only.
 
     .. math::
@@ -617,9 +646,11 @@ def scale_by_muon(grad, state: MuonState, param, *, lr=1e-3, momentum=0.95, nest
     if torch.is_complex(param):
         raise RuntimeError("Muon does not support complex parameters")
     if torch._C._functorch.is_batchedtensor(grad):
-        raise ValueError("muon cannot run in a sweep (torch.func.vmap): its Newton-Schulz iteration runs in "
-                         "bfloat16, where vmap's batched addmm rounds differently from torch's one-matrix "
-                         "addmm, so a sweep's runs would not equal single fits; run fit() once per setting")
+        raise ValueError(
+            "muon cannot run in a sweep (torch.func.vmap): its Newton-Schulz iteration runs in "
+            "bfloat16, where vmap's batched addmm rounds differently from torch's one-matrix "
+            "addmm, so a sweep's runs would not equal single fits; run fit() once per setting"
+        )
     buf = torch.lerp(state.momentum_buffer, grad, 1 - momentum)
     update = torch.lerp(grad, buf, momentum) if nesterov else buf
     ortho = orthogonalize(update, ns_coefficients, ns_steps, eps)  # bfloat16, added as torch adds it
@@ -635,7 +666,9 @@ def scale_by_muon(grad, state: MuonState, param, *, lr=1e-3, momentum=0.95, nest
 @scale_by_muon.init
 def _(param):
     if param.ndim != 2:
-        raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: {param.size()}; "
-                         "route the others to another rule with diyopt.transforms.partition, or use "
-                         "diyopt.optim.muon_adamw (AdamW for every tensor that is not 2-D)")
+        raise ValueError(
+            f"Muon only supports 2D parameters whereas we found a parameter with size: {param.size()}; "
+            "route the others to another rule with diyopt.transforms.partition, or use "
+            "diyopt.optim.muon_adamw (AdamW for every tensor that is not 2-D)"
+        )
     return MuonState(torch.zeros_like(param))

@@ -1,4 +1,5 @@
 """ADOPT's per-tensor step (Taniguchi et al., 2024), as ``pytorch_optimizer.ADOPT`` computes it."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,14 +11,14 @@ from diyopt.core.contract import elementwise
 
 
 class AdoptState(NamedTuple):
-    step: Tensor        # updates taken so far (0-dim, the param's dtype)
-    exp_avg: Tensor     # m_t, the momentum of the normalized gradients
+    step: Tensor  # updates taken so far (0-dim, the param's dtype)
+    exp_avg: Tensor  # m_t, the momentum of the normalized gradients
     exp_avg_sq: Tensor  # v_t, the second moment, one step behind the gradient it normalizes
 
 
 def adopt_clip(step: Tensor) -> Tensor:
     """ADOPT's default clipping bound ``c_t = t ** 0.25`` (the paper's Algorithm 2)."""
-    return step ** 0.25
+    return step**0.25
 
 
 @elementwise
@@ -49,5 +50,6 @@ def scale_by_adopt(grad, state: AdoptState, param, *, b1=0.9, b2=0.9999, eps=1e-
 
 @scale_by_adopt.init
 def _(param):
-    return AdoptState(torch.zeros((), dtype=param.dtype, device=param.device), torch.zeros_like(param),
-                      torch.zeros_like(param))
+    return AdoptState(
+        torch.zeros((), dtype=param.dtype, device=param.device), torch.zeros_like(param), torch.zeros_like(param)
+    )

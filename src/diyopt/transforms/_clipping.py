@@ -1,4 +1,5 @@
 """Clipping: each element to ``[-max_delta, max_delta]``, or all gradients by their global norm."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Weight decay: coupled (L2, before an adaptive scaling) and decoupled (AdamW)."""
+
 from __future__ import annotations
 
 from torch import Tensor

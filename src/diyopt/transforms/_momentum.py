@@ -1,4 +1,5 @@
 """Momentum: torch's SGD trace (dampening, Nesterov) and plain heavy ball."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,7 +11,7 @@ from diyopt.core.contract import elementwise
 
 
 class TraceState(NamedTuple):
-    step: Tensor             # updates so far: the first one starts the buffer at the gradient
+    step: Tensor  # updates so far: the first one starts the buffer at the gradient
     momentum_buffer: Tensor  # b_t
 
 

@@ -1,4 +1,5 @@
 """Routing by tensor: each parameter to one of several rules, chosen by its name or shape."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -38,8 +39,9 @@ def partition(rules: Mapping[str, Optimizer], labels: Labels) -> Optimizer:
         if not isinstance(rule, Optimizer):
             raise TypeError(f"partition rule {label!r} is a {type(rule).__name__}, not a diyopt Optimizer")
     if not (callable(labels) or isinstance(labels, Mapping)):
-        raise TypeError(f"labels must be a function (name, tensor) -> label or a {{name: label}} dict, "
-                        f"got {type(labels).__name__}")
+        raise TypeError(
+            f"labels must be a function (name, tensor) -> label or a {{name: label}} dict, got {type(labels).__name__}"
+        )
 
     def route(tensors: Params) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {label: [] for label in rules}
@@ -51,14 +53,17 @@ def partition(rules: Mapping[str, Optimizer], labels: Labels) -> Optimizer:
             else:
                 label = labels(name, t)
             if label not in rules:
-                raise ValueError(f"partition: parameter {name!r} is labelled {label!r}, which names no rule; "
-                                 f"rules: {sorted(rules)}")
+                raise ValueError(
+                    f"partition: parameter {name!r} is labelled {label!r}, which names no rule; rules: {sorted(rules)}"
+                )
             groups[label].append(name)
         return groups
 
     def init(params: Params) -> dict[str, Any]:
-        return {label: rules[label].init({n: params[n] for n in names}) if names else ()
-                for label, names in route(params).items()}
+        return {
+            label: rules[label].init({n: params[n] for n in names}) if names else ()
+            for label, names in route(params).items()
+        }
 
     def update(grads: Params, state: dict, params: Params | None = None):
         updates: dict[str, Tensor] = {}

@@ -1,4 +1,5 @@
 """Prodigy's step (Mishchenko & Defazio, 2024), as the ``prodigyopt`` package computes it."""
+
 from __future__ import annotations
 
 import math
@@ -12,23 +13,35 @@ from diyopt.core.tree import Params
 
 
 class ProdigyMoments(NamedTuple):
-    s: Tensor           # EMA of the (sliced) gradients weighted by the step sizes, the D estimate's denominator
-    p0: Tensor          # the (sliced) starting point x_0
-    exp_avg: Tensor     # m_t = beta1 m + d (1 - beta1) g
+    s: Tensor  # EMA of the (sliced) gradients weighted by the step sizes, the D estimate's denominator
+    p0: Tensor  # the (sliced) starting point x_0
+    exp_avg: Tensor  # m_t = beta1 m + d (1 - beta1) g
     exp_avg_sq: Tensor  # v_t = beta2 v + d^2 (1 - beta2) g^2
 
 
 class ProdigyState(NamedTuple):
-    k: Tensor            # steps taken (0-dim)
-    d: Tensor            # D, the distance-to-solution estimate that sets the step size
-    d_max: Tensor        # the largest D estimate so far
+    k: Tensor  # steps taken (0-dim)
+    d: Tensor  # D, the distance-to-solution estimate that sets the step size
+    d_max: Tensor  # the largest D estimate so far
     d_numerator: Tensor  # r_t, the D estimate's numerator (an EMA of weighted <g, x_0 - x>)
-    moments: dict        # parameter name -> ProdigyMoments
+    moments: dict  # parameter name -> ProdigyMoments
 
 
-def scale_by_prodigy(lr=1.0, b1=0.9, b2=0.999, beta3=None, eps=1e-8, weight_decay=0.0, decouple=True,
-                     use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0,
-                     growth_rate=float("inf"), slice_p=1) -> Optimizer:
+def scale_by_prodigy(
+    lr=1.0,
+    b1=0.9,
+    b2=0.999,
+    beta3=None,
+    eps=1e-8,
+    weight_decay=0.0,
+    decouple=True,
+    use_bias_correction=False,
+    safeguard_warmup=False,
+    d0=1e-6,
+    d_coef=1.0,
+    growth_rate=float("inf"),
+    slice_p=1,
+) -> Optimizer:
     r"""Prodigy (Mishchenko & Defazio, 2024, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
     ICML; arXiv:2306.06101, Algorithm 4, the Adam version): Adam whose step size ``d * lr`` is estimated.
 
@@ -56,8 +69,15 @@ def scale_by_prodigy(lr=1.0, b1=0.9, b2=0.999, beta3=None, eps=1e-8, weight_deca
         def scalar(v):
             return torch.zeros((), dtype=ref.dtype, device=ref.device) + v
 
-        moments = {k: ProdigyMoments(torch.zeros_like(p.flatten()[::slice_p]), p.flatten()[::slice_p].clone(),
-                                     torch.zeros_like(p), torch.zeros_like(p)) for k, p in params.items()}
+        moments = {
+            k: ProdigyMoments(
+                torch.zeros_like(p.flatten()[::slice_p]),
+                p.flatten()[::slice_p].clone(),
+                torch.zeros_like(p),
+                torch.zeros_like(p),
+            )
+            for k, p in params.items()
+        }
         return ProdigyState(scalar(0.0), scalar(d0), scalar(d0), scalar(0.0), moments)
 
     def update(grads: Params, state: ProdigyState, params: Params | None = None):
@@ -106,8 +126,12 @@ def scale_by_prodigy(lr=1.0, b1=0.9, b2=0.999, beta3=None, eps=1e-8, weight_deca
             u = (start + step) - p
             updates[name] = torch.where(moved, u, torch.zeros_like(u))
         new = ProdigyState(
-            torch.where(moved, k + 1, k), torch.where(moved, new_d, d), torch.where(moved, d_max, state.d_max),
-            torch.where(moved, numerator, state.d_numerator), moments)
+            torch.where(moved, k + 1, k),
+            torch.where(moved, new_d, d),
+            torch.where(moved, d_max, state.d_max),
+            torch.where(moved, numerator, state.d_numerator),
+            moments,
+        )
         return updates, new
 
     return Optimizer(init, update)

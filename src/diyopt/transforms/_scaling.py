@@ -1,4 +1,5 @@
 """Scaling: a constant factor, a schedule, the learning rate (``update = -lr * grad``)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

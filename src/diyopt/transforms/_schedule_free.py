@@ -18,6 +18,7 @@ is never stored: ``eval_params`` recovers it, :math:`x = y + (1 - 1/\beta)(z - y
 c_{k+1}) - 1) d_k`. The weights' scalars (``step``, ``weight_sum``, ``lr_max``) are kept per tensor, as
 torch keeps ``step``, so the rule is per element and runs on the fit's flat buffer.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -30,21 +31,22 @@ from diyopt.core.tree import Params
 
 
 class ScheduleFreeState(NamedTuple):
-    step: Tensor        # k: updates so far
+    step: Tensor  # k: updates so far
     weight_sum: Tensor  # w_1 + ... + w_k, the averaging weights so far
-    lr_max: Tensor      # the largest warmed-up lr so far (-1 before the first update, as schedulefree)
-    z: Tensor           # z_k, the base sequence; the params are y_k; eval_params gives x_k
+    lr_max: Tensor  # the largest warmed-up lr so far (-1 before the first update, as schedulefree)
+    z: Tensor  # z_k, the base sequence; the params are y_k; eval_params gives x_k
 
 
 @elementwise
-def _schedule_free(direction, state: ScheduleFreeState, param, *, lr=1.0, b1=0.9, warmup_steps=0, r=0.0,
-                   weight_lr_power=2.0):
+def _schedule_free(
+    direction, state: ScheduleFreeState, param, *, lr=1.0, b1=0.9, warmup_steps=0, r=0.0, weight_lr_power=2.0
+):
     k = state.step
     # warmup_steps is structural (an int): 0 means no warmup, and no division by it
     warm = torch.clamp((k + 1) / warmup_steps, max=1.0) if warmup_steps else 1.0
     lr_k = lr * warm
     lr_max = torch.clamp(state.lr_max, min=lr_k)
-    weight = (k + 1) ** r * lr_max ** weight_lr_power
+    weight = (k + 1) ** r * lr_max**weight_lr_power
     weight_sum = state.weight_sum + weight
     # schedulefree: ckp1 = 0 where the weights sum to 0 (lr 0 with weight_lr_power > 0)
     ckp1 = torch.where(weight_sum > 0, weight / weight_sum, torch.zeros_like(weight_sum))
@@ -81,7 +83,7 @@ def scale_by_schedule_free(lr=1.0, b1=0.9, warmup_steps=0, r=0.0, weight_lr_powe
 
 
 class ScheduleFreeAdamState(NamedTuple):
-    step: Tensor        # updates so far
+    step: Tensor  # updates so far
     exp_avg_sq: Tensor  # v_k, the running mean of squared gradients
 
 
@@ -97,7 +99,7 @@ def scale_by_schedule_free_adam(grad, state: ScheduleFreeAdamState, param, *, b2
         v = state.exp_avg_sq * b2 + (1 - b2) * grad * grad
     else:  # schedulefree's exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1-beta2)
         v = torch.addcmul(state.exp_avg_sq * b2, grad, grad, value=1 - b2)
-    denom = (v / (1 - b2 ** k)).sqrt() + eps
+    denom = (v / (1 - b2**k)).sqrt() + eps
     return grad / denom, ScheduleFreeAdamState(k, v)
 
 

@@ -1,4 +1,5 @@
 """SOAP's per-tensor step (Vyas et al., 2025), as ``pytorch_optimizer.SOAP`` computes it."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,11 +11,11 @@ from diyopt.core.contract import elementwise
 
 
 class SoapState(NamedTuple):
-    step: Tensor           # updates taken so far, the first (which only gathers statistics) included
-    exp_avg: Tensor        # m_t, the gradients' EMA, in the parameter's own basis
-    exp_avg_sq: Tensor     # v_t, EMA of the squared *rotated* gradients, in the eigenbasis
-    GG: tuple              # per dimension i: EMA of G_(i) G_(i)^T (an empty tensor: dimension not rotated)
-    Q: tuple               # per dimension i: the eigenbasis of GG[i] (empty where GG[i] is)
+    step: Tensor  # updates taken so far, the first (which only gathers statistics) included
+    exp_avg: Tensor  # m_t, the gradients' EMA, in the parameter's own basis
+    exp_avg_sq: Tensor  # v_t, EMA of the squared *rotated* gradients, in the eigenbasis
+    GG: tuple  # per dimension i: EMA of G_(i) G_(i)^T (an empty tensor: dimension not rotated)
+    Q: tuple  # per dimension i: the eigenbasis of GG[i] (empty where GG[i] is)
 
 
 def _preconditioned(param: Tensor, max_precondition_dim: int, precondition_1d: bool) -> list[bool]:
@@ -76,9 +77,23 @@ def _select(pred: Tensor, a, b):
 
 
 @elementwise(whole_tensor=True)
-def scale_by_soap(grad, state: SoapState, param, *, lr=3e-3, b1=0.95, b2=0.95, shampoo_beta=None,
-                  weight_decay=1e-2, precondition_frequency=10, max_precondition_dim=10000,
-                  precondition_1d=False, correct_bias=True, normalize_gradient=False, eps=1e-8):
+def scale_by_soap(
+    grad,
+    state: SoapState,
+    param,
+    *,
+    lr=3e-3,
+    b1=0.95,
+    b2=0.95,
+    shampoo_beta=None,
+    weight_decay=1e-2,
+    precondition_frequency=10,
+    max_precondition_dim=10000,
+    precondition_1d=False,
+    correct_bias=True,
+    normalize_gradient=False,
+    eps=1e-8,
+):
     r"""SOAP's step (Vyas et al., 2025, "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR;
     arXiv:2409.11321, Algorithm 3): Adam run in the eigenbasis of Shampoo's preconditioner.
 
@@ -99,14 +114,18 @@ def scale_by_soap(grad, state: SoapState, param, *, lr=3e-3, b1=0.95, b2=0.95, s
     unless ``precondition_1d``) are not rotated. Returns the whole update (``lr`` and the decay included).
     """
     if torch._C._functorch.is_batchedtensor(grad):
-        raise ValueError("soap cannot run in a sweep (torch.func.vmap): its first eigenbasis is eigh's of a "
-                         "rank-deficient matrix, whose null-space basis the batched kernels pick differently, "
-                         "so a sweep's runs would not equal single fits; run fit() once per setting")
+        raise ValueError(
+            "soap cannot run in a sweep (torch.func.vmap): its first eigenbasis is eigh's of a "
+            "rank-deficient matrix, whose null-space basis the batched kernels pick differently, "
+            "so a sweep's runs would not equal single fits; run fit() once per setting"
+        )
     count = state.step
     first = count == 0
     sb = b2 if shampoo_beta is None else shampoo_beta
-    GG = tuple(m.clone() if m.numel() == 0 else torch.lerp(m, _outer(grad, i).to(m.dtype), 1 - sb)
-               for i, m in enumerate(state.GG))
+    GG = tuple(
+        m.clone() if m.numel() == 0 else torch.lerp(m, _outer(grad, i).to(m.dtype), 1 - sb)
+        for i, m in enumerate(state.GG)
+    )
 
     exp_avg = torch.lerp(state.exp_avg, grad, 1 - b1)
     exp_avg_sq = torch.lerp(state.exp_avg_sq, _project(grad, state.Q).square(), 1 - b2)
@@ -115,7 +134,7 @@ def scale_by_soap(grad, state: SoapState, param, *, lr=3e-3, b1=0.95, b2=0.95, s
         direction = direction / (torch.mean(direction.square()).sqrt() + eps)
     step_size = lr
     if correct_bias:
-        step_size = lr * (torch.sqrt(1 - b2 ** count) / (1 - b1 ** count))
+        step_size = lr * (torch.sqrt(1 - b2**count) / (1 - b1**count))
     moved = param - step_size * direction
     update = moved * (1 - weight_decay * lr) - param
 
@@ -123,8 +142,9 @@ def scale_by_soap(grad, state: SoapState, param, *, lr=3e-3, b1=0.95, b2=0.95, s
     Q_qr, exp_avg_sq_qr = _refreshed(GG, state.Q, exp_avg_sq)
     Q = _select(first, _eigenbases(GG), _select(refresh, Q_qr, state.Q))
     exp_avg_sq = torch.where(refresh, exp_avg_sq_qr, exp_avg_sq)
-    new = SoapState(count + 1, torch.where(first, state.exp_avg, exp_avg),
-                    torch.where(first, state.exp_avg_sq, exp_avg_sq), GG, Q)
+    new = SoapState(
+        count + 1, torch.where(first, state.exp_avg, exp_avg), torch.where(first, state.exp_avg_sq, exp_avg_sq), GG, Q
+    )
     return torch.where(first, torch.zeros_like(update), update), new
 
 
@@ -138,5 +158,10 @@ def _(param, *, max_precondition_dim=10000, precondition_1d=False):
     flags = _preconditioned(param, max_precondition_dim, precondition_1d) if param.dim() else []
     dims = [param.shape[0]] if param.dim() == 1 else list(param.shape)
     GG = tuple(square(n, on) for n, on in zip(dims, flags))
-    return SoapState(torch.zeros((), dtype=param.dtype, device=param.device), torch.zeros_like(param),
-                     torch.zeros_like(param), GG, tuple(g.clone() for g in GG))
+    return SoapState(
+        torch.zeros((), dtype=param.dtype, device=param.device),
+        torch.zeros_like(param),
+        torch.zeros_like(param),
+        GG,
+        tuple(g.clone() for g in GG),
+    )

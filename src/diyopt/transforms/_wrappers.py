@@ -1,5 +1,6 @@
 """Wrappers that change *where* or *when* an inner transform applies: ``masked``, ``freeze``,
 ``apply_if_finite``, ``accumulate``."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
@@ -63,12 +64,12 @@ def _select(pred: Tensor, if_true: Any, if_false: Any) -> Any:
 
 class ApplyIfFiniteState(NamedTuple):
     notfinite_count: Tensor  # consecutive steps with a non-finite gradient (0-dim)
-    last_finite: Tensor      # whether the last gradient was finite (0-dim bool)
+    last_finite: Tensor  # whether the last gradient was finite (0-dim bool)
     total_notfinite: Tensor  # all skipped steps so far (0-dim)
-    inner_state: Any         # the wrapped transform's state, frozen while steps are skipped
+    inner_state: Any  # the wrapped transform's state, frozen while steps are skipped
 
 
-def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 2 ** 31 - 1) -> Optimizer:
+def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 2**31 - 1) -> Optimizer:
     """Skip (zero update, inner state untouched) every step whose gradient holds a NaN or an infinity.
 
     Counts the skips in the state (``total_notfinite``), as ``optax.apply_if_finite``. After more than
@@ -78,8 +79,9 @@ def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 2 ** 31 - 1)
 
     def init(params: Params) -> ApplyIfFiniteState:
         zero = _zero_count(params)
-        return ApplyIfFiniteState(zero, torch.ones((), dtype=torch.bool, device=zero.device), zero.clone(),
-                                  inner.init(params))
+        return ApplyIfFiniteState(
+            zero, torch.ones((), dtype=torch.bool, device=zero.device), zero.clone(), inner.init(params)
+        )
 
     def update(grads: Params, state: ApplyIfFiniteState, params: Params | None = None):
         finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()
@@ -95,10 +97,10 @@ def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 2 ** 31 - 1)
 
 
 class AccumulateState(NamedTuple):
-    mini_step: Tensor     # gradients accumulated since the last applied update, 0 .. every_k - 1
-    gradient_step: Tensor # updates applied so far
-    acc_grads: Params     # running mean of the gradients since the last applied update
-    inner_state: Any      # the wrapped transform's state; it advances on applied steps only
+    mini_step: Tensor  # gradients accumulated since the last applied update, 0 .. every_k - 1
+    gradient_step: Tensor  # updates applied so far
+    acc_grads: Params  # running mean of the gradients since the last applied update
+    inner_state: Any  # the wrapped transform's state; it advances on applied steps only
 
 
 def accumulate(inner: Optimizer, every_k: int) -> Optimizer:
@@ -111,8 +113,9 @@ def accumulate(inner: Optimizer, every_k: int) -> Optimizer:
 
     def init(params: Params) -> AccumulateState:
         zero = _zero_count(params)
-        return AccumulateState(zero, zero.clone(), {k: torch.zeros_like(p) for k, p in params.items()},
-                               inner.init(params))
+        return AccumulateState(
+            zero, zero.clone(), {k: torch.zeros_like(p) for k, p in params.items()}, inner.init(params)
+        )
 
     def update(grads: Params, state: AccumulateState, params: Params | None = None):
         n = state.mini_step

@@ -8,6 +8,7 @@
 - :mod:`~diyopt.analysis.benchmarking.charts` -- the solved matrix and the performance profiles;
 - :mod:`~diyopt.analysis.benchmarking.run` -- :func:`bench`, the files it writes, torchrun.
 """
+
 from .run import bench
 from .tasks import Task, suite
 

@@ -12,6 +12,7 @@ Profiles (:mod:`diyopt.analysis.profiles`), one per cost, each over the tasks wh
 ``rho_s(1)`` how often it is the best, the right end how often it solves at all (AlgoPerf scores the area
 up to ``tau = 4``).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,14 +21,17 @@ from pathlib import Path
 
 import torch
 
-PROFILES = {"attempts": "profile_attempts.png", "steps_to_target": "profile_steps_to_target.png",
-            "seconds_to_target": "profile_seconds_to_target.png"}
+PROFILES = {
+    "attempts": "profile_attempts.png",
+    "steps_to_target": "profile_steps_to_target.png",
+    "seconds_to_target": "profile_seconds_to_target.png",
+}
 
 
 def _short(label: str) -> str:
     """``my_rules.py:rule`` for a spec naming a file by a long path; built-in specs as they are."""
     at = label.find(".py:")
-    short = os.path.basename(label[:at + 3]) + label[at + 3:] if at >= 0 else label
+    short = os.path.basename(label[: at + 3]) + label[at + 3 :] if at >= 0 else label
     return short if len(short) <= 24 else short[:23] + "…"
 
 
@@ -59,8 +63,9 @@ def matrix_png(rows: list[dict], path: str | os.PathLike) -> None:
     for (i, j), s in text.items():
         ax.text(j, i, s, ha="center", va="center", fontsize=7)
     solved = {o: sum(r["solved"] for r in rows if r["optimizer"] == o) for o in opts}
-    ax.set_xticks(range(len(opts)), [f"{_short(o)}\n{solved[o]}/{len(tasks)}" for o in opts], rotation=30,
-                  ha="right", fontsize=8)
+    ax.set_xticks(
+        range(len(opts)), [f"{_short(o)}\n{solved[o]}/{len(tasks)}" for o in opts], rotation=30, ha="right", fontsize=8
+    )
     ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
     ax.set_title("solved: fraction of studies (text: median attempts)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
@@ -72,8 +77,11 @@ def matrix_png(rows: list[dict], path: str | os.PathLike) -> None:
 def profile_costs(rows: list[dict], key: str) -> dict[str, list[float]]:
     """``{optimizer: [cost per task]}`` for ``key``, over the tasks where some row has it; an unsolved task
     (or a missing value) costs ``inf``. Empty when no task has the cost."""
-    tasks = [t for t in dict.fromkeys(r["task"] for r in rows) if any(r["task"] == t and r.get(key) is not None
-                                                                      for r in rows)]
+    tasks = [
+        t
+        for t in dict.fromkeys(r["task"] for r in rows)
+        if any(r["task"] == t and r.get(key) is not None for r in rows)
+    ]
     opts = list(dict.fromkeys(r["optimizer"] for r in rows))
     cell = {(r["task"], r["optimizer"]): r for r in rows}
     costs = {}

@@ -12,6 +12,7 @@ tuples for ``S <= 6`` (46,656 resamples at most); above that, 10,000 resamples d
 never reached the target) is a value like any other: an interval ``(3, inf)`` says some resamples' median
 is "not reached". With one study the interval is that study's value on both ends.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -16,6 +16,7 @@ republished with the rows so far (``manifest.json`` says ``"complete": false``),
 across the ranks and rank 0 gathers the rows (:mod:`diyopt.engines.distributed`); every pair is a
 deterministic function of its settings, so the rows equal one process's (wall times aside).
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,8 +45,11 @@ from .workloads import workloads as get_workloads
 
 SUITES = ("diagnostic", "workloads", "all")
 
-COLUMNS = ["task", "optimizer", "solved"] + [c for k in CI_OF for c in (k, f"{k}_lo", f"{k}_hi")] + [
-    "seconds", "criterion", "target", "studies_solved", "trials", "engine"]
+COLUMNS = (
+    ["task", "optimizer", "solved"]
+    + [c for k in CI_OF for c in (k, f"{k}_lo", f"{k}_hi")]
+    + ["seconds", "criterion", "target", "studies_solved", "trials", "engine"]
+)
 NOT_REACHED = "not reached"
 
 
@@ -91,10 +95,12 @@ def _resolve(spec: Any) -> tuple[str, Optimizer | type]:
         return str(spec[0]), spec[1]
     if is_torch_class(spec):
         return f"{spec.__module__.split('.')[0]}.optim.{spec.__name__}" if spec.__module__.startswith(
-            "torch.optim") else f"{spec.__module__}.{spec.__qualname__}", spec
+            "torch.optim"
+        ) else f"{spec.__module__}.{spec.__qualname__}", spec
     if not isinstance(spec, str):
-        raise TypeError(f"an optimizer for bench is a spec string, a torch.optim class or (label, Optimizer), "
-                        f"got {spec!r}")
+        raise TypeError(
+            f"an optimizer for bench is a spec string, a torch.optim class or (label, Optimizer), got {spec!r}"
+        )
     if spec.startswith("torch.optim."):  # the packaged optimizer, as is: torch.optim.Adam
         cls = getattr(torch.optim, spec.removeprefix("torch.optim."), None)
         if not is_torch_class(cls):
@@ -110,13 +116,23 @@ def suite_tasks(name: str) -> list:
     """The tasks of ``--suite``: ``diagnostic``, ``workloads`` or ``all`` (diagnostic, then workloads)."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; known: {', '.join(map(repr, SUITES))}")
-    return ((get_suite() if name != "workloads" else []) + (get_workloads() if name != "diagnostic" else []))
+    return (get_suite() if name != "workloads" else []) + (get_workloads() if name != "diagnostic" else [])
 
 
-def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int = 16, seeds: int | Sequence[int] = 3,
-          out: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
-          spaces: Mapping[str, Mapping] | None = None, dtype: torch.dtype = torch.float32, resume: bool = False,
-          progress: bool | None = None, flags: Mapping[str, Any] | None = None) -> BenchResult:
+def bench(
+    optimizers: Sequence[Any],
+    *,
+    suite: str = "diagnostic",
+    trials: int = 16,
+    seeds: int | Sequence[int] = 3,
+    out: str | os.PathLike | None = None,
+    tasks: Sequence[str] | None = None,
+    spaces: Mapping[str, Mapping] | None = None,
+    dtype: torch.dtype = torch.float32,
+    resume: bool = False,
+    progress: bool | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> BenchResult:
     """Tune each optimizer on each task of ``suite`` and tell which it solves.
 
     Args:
@@ -159,9 +175,15 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
     spaces = dict(spaces or {})
     for label, opt in resolved:  # every space checked before any work
         space(label, opt, spaces.get(label))
-    config = {"suite": suite, "tasks": [t.name for t in chosen], "optimizers": labels, "trials": trials,
-              "seeds": seeds, "dtype": str(dtype).removeprefix("torch."),
-              "spaces": {l: space(l, o, spaces.get(l)) for l, o in resolved}}
+    config = {
+        "suite": suite,
+        "tasks": [t.name for t in chosen],
+        "optimizers": labels,
+        "trials": trials,
+        "seeds": seeds,
+        "dtype": str(dtype).removeprefix("torch."),
+        "spaces": {l: space(l, o, spaces.get(l)) for l, o in resolved},
+    }
     from diyopt.engines import distributed as dd
 
     rank, world = dd.init()  # (0, 1) outside torchrun
@@ -181,14 +203,13 @@ def bench(optimizers: Sequence[Any], *, suite: str = "diagnostic", trials: int =
     # Rounds of one pair per rank (round-robin, as distributed.split_work deals them); rank 0 gathers each
     # round's rows and republishes, so a killed run resumes from the last finished round.
     for lo in range(0, len(todo), world):
-        this_round = todo[lo:lo + world]
+        this_round = todo[lo : lo + world]
         mine = []
         if rank < len(this_round):
             i = this_round[rank]
             task, label, opt = pairs[i]
             runner = run_workload if isinstance(task, Workload) else run_task
-            mine = [(i, runner(task, label, opt, trials=trials, seeds=seeds, space_box=spaces.get(label),
-                               dtype=dtype))]
+            mine = [(i, runner(task, label, opt, trials=trials, seeds=seeds, space_box=spaces.get(label), dtype=dtype))]
         got = dd.gather(mine)  # None on ranks > 0
         if got is not None:
             found.update(dict(got))
@@ -239,8 +260,9 @@ def _now() -> str:
 def _git_revision() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                             timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -251,15 +273,30 @@ def _manifest(config: dict, flags: Mapping | None) -> dict:
 
     from diyopt import __version__
 
-    return {"config": config, "started": _now(), "finished": None, "complete": False,
-            "versions": {"diyopt": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-                         "python": platform.python_version()},
-            "git_revision": _git_revision(),
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-            "flags": {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-                      "default_dtype": str(torch.get_default_dtype()).removeprefix("torch."),
-                      **dict(flags or {})}}
+    return {
+        "config": config,
+        "started": _now(),
+        "finished": None,
+        "complete": False,
+        "versions": {
+            "diyopt": __version__,
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "python": platform.python_version(),
+        },
+        "git_revision": _git_revision(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "flags": {
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "default_dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+            **dict(flags or {}),
+        },
+    }
 
 
 def _earlier(out: Path, config: dict) -> dict[tuple[str, str], dict]:
@@ -272,8 +309,10 @@ def _earlier(out: Path, config: dict) -> dict[tuple[str, str], dict]:
         return {}
     old = json.loads((out / "manifest.json").read_text())
     if old.get("config") != json.loads(_dumps(config)):
-        raise ValueError(f"cannot resume in {out}: it holds a bench run with other settings (suite, tasks, "
-                         "optimizers, trials, seeds, dtype or search spaces); choose another --out")
+        raise ValueError(
+            f"cannot resume in {out}: it holds a bench run with other settings (suite, tasks, "
+            "optimizers, trials, seeds, dtype or search spaces); choose another --out"
+        )
     rows = {}
     with open(out / "results.csv", newline="") as f:
         for r in csv.DictReader(f):
@@ -293,8 +332,9 @@ def _parse_row(r: dict) -> dict:
     for k in COLUMNS[3:]:
         if k not in ("criterion", "studies_solved", "trials", "engine"):
             row[k] = num(r.get(k))
-    row.update(criterion=r["criterion"], studies_solved=r["studies_solved"], trials=int(r["trials"]),
-               engine=r["engine"])
+    row.update(
+        criterion=r["criterion"], studies_solved=r["studies_solved"], trials=int(r["trials"]), engine=r["engine"]
+    )
     return row
 
 
@@ -326,9 +366,18 @@ def _publish(out: Path, rows: list[dict], manifest: dict, complete: bool) -> Non
 def run_bench_cli(args: Any) -> int:
     """``diyopt bench``: run, then print one line per optimizer (tasks solved) and where the files are."""
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    result = bench(args.optimizers, suite=args.suite, trials=args.trials, seeds=args.seeds, out=args.out,
-                   tasks=args.tasks, dtype=dtype, resume=args.resume, progress=None,
-                   flags={"command": "diyopt bench"})
+    result = bench(
+        args.optimizers,
+        suite=args.suite,
+        trials=args.trials,
+        seeds=args.seeds,
+        out=args.out,
+        tasks=args.tasks,
+        dtype=dtype,
+        resume=args.resume,
+        progress=None,
+        flags={"command": "diyopt bench"},
+    )
     if result.out is None:  # a rank > 0 under torchrun: rank 0 prints and writes
         return 0
     n_tasks = len(result.manifest["config"]["tasks"])

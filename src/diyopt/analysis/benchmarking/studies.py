@@ -21,6 +21,7 @@ where the criterion is the loss, the first step whose loss is at or below the ta
 turns those into the row: medians over studies and their bootstrap 95% intervals
 (:mod:`~diyopt.analysis.benchmarking.intervals`).
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,16 @@ def _own(params: Mapping) -> dict:
     return {k: v for k, v in params.items() if k != STUDY}
 
 
-def run_task(task: Task, label: str, optimizer: Optimizer | type, *, trials: int, seeds: Sequence[int],
-             space_box: Mapping | None = None, dtype: torch.dtype = torch.float32) -> dict:
+def run_task(
+    task: Task,
+    label: str,
+    optimizer: Optimizer | type,
+    *,
+    trials: int,
+    seeds: Sequence[int],
+    space_box: Mapping | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """One task x optimizer: ``len(seeds)`` studies of ``trials`` Sobol points each. Returns the row."""
     box = space(label, optimizer, space_box)
     keys = list(box)
@@ -92,8 +101,9 @@ def run_task(task: Task, label: str, optimizer: Optimizer | type, *, trials: int
     else:
         studies, engine = _swept_studies(task, optimizer, keys, pts, seeds, dtype)
     by_loss = task.problem(seeds[0], dtype).metric is None  # the criterion is the loss: its curve tells when
-    return summarize(task, label, studies, by_loss=by_loss, seconds=time.perf_counter() - t0, trials=trials,
-                     engine=engine)
+    return summarize(
+        task, label, studies, by_loss=by_loss, seconds=time.perf_counter() - t0, trials=trials, engine=engine
+    )
 
 
 def _swept_studies(task: Task, optimizer: Optimizer, keys: list, pts: list, seeds: Sequence[int], dtype):
@@ -119,12 +129,17 @@ def _swept_studies(task: Task, optimizer: Optimizer, keys: list, pts: list, seed
     def loss(params):  # the study leaf enters with weight 0: a zero gradient, never "unused"
         return loss0(_own(params)) + 0 * params[STUDY]
 
-    starts = {s: {**p.params, STUDY: torch.tensor(float(i), dtype=dtype)} for i, (s, p) in enumerate(zip(seeds, problems))}
-    r = _quiet_sweep(sweep, loss, starts[seeds[0]], opt, task.steps, grid=grid, seeds=list(seeds),
-                     init=lambda s: starts[s])
+    starts = {
+        s: {**p.params, STUDY: torch.tensor(float(i), dtype=dtype)} for i, (s, p) in enumerate(zip(seeds, problems))
+    }
+    r = _quiet_sweep(
+        sweep, loss, starts[seeds[0]], opt, task.steps, grid=grid, seeds=list(seeds), init=lambda s: starts[s]
+    )
     n = len(seeds)  # runs are trials x studies, the study varying fastest
-    out = [_outcomes(r, range(i, len(pts) * n, n), p.metric or p.loss, task.target, strip=True)
-           for i, p in enumerate(problems)]
+    out = [
+        _outcomes(r, range(i, len(pts) * n, n), p.metric or p.loss, task.target, strip=True)
+        for i, p in enumerate(problems)
+    ]
     return out, _engine(r)
 
 
@@ -181,8 +196,9 @@ def effected(cls: type, names: list[str], effect) -> type:
                 loss = closure()
                 leaves = self.param_groups[0]["params"]
                 with torch.no_grad():
-                    grads, self._bench_extra = effect.apply({n: p.grad for n, p in zip(names, leaves)},
-                                                            self._bench_extra, self._bench_step)
+                    grads, self._bench_extra = effect.apply(
+                        {n: p.grad for n, p in zip(names, leaves)}, self._bench_extra, self._bench_step
+                    )
                     for n, p in zip(names, leaves):
                         p.grad.copy_(grads[n])
                 self._bench_step = self._bench_step + 1
@@ -202,8 +218,13 @@ def _torch_study(task: Task, cls: type, keys: list, pts: list, seed: int, dtype)
     metric = problem.metric or problem.loss
     values, steps = [], []
     for pt in pts:
-        r = fit(problem.loss, problem.params, effected(cls, list(problem.params), problem.effect), task.steps,
-                **torch_kwargs(cls, keys, pt))
+        r = fit(
+            problem.loss,
+            problem.params,
+            effected(cls, list(problem.params), problem.effect),
+            task.steps,
+            **torch_kwargs(cls, keys, pt),
+        )
         with torch.no_grad():
             m = float(metric(r.params))
         ok = r.stop_reason != "diverged" and math.isfinite(m)
@@ -212,9 +233,16 @@ def _torch_study(task: Task, cls: type, keys: list, pts: list, seed: int, dtype)
     return {"values": values, "steps": steps}
 
 
-def run_workload(workload: Workload, label: str, optimizer: Optimizer | type, *, trials: int,
-                 seeds: Sequence[int], space_box: Mapping | None = None,
-                 dtype: torch.dtype = torch.float32) -> dict:
+def run_workload(
+    workload: Workload,
+    label: str,
+    optimizer: Optimizer | type,
+    *,
+    trials: int,
+    seeds: Sequence[int],
+    space_box: Mapping | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """One workload x optimizer under the same rules; the trials run one by one (the score needs the metric
     every ``eval_every`` steps). Per study: the fastest passing trial's steps and seconds to the target."""
     box = space(label, optimizer, space_box)
@@ -230,16 +258,23 @@ def run_workload(workload: Workload, label: str, optimizer: Optimizer | type, *,
         else:
             opt = tunable(optimizer, keys, None)
             results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
-        studies.append({"values": [r["best"] for r in results],
-                        "passed": [math.isfinite(r["steps"]) for r in results],
-                        "steps": [r["steps"] for r in results], "seconds": [r["seconds"] for r in results]})
+        studies.append(
+            {
+                "values": [r["best"] for r in results],
+                "passed": [math.isfinite(r["steps"]) for r in results],
+                "steps": [r["steps"] for r in results],
+                "seconds": [r["seconds"] for r in results],
+            }
+        )
     engine = f"loop (validation every {workload.eval_every} steps)"
-    return summarize(workload, label, studies, by_loss=True, seconds=time.perf_counter() - t0, trials=trials,
-                     engine=engine)
+    return summarize(
+        workload, label, studies, by_loss=True, seconds=time.perf_counter() - t0, trials=trials, engine=engine
+    )
 
 
-def summarize(task: Task | Workload, label: str, studies: list[dict], *, by_loss: bool, seconds: float,
-              trials: int, engine: str) -> dict:
+def summarize(
+    task: Task | Workload, label: str, studies: list[dict], *, by_loss: bool, seconds: float, trials: int, engine: str
+) -> dict:
     """The row: per study, ``attempts`` (trials up to the first passing one, in Sobol order), the best value,
     the fewest steps (and, for workloads, seconds) a passing trial took; then the median over studies and
     its bootstrap 95% interval (``_lo`` / ``_hi``). Solved: more than half of the studies pass."""
@@ -265,10 +300,15 @@ def summarize(task: Task | Workload, label: str, studies: list[dict], *, by_loss
         row[key] = statistics.median(vals)
         row[f"{key}_lo"], row[f"{key}_hi"] = median_interval(vals)
         if key == "seconds_to_target":
-            row[key], row[f"{key}_lo"], row[f"{key}_hi"] = (round(row[k], 4) for k in
-                                                              (key, f"{key}_lo", f"{key}_hi"))
+            row[key], row[f"{key}_lo"], row[f"{key}_hi"] = (round(row[k], 4) for k in (key, f"{key}_lo", f"{key}_hi"))
     if not solved:
         row["attempts"] = math.inf
-    row.update(seconds=round(seconds, 4), criterion=task.criterion, target=task.target,
-               studies_solved=f"{n_solved}/{len(studies)}", trials=trials, engine=engine)
+    row.update(
+        seconds=round(seconds, 4),
+        criterion=task.criterion,
+        target=task.target,
+        studies_solved=f"{n_solved}/{len(studies)}",
+        trials=trials,
+        engine=engine,
+    )
     return row

@@ -22,6 +22,7 @@ quadratic problem ``quadratic_deep``); classic test functions (Rosenbrock 1960; 
 deep linear networks (Saxe, McClelland & Ganguli 2014) for exploding/vanishing gradients; grokking
 (Power et al. 2022) for modular addition. The problems here are written from those descriptions, not copied.
 """
+
 from __future__ import annotations
 
 import math
@@ -160,8 +161,10 @@ def _at(table: Tensor, step: Tensor) -> Tensor:
 
 def _tabled(tables: Params, combine: Callable[[Tensor, Tensor], Tensor]) -> Effect:
     """An effect that combines each gradient with its table's row at the step (noise, masks)."""
+
     def apply(grads, extra, step):
         return {k: combine(g, _at(tables[k], step).to(g.dtype)) for k, g in grads.items()}, extra
+
     return Effect(lambda params: (), apply, tables, combine)
 
 
@@ -223,6 +226,7 @@ def sparse_quadratic(seed, dtype, *, keep, horizon, n=8, cond=10.0):
 def delayed_quadratic(seed, dtype, *, delay, n=8, cond=10.0):
     """The update at step ``t`` sees the gradient of step ``t - delay`` (zero for the first ``delay`` steps):
     a FIFO buffer of past gradients in the wrapper's state, as with stale asynchronous workers."""
+
     def init(params):
         return {k: torch.zeros(delay, *p.shape, dtype=p.dtype) for k, p in params.items()}
 
@@ -252,18 +256,25 @@ def scale_mismatch(seed, dtype, *, ratio, n=4):
 def saddle(seed, dtype, *, eps, n=4):
     """``f = 0.5|x|^2 - 0.5 y^2 + 0.25 y^4 + 0.25`` (minima at ``y = +-1``, f* = 0), started at the saddle's
     ridge, ``y = +-eps``: the escape is along a direction whose gradient is ``~eps``."""
+
     def loss(p):
         x, y = p["x"], p["y"]
-        return 0.5 * (x ** 2).sum() - 0.5 * y ** 2 + 0.25 * y ** 4 + 0.25
+        return 0.5 * (x**2).sum() - 0.5 * y**2 + 0.25 * y**4 + 0.25
 
     sign = 1.0 if torch.rand((), generator=_gen(seed, 4)) < 0.5 else -1.0
-    return Problem({"x": torch.ones(n, dtype=dtype) + 0.1 * _direction(seed, n, dtype),
-                    "y": torch.tensor(sign * eps, dtype=dtype)}, loss)
+    return Problem(
+        {
+            "x": torch.ones(n, dtype=dtype) + 0.1 * _direction(seed, n, dtype),
+            "y": torch.tensor(sign * eps, dtype=dtype),
+        },
+        loss,
+    )
 
 
 def plateau(seed, dtype, *, radius, n=4):
     """``f = 1 - exp(-|x|^2 / 2)`` started at ``|x| = radius``: the gradient there is
     ``radius * exp(-radius^2 / 2)``, a plateau an optimizer must cross at a sensible speed."""
+
     def loss(p):
         return -torch.expm1(-0.5 * (p["x"] ** 2).sum())
 
@@ -285,9 +296,10 @@ def rosenbrock(seed, dtype, *, n):
 def rastrigin(seed, dtype, *, n, amplitude, start):
     """Rastrigin ``A n + sum x^2 - A cos(2 pi x)`` (f* = 0 at 0, local minima near every integer point),
     started at ``|x_i| ~ start``: the optimizer must not settle in the nearest local minimum."""
+
     def loss(p):
         x = p["x"]
-        return amplitude * n + (x ** 2 - amplitude * torch.cos(2 * math.pi * x)).sum()
+        return amplitude * n + (x**2 - amplitude * torch.cos(2 * math.pi * x)).sum()
 
     signs = torch.where(torch.rand(n, generator=_gen(seed, 5)) < 0.5, -1.0, 1.0).to(dtype)
     return Problem({"x": signs * start + 0.1 * _direction(seed, n, dtype)}, loss)
@@ -297,6 +309,7 @@ def deep_linear(seed, dtype, *, depth, init):
     """A deep linear chain of scalars, ``f = 0.5 (prod_i w_i - 2)^2``, all ``w_i ~ init``: the gradient of
     each layer is the product of all the others, ``init^(depth-1)`` -- vanishing for ``init < 1``,
     exploding for ``init > 1`` (Saxe et al. 2014)."""
+
     def loss(p):
         return 0.5 * (p["w"].prod() - 2.0) ** 2
 
@@ -307,6 +320,7 @@ def moving_target(seed, dtype, *, omega, radius=1.0):
     """Track ``c(t) = radius (cos omega t, sin omega t)``: the oracle at step ``t`` is the gradient of
     ``0.5 |x - c(t)|^2``; ``loss`` (what the curves show) is the distance to the start's target ``c(0)``.
     Metric: the tracking error ``|x_T - c(T)|`` after the last update ``T = steps``."""
+
     def center(t):
         t = t.to(dtype) * omega
         return radius * torch.stack([torch.cos(t), torch.sin(t)])
@@ -342,9 +356,13 @@ def rnn_xor(seed, dtype, *, length, hidden=8, batch=64):
     def rnd(*shape, scale):
         return (scale * torch.randn(*shape, generator=w, dtype=torch.float64)).to(dtype)
 
-    params = {"w_in": rnd(2, hidden, scale=1.0), "w_h": rnd(hidden, hidden, scale=1 / math.sqrt(hidden)),
-              "b": torch.zeros(hidden, dtype=dtype), "w_out": rnd(hidden, scale=1 / math.sqrt(hidden)),
-              "b_out": torch.zeros((), dtype=dtype)}
+    params = {
+        "w_in": rnd(2, hidden, scale=1.0),
+        "w_h": rnd(hidden, hidden, scale=1 / math.sqrt(hidden)),
+        "b": torch.zeros(hidden, dtype=dtype),
+        "w_out": rnd(hidden, scale=1 / math.sqrt(hidden)),
+        "b_out": torch.zeros((), dtype=dtype),
+    }
     onehot = torch.stack([x, 1 - x], dim=-1)  # (batch, length, 2)
 
     def loss(p):
@@ -373,8 +391,12 @@ def modular_addition(seed, dtype, *, modulus, train_fraction=0.5, width=32, embe
     def rnd(*shape, scale):
         return (scale * torch.randn(*shape, generator=w, dtype=torch.float64)).to(dtype)
 
-    params = {"embed": rnd(p_, embed, scale=1.0), "w1": rnd(2 * embed, width, scale=1 / math.sqrt(2 * embed)),
-              "b1": torch.zeros(width, dtype=dtype), "w2": rnd(width, p_, scale=1 / math.sqrt(width))}
+    params = {
+        "embed": rnd(p_, embed, scale=1.0),
+        "w1": rnd(2 * embed, width, scale=1 / math.sqrt(2 * embed)),
+        "b1": torch.zeros(width, dtype=dtype),
+        "w2": rnd(width, p_, scale=1 / math.sqrt(width)),
+    }
 
     def logits(p, idx):
         h = torch.cat([p["embed"][a[idx]], p["embed"][b[idx]]], dim=-1)
@@ -395,6 +417,7 @@ def modular_addition(seed, dtype, *, modulus, train_fraction=0.5, width=32, embe
 def _task(family, level, tests, criterion, target, steps, source, fn, **kw) -> Task:
     def build(seed, dtype, _fn=fn, _kw=kw):
         return _fn(seed, dtype, **_kw)
+
     return Task(f"{family}-{level}", family, level, tests, criterion, target, steps, source, build)
 
 
@@ -406,56 +429,254 @@ def suite(name: str = "diagnostic") -> list[Task]:
     dist = "distance to x*"
     gap = "loss gap f - f*"
     for lvl, cond in enumerate((1e2, 1e4, 1e6), 1):
-        T.append(_task("quadratic_diagonal", lvl, f"axis-aligned ill-conditioning, cond {cond:.0e}", dist, 1e-3,
-                       300, LIGHTBENCH + "; DeepOBS", quadratic_task, cond=cond))
+        T.append(
+            _task(
+                "quadratic_diagonal",
+                lvl,
+                f"axis-aligned ill-conditioning, cond {cond:.0e}",
+                dist,
+                1e-3,
+                300,
+                LIGHTBENCH + "; DeepOBS",
+                quadratic_task,
+                cond=cond,
+            )
+        )
     for lvl, cond in enumerate((1e1, 1e2, 1e3), 1):
-        T.append(_task("quadratic_rotated", lvl, f"rotated ill-conditioning, cond {cond:.0e}", dist, 1e-3, 300,
-                       LIGHTBENCH, quadratic_task, cond=cond, rotated=True))
+        T.append(
+            _task(
+                "quadratic_rotated",
+                lvl,
+                f"rotated ill-conditioning, cond {cond:.0e}",
+                dist,
+                1e-3,
+                300,
+                LIGHTBENCH,
+                quadratic_task,
+                cond=cond,
+                rotated=True,
+            )
+        )
     for lvl, ratio in enumerate((1e1, 1e2, 1e3), 1):
-        T.append(_task("scale_mismatch", lvl, f"per-layer scale mismatch x{ratio:.0e}", "max relative error",
-                       1e-2, 300, LIGHTBENCH + " (layer-wise scale)", scale_mismatch, ratio=ratio))
+        T.append(
+            _task(
+                "scale_mismatch",
+                lvl,
+                f"per-layer scale mismatch x{ratio:.0e}",
+                "max relative error",
+                1e-2,
+                300,
+                LIGHTBENCH + " (layer-wise scale)",
+                scale_mismatch,
+                ratio=ratio,
+            )
+        )
     for lvl, eps in enumerate((1e-2, 1e-5, 1e-9), 1):
-        T.append(_task("saddle", lvl, f"escape a saddle from {eps:.0e} off the ridge", gap, 1e-3, 200,
-                       LIGHTBENCH + " (saddle point)", saddle, eps=eps))
+        T.append(
+            _task(
+                "saddle",
+                lvl,
+                f"escape a saddle from {eps:.0e} off the ridge",
+                gap,
+                1e-3,
+                200,
+                LIGHTBENCH + " (saddle point)",
+                saddle,
+                eps=eps,
+            )
+        )
     for lvl, radius in enumerate((3.0, 5.0, 7.0), 1):
-        T.append(_task("plateau", lvl, f"cross a plateau, gradient ~{radius * math.exp(-radius ** 2 / 2):.0e}",
-                       gap, 1e-3, 300, LIGHTBENCH + " (plateau navigation)", plateau, radius=radius))
+        T.append(
+            _task(
+                "plateau",
+                lvl,
+                f"cross a plateau, gradient ~{radius * math.exp(-(radius**2) / 2):.0e}",
+                gap,
+                1e-3,
+                300,
+                LIGHTBENCH + " (plateau navigation)",
+                plateau,
+                radius=radius,
+            )
+        )
     for lvl, n in enumerate((2, 4, 8), 1):
-        T.append(_task("rosenbrock", lvl, f"curved valley, {n}-D Rosenbrock", gap, 1e-3, 1000,
-                       "Rosenbrock 1960; " + LIGHTBENCH, rosenbrock, n=n))
+        T.append(
+            _task(
+                "rosenbrock",
+                lvl,
+                f"curved valley, {n}-D Rosenbrock",
+                gap,
+                1e-3,
+                1000,
+                "Rosenbrock 1960; " + LIGHTBENCH,
+                rosenbrock,
+                n=n,
+            )
+        )
     for lvl, (amp, start) in enumerate(((1.0, 1.2), (3.0, 2.1), (10.0, 2.1)), 1):
-        T.append(_task("rastrigin", lvl, f"many local minima, amplitude {amp:g}", gap, 1e-2, 300,
-                       "Rastrigin 1974; " + LIGHTBENCH, rastrigin, n=2, amplitude=amp, start=start))
+        T.append(
+            _task(
+                "rastrigin",
+                lvl,
+                f"many local minima, amplitude {amp:g}",
+                gap,
+                1e-2,
+                300,
+                "Rastrigin 1974; " + LIGHTBENCH,
+                rastrigin,
+                n=2,
+                amplitude=amp,
+                start=start,
+            )
+        )
     for lvl, scale in enumerate((0.1, 1.0, 10.0), 1):
-        T.append(_task("noise_white", lvl, f"white gradient noise, sigma {scale:g}", dist, 5e-2, 500,
-                       DEEPOBS + "; " + LIGHTBENCH, noisy_quadratic, kind="white", scale=scale, horizon=500))
+        T.append(
+            _task(
+                "noise_white",
+                lvl,
+                f"white gradient noise, sigma {scale:g}",
+                dist,
+                5e-2,
+                500,
+                DEEPOBS + "; " + LIGHTBENCH,
+                noisy_quadratic,
+                kind="white",
+                scale=scale,
+                horizon=500,
+            )
+        )
     for lvl, scale in enumerate((0.1, 1.0, 10.0), 1):
-        T.append(_task("noise_heavy", lvl, f"heavy-tailed (tail 1.5) gradient noise, scale {scale:g}", dist, 5e-2,
-                       500, LIGHTBENCH + " (gradient noise)", noisy_quadratic, kind="heavy", scale=scale, horizon=500))
+        T.append(
+            _task(
+                "noise_heavy",
+                lvl,
+                f"heavy-tailed (tail 1.5) gradient noise, scale {scale:g}",
+                dist,
+                5e-2,
+                500,
+                LIGHTBENCH + " (gradient noise)",
+                noisy_quadratic,
+                kind="heavy",
+                scale=scale,
+                horizon=500,
+            )
+        )
     for lvl, rho in enumerate((0.9, 0.99, 0.999), 1):
-        T.append(_task("noise_correlated", lvl, f"AR(1) gradient noise, rho {rho:g}, sigma 0.05", dist, 5e-2, 500,
-                       LIGHTBENCH + " (gradient noise)", noisy_quadratic, kind="correlated", scale=0.05, rho=rho,
-                       horizon=500))
+        T.append(
+            _task(
+                "noise_correlated",
+                lvl,
+                f"AR(1) gradient noise, rho {rho:g}, sigma 0.05",
+                dist,
+                5e-2,
+                500,
+                LIGHTBENCH + " (gradient noise)",
+                noisy_quadratic,
+                kind="correlated",
+                scale=0.05,
+                rho=rho,
+                horizon=500,
+            )
+        )
     for lvl, keep in enumerate((0.5, 0.1, 0.02), 1):
-        T.append(_task("sparse", lvl, f"sparse gradients, {keep:.0%} of entries per step", dist, 1e-2, 500,
-                       LIGHTBENCH + " (sparse gradients)", sparse_quadratic, keep=keep, horizon=500))
+        T.append(
+            _task(
+                "sparse",
+                lvl,
+                f"sparse gradients, {keep:.0%} of entries per step",
+                dist,
+                1e-2,
+                500,
+                LIGHTBENCH + " (sparse gradients)",
+                sparse_quadratic,
+                keep=keep,
+                horizon=500,
+            )
+        )
     for lvl, delay in enumerate((2, 8, 32), 1):
-        T.append(_task("delayed", lvl, f"gradients {delay} steps stale", dist, 5e-2, 500,
-                       LIGHTBENCH + " (delayed gradients)", delayed_quadratic, delay=delay))
+        T.append(
+            _task(
+                "delayed",
+                lvl,
+                f"gradients {delay} steps stale",
+                dist,
+                5e-2,
+                500,
+                LIGHTBENCH + " (delayed gradients)",
+                delayed_quadratic,
+                delay=delay,
+            )
+        )
     for lvl, depth in enumerate((8, 16, 32), 1):
-        T.append(_task("deep_linear_vanishing", lvl, f"vanishing gradients, depth {depth}, init 0.7", gap, 1e-4,
-                       500, "Saxe et al. 2014; " + LIGHTBENCH, deep_linear, depth=depth, init=0.7))
+        T.append(
+            _task(
+                "deep_linear_vanishing",
+                lvl,
+                f"vanishing gradients, depth {depth}, init 0.7",
+                gap,
+                1e-4,
+                500,
+                "Saxe et al. 2014; " + LIGHTBENCH,
+                deep_linear,
+                depth=depth,
+                init=0.7,
+            )
+        )
     for lvl, depth in enumerate((8, 16, 32), 1):
-        T.append(_task("deep_linear_exploding", lvl, f"exploding gradients, depth {depth}, init 1.3", gap, 1e-4,
-                       500, "Saxe et al. 2014; " + LIGHTBENCH, deep_linear, depth=depth, init=1.3))
+        T.append(
+            _task(
+                "deep_linear_exploding",
+                lvl,
+                f"exploding gradients, depth {depth}, init 1.3",
+                gap,
+                1e-4,
+                500,
+                "Saxe et al. 2014; " + LIGHTBENCH,
+                deep_linear,
+                depth=depth,
+                init=1.3,
+            )
+        )
     for lvl, omega in enumerate((0.01, 0.03, 0.1), 1):
-        T.append(_task("moving_target", lvl, f"track a target circling at {omega:g} rad/step", "tracking error",
-                       5e-2, _MOVING_STEPS, LIGHTBENCH + " (moving target)", moving_target, omega=omega))
+        T.append(
+            _task(
+                "moving_target",
+                lvl,
+                f"track a target circling at {omega:g} rad/step",
+                "tracking error",
+                5e-2,
+                _MOVING_STEPS,
+                LIGHTBENCH + " (moving target)",
+                moving_target,
+                omega=omega,
+            )
+        )
     for lvl, length in enumerate((4, 8), 1):
-        T.append(_task("rnn_xor", lvl, f"XOR of the first 2 bits after {length} steps (RNN memory)", "train BCE",
-                       5e-2, 300, LIGHTBENCH + " (XOR sequence)", rnn_xor, length=length))
+        T.append(
+            _task(
+                "rnn_xor",
+                lvl,
+                f"XOR of the first 2 bits after {length} steps (RNN memory)",
+                "train BCE",
+                5e-2,
+                300,
+                LIGHTBENCH + " (XOR sequence)",
+                rnn_xor,
+                length=length,
+            )
+        )
     for lvl, p in enumerate((7, 11), 1):
-        T.append(_task("modular_addition", lvl, f"(a + b) mod {p}, tiny MLP, generalize to held-out pairs",
-                       "held-out error", 0.1, 500, "Power et al. 2022; " + LIGHTBENCH + " (grokking)",
-                       modular_addition, modulus=p))
+        T.append(
+            _task(
+                "modular_addition",
+                lvl,
+                f"(a + b) mod {p}, tiny MLP, generalize to held-out pairs",
+                "held-out error",
+                0.1,
+                500,
+                "Power et al. 2022; " + LIGHTBENCH + " (grokking)",
+                modular_addition,
+                modulus=p,
+            )
+        )
     return T

@@ -15,6 +15,7 @@ Rules (after AlgoPerf's external tuning ruleset, Dahl et al. 2023):
 Trials of one study run as one vectorized computation: the trial's point is one hyperparameter, ``point``,
 of a wrapper optimizer (:func:`tunable`), which ``diyopt.sweep`` maps over like any grid value.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,10 @@ def space_for(name: str, optimizer: Optimizer | type, space: Mapping | None = No
     for key, box in space.items():
         hp = "betas" if key == "beta1" else key
         if hp not in known:
-            raise ValueError(f"cannot tune {name}: its search space names {key!r}, which is not one of its "
-                             f"hyperparameters ({', '.join(sorted(known)) or 'none'}); pass space={{...}}")
+            raise ValueError(
+                f"cannot tune {name}: its search space names {key!r}, which is not one of its "
+                f"hyperparameters ({', '.join(sorted(known)) or 'none'}); pass space={{...}}"
+            )
         if not (isinstance(box, tuple) and len(box) == 3 and box[2] in ("log", "linear") and box[0] <= box[1]):
             raise ValueError(f"search space {key}={box!r} for {name}: expected (low, high, 'log'|'linear')")
         if box[2] == "log" and box[0] <= 0:
@@ -82,8 +85,11 @@ def torch_defaults(cls: type) -> dict[str, Any]:
     """A ``torch.optim`` class's hyperparameters: its constructor's keyword arguments and their defaults."""
     import inspect
 
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-            if k not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        k: p.default
+        for k, p in inspect.signature(cls.__init__).parameters.items()
+        if k not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def torch_kwargs(cls: type, keys: list[str], point: tuple) -> dict[str, Any]:
@@ -129,6 +135,7 @@ def with_effect(inner: Optimizer, effect) -> Optimizer:
     """``inner`` fed the task's gradients: state ``(step, extra, inner_state)``; the update rewrites the
     gradients with ``effect.apply(grads, extra, step)`` (identity without an effect), then runs ``inner``.
     The step counter is an int64 tensor, so it is vmapped, guarded and saved like any state."""
+
     def init(params):
         extra = effect.init(params) if effect is not None else ()
         return (torch.zeros((), dtype=torch.int64), extra, inner.init(params))
@@ -154,6 +161,7 @@ def with_studies(inner: Optimizer, effect) -> Optimizer:
     whose ``apply(grads, extra, step, study)`` takes that index. The loss adds ``0 * params[STUDY]``, so the
     leaf gets a zero gradient; ``inner`` never sees it.
     """
+
     def init(params):
         own = {k: v for k, v in params.items() if k != STUDY}
         extra = effect.init(own) if effect is not None else ()

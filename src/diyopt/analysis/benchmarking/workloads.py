@@ -29,6 +29,7 @@ The workloads (the problems after the classic scikit-learn examples; the metric 
 
 scikit-learn is imported only when a workload builds its data (``pip install 'diyopt[data]'``).
 """
+
 from __future__ import annotations
 
 import math
@@ -131,10 +132,12 @@ def digits_mlp(seed: int, dtype: torch.dtype, hidden: int = 32) -> WorkloadProbl
     data = datasets.load_digits()
     Xt, Xv, yt, yv = _split(data.data / 16.0, data.target, dtype)
     n_in = Xt.shape[1]
-    params = {"w1": _normal(seed, 1, (n_in, hidden), 1 / math.sqrt(n_in), dtype),
-              "b1": torch.zeros(hidden, dtype=dtype),
-              "w2": _normal(seed, 2, (hidden, 10), 1 / math.sqrt(hidden), dtype),
-              "b2": torch.zeros(10, dtype=dtype)}
+    params = {
+        "w1": _normal(seed, 1, (n_in, hidden), 1 / math.sqrt(n_in), dtype),
+        "b1": torch.zeros(hidden, dtype=dtype),
+        "w2": _normal(seed, 2, (hidden, 10), 1 / math.sqrt(hidden), dtype),
+        "b2": torch.zeros(10, dtype=dtype),
+    }
 
     def logits(p, X):
         return torch.tanh(X @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
@@ -184,10 +187,14 @@ def digits_cnn(seed: int, dtype: torch.dtype, c1: int = 8, c2: int = 16) -> Work
     data = datasets.load_digits()
     Xt, Xv, yt, yv = _split(data.data / 16.0, data.target, dtype)
     Xt, Xv = Xt.reshape(-1, 1, 8, 8), Xv.reshape(-1, 1, 8, 8)
-    params = {"conv1": _normal(seed, 1, (c1, 1, 3, 3), 1 / 3, dtype), "bias1": torch.zeros(c1, dtype=dtype),
-              "conv2": _normal(seed, 2, (c2, c1, 3, 3), 1 / math.sqrt(9 * c1), dtype),
-              "bias2": torch.zeros(c2, dtype=dtype),
-              "w": _normal(seed, 3, (4 * c2, 10), 1 / math.sqrt(4 * c2), dtype), "b": torch.zeros(10, dtype=dtype)}
+    params = {
+        "conv1": _normal(seed, 1, (c1, 1, 3, 3), 1 / 3, dtype),
+        "bias1": torch.zeros(c1, dtype=dtype),
+        "conv2": _normal(seed, 2, (c2, c1, 3, 3), 1 / math.sqrt(9 * c1), dtype),
+        "bias2": torch.zeros(c2, dtype=dtype),
+        "w": _normal(seed, 3, (4 * c2, 10), 1 / math.sqrt(4 * c2), dtype),
+        "b": torch.zeros(10, dtype=dtype),
+    }
 
     def logits(p, X):
         h = F.relu(F.conv2d(X, p["conv1"], p["bias1"], stride=2, padding=1))
@@ -214,8 +221,9 @@ def sort_sequences(n: int, salt: int) -> tuple[Tensor, Tensor]:
     return x, x.sort(-1).values
 
 
-def sort_transformer(seed: int, dtype: torch.dtype, d: int = 32, heads: int = 2, n_train: int = 512,
-                     n_val: int = 256) -> WorkloadProblem:
+def sort_transformer(
+    seed: int, dtype: torch.dtype, d: int = 32, heads: int = 2, n_train: int = 512, n_val: int = 256
+) -> WorkloadProblem:
     """A one-block pre-norm transformer encoder (token + learned position embeddings of width ``d``,
     ``heads``-head softmax attention, a GELU MLP of width ``2d``, a final layer norm and a linear read-out)
     that must output, at every position, the token of the *sorted* input there: sorting needs every position
@@ -226,11 +234,16 @@ def sort_transformer(seed: int, dtype: torch.dtype, d: int = 32, heads: int = 2,
     Xt, Yt = sort_sequences(n_train, 1)
     Xv, Yv = sort_sequences(n_val, 2)
     s = 1 / math.sqrt(d)
-    params = {"tok": _normal(seed, 1, (SORT_VOCAB, d), 1.0, dtype), "pos": _normal(seed, 2, (SORT_LENGTH, d), 1.0, dtype),
-              "qkv": _normal(seed, 3, (d, 3 * d), s, dtype), "proj": _normal(seed, 4, (d, d), s, dtype),
-              "mlp1": _normal(seed, 5, (d, 2 * d), s, dtype), "mlp_b": torch.zeros(2 * d, dtype=dtype),
-              "mlp2": _normal(seed, 6, (2 * d, d), 1 / math.sqrt(2 * d), dtype),
-              "out": _normal(seed, 7, (d, SORT_VOCAB), s, dtype)}
+    params = {
+        "tok": _normal(seed, 1, (SORT_VOCAB, d), 1.0, dtype),
+        "pos": _normal(seed, 2, (SORT_LENGTH, d), 1.0, dtype),
+        "qkv": _normal(seed, 3, (d, 3 * d), s, dtype),
+        "proj": _normal(seed, 4, (d, d), s, dtype),
+        "mlp1": _normal(seed, 5, (d, 2 * d), s, dtype),
+        "mlp_b": torch.zeros(2 * d, dtype=dtype),
+        "mlp2": _normal(seed, 6, (2 * d, d), 1 / math.sqrt(2 * d), dtype),
+        "out": _normal(seed, 7, (d, SORT_VOCAB), s, dtype),
+    }
 
     def logits(p, X):
         h = p["tok"][X] + p["pos"]
@@ -254,18 +267,66 @@ def workloads() -> list[Workload]:
     """The workloads suite, in a fixed order (building a problem needs scikit-learn; listing does not)."""
     err = "validation error"
     return [
-        Workload("breast_cancer_logreg-1", "breast_cancer_logreg", 1,
-                 "logistic regression, 30 standardized features, 569 samples", err, 0.05, 300, 10,
-                 SKLEARN + " (load_breast_cancer)", breast_cancer_logreg),
-        Workload("digits_mlp-1", "digits_mlp", 1, "MLP 64-32-10 tanh on 8x8 digits, 1,797 samples", err, 0.03,
-                 300, 20, SKLEARN + " (load_digits)", digits_mlp),
-        Workload("digits_autoencoder-1", "digits_autoencoder", 1, "autoencoder 64-32-8-32-64 on 8x8 digits",
-                 "validation MSE", AE_TARGET, 300, 20, SKLEARN + " (load_digits)", digits_autoencoder),
-        Workload("digits_cnn-1", "digits_cnn", 1, "CNN conv8-conv16 (3x3, stride 2) -> 10 on 8x8 digits", err,
-                 CNN_TARGET, 200, 20, SKLEARN + " (load_digits)", digits_cnn),
-        Workload("sort_transformer-1", "sort_transformer", 1,
-                 f"1-block transformer (d 32, 2 heads) sorts {SORT_LENGTH} tokens of {SORT_VOCAB}", "validation token error",
-                 SORT_TARGET, 250, 25, "generated (torch.randint, fixed seed)", sort_transformer),
+        Workload(
+            "breast_cancer_logreg-1",
+            "breast_cancer_logreg",
+            1,
+            "logistic regression, 30 standardized features, 569 samples",
+            err,
+            0.05,
+            300,
+            10,
+            SKLEARN + " (load_breast_cancer)",
+            breast_cancer_logreg,
+        ),
+        Workload(
+            "digits_mlp-1",
+            "digits_mlp",
+            1,
+            "MLP 64-32-10 tanh on 8x8 digits, 1,797 samples",
+            err,
+            0.03,
+            300,
+            20,
+            SKLEARN + " (load_digits)",
+            digits_mlp,
+        ),
+        Workload(
+            "digits_autoencoder-1",
+            "digits_autoencoder",
+            1,
+            "autoencoder 64-32-8-32-64 on 8x8 digits",
+            "validation MSE",
+            AE_TARGET,
+            300,
+            20,
+            SKLEARN + " (load_digits)",
+            digits_autoencoder,
+        ),
+        Workload(
+            "digits_cnn-1",
+            "digits_cnn",
+            1,
+            "CNN conv8-conv16 (3x3, stride 2) -> 10 on 8x8 digits",
+            err,
+            CNN_TARGET,
+            200,
+            20,
+            SKLEARN + " (load_digits)",
+            digits_cnn,
+        ),
+        Workload(
+            "sort_transformer-1",
+            "sort_transformer",
+            1,
+            f"1-block transformer (d 32, 2 heads) sorts {SORT_LENGTH} tokens of {SORT_VOCAB}",
+            "validation token error",
+            SORT_TARGET,
+            250,
+            25,
+            "generated (torch.randint, fixed seed)",
+            sort_transformer,
+        ),
     ]
 
 
