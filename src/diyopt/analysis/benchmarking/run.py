@@ -85,7 +85,7 @@ def _cell(v: Any) -> str:
 def _resolve(spec: Any) -> tuple[str, Optimizer | type]:
     """A spec string (``adam``, ``adam:eps=1e-6``, ``my_rules.py:rule``, ``torch.optim.Adam``), a
     ``torch.optim.Optimizer`` class, or ``(label, Optimizer or class)``."""
-    from diyopt.optim._registry import get
+    from diyopt.optim import get
 
     if isinstance(spec, tuple) and len(spec) == 2 and (isinstance(spec[1], Optimizer) or is_torch_class(spec[1])):
         return str(spec[0]), spec[1]

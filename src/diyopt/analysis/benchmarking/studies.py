@@ -51,7 +51,7 @@ def space(label: str, optimizer: Optimizer | type, box: Mapping | None) -> dict:
     """The box tuned for ``label``: its search space less the hyperparameters the spec fixes
     (``adam:lr=1e-2`` tunes ``beta1`` only; ``adam:betas=0.9/0.99`` tunes ``lr`` only). A ``torch.optim``
     class is tuned in the space of the diyopt optimizer of its name (``torch.optim.Adam``: ``adam``'s)."""
-    from diyopt.optim._registry import parse
+    from diyopt.optim import parse
 
     if is_torch_class(optimizer):
         return space_for(optimizer.__name__.lower(), optimizer, box)
@@ -64,7 +64,7 @@ def space(label: str, optimizer: Optimizer | type, box: Mapping | None) -> dict:
 
 
 def _space_name(label: str) -> str:
-    from diyopt.optim._registry import parse
+    from diyopt.optim import parse
 
     if isinstance(label, str):
         try:
@@ -99,7 +99,7 @@ def run_task(task: Task, label: str, optimizer: Optimizer | type, *, trials: int
 def _swept_studies(task: Task, optimizer: Optimizer, keys: list, pts: list, seeds: Sequence[int], dtype):
     """Every study's trials: one sweep for all of them when the loss is the same function in every study
     (as in every built-in task: only the start and the gradient effect depend on the seed), else one per study."""
-    from diyopt.engines._sweep import sweep
+    from diyopt.engines import sweep
 
     problems = [task.problem(s, dtype) for s in seeds]
     loss0, start0 = problems[0].loss, problems[0].params
@@ -196,7 +196,7 @@ def effected(cls: type, names: list[str], effect) -> type:
 
 def _torch_study(task: Task, cls: type, keys: list, pts: list, seed: int, dtype) -> dict:
     """One study of a ``torch.optim`` class: one ``diyopt.fit`` per trial (the packaged path)."""
-    from diyopt.engines._fit import fit
+    from diyopt.engines import fit
 
     problem = task.problem(seed, dtype)
     metric = problem.metric or problem.loss
