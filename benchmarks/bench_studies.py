@@ -35,10 +35,10 @@ def main() -> None:
     seeds = list(range(args.seeds))
     for name in args.tasks:
         task = tasks[name]
-        one, t_one = cpu(lambda: bench_run.run_task(task, "adam", diyopt.optim.adam(), trials=args.trials,
-                                                    seeds=seeds))
-        each, t_each = cpu(lambda: [bench_run.run_task(task, "adam", diyopt.optim.adam(), trials=args.trials,
-                                                       seeds=[s]) for s in seeds])
+        one, t_one = cpu(lambda t=task: bench_run.run_task(t, "adam", diyopt.optim.adam(), trials=args.trials,
+                                                           seeds=seeds))
+        each, t_each = cpu(lambda t=task: [bench_run.run_task(t, "adam", diyopt.optim.adam(), trials=args.trials,
+                                                              seeds=[s]) for s in seeds])
         same = sorted(r["best_metric"] for r in each)[len(seeds) // 2] == one["best_metric"]
         print(f"{name:16s} one sweep {t_one:6.2f} CPU s   {len(seeds)} sweeps {t_each:6.2f} CPU s   "
               f"{t_each / t_one:4.2f}x   median best_metric equal: {same}", flush=True)
