@@ -265,7 +265,7 @@ def workloads() -> list[Workload]:
                  CNN_TARGET, 200, 20, SKLEARN + " (load_digits)", digits_cnn),
         Workload("sort_transformer-1", "sort_transformer", 1,
                  f"1-block transformer (d 32, 2 heads) sorts {SORT_LENGTH} tokens of {SORT_VOCAB}", "validation token error",
-                 SORT_TARGET, 250, 25, "generated (torch.randint, fixed seed)", sort_transformer),
+                 SORT_TARGET, 200, 25, "generated (torch.randint, fixed seed)", sort_transformer),
     ]
 
 
