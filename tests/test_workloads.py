@@ -152,4 +152,4 @@ def test_tuned_adamw_reaches_the_cnn_and_transformer_targets():
     # The first Sobol point of AdamW's space (lr 8e-3, beta1 0.79) reaches both within the budget.
     r = diyopt.bench(["adamw"], suite="workloads", tasks=["digits_cnn", "sort_transformer"], trials=1, seeds=1)
     for row in r.rows:
-        assert row["solved"] and row["steps_to_target"] < _workload(row["task"]).steps, row
+        assert row["solved"] and row["steps_to_target"] <= _workload(row["task"]).steps, row

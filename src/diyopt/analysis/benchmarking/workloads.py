@@ -8,7 +8,7 @@ evaluation where ``metric <= target``. The score of a trial is
 - ``seconds_to_target``: wall time from the trial's start to the end of that evaluation (training and
   evaluations, AlgoPerf's time-to-result), and the trial stops there, as in AlgoPerf.
 
-The tuning rules are the diagnostic suite's (:mod:`diyopt.analysis.benchmarking.tuning`): the same Sobol points of
+The tuning rules are the diagnostic suite's (:mod:`diyopt.benchmarking.tuning`): the same Sobol points of
 the same search space, ``S`` studies (a study's seed sets the initial weights; the split is fixed so the
 target means the same thing in every study), solved when more than half of the studies reach the target.
 
@@ -76,7 +76,7 @@ class WorkloadProblem:
 
 @dataclass(frozen=True)
 class Workload:
-    """One workload: as a diagnostic :class:`~diyopt.analysis.benchmarking.tasks.Task` (name, family, level, tests,
+    """One workload: as a diagnostic :class:`~diyopt.benchmarking.tasks.Task` (name, family, level, tests,
     criterion, target, steps = the step budget, source, build) plus ``eval_every``."""
 
     name: str
@@ -322,7 +322,7 @@ def workloads() -> list[Workload]:
             f"1-block transformer (d 32, 2 heads) sorts {SORT_LENGTH} tokens of {SORT_VOCAB}",
             "validation token error",
             SORT_TARGET,
-            250,
+            200,
             25,
             "generated (torch.randint, fixed seed)",
             sort_transformer,
