@@ -27,7 +27,7 @@ EXACT = (
 )
 
 
-@pytest.mark.parametrize("tasks", [QUICK, pytest.param(MORE, marks=pytest.mark.slow)], ids=["quick", "more"])
+@pytest.mark.parametrize("tasks", [QUICK, MORE], ids=["quick", "more"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_torch_adam_and_diyopt_adam_agree_task_for_task(dtype, tasks):
     r = diyopt.bench(["adam", torch.optim.Adam], tasks=tasks, trials=2, seeds=2, dtype=dtype)

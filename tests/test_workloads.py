@@ -147,7 +147,6 @@ def test_torch_adam_class_on_a_workload_equals_diyopt_adam():
     assert ours["best_metric"] == torchs["best_metric"]  # a count of misclassified samples over 143
 
 
-@pytest.mark.slow
 def test_tuned_adamw_reaches_the_cnn_and_transformer_targets():
     # The first Sobol point of AdamW's space (lr 8e-3, beta1 0.79) reaches both within the budget.
     r = diyopt.bench(["adamw"], suite="workloads", tasks=["digits_cnn", "sort_transformer"], trials=1, seeds=1)
