@@ -317,6 +317,10 @@ def example_adams():
 def test_compiled_update_with_hoisted_scalars_equals_torch_adam(which):
     # The examples' Adams through Inductor with the scalar prelude split off (compiled_update's default
     # backend), against torch.optim.Adam itself.
+    # A clean compile state: after a compiled schedule-free fit (tests/test_contract.py, aot_eager) in the same
+    # process, Dynamo reuses a stale graph here and the 0-dim param parts by ~5% (torch._dynamo.reset() cures
+    # it; a fresh code object for the step does not) -- an open bug, written in the issue notes.
+    torch._dynamo.reset()
     user_adam = example_adams()[which]
     gen = torch.Generator().manual_seed(2)
     shapes = {"w": (40, 3), "b": (3,), "s": ()}
