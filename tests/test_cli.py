@@ -130,6 +130,27 @@ def test_cli_fit_rosenbrock_dim4(tmp_path):
     np.testing.assert_allclose(x, ref.params["x"].numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "optimizer, steps, code",
+    [
+        ("adam", 30, 0),  # one loss and gradient per update
+        ("schedule_free_adamw:lr=0.01", 30, 0),  # and one more at the evaluation params it reports
+        ("sgd:lr=1", 20, 3),  # diverges at step 4: the step that diverged evaluated its loss too
+    ],
+)
+def test_cli_result_json_has_the_results_evaluation_counts(tmp_path, optimizer, steps, code):
+    proc = run_cli(
+        "fit", "--problem", "rosenbrock", "--optimizer", optimizer, "--steps", str(steps), "--out", str(tmp_path)
+    )
+    assert proc.returncode == code, proc.stderr
+    result, losses = read_result(tmp_path)
+    problem = problems.get("rosenbrock")
+    ref = diyopt.fit(problem.loss, problem.params0, diyopt.optim.get(optimizer), steps)
+    assert (result["nfev"], result["njev"], result["nhev"]) == (ref.nfev, ref.njev, ref.nhev)
+    assert result["steps"] == ref.steps == len(losses) and result["nhev"] == 0
+    assert result["nfev"] == result["njev"] == len(losses) + (ref.stop_reason == "diverged" or ref.params_are == "eval")
+
+
 @pytest.mark.slow
 def test_cli_fit_engine_compiled_equals_eager(tmp_path):
     """``--engine compiled`` used to be refused (the CLI's settings= reached an engine without checkpoints)."""

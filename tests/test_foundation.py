@@ -159,6 +159,8 @@ def test_demo_writes_figures_and_summary(tmp_path):
     assert set(summary["exact"]) == {"a", "b"}
     for fit in summary["fits"].values():
         assert set(fit) >= {"a", "b", "final_loss", "seconds", "steps", "abs_error_a", "abs_error_b"}
+        # Adam and gradient descent evaluate the loss and its gradient once per step, the Hessian never
+        assert (fit["nfev"], fit["njev"], fit["nhev"]) == (fit["steps"], fit["steps"], 0) == (200, 200, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no temp folder left behind
 
 

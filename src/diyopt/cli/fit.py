@@ -4,7 +4,8 @@
                [--loss mse] [--seed 0] [--data my.csv] [--checkpoint runs/a.pt --checkpoint-every 100] \\
                [--resume] [--deterministic] [--engine eager|compiled] [--on-nonfinite stop|raise|skip]
 
-writes ``OUT/result.json`` (final params, final loss, steps, stop_reason, settings) and ``OUT/losses.csv``
+writes ``OUT/result.json`` (final params, final loss, steps, the counts ``nfev``/``njev``/``nhev``, stop_reason,
+settings) and ``OUT/losses.csv``
 (``step,loss``, one row per step, floats written exactly). Outputs are staged and published by
 :mod:`diyopt._util.files`, so a failure or a kill never leaves half an output, and files in ``OUT`` that
 diyopt did not write are never touched. Bad input: one line, exit
@@ -199,6 +200,10 @@ def write_outputs(folder, result, settings: dict) -> None:
         "shapes": {k: list(v.shape) for k, v in result.params.items()},
         "final_loss": result.final_loss,
         "steps": result.steps,
+        # evaluations of the loss, its gradient and its Hessian, as Result counts them (core/result.py)
+        "nfev": result.nfev,
+        "njev": result.njev,
+        "nhev": result.nhev,
         "stop_reason": result.stop_reason,
         "seconds": result.seconds,
         "settings": {k: v for k, v in settings.items() if v is not None},
