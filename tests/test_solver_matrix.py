@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
+import numpy as np
 import pytest
 import torch
 from solver_problems import NIST_PROBLEMS, PROBLEMS, SOLVERS, Case, nist_available, nist_case
 
+import diyopt
 from diyopt import nist
 
 needs_nist = pytest.mark.skipif(not nist_available(), reason=f"no NIST files in {nist.nist_dir()}")
@@ -104,3 +107,37 @@ def test_every_solver_runs_on_at_least_three_problems():
     for param in _matrix():
         counts[param.values[0].name] += 1
     assert min(counts.values()) >= 3, counts
+
+
+# Every integer budget of every solver, checked by the one validator fit's ``steps`` uses: the same words.
+BUDGETS = [
+    ("newton", "max_iter", lambda case, **kw: diyopt.newton(case.loss, case.params0, **kw)),
+    ("lbfgs", "max_iter", lambda case, **kw: diyopt.lbfgs(case.loss, case.params0, **kw)),
+    ("lbfgs", "max_eval", lambda case, **kw: diyopt.lbfgs(case.loss, case.params0, **kw)),
+    ("lbfgs", "history_size", lambda case, **kw: diyopt.lbfgs(case.loss, case.params0, **kw)),
+    ("least_squares", "max_nfev", lambda case, **kw: diyopt.least_squares(case.residual, case.params0, **kw)),
+    (
+        "gauss_newton",
+        "max_nfev",
+        lambda case, **kw: diyopt.least_squares(case.residual, case.params0, method="gauss_newton", **kw),
+    ),
+    ("curve_fit", "max_nfev", lambda case, **kw: diyopt.curve_fit(*case.curve, **kw)),
+    ("fit", "steps", lambda case, steps: diyopt.fit(case.loss, case.params0, diyopt.optim.adam(), steps)),
+]
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True, -3, "10"], ids=repr)
+@pytest.mark.parametrize("solver, name, call", BUDGETS, ids=[f"{s}-{n}" for s, n, _ in BUDGETS])
+def test_every_budget_refuses_what_is_not_a_positive_integer(solver, name, call, value):
+    with pytest.raises(ValueError, match=re.escape(f"{name} must be a positive integer, got {value!r}")):
+        call(make("line"), **{name: value})
+
+
+RESULTS = [b for b in BUDGETS if b[0] != "curve_fit"]  # curve_fit answers with params, not a Result
+
+
+@pytest.mark.parametrize("solver, name, call", RESULTS, ids=[f"{s}-{n}" for s, n, _ in RESULTS])
+def test_every_budget_takes_a_numpy_integer(solver, name, call):
+    # any integer type, as fit's steps (a budget read from a numpy array or a config file)
+    small, big = call(make("line"), **{name: np.int64(2)}), call(make("line"), **{name: 2})
+    assert small.steps == big.steps and small.nfev == big.nfev and torch.equal(small.losses, big.losses)

@@ -21,11 +21,12 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from diyopt._util.validate import positive_integer
 from diyopt.core.checks import check_loss_value
 from diyopt.core.linesearch import lbfgs_direction, strong_wolfe
-from diyopt.core.modules import bind_module, load_into
 from diyopt.core.result import CONVERGED, MAX_STEPS, Result
-from diyopt.core.tree import FlatLayout, Params, as_params
+from diyopt.core.tree import Params
+from diyopt.solvers._start import start_from
 
 __all__ = ["lbfgs"]
 
@@ -71,39 +72,21 @@ def lbfgs(
         >>> [round(v, 6) for v in r.params["x"].tolist()], r.final_loss < 1e-12, r.steps
         ([1.0, 1.0], True, 37)
     """
-    _check(max_iter, max_eval, lr, history_size, line_search_fn)
-    if isinstance(params, torch.nn.Module):  # as in fit: every loss style trains it, it holds the result
-        module = params
-        loss_fn, params = bind_module(loss_fn, module)
-        result = lbfgs(
-            loss_fn,
-            params,
-            max_iter=max_iter,
-            max_eval=max_eval,
-            lr=lr,
-            history_size=history_size,
-            tolerance_grad=tolerance_grad,
-            tolerance_change=tolerance_change,
-            line_search_fn=line_search_fn,
-        )
-        load_into(module, result.params)
-        return result
+    max_iter, max_eval, history_size = _check(max_iter, max_eval, lr, history_size, line_search_fn)
     if max_eval is None:
         max_eval = max_iter * 5 // 4
-    params = as_params(params)
-    layout = FlatLayout.maybe(params)
-    if layout is None:
-        raise TypeError("lbfgs needs all params to share one dtype and device")
+    begin = start_from(loss_fn, params, float64=False, solver="lbfgs")  # torch's LBFGS keeps the params' dtype
+    layout = begin.layout
 
     def evaluate(x: Tensor) -> tuple[float, Tensor]:
         leaf = x.detach().requires_grad_()
-        loss = loss_fn(layout.unflatten(leaf))
+        loss = begin.fn(layout.unflatten(leaf))
         check_loss_value(loss)
         (grad,) = torch.autograd.grad(loss, leaf)
         return float(loss.detach()), grad
 
-    start = time.perf_counter()
-    x = layout.flatten(params)
+    started = time.perf_counter()
+    x = begin.x
     loss, g = evaluate(x)
     evals = 1
     losses = [loss]
@@ -166,11 +149,12 @@ def lbfgs(
     # The loss at the final x, for the report; torch does not evaluate it (nor count it) after the last
     # fixed-step iteration, so neither does nfev here.
     final = loss if known else evaluate(x)[0]
+    seconds = time.perf_counter() - started
     return Result(
-        layout.unflatten(x.detach()),
+        begin.finish(x),
         torch.tensor(losses, dtype=torch.float64),
         n_iter,
-        time.perf_counter() - start,
+        seconds,
         stop,
         info={"message": message, "final_loss": final},
         nfev=evals,
@@ -181,16 +165,17 @@ def lbfgs(
 _SMALL_GRADIENT = "the largest gradient component is at most tolerance_grad"
 
 
-def _check(max_iter, max_eval, lr, history_size, line_search_fn) -> None:
+def _check(max_iter, max_eval, lr, history_size, line_search_fn) -> tuple[int, int | None, int]:
+    """The arguments checked, as torch.optim.LBFGS words them; the integers as ints."""
     if not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
-    for name, value in (("max_iter", max_iter), ("history_size", history_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if max_eval is not None and (isinstance(max_eval, bool) or not isinstance(max_eval, int) or max_eval < 1):
-        raise ValueError(f"max_eval must be a positive integer or None, got {max_eval!r}")
     if line_search_fn not in (None, "strong_wolfe"):
         raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
+    return (
+        positive_integer(max_iter, "max_iter"),
+        None if max_eval is None else positive_integer(max_eval, "max_eval"),
+        positive_integer(history_size, "history_size"),
+    )
 
 
 # ---------------------------------------------------------------- strong-Wolfe line search

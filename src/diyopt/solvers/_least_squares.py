@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diyopt._util.validate import positive_integer
 from diyopt.core.checks import check_gradients
 from diyopt.core.linesearch import backtracking
-from diyopt.core.modules import bind_module, load_into
 from diyopt.core.result import CONVERGED, DIVERGED, FALSE_CONVERGENCE, MAX_STEPS, PRECISION, Result
-from diyopt.core.tree import FlatLayout, Params, as_params
+from diyopt.core.tree import FlatLayout, Params
+from diyopt.solvers._start import start_from
 from diyopt.solvers.stats import covariance as _covariance
 from diyopt.solvers.stats import jacobian_fn
 
@@ -140,24 +141,20 @@ def least_squares(
             raise ValueError(f"Invalid {name} value: {tol}")
     if not f_scale > 0:
         raise ValueError(f"Invalid f_scale value: {f_scale}")
+    if max_nfev is not None:
+        max_nfev = positive_integer(max_nfev, "max_nfev")
     rho = robust_loss(loss, f_scale)
-    module = params if isinstance(params, torch.nn.Module) else None
-    if module is not None:  # as in fit: the residuals may call it or close over it; it holds the result
-        residual_fn, params = bind_module(residual_fn, module)
-    params = {k: v.detach().to(torch.float64) for k, v in as_params(params).items()}
-    layout = FlatLayout(params)
-    x0 = layout.flatten(params)
+    begin = start_from(residual_fn, params)
+    residual_fn, layout, x0 = begin.fn, begin.layout, begin.x
     f0 = residual_fn(layout.unflatten(x0))
     if not isinstance(f0, Tensor):
         raise TypeError(f"residual_fn must return a Tensor, got {type(f0).__name__}")
-    _check_dependence(residual_fn, params)
+    _check_dependence(residual_fn, begin.params)
     fun = lambda v: residual_fn(layout.unflatten(v)).reshape(-1).to(torch.float64)  # float32 data: solve in float64
     f0 = f0.reshape(-1).to(torch.float64)
     jac_fn = jacobian_fn(fun, f0.numel(), x0.numel(), jac)
     max_nfev = 1000 * (x0.numel() + 1) if max_nfev is None else max_nfev
-    if max_nfev < 1:
-        raise ValueError(f"max_nfev must be a positive integer, got {max_nfev}")
-    start = time.perf_counter()
+    started = time.perf_counter()
     problem, tol = _Residuals(fun, jac_fn, rho), _Tolerances(ftol, xtol, gtol, max_nfev)
     if method == "lm":
         run = _lm(problem, x0, f0.detach(), tol, factor)
@@ -182,7 +179,7 @@ def least_squares(
         if check.suspect:
             stop = FALSE_CONVERGENCE
             message = f"{message}, but {check.why} (false convergence: try another start)"
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - started
     x, costs = run.x, run.costs
     losses = torch.tensor(costs, dtype=torch.float64)
     info = {
@@ -196,9 +193,7 @@ def least_squares(
     }
     if check is not None:
         info.update(optimality=check.optimality, degenerate=check.degenerate)
-    if module is not None:
-        load_into(module, layout.unflatten(x))
-    return Result(layout.unflatten(x.clone()), losses, njev, seconds, stop, info=info, nfev=nfev, njev=njev)
+    return Result(begin.finish(x), losses, njev, seconds, stop, info=info, nfev=nfev, njev=njev)
 
 
 def _check_dependence(residual_fn: Callable, params: Params) -> None:

@@ -19,10 +19,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from diyopt._util.validate import positive_integer
 from diyopt.core.linesearch import armijo
-from diyopt.core.modules import bind_module, load_into
 from diyopt.core.result import CONVERGED, DIVERGED, MAX_STEPS, PRECISION, Result
-from diyopt.core.tree import FlatLayout, Params, as_params
+from diyopt.core.tree import Params
+from diyopt.solvers._start import start_from
 
 
 def newton(
@@ -59,17 +60,12 @@ def newton(
         >>> [round(v, 12) for v in r.params["x"].tolist()], r.stop_reason
         ([1.0, 1.0], 'converged')
     """
-    if not (isinstance(max_iter, int) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    module = params if isinstance(params, torch.nn.Module) else None
-    if module is not None:  # as in fit: the loss may call it or close over it; it holds the result
-        loss_fn, params = bind_module(loss_fn, module)
-    params = {k: v.detach().to(torch.float64) for k, v in as_params(params).items()}
-    layout = FlatLayout(params)
-    x = layout.flatten(params)
-    fn = lambda v: loss_fn(layout.unflatten(v))
+    max_iter = positive_integer(max_iter, "max_iter")
+    begin = start_from(loss_fn, params)
+    layout, x = begin.layout, begin.x
+    fn = lambda v: begin.fn(layout.unflatten(v))
     grad_fn, hess_fn = torch.func.grad(fn), torch.func.hessian(fn)
-    start = time.perf_counter()
+    started = time.perf_counter()
     f = float(fn(x))
     losses, nfev, nhev, mu = [f], 1, 0, 0.0
     eye = torch.eye(x.numel(), dtype=x.dtype, device=x.device)
@@ -103,12 +99,10 @@ def newton(
         mu = mu / 10 if mu > 1e-12 * hscale else 0.0
         if float(p.norm()) <= xtol * (float(x.norm()) + xtol):
             stop, message = CONVERGED, "the step is at most xtol relative to the params"
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - started
     stop = MAX_STEPS if stop is None else stop
-    if module is not None:
-        load_into(module, layout.unflatten(x))
     return Result(
-        layout.unflatten(x.clone()),
+        begin.finish(x),
         torch.tensor(losses, dtype=torch.float64),
         nhev,
         seconds,
