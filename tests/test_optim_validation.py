@@ -6,6 +6,8 @@ torch's."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from optim_db import optim_db
@@ -28,3 +30,23 @@ def test_bad_hyperparameters_raise_torch_errors(info, case):
 def test_tensor_hyperparameters_are_not_checked():
     # The batched engine sweeps tensors; a value is only checked when it is a Python number.
     optim.adam(lr=torch.tensor(-1.0), betas=(torch.tensor(0.9), torch.tensor(0.999)))
+
+
+def _two_bad_settings():
+    """Every pair of the database's one-setting rows that torch rejects too, given together."""
+    for info in optim_db:
+        rows = [e for e in info.error_inputs if e.torch_too and len(e.kwargs) == 1]
+        for a, b in itertools.combinations(rows, 2):
+            if a.kwargs.keys() != b.kwargs.keys():
+                kwargs = {**a.kwargs, **b.kwargs}
+                yield pytest.param(info, kwargs, id=f"{info.name}-{kwargs}")
+
+
+@pytest.mark.parametrize("info,kwargs", list(_two_bad_settings()))
+def test_of_two_bad_settings_the_one_torch_names_is_named(info, kwargs):
+    # check_settings checks in the order a factory names them: torch's order, so the same error comes first
+    with pytest.raises(Exception) as theirs:
+        info.torch_cls([torch.zeros(1, requires_grad=True)], **kwargs)
+    with pytest.raises(type(theirs.value)) as ours:
+        getattr(optim, info.name)(**kwargs)
+    assert str(ours.value) == str(theirs.value)

@@ -5,7 +5,6 @@
 """
 
 from ._builtins import (
-    IMPLEMENTATION_FLAGS,
     adadelta,
     adafactor,
     adagrad,
@@ -13,12 +12,6 @@ from ._builtins import (
     adamax,
     adamw,
     asgd,
-    check_betas,
-    check_eps,
-    check_impl,
-    check_lr,
-    check_nonnegative,
-    check_weight_decay,
     gradient_descent,
     lbfgs,
     lion,
@@ -53,6 +46,15 @@ from ._registry import (
 from ._schedule_free import (
     schedule_free_adamw,
     schedule_free_sgd,
+)
+from ._validate import (
+    IMPLEMENTATION_FLAGS,
+    check_betas,
+    check_eps,
+    check_impl,
+    check_lr,
+    check_nonnegative,
+    check_weight_decay,
 )
 from ._wrappers import (
     EmaState,

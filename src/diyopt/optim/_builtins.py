@@ -1,9 +1,9 @@
 """Named optimizers, each a short :func:`~diyopt.core.chain` of transforms.
 
 Each takes torch.optim's argument names and defaults for the same algorithm (``maximize`` is
-keyword-only everywhere), and validates them here, in one layer, with torch's wording
-(``Invalid learning rate: -1``). Values are checked only when they are Python numbers: a tensor
-hyperparameter (the compiled and batched engines sweep them) is taken as given. Any ``lr`` may be a
+keyword-only everywhere), and validates them when built, with torch's wording (``Invalid learning rate:
+-1``), by the checks of :mod:`diyopt.optim._validate`. Values are checked only when they are Python
+numbers: a tensor hyperparameter (the compiled and batched engines sweep them) is taken as given. Any ``lr`` may be a
 schedule ``step -> value`` (see :mod:`diyopt.schedules`), except Rprop's, which is an initial step size.
 
 torch's implementation flags are accepted wherever the torch class takes them, so code written for
@@ -30,77 +30,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from numbers import Real
 from typing import Any
 
 from torch import Tensor
 
 from diyopt import transforms as T
 from diyopt.core.contract import Optimizer, chain, configurable, elementwise
-
-# ---------------------------------------------------------------- validation, torch's wording
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, Real) and not isinstance(x, bool)
-
-
-def check_lr(lr: Any) -> None:
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    if _is_number(lr) and not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: {lr}")
-
-
-def check_eps(eps: Any) -> None:
-    if _is_number(eps) and not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-
-
-def check_betas(betas: Any) -> None:
-    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        if _is_number(b) and not 0.0 <= b < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
-    if sum(isinstance(b, Tensor) for b in betas) == 1:
-        raise ValueError("betas must be either both floats or both Tensors")
-    for i, b in enumerate(betas):
-        if isinstance(b, Tensor) and b.numel() != 1:
-            raise ValueError(f"Tensor betas[{i}] must be 1-element")
+from diyopt.optim._validate import (
+    _check,
+    _is_number,
+    _is_schedule,
+    _no_schedule,
+    check_betas,
+    check_eps,
+    check_impl,
+    check_lr,
+    check_nonnegative,  # noqa: F401 -- optim._wrappers imports it from here
+    check_settings,
+)
 
 
 def _to_scalar(x: Any) -> Any:
     """torch's ``_to_scalar``: a 1-element tensor of any shape becomes 0-dim (``tensor([[0.9]])``)."""
     return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 and x.numel() == 1 else x
-
-
-IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
-
-
-def check_impl(foreach=None, fused=None, differentiable=False) -> None:
-    """torch's checks of its implementation flags (see the module docstring for what they mean here)."""
-    if fused and differentiable:
-        raise RuntimeError("`fused` does not support `differentiable`")
-    if fused and foreach:
-        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-
-
-def check_weight_decay(weight_decay: Any) -> None:
-    check_nonnegative("weight_decay", weight_decay)
-
-
-def check_nonnegative(name: str, value: Any) -> None:
-    """torch's ``Invalid momentum value: -1`` for any argument that must be >= 0."""
-    if _is_number(value) and not value >= 0.0:
-        raise ValueError(f"Invalid {name} value: {value}")
-
-
-def _check(value: Any, ok: Callable[[float], bool], message: str) -> None:
-    """``ValueError(message.format(value))`` when ``value`` is a Python number failing ``ok``; formatted
-    only then (formatting a tensor reads it out, which vmap and torch.compile refuse)."""
-    if _is_number(value) and not ok(value):
-        raise ValueError(message.format(value))
 
 
 def nonzero(x: Any) -> bool:
@@ -157,9 +109,7 @@ def sgd(
 ) -> Optimizer:
     """SGD with momentum, equal to ``torch.optim.SGD``: ``chain(decay, trace, scale_by_lr)``."""
     check_impl(foreach, fused, differentiable)
-    check_lr(lr)
-    check_nonnegative("momentum", momentum)
-    check_weight_decay(weight_decay)
+    check_settings(lr=lr, momentum=momentum, weight_decay=weight_decay)
     if nesterov and ((_is_number(momentum) and momentum <= 0) or (_is_number(dampening) and dampening != 0)):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     rule = chain(
@@ -195,11 +145,13 @@ def adagrad(
     builds its state in ``__init__`` from its defaults).
     """
     check_impl(foreach, fused, differentiable)
-    check_lr(lr)
-    check_nonnegative("lr_decay", lr_decay)
-    check_weight_decay(weight_decay)
-    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-    check_eps(eps)
+    check_settings(
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        initial_accumulator_value=initial_accumulator_value,
+        eps=eps,
+    )
     rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
@@ -235,11 +187,7 @@ def rmsprop(
 ) -> Optimizer:
     """RMSprop, equal to ``torch.optim.RMSprop``: ``chain(decay, scale_by_rms, trace, scale_by_lr)``."""
     check_impl(foreach, None, differentiable)
-    check_lr(lr)
-    check_eps(eps)
-    check_nonnegative("momentum", momentum)
-    check_weight_decay(weight_decay)
-    check_nonnegative("alpha", alpha)
+    check_settings(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
     rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
@@ -257,10 +205,7 @@ def adadelta(
 ) -> Optimizer:
     """Adadelta, equal to ``torch.optim.Adadelta``."""
     check_impl(foreach, None, differentiable)
-    check_lr(lr)
-    _check(rho, lambda r: 0.0 <= r <= 1.0, "Invalid rho value: {}")
-    check_eps(eps)
-    check_weight_decay(weight_decay)
+    check_settings(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
     rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
@@ -271,17 +216,6 @@ def adadelta(
 
 
 # ---------------------------------------------------------------- Adam family
-
-
-def _check_adam_like(lr, betas, eps, weight_decay) -> None:
-    check_lr(lr)
-    check_eps(eps)
-    check_betas(betas)
-    check_weight_decay(weight_decay)
-
-
-def _is_schedule(lr: Any) -> bool:
-    return callable(lr) and not isinstance(lr, Tensor)
 
 
 def _adam_like(
@@ -335,7 +269,7 @@ def adam(
     check_impl(foreach, fused, differentiable)
     if isinstance(lr, Tensor) and foreach and not capturable:
         raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
-    _check_adam_like(lr, betas, eps, weight_decay)
+    check_settings(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
     if isinstance(betas[0], Tensor) and foreach and not capturable:
         raise ValueError("betas[0] as a Tensor is not supported for capturable=False and foreach=True")
     lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
@@ -393,7 +327,7 @@ def adamax(
 ) -> Optimizer:
     """Adamax, equal to ``torch.optim.Adamax``."""
     check_impl(foreach, None, differentiable)
-    _check_adam_like(lr, betas, eps, weight_decay)
+    check_settings(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
     lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
 
     def direction(step_lr):
@@ -419,8 +353,7 @@ def nadam(
 ) -> Optimizer:
     """NAdam, equal to ``torch.optim.NAdam`` (decoupled_weight_decay=True is torch's NAdamW)."""
     check_impl(foreach, None, differentiable)
-    _check_adam_like(lr, betas, eps, weight_decay)
-    check_nonnegative("momentum_decay", momentum_decay)
+    check_settings(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay, momentum_decay=momentum_decay)
     lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
 
     def direction(step_lr):
@@ -445,7 +378,7 @@ def radam(
 ) -> Optimizer:
     """RAdam, equal to ``torch.optim.RAdam`` (decoupled_weight_decay=True is torch's RAdamW)."""
     check_impl(foreach, None, differentiable)
-    _check_adam_like(lr, betas, eps, weight_decay)
+    check_settings(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
     lr, b1, b2 = _to_scalar(lr), _to_scalar(betas[0]), _to_scalar(betas[1])
     rule = _adam_like(
         lambda _: T.scale_by_radam(b1=b1, b2=b2, eps=eps), weight_decay, decoupled_weight_decay, maximize, lr
@@ -454,16 +387,6 @@ def radam(
 
 
 # ---------------------------------------------------------------- averaged, factored, orthogonalized, sparse
-
-
-def _no_schedule(name: str, lr: Any) -> None:
-    """These rules take ``lr`` into their own step-size arithmetic (as torch's do), so it is a number or a
-    tensor; a schedule goes through ``torch.optim.lr_scheduler`` on ``to_torch`` instead."""
-    if _is_schedule(lr):
-        raise TypeError(
-            f"{name}'s lr cannot be a schedule (it enters the rule's own step-size arithmetic); "
-            "use a number or a tensor, and torch.optim.lr_scheduler on to_torch(...)"
-        )
 
 
 @configurable
@@ -485,8 +408,7 @@ def asgd(
     """
     _no_schedule("asgd", lr)
     check_impl(foreach, None, differentiable)
-    check_lr(lr)
-    check_weight_decay(weight_decay)
+    check_settings(lr=lr, weight_decay=weight_decay)
     rule = chain(
         *_maximize(maximize),
         *_coupled_decay(weight_decay),
@@ -502,9 +424,7 @@ def adafactor(
     """Adafactor, equal to ``torch.optim.Adafactor`` (its ``eps`` is the pair ``(eps1, eps2)``)."""
     _no_schedule("adafactor", lr)
     check_impl(foreach)
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    _check(lr, lambda v: v >= 0.0, "Learning rate should be >= 0 but is: {}")
+    check_lr(lr, message="Learning rate should be >= 0 but is: {}")
     _check(beta2_decay, lambda v: v <= 0.0, "beta2_decay should be <= 0 but is: {}")
     if eps[0] is not None:
         _check(eps[0], lambda v: v >= 0.0, "epsilon1 should be >= 0 but is: {}")
@@ -544,9 +464,7 @@ def muon(
     Each ``masked`` rule sees (and keeps state for) its own params only; together they equal torch's
     ``Muon`` on the matrices plus ``AdamW`` on the rest.
     """
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    _check(lr, lambda v: v >= 0.0, "Learning rate should be >= 0 but is: {}")
+    check_lr(lr, message="Learning rate should be >= 0 but is: {}")
     _check(momentum, lambda v: v >= 0.0, "momentum should be >= 0 but is: {}")
     _check(weight_decay, lambda v: v >= 0.0, "weight decay should be >= 0 but is: {}")
     _no_schedule("muon", lr)
@@ -571,10 +489,8 @@ def muon(
 def sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, maximize=False) -> Optimizer:
     """SparseAdam, equal to ``torch.optim.SparseAdam``: lazy Adam for sparse gradients
     (``nn.Embedding(sparse=True)``); only the rows with a gradient move. Dense gradients are refused."""
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    _check(lr, lambda v: v > 0.0, "Invalid learning rate: {}")
-    _check(eps, lambda v: v > 0.0, "Invalid epsilon value: {}")
+    check_lr(lr, positive=True)
+    check_eps(eps, positive=True)
     _no_schedule("sparse_adam", lr)
     check_betas(betas)
     rule = T.scale_by_sparse_adam(lr=_to_scalar(lr), b1=betas[0], b2=betas[1], eps=eps, maximize=maximize)
@@ -632,7 +548,7 @@ def rprop(
     """Rprop, equal to ``torch.optim.Rprop``; ``lr`` is the initial per-element step size."""
     check_impl(foreach, None, differentiable)
     check_lr(lr)
-    if callable(lr) and not isinstance(lr, Tensor):
+    if _is_schedule(lr):
         raise TypeError("rprop's lr is its initial step size and cannot be a schedule")
     etaminus, etaplus = etas
     if _is_number(etaminus) and _is_number(etaplus) and not 0.0 < etaminus < 1.0 < etaplus:
@@ -653,9 +569,7 @@ def lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False) -> Opt
 
     ``param -= lr * (sign(b1 m + (1-b1) g) + weight_decay * param)``; ``m = b2 m + (1-b2) g``.
     """
-    check_lr(lr)
-    check_betas(betas)
-    check_weight_decay(weight_decay)
+    check_settings(lr=lr, betas=betas, weight_decay=weight_decay)
     return _adam_like(lambda _: T.scale_by_lion(b1=betas[0], b2=betas[1]), weight_decay, True, maximize, lr)
 
 

@@ -25,18 +25,17 @@ from torch import Tensor
 
 from diyopt import transforms as T
 from diyopt.core.contract import Optimizer, chain, configurable
-from diyopt.optim._builtins import (
-    _adam_like,
+from diyopt.optim._builtins import _adam_like, _maximize, adamw, muon, nonzero
+from diyopt.optim._validate import (
     _check,
     _is_schedule,
-    _maximize,
-    adamw,
+    _no_schedule,
     check_betas,
     check_eps,
     check_lr,
-    check_weight_decay,
-    muon,
-    nonzero,
+    check_nonnegative,
+    check_positive_int,
+    check_settings,
 )
 from diyopt.transforms import adopt_clip
 
@@ -119,18 +118,11 @@ def soap(
     refresh and selects it with ``torch.where`` (no branch on the step count), so the rule also runs
     compiled and vmapped, at the price of an ``eigh`` and a QR per preconditioned dimension per step.
     """
-    check_lr(lr)
-    check_betas(betas)
-    check_weight_decay(weight_decay)
-    check_eps(eps)
+    check_settings(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
     if shampoo_beta is not None:
         _check(shampoo_beta, lambda v: 0.0 <= v < 1.0, "Invalid shampoo_beta value: {}")
-    for name, value in (
-        ("precondition_frequency", precondition_frequency),
-        ("max_precondition_dim", max_precondition_dim),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"Invalid {name} value: {value!r} (a positive integer)")
+    check_positive_int("precondition_frequency", precondition_frequency)
+    check_positive_int("max_precondition_dim", max_precondition_dim)
     if merge_dims:
         raise ValueError(
             "soap: merge_dims=True is not supported (pytorch_optimizer's merge reshapes a "
@@ -187,22 +179,16 @@ def prodigy(
     already sees the whole params.
     """
     _check(d0, lambda v: v > 0.0, "Invalid d0 value: {}")
-    _check(lr, lambda v: v > 0.0, "Invalid learning rate: {}")
-    _check(eps, lambda v: v > 0.0, "Invalid epsilon value: {}")
-    check_betas(betas)
-    check_weight_decay(weight_decay)
-    if _is_schedule(lr):
-        raise TypeError(
-            "prodigy's lr cannot be a schedule (it scales the estimated step size inside the "
-            "rule); use a number, and torch.optim.lr_scheduler on to_torch(...)"
-        )
+    check_lr(lr, positive=True)
+    check_eps(eps, positive=True)
+    check_settings(betas=betas, weight_decay=weight_decay)
+    _no_schedule("prodigy", lr, why="it scales the estimated step size inside the rule", use="a number")
     if fsdp_in_use:
         raise ValueError(
             "prodigy: fsdp_in_use=True is not supported; diyopt's distributed fit all-reduces the "
             "gradients, so each rank holds the whole params"
         )
-    if isinstance(slice_p, bool) or not isinstance(slice_p, int) or slice_p < 1:
-        raise ValueError(f"Invalid slice_p value: {slice_p!r} (a positive integer)")
+    check_positive_int("slice_p", slice_p)
     coupled = nonzero(weight_decay) and not decouple
     return chain(
         *([T.add_decayed_weights(weight_decay)] if coupled else []),
@@ -248,10 +234,7 @@ def adopt(
     ``weight_decay * param`` to the gradient. ``clip_lambda(step)`` bounds the normalized gradient
     (default ``step ** 0.25``, given a 0-dim tensor; None: no clipping). ``foreach`` changes nothing.
     """
-    check_lr(lr)
-    check_betas(betas)
-    check_weight_decay(weight_decay)
-    check_eps(eps)
+    check_settings(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
     if clip_lambda is not None and not callable(clip_lambda):
         raise TypeError(f"clip_lambda must be a function of the step or None, got {type(clip_lambda).__name__}")
     direction = T.scale_by_adopt(b1=betas[0], b2=betas[1], eps=eps, clip_lambda=clip_lambda)
@@ -285,20 +268,14 @@ def adan(
     differs from its own later ones (it stores the previous gradient before negating it); diyopt negates
     first, so a maximizing run equals the reference minimizing ``-f``. ``foreach`` changes nothing.
     """
-    check_lr(lr)
-    check_weight_decay(weight_decay)
-    check_eps(eps)
-    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 3:
-        raise TypeError(f"betas must be a triple (beta1, beta2, beta3), got {betas!r}")
-    for i, b in enumerate(betas[:2]):
-        _check(b, lambda v: 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {{}}")
-    _check(betas[2], lambda v: 0.0 <= v <= 1.0, "Invalid beta parameter at index 2: {}")
+    check_settings(lr=lr, weight_decay=weight_decay, eps=eps)
+    check_betas(betas, n=3)
     if _is_schedule(lr) and nonzero(weight_decay):
         raise TypeError(
             "adan's lr cannot be a schedule with weight_decay (the decay uses lr as a number); "
             "use torch.optim.lr_scheduler on to_torch(...)"
         )
-    _check(max_grad_norm, lambda v: v >= 0.0, "Invalid max_grad_norm value: {}")
+    check_nonnegative("max_grad_norm", max_grad_norm)
     decay: list[Optimizer] = []
     if nonzero(weight_decay):
         decay = [

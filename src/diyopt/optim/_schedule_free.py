@@ -12,15 +12,8 @@ from typing import Any
 
 from diyopt import transforms as T
 from diyopt.core.contract import Optimizer, chain, configurable
-from diyopt.optim._builtins import (
-    _check,
-    _maximize,
-    check_betas,
-    check_eps,
-    check_lr,
-    check_weight_decay,
-    nonzero,
-)
+from diyopt.optim._builtins import _maximize, nonzero
+from diyopt.optim._validate import _check, check_settings
 
 
 def _decay(weight_decay: Any) -> list[Optimizer]:
@@ -44,8 +37,7 @@ def schedule_free_sgd(
         >>> r.params_are, round(r.params["x"].item(), 3)   # the average x, not the gradient point y
         ('eval', 3.0)
     """
-    check_lr(lr)
-    check_weight_decay(weight_decay)
+    check_settings(lr=lr, weight_decay=weight_decay)
     _check(momentum, lambda m: 0 < m < 1, "Momentum must be between 0 and 1 exclusive: {}")
     return chain(
         *_maximize(maximize),
@@ -71,10 +63,7 @@ def schedule_free_adamw(
     schedule-free averaging with :math:`\beta` = ``betas[0]``. No first moment: the averaging is the momentum.
     ``maximize`` as in :func:`schedule_free_sgd`.
     """
-    check_lr(lr)
-    check_eps(eps)
-    check_betas(betas)
-    check_weight_decay(weight_decay)
+    check_settings(lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
     return chain(
         *_maximize(maximize),
         T.scale_by_schedule_free_adam(b2=betas[1], eps=eps),
