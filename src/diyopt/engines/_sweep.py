@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -263,44 +263,17 @@ def sweep(
     first_step_check(loss_fn, first)
 
     layout = FlatLayout.maybe(first) if optimizer.flattenable else None
-    view = (lambda p: layout.unflatten(p["flat"])) if layout else (lambda p: p)
-    pack = (lambda p: {"flat": layout.flatten(p)}) if layout else (lambda p: dict(p))
-    ref = next(iter(first.values()))
     if batch_size is None:
+        view, pack = _packing(layout)
         per_run = _bytes_per_run(loss_fn, pack(first), view, optimizer, steps)
-        budget = memory_bytes or _default_memory(ref.device)
+        budget = memory_bytes or _default_memory(next(iter(first.values())).device)
         batch_size = max(1, min(len(runs), budget // max(per_run, 1)))
     batch_size = positive_integer(batch_size, "batch_size")
     batch_size = min(batch_size, len(runs))
 
-    chunk = min(chunk, steps)
-    steps_fn = _vmapped_steps(loss_fn, view, optimizer)
-    compiled = None
-    if engine == "compiled":
-        cpp = ref.device.type == "cpu"  # Inductor's C++ wrapper: no Python call per kernel (see engines)
-        compiled = torch.compile(
-            lambda h, c, s: steps_fn(h, c, s, chunk), fullgraph=True, options={"cpp_wrapper": True} if cpp else None
-        )
-
     try:
         result = _batched(
-            loss_fn,
-            optimizer,
-            steps,
-            grid,
-            runs,
-            starts,
-            tol,
-            engine,
-            batch_size,
-            chunk,
-            layout,
-            view,
-            pack,
-            ref,
-            steps_fn,
-            compiled,
-            progress,
+            loss_fn, optimizer, steps, grid, runs, starts, tol, engine, batch_size, min(chunk, steps), layout, progress
         )
     except RuntimeError as e:
         reason = _not_vectorizable(e)
@@ -329,31 +302,54 @@ def _not_vectorizable(e: RuntimeError) -> str | None:
     return text[:200]
 
 
+class _Fitted(NamedTuple):
+    """The runs of one batch, fitted."""
+
+    curves: Tensor  # (runs, steps): the loss before each update
+    params: Params  # the final params, each with a leading run axis
+    final_loss: Tensor  # (runs,): the loss at the final params
+    seconds: float  # wall time of the steps (compilation excluded)
+    compile_seconds: float  # the first compiled call's extra time, else 0
+
+
+def _fit_runs(runs: list, batch_size: int, fit_batch: Callable[[list, int], _Fitted]) -> tuple:
+    """The one loop over the runs, ``batch_size`` at a time; ``fit_batch(batch, index)`` fits a batch (the
+    vmapped steps, or one eager ``fit``). Returns the rows, the ``(runs, steps)`` curves, the final params
+    with a run axis, and the seconds and compile seconds summed over the batches."""
+    curves, finals, rows = [], [], []
+    seconds = compile_seconds = 0.0
+    for index, lo in enumerate(range(0, len(runs), batch_size)):
+        batch = runs[lo : lo + batch_size]
+        fitted = fit_batch(batch, index)
+        seconds += fitted.seconds
+        compile_seconds += fitted.compile_seconds
+        curves.append(fitted.curves)
+        finals.append(fitted.params)
+        for (setting, seed), curve, final_loss in zip(batch, fitted.curves, fitted.final_loss):
+            rows.append(_row(len(rows), setting, seed, curve, final_loss))
+    params = {k: torch.cat([f[k] for f in finals]) for k in finals[0]}
+    return rows, torch.cat(curves), params, seconds, compile_seconds
+
+
 def _sweep_loop(loss_fn, optimizer: Optimizer, steps: int, runs: list, starts: dict, tol) -> SweepResult:
     """Every run as its own eager ``fit`` (the reference engine), for rules vmap cannot map. A run that
     diverges stops at its last finite params; its curve is nan from there, as in the vectorized engine."""
     from diyopt.engines._fit import fit
 
-    curves, finals, rows = [], [], []
-    t0 = time.perf_counter()
-    for setting, seed in runs:
+    def fit_one(batch: list, index: int) -> _Fitted:
+        ((setting, seed),) = batch
+        t0 = time.perf_counter()
         r = fit(loss_fn, starts[seed], _rebuild(optimizer, setting), steps)
         curve = torch.full((steps,), math.nan, dtype=r.losses.dtype if len(r.losses) else torch.float64)
         curve[: len(r.losses)] = r.losses.detach()
         with torch.no_grad():
             final_loss = loss_fn(r.params).detach()
-        curves.append(curve)
-        finals.append(r.params)
-        rows.append(_row(len(rows), setting, seed, curve, final_loss))
-    params = {k: torch.stack([f[k] for f in finals]) for k in finals[0]}
-    return SweepResult(
-        rows,
-        torch.stack(curves),
-        params,
-        time.perf_counter() - t0,
-        0.0,
-        {"engine": "loop", "batch_size": 1, "batches": len(runs), "tol": tol},
-    )
+        params = {k: v.unsqueeze(0) for k, v in r.params.items()}
+        return _Fitted(curve.unsqueeze(0), params, final_loss.unsqueeze(0), time.perf_counter() - t0, 0.0)
+
+    rows, losses, params, seconds, _ = _fit_runs(runs, 1, fit_one)
+    info = {"engine": "loop", "batch_size": 1, "batches": len(runs), "tol": tol}
+    return SweepResult(rows, losses, params, seconds, 0.0, info)
 
 
 def _batched(
@@ -368,20 +364,24 @@ def _batched(
     batch_size,
     chunk,
     layout,
-    view,
-    pack,
-    ref,
-    steps_fn,
-    compiled,
     progress,
 ) -> SweepResult:
-    all_losses, finals, rows = [], [], []
-    seconds = compile_seconds = 0.0
+    """The runs in batches of ``batch_size``, each one vmapped (and with ``engine="compiled"`` compiled)
+    computation of ``chunk`` steps at a time; ``layout``: the runs' params on one flat buffer, or None."""
+    view, pack = _packing(layout)
+    ref = next(iter(starts[runs[0][1]].values()))
+    steps_fn = _vmapped_steps(loss_fn, view, optimizer)
+    compiled = None
+    if engine == "compiled":
+        cpp = ref.device.type == "cpu"  # Inductor's C++ wrapper: no Python call per kernel (see engines)
+        compiled = torch.compile(
+            lambda h, c, s: steps_fn(h, c, s, chunk), fullgraph=True, options={"cpp_wrapper": True} if cpp else None
+        )
     n_batches = math.ceil(len(runs) / batch_size)
     bar = StepBar.maybe(progress, steps * n_batches, desc=f"sweep {len(runs)} runs", label="best loss")
     notice = CompileNotice(progress) if compiled is not None else None
-    for lo in range(0, len(runs), batch_size):
-        batch = runs[lo : lo + batch_size]
+
+    def fit_batch(batch: list, index: int) -> _Fitted:
         padded = batch + [batch[-1]] * (batch_size - len(batch)) if compiled is not None else batch
         hyper = {k: _stack_values([s[k] for s, _ in padded], ref) for k in sorted(grid)}
         current = _stack([pack(starts[seed]) for _, seed in padded])
@@ -399,35 +399,35 @@ def _batched(
             steps,
             chunk,
             bar,
-            (lo // batch_size) * steps,
-            notice if lo == 0 else None,
+            index * steps,
+            notice if index == 0 else None,
         )
-        if lo == 0 and compiled is not None:
-            compile_seconds = first_call
-        seconds += time.perf_counter() - t0
+        compile_seconds = first_call if index == 0 and compiled is not None else 0.0
+        seconds = time.perf_counter() - t0 - compile_seconds
         n = len(batch)
         if optimizer.eval_params is not None:  # report (and score) the evaluation params
             current = torch.func.vmap(lambda h, c, s: _rebuild(optimizer, h).eval_params(s, c))(hyper, current, state)
         final = {k: v[:n] for k, v in current.items()}
         final_loss = torch.func.vmap(lambda c: loss_fn(view(c)))(final).detach()
-        all_losses.append(curve[:n])
-        finals.append(final)
-        for (s, seed), c, fl in zip(batch, curve[:n], final_loss):
-            rows.append(_row(len(rows), s, seed, c, fl))
-    seconds -= compile_seconds
-    losses = torch.cat(all_losses)
+        params = final if layout is None else _unflatten_runs(layout, final["flat"])
+        return _Fitted(curve[:n], params, final_loss, seconds, compile_seconds)
+
+    rows, losses, final_params, seconds, compile_seconds = _fit_runs(runs, batch_size, fit_batch)
     if bar is not None:
         bar.close(steps * n_batches, _best(losses[:, -1]))
-    final_params = (
-        view({k: torch.cat([f[k] for f in finals]) for k in finals[0]})
-        if layout is None
-        else _unflatten_runs(layout, torch.cat([f["flat"] for f in finals]))
-    )
-    info = {"engine": engine, "batch_size": batch_size, "batches": math.ceil(len(runs) / batch_size), "tol": tol}
+    info = {"engine": engine, "batch_size": batch_size, "batches": n_batches, "tol": tol}
     return SweepResult(rows, losses, final_params, seconds, compile_seconds, info)
 
 
 # ---------------------------------------------------------------- the vmapped step
+
+
+def _packing(layout: FlatLayout | None) -> tuple[Callable, Callable]:
+    """``(view, pack)``: a run's params as the step sees them (``{"flat": buffer}`` on a layout, else the
+    dict itself) and back: ``view(pack(p)) == p``."""
+    if layout is None:
+        return (lambda p: p), (lambda p: dict(p))
+    return (lambda p: layout.unflatten(p["flat"])), (lambda p: {"flat": layout.flatten(p)})
 
 
 def _rebuild(optimizer: Optimizer, hyper: Mapping[str, Any]) -> Optimizer:
