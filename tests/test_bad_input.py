@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_folders import plant_output, snapshot, write_files
 
 import diyopt
 from diyopt.cli import main
@@ -360,24 +361,10 @@ def command_line(t: Path, options: dict) -> list[str]:
 
 
 def prepare(t: Path, files: dict) -> dict:
-    for name, content in files.items():
-        path = t / name
-        if name.endswith("/"):
-            path.mkdir()
-            continue
-        if callable(content):
-            content = content(t)
-        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-    out = t / "out"
-    if not out.exists():  # an earlier run's results: a failed run must leave them alone
-        out.mkdir()
-        (out / "result.json").write_text("earlier results\n")
-        (out / ".diyopt-output.json").write_text('{"written_by": "diyopt", "files": ["result.json"]}\n')
+    write_files(t, files)
+    if not (t / "out").exists():  # an earlier run's results: a failed run must leave them alone
+        plant_output(t / "out", {"result.json": "earlier results\n"})
     return snapshot(t)
-
-
-def snapshot(t: Path) -> dict:
-    return {str(p.relative_to(t)): (p.read_bytes() if p.is_file() else None) for p in sorted(t.rglob("*"))}
 
 
 def test_the_catalog_is_large_enough():

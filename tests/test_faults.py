@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_folders import prepare, snapshot
 
 import diyopt
 from diyopt._util import files as outputs
@@ -182,27 +183,6 @@ def _finished(t: Path, steps: int) -> bytes:
 
     shutil.rmtree(t / "made")
     return data
-
-
-def prepare(t: Path, files: dict) -> dict:
-    for name, content in files.items():
-        path = t / name
-        if name.endswith("/"):
-            path.mkdir()
-            continue
-        if callable(content):
-            content = content(t)
-        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-    out = t / "out"
-    out.mkdir(exist_ok=True)  # an earlier diyopt output, and the user's notes beside it
-    (out / "table.md").write_text("earlier results\n")
-    (out / outputs.MANIFEST).write_text('{"written_by": "diyopt", "files": ["table.md"]}\n')
-    (out / "notes.txt").write_text("the user's\n")
-    return snapshot(t)
-
-
-def snapshot(t: Path) -> dict:
-    return {str(p.relative_to(t)): (p.read_bytes() if p.is_file() else None) for p in sorted(t.rglob("*"))}
 
 
 def temps(folder: Path) -> list[str]:
