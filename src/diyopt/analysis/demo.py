@@ -196,10 +196,7 @@ def _fit_summary(result: Result, exact_a: float, exact_b: float) -> dict:
         "b": b,
         "final_loss": float(result.losses[-1]) if len(result.losses) else float("nan"),
         "seconds": result.seconds,
-        "steps": result.steps,
-        "nfev": result.nfev,
-        "njev": result.njev,
-        "nhev": result.nhev,
+        **result.counts,  # steps, nfev, njev, nhev
         "abs_error_a": abs(a - exact_a),
         "abs_error_b": abs(b - exact_b),
         "stop_reason": result.stop_reason,

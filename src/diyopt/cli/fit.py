@@ -199,11 +199,7 @@ def write_outputs(folder, result, settings: dict) -> None:
         "params": {k: v.detach().cpu().double().reshape(-1).tolist() for k, v in result.params.items()},
         "shapes": {k: list(v.shape) for k, v in result.params.items()},
         "final_loss": result.final_loss,
-        "steps": result.steps,
-        # evaluations of the loss, its gradient and its Hessian, as Result counts them (core/result.py)
-        "nfev": result.nfev,
-        "njev": result.njev,
-        "nhev": result.nhev,
+        **result.counts,  # steps, and the evaluations of the loss, its gradient and Hessian (core/result.py)
         "stop_reason": result.stop_reason,
         "seconds": result.seconds,
         "settings": {k: v for k, v in settings.items() if v is not None},

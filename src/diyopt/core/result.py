@@ -104,6 +104,11 @@ class Result:
         return "train" if self.train_params is None else "eval"
 
     @property
+    def counts(self) -> dict[str, int]:
+        """``steps``, ``nfev``, ``njev``, ``nhev`` by name, as ``diyopt fit``'s ``result.json`` writes them."""
+        return {"steps": self.steps, "nfev": self.nfev, "njev": self.njev, "nhev": self.nhev}
+
+    @property
     def final_loss(self) -> float:
         """The loss at the final params if it was evaluated, else the last recorded loss.
 
