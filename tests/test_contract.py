@@ -299,6 +299,29 @@ def test_eager_fit_is_the_pure_contract_and_reports_the_eval_params(case):
     assert torch.allclose(r.losses[0], loss_fn(p0()).detach(), rtol=1e-15)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_nfev_counts_the_updates_own_evaluations(case, tmp_path):
+    """SAM's gradient at the ascent point is an evaluation of the loss and its gradient: nfev = njev =
+    2 per step (1 for the others), plus the final loss at the evaluation params where they differ --
+    equal to the loss's calls counted from outside, and the same after a checkpoint + resume."""
+    steps, base = 20, loss64()
+    calls = 0
+
+    def loss_fn(p):
+        nonlocal calls
+        calls += 1
+        return base(p)
+
+    opt = MINE[case]()
+    r = diyopt.fit(loss_fn, p0(), opt, steps)
+    derived = steps * (2 if case.startswith("sam") else 1) + (opt.eval_params is not None)
+    assert r.nfev == r.njev == derived == calls
+    ck = str(tmp_path / "run.pt")
+    diyopt.fit(base, p0(), opt, steps // 2, checkpoint=ck)
+    resumed = diyopt.fit(base, p0(), opt, steps, checkpoint=ck, resume=True)
+    assert resumed.nfev == resumed.njev == derived
+
+
 @pytest.mark.slow  # ~10-40 s each on a busy 2-core machine: Dynamo traces four steps of the whole fit
 @pytest.mark.parametrize("case", ["sam", "schedule_free_adamw", "lookahead", "ema"])
 def test_compiled_fit_equals_eager(case):
@@ -308,6 +331,9 @@ def test_compiled_fit_equals_eager(case):
     eager = diyopt.fit(loss_fn, p0(), opt, 24)
     compiled = diyopt.fit(loss_fn, p0(), opt, 24, engine="compiled", backend="aot_eager", chunk=4)
     assert compiled.params_are == eager.params_are
+    assert (
+        compiled.nfev == compiled.njev == eager.nfev == 24 * (2 if case == "sam" else 1) + (opt.eval_params is not None)
+    )
     assert_close(compiled.params, eager.params, 1e-12, "params")
     torch.testing.assert_close(compiled.losses, eager.losses, rtol=1e-12, atol=0)
     if eager.train_params is not None:
