@@ -4,8 +4,8 @@ Each optimizer runs in lockstep with an independent reference -- the ``schedulef
 ``pytorch_optimizer``, ``torch.optim.swa_utils.AveragedModel``, SAM's Algorithm 1 written out here -- on
 a small MLP (2-D weights, 1-D biases), every step compared, in float64 and float32; then through
 ``to_torch`` with two param groups and a ``state_dict`` reload halfway; then through every form of
-diyopt (eager and compiled fit, sweep, checkpoint + SIGKILL + resume) or its refusal. ``torchrun`` is in
-tests/test_contract_distributed.py.
+diyopt (eager and compiled fit, sweep, checkpoint + SIGKILL + resume) or its refusal; ``torchrun`` (at the
+end) runs these and the recent optimizers (muon_adamw, soap, prodigy, adopt, adan) in one launch.
 """
 
 from __future__ import annotations
