@@ -10,9 +10,11 @@ import diyopt
 from diyopt.optim import ema, lookahead, sam, schedule_free_adamw, schedule_free_sgd
 
 
-def mlp(dtype: torch.dtype, shard=None) -> tuple[torch.nn.Module, callable]:
+def mlp(dtype: torch.dtype, shard=None, halves: bool = False) -> tuple[torch.nn.Module, callable]:
     """A 3-5-1 tanh MLP on 32 random points, weights drawn N(0, 1) so the problem is not trivial; its mse
-    loss on all the points, or on this rank's ``shard(x, y)`` of them."""
+    loss on all the points, or on this rank's ``shard(x, y)`` of them. ``halves``: the loss on all the
+    points written as the mean of the two halves' losses -- the same number, rounded as two ranks'
+    all-reduced mean rounds it."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 3, generator=g, dtype=dtype)
     y = torch.randn(32, 1, generator=g, dtype=dtype)
@@ -25,9 +27,15 @@ def mlp(dtype: torch.dtype, shard=None) -> tuple[torch.nn.Module, callable]:
     model.data = (x, y)  # what the loss sees, for a torch training loop on the same points
 
     def loss_fn(p):
+        if halves:
+            return sum(mse_of_halves(lambda xs: torch.func.functional_call(model, p, (xs,)), x, y)) / 2
         return torch.nn.functional.mse_loss(torch.func.functional_call(model, p, (x,)), y)
 
     return model, loss_fn
+
+
+def mse_of_halves(forward, x, y) -> list:
+    return [torch.nn.functional.mse_loss(forward(xs), ys) for xs, ys in zip(x.tensor_split(2), y.tensor_split(2))]
 
 
 def named(model: torch.nn.Module) -> dict:
@@ -44,6 +52,16 @@ MINE = {
     "ema": lambda: ema(diyopt.optim.adam(lr=0.01), decay=0.9),
 }
 CASES = list(MINE)
+
+#: The recent optimizers (tests/test_recent_optimizers.py has their lockstep tests), with the settings of
+#: tests/test_recent_forms.py, for the torchrun check: one launch runs CASES and these.
+RECENT = {
+    "muon_adamw": lambda: diyopt.optim.muon_adamw(lr=0.02, adamw_lr=1e-2),
+    "soap": lambda: diyopt.optim.soap(precondition_frequency=3),
+    "prodigy": lambda: diyopt.optim.prodigy(use_bias_correction=True),
+    "adopt": lambda: diyopt.optim.adopt(lr=1e-2, weight_decay=0.01),
+    "adan": lambda: diyopt.optim.adan(lr=1e-2, max_grad_norm=1.0),
+}
 
 
 def p0(dtype=torch.float64):
@@ -66,17 +84,17 @@ def killed_run(case: str, path: str, kill_at: int = 37) -> None:
     diyopt.fit(loss64(), p0(), MINE[case](), 60, checkpoint=path, checkpoint_every=10, callback=kill)
 
 
-def train_loop(opt_fn, model: torch.nn.Module, steps: int, forward=None) -> dict:
+def train_loop(opt_fn, model: torch.nn.Module, steps: int, forward=None, halves: bool = False) -> dict:
     """A plain torch loop with ``to_torch(opt_fn(), model)`` on the model's data; ``forward``: the module
     that runs the batch (a DistributedDataParallel around ``model``). step(closure) where the optimizer
-    asks for it (SAM). Returns the training params and, after ``.eval()``, the evaluation params."""
+    asks for it (SAM); ``halves`` as in :func:`mlp`. Returns the training params and, after ``.eval()``, the evaluation params."""
     x, y = model.data
     forward = forward or model
     opt = diyopt.to_torch(opt_fn(), model)
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(forward(x), y)
+        loss = sum(mse_of_halves(forward, x, y)) / 2 if halves else torch.nn.functional.mse_loss(forward(x), y)
         loss.backward()
         return loss
 

@@ -134,6 +134,70 @@ def test_planted_broken_rules_fail_for_the_right_reason(opt, failing, reason):
     assert report["downhill"].status in (PASS, FAIL)
 
 
+# ---------------------------------------------------------------- the extended contract (docs/contract.md)
+
+# (optimizer, lr for the convergence checks): SAM's fixed point sits off the optimum by about rho times the
+# curvature ratio, so rho is small enough for Rosenbrock's 3e-2; the wrappers' lr is their base's
+EXTENDED = {
+    "sam": (lambda: diyopt.optim.sam(diyopt.optim.adam(), rho=1e-3), 3e-2),
+    "sam-adaptive": (lambda: diyopt.optim.sam(diyopt.optim.adam(), rho=1e-3, adaptive=True), 3e-2),
+    "sam-sgd": (lambda: diyopt.optim.sam(diyopt.optim.sgd(momentum=0.9), rho=1e-3), 1e-3),
+    "lookahead": (lambda: diyopt.optim.lookahead(diyopt.optim.sgd(momentum=0.9)), 1e-3),
+    "ema": (lambda: diyopt.optim.ema(diyopt.optim.adam(), decay=0.9), 1e-2),
+    "ema-of-sam": (lambda: diyopt.optim.ema(diyopt.optim.sam(diyopt.optim.adam(), rho=1e-3), decay=0.9), 3e-2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTENDED))
+def test_the_extended_contract_passes_the_kit(name):
+    """SAM gets its second gradient (the problem's closed form as grad_fn, through engine_update), and the
+    convergence checks judge the evaluation params; schedule-free is in test_every_builtin_optimizer_passes."""
+    make, lr = EXTENDED[name]
+    report = diyopt.check(make(), lr=lr)
+    assert [r.name for r in report.results] == ALL_CHECKS
+    assert report.passed, report.table()
+    assert report["uphill (maximize)"].status == PASS  # the base's maximize, through the wrapper
+    assert report["to_torch round trip"].status == PASS
+
+
+def in_place_sam(rho=0.05):
+    """SAM as torch-style code writes it: the ascent step added to the params in place, never undone."""
+
+    def update(grads, state, params, *, grad_fn):
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+        for k, p in params.items():
+            p.add_(grads[k] * (rho / norm))
+        return {k: -1e-2 * g for k, g in grad_fn(params).items()}, state
+
+    return diyopt.Optimizer(lambda params: (), update, extra_args=frozenset({"grad_fn"}))
+
+
+def frozen_average():
+    """An EMA whose average never moves: eval_params reports the initial params for ever."""
+
+    def init(params):
+        return {k: v.clone() for k, v in params.items()}
+
+    def update(grads, state, params):
+        return {k: -1e-2 * g for k, g in grads.items()}, state
+
+    return diyopt.Optimizer(init, update, eval_params=lambda state, params: dict(state))
+
+
+@pytest.mark.parametrize(
+    "opt, failing, reason",
+    [
+        (in_place_sam(), "pure: inputs", "update mutated its input params"),
+        (frozen_average(), "parabola", "not within 0.03 of the optimum after 300 steps"),
+    ],
+    ids=["sam-perturbs-in-place", "eval-params-never-move"],
+)
+def test_planted_broken_extended_rules_fail_for_the_right_reason(opt, failing, reason):
+    report = diyopt.check(opt, budget=300)
+    assert report[failing].status == FAIL, report.table()
+    assert __import__("re").search(reason, report[failing].detail), report[failing].detail
+
+
 def test_a_convergence_failure_reports_the_budget():
     report = diyopt.check(diyopt.optim.gradient_descent(), lr=1e-6, budget=50)
     assert report["parabola"].status == FAIL
@@ -216,6 +280,17 @@ def test_cli_check_user_file(tmp_path):
     unknown = run_cli("check", "seed_rule.py:gradient_decent", cwd=tmp_path)
     assert unknown.returncode == 2
     assert unknown.stderr.count("\n") == 1 and "did you mean 'gradient_descent'" in unknown.stderr
+
+
+def test_cli_check_a_wrapped_optimizer():
+    """The kit on the command line for the extended contract: SAM (grad_fn) and EMA (eval_params)."""
+    for spec in ("sam+adam:lr=3e-2,rho=1e-3", "ema+adam:lr=1e-2,decay=0.9"):
+        out = run_cli("check", spec)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "all checks passed" in out.stdout and "to_torch round trip  PASS" in out.stdout
+    bare = run_cli("check", "sam")
+    assert bare.returncode == 2 and bare.stderr.count("\n") == 1
+    assert "sam wraps another optimizer: write sam+BASE" in bare.stderr
 
 
 def test_cli_list():

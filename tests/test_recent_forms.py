@@ -1,6 +1,6 @@
 """The recent optimizers and ``partition`` in every form: eager ``fit``, compiled ``fit`` (equal to eager),
 ``sweep`` (run k equal to a single fit), checkpoint + resume (bitwise), the conformance kit -- or a clear
-refusal naming the form (``soap`` and ``muon`` in a sweep)."""
+refusal naming the form (``soap`` and ``muon`` in a sweep, ``soap`` compiled). torchrun: tests/test_contract.py."""
 
 from __future__ import annotations
 
@@ -94,6 +94,26 @@ def test_compiled_fit_equals_eager(name):
     eager = diyopt.fit(loss, P0, opt, STEPS)
     compiled = diyopt.fit(loss, P0, opt, STEPS, engine="compiled")
     assert _max_diff(compiled.params, eager.params) <= 1e-12
+
+
+@pytest.mark.slow  # Inductor compiling Muon's Newton-Schulz inside the loop: minutes on two busy cores
+def test_compiled_muon_equals_eager():
+    """Muon's bfloat16 Newton-Schulz compiled: Inductor keeps the intermediates of a bfloat16 addmm in
+    float32 unless emulate_precision_casts is on (3e-3 from eager in 30 steps without it), and inside
+    the compiled loop the tensor coefficients' addmm could not be traced at all (a data-dependent guard).
+    chunk=2: the loop path (two steps per turn), at half the default's code."""
+    opt = MAKERS["muon_adamw"]()
+    eager = diyopt.fit(loss, P0, opt, STEPS)
+    compiled = diyopt.fit(loss, P0, opt, STEPS, engine="compiled", chunk=2)
+    assert _max_diff(compiled.params, eager.params) <= 1e-12
+    torch.testing.assert_close(compiled.losses, eager.losses, rtol=1e-12, atol=0)
+
+
+def test_compiled_soap_refuses_with_its_reason():
+    with pytest.raises(
+        ValueError, match=r"soap cannot run compiled \(engine='compiled'\): .*rank-deficient.*engine='eager'"
+    ):
+        diyopt.fit(loss, P0, MAKERS["soap"](), 4, engine="compiled")
 
 
 # the learning rates for the kit's convergence checks (parabola, Rosenbrock from (-1.2, 1) to 3e-2 in 20,000

@@ -49,6 +49,36 @@ def test_get_builds_the_named_optimizer_with_its_settings():
         assert diyopt.optim.get(name).hyperparams == getattr(diyopt.optim, name)().hyperparams
 
 
+def test_a_wrapper_spec_builds_the_wrapped_optimizer_with_each_setting_where_it_belongs():
+    opt = diyopt.optim.get("ema+sam+sgd:lr=0.1,momentum=0.9,rho=0.01,adaptive=true,decay=0.9")
+    reference = diyopt.optim.ema(
+        diyopt.optim.sam(diyopt.optim.sgd(lr=0.1, momentum=0.9), rho=0.01, adaptive=True), decay=0.9
+    )
+    assert opt.hyperparams == reference.hyperparams
+    assert opt.extra_args == {"grad_fn"} and opt.eval_params is not None
+    p = {"x": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    grad_fn = lambda q: {"x": 2 * q["x"]}
+    a = opt.update(grad_fn(p), opt.init(p), p, grad_fn=grad_fn)[0]["x"]
+    b = reference.update(grad_fn(p), reference.init(p), p, grad_fn=grad_fn)[0]["x"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert diyopt.optim.get("lookahead+adam:k=3,alpha=0.8").hyperparams["k"] == 3
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("sam", r"sam wraps another optimizer: write sam\+BASE\[:settings\]"),
+        ("sma+adam", r"unknown wrapper 'sma' \(did you mean 'sam'\?\)"),
+        ("sam+adm", r"unknown optimizer 'adm'"),
+        ("sam+adam:rh0=1", r"unknown setting for adam: 'rh0'"),
+        ("sam+adam:rho=-1", r"rho"),
+    ],
+)
+def test_bad_wrapper_specs(spec, match):
+    with pytest.raises(ValueError, match=match):
+        diyopt.optim.get(spec)
+
+
 @pytest.mark.parametrize(
     "spec, error, match",
     [

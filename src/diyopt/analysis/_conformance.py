@@ -47,8 +47,9 @@ from torch import Tensor
 from torch.autograd.gradcheck import GradcheckError
 from torch.utils import _pytree as pytree
 
-from diyopt.core.contract import Optimizer, apply_updates
+from diyopt.core.contract import Optimizer, apply_updates, eval_params
 from diyopt.core.tree import Params
+from diyopt.engines import engine_update
 
 PASS, FAIL, SKIP, INFO = "PASS", "FAIL", "SKIP", "INFO"
 DEFAULT_BUDGET = 20_000
@@ -221,11 +222,28 @@ def _rosenbrock() -> _Problem:
     )
 
 
+def _update(opt: Optimizer, problem: _Problem) -> Callable:
+    """``update(grads, state, params)`` as the engines call it: through the extended contract's entry point
+    (``engines._extended.engine_update``), with the problem's closed-form gradient as ``grad_fn`` (SAM's
+    second gradient) and its loss as ``loss``, each passed only where the optimizer declares it."""
+    update = engine_update(opt, problem.grad)
+
+    def call(grads: Params, state: Any, params: Params):
+        loss = None
+        if "loss" in opt.extra_args:
+            ref = next(iter(params.values()))
+            loss = torch.as_tensor(problem.loss(params)).to(dtype=ref.dtype)
+        return update(grads, state, params, loss)
+
+    return call
+
+
 def _steps(opt: Optimizer, problem: _Problem, n: int, params: Params | None = None) -> tuple[Params, Any]:
     params = problem.start() if params is None else params
     state = opt.init(params)
+    update = _update(opt, problem)
     for _ in range(n):
-        updates, state = opt.update(problem.grad(params), state, params)
+        updates, state = update(problem.grad(params), state, params)
         params = apply_updates(params, updates)
     return params, state
 
@@ -237,10 +255,11 @@ def _downhill(opt: Optimizer) -> tuple[str, str]:
     # the first update that moves: some methods spend their first step gathering statistics (ADOPT's
     # second moment, SOAP's preconditioner) and return zero there, which points neither way
     first, slope = 0, 0.0
+    update = _update(opt, q)
     while slope == 0 and first < 3:
         first += 1
         g = q.grad(params)
-        updates, state = opt.update(g, state, params)
+        updates, state = update(g, state, params)
         slope = float(sum((updates[k].detach().double() * g[k]).sum() for k in g))
         params = apply_updates(params, updates)
     which = "first update" if first == 1 else f"first moving update (step {first})"
@@ -273,17 +292,19 @@ def _converges(opt: Optimizer, problem: _Problem, budget: int, tol: float, lr) -
     state = opt.init(params)
     target = torch.cat([problem.solution[k].reshape(-1) for k in params])
     at = f" at lr={opt.hyperparams['lr']:g}" if isinstance((opt.hyperparams or {}).get("lr"), float) else ""
+    update = _update(opt, problem)
     for step in range(1, budget + 1):
-        updates, state = opt.update(problem.grad(params), state, params)
+        updates, state = update(problem.grad(params), state, params)
         params = apply_updates(params, updates)
-        err = (torch.cat([params[k].reshape(-1) for k in params]) - target).abs().max()
+        shown = eval_params(opt, state, params)  # what fit reports (schedule-free's x, lookahead's slow weights)
+        err = (torch.cat([shown[k].reshape(-1) for k in params]) - target).abs().max()
         if err <= tol:
             return PASS, f"within {tol:g} of the optimum after {step} steps{at}"
         if not torch.isfinite(err):
             return FAIL, f"diverged (non-finite params) at step {step}{at}; try a smaller lr"
     return FAIL, (
         f"not within {tol:g} of the optimum after {budget} steps{at} (max error {float(err):.3g}, "
-        f"loss {float(problem.loss(params)):.3g}); try another lr (--lr) or a larger budget (--budget)"
+        f"loss {float(problem.loss(shown)):.3g}); try another lr (--lr) or a larger budget (--budget)"
     )
 
 
@@ -314,7 +335,7 @@ def _mid_run(opt: Optimizer, dtype=torch.float64):
 def _inputs_unchanged(opt: Optimizer) -> tuple[str, str]:
     params, grads, state = _mid_run(opt)
     before = _snapshot(grads, state, params)
-    opt.update(grads, state, params)
+    _update(opt, _quadratic())(grads, state, params)
     for tree, old, what in zip((grads, state, params), before, ("grads", "state", "params")):
         where = _first_difference(old, tree, what)
         if where:
@@ -324,8 +345,9 @@ def _inputs_unchanged(opt: Optimizer) -> tuple[str, str]:
 
 def _repeatable(opt: Optimizer) -> tuple[str, str]:
     params, grads, state = _mid_run(opt)
-    first = opt.update(grads, state, params)
-    second = opt.update(grads, state, params)
+    update = _update(opt, _quadratic())
+    first = update(grads, state, params)
+    second = update(grads, state, params)
     where = _first_difference(first, second, "result")
     if where:
         return FAIL, (
@@ -355,7 +377,7 @@ def _tensors_only(opt: Optimizer) -> tuple[str, str]:
 def _dtypes(opt: Optimizer) -> tuple[str, str]:
     for dtype in (torch.float32, torch.float64):
         params, grads, state = _mid_run(opt, dtype)
-        updates, new_state = opt.update(grads, state, params)
+        updates, new_state = _update(opt, _quadratic())(grads, state, params)
         for k, u in updates.items():
             if u.dtype != dtype:
                 return FAIL, f"{dtype} params gave a {u.dtype} update for {k!r}"
@@ -388,10 +410,15 @@ def _to_torch_round_trip(opt: Optimizer) -> tuple[str, str]:
         return {k: v.clone().requires_grad_() for k, v in p.items()}
 
     def run(torch_opt, ps, n):
-        for _ in range(n):
-            for k, g in q.grad({k: v.detach() for k, v in ps.items()}).items():
+        def closure():  # the closed-form gradient into .grad; step(closure) reruns it where the rule asks
+            current = {k: v.detach() for k, v in ps.items()}
+            for k, g in q.grad(current).items():
                 ps[k].grad = g
-            torch_opt.step()
+            return q.loss(current)
+
+        for _ in range(n):
+            closure()
+            torch_opt.step(closure)
 
     a = leaves(q.start())
     opt_a = to_torch(opt, a)
@@ -418,9 +445,10 @@ def _no_graph(opt: Optimizer, steps: int = 1000) -> tuple[str, str]:
     q = _quadratic()
     params = q.start()
     state = opt.init(params)
+    update = _update(opt, q)
     counts = {}
     for step in range(1, steps + 1):
-        updates, state = opt.update(q.grad(params), state, params)
+        updates, state = update(q.grad(params), state, params)
         if step in (1, 10, steps):
             for path, leaf in pytree.tree_flatten_with_path((updates, state))[0]:
                 if isinstance(leaf, Tensor) and (leaf.requires_grad or leaf.grad_fn is not None):
@@ -452,10 +480,14 @@ def _flat_buffer(opt: Optimizer, steps: int = 5) -> tuple[str, str]:
     }
     flat = {"flat": torch.cat([t.reshape(-1) for t in named.values()])}
     s_named, s_flat = opt.init(named), opt.init(flat)
+    # sum(p**2) in closed form, on either layout: its gradient 2p differs in scale per tensor
+    bowl = _Problem(
+        named, lambda p: sum((t.detach() ** 2).sum() for t in p.values()), lambda p: {k: 2 * t for k, t in p.items()}
+    )
+    update = _update(opt, bowl)
     for step in range(steps):
-        g_named = {k: 2 * t for k, t in named.items()}  # grad of sum(p**2): differs in scale per tensor
-        u_named, s_named = opt.update(g_named, s_named, named)
-        u_flat, s_flat = opt.update({"flat": 2 * flat["flat"]}, s_flat, flat)
+        u_named, s_named = update(bowl.grad(named), s_named, named)
+        u_flat, s_flat = update(bowl.grad(flat), s_flat, flat)
         joined = torch.cat([u.reshape(-1) for u in u_named.values()])
         if not torch.allclose(joined, u_flat["flat"], rtol=1e-12, atol=1e-15):
             return FAIL, (

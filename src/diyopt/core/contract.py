@@ -23,6 +23,8 @@ The contract's edges (docs/contract.md), both optional, so the plain pair above 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import re
@@ -165,6 +167,27 @@ def chain(*transforms: Optimizer) -> Optimizer:
 
 #: The extra inputs an ``update`` may declare in ``Optimizer.extra_args``; every engine supplies them.
 EXTRA_ARGS = frozenset({"loss", "grad_fn"})
+
+
+_FORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("diyopt_form", default=None)
+
+
+def checking_form() -> str | None:
+    """The form an engine is about to run the update in, while it checks one step eagerly first:
+    ``"compiled"`` (``fit(engine="compiled")``), else None. A rule that cannot run in a form refuses here,
+    with a ``ValueError`` naming the form and why -- before tracing starts, where Dynamo would bury the
+    message in a graph-break report."""
+    return _FORM.get()
+
+
+@contextlib.contextmanager
+def checked_for(form: str):
+    """Run the engine's eager first-step check under :func:`checking_form` ``== form``."""
+    token = _FORM.set(form)
+    try:
+        yield
+    finally:
+        _FORM.reset(token)
 
 
 def eval_params(optimizer: Optimizer, state: State, params: Params) -> Params:

@@ -5,6 +5,7 @@ Public modules: :mod:`~diyopt.engines.checkpoint`, :mod:`~diyopt.engines.distrib
 :mod:`~diyopt.engines.compiled`, :mod:`~diyopt.engines.hoisting`.
 """
 
+from ._extended import engine_update
 from ._fit import fit
 from ._sweep import SweepResult, sweep
 from ._to_torch import TorchOptimizer, to_torch
@@ -14,6 +15,7 @@ __all__ = [
     "SweepResult",
     "TorchOptimizer",
     "compiled_update",
+    "engine_update",
     "fit",
     "sweep",
     "to_torch",

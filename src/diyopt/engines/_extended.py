@@ -59,6 +59,19 @@ def engine_update(optimizer: Optimizer, grad_fn: GradFn | None) -> Callable:
     return with_extras
 
 
+class CountedGradFn:
+    """``grad_fn`` counting its calls, so ``Result.nfev`` / ``njev`` include the extra evaluations (SAM: one
+    loss and gradient per step). Only for code that runs in Python: a traced loop (compiled, vmapped) cannot
+    mutate a counter, so those engines count the calls of one eager update and multiply."""
+
+    def __init__(self, grad_fn: GradFn) -> None:
+        self.grad_fn, self.calls = grad_fn, 0
+
+    def __call__(self, params: Params) -> Params:
+        self.calls += 1
+        return self.grad_fn(params)
+
+
 def functional_grad_fn(optimizer: Optimizer, loss_fn: Callable, view: Callable) -> GradFn | None:
     """``torch.func.grad`` of the loss, for the traced engines (compiled, vmapped); None if not needed."""
     if "grad_fn" not in optimizer.extra_args:

@@ -39,7 +39,7 @@ from diyopt.core.contract import Optimizer
 from diyopt.core.modules import bind_module, load_into
 from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, LossFn, Params, as_params
-from diyopt.engines._extended import checkpoint_report, engine_update, reported
+from diyopt.engines._extended import CountedGradFn, checkpoint_report, engine_update, reported
 from diyopt.engines._torch_class import fit_torch_class
 from diyopt.errors import DivergedError
 
@@ -246,7 +246,9 @@ def _fit_eager(
                 f"checkpoint {checkpoint} exists: resume from it (resume=True, --resume) or choose another file"
             )
     guard = on_nonfinite != "ignore"
-    update = engine_update(optimizer, _eager_grad_fn(loss_fn, layout, reduce) if optimizer.extra_args else None)
+    counted = CountedGradFn(_eager_grad_fn(loss_fn, layout, reduce)) if "grad_fn" in optimizer.extra_args else None
+    update = engine_update(optimizer, counted)
+    per_update = 0  # grad_fn calls in one update, for the steps a resumed run did before this process
     first = len(losses)
     bar = StepBar.maybe(progress, steps)
     checked = False
@@ -262,6 +264,7 @@ def _fit_eager(
         if not checked:
             check_updates(updates, current, optimizer, layout)
             checked = True
+            per_update = counted.calls if counted is not None else 0
         new = {k: v + updates[k] for k, v in current.items()}
         # The guard looks at what is about to be written (the new params) as well as the loss and the
         # gradients, in one check: nothing non-finite ever becomes the params or the state.
@@ -301,6 +304,8 @@ def _fit_eager(
         info["skipped"] = skipped
     history = torch.stack(losses) if losses else torch.empty(0)
     evals = len(losses) + (stop_reason == DIVERGED)  # the step that diverged evaluated its loss too
+    if counted is not None:  # the update's own evaluations (SAM's gradient at the ascent point)
+        evals += counted.calls + first * per_update
     shown, train = reported(optimizer, state, current)
     if train is not None:  # the loss at the params reported, not at the last gradient point
         loss, grads = _loss_and_grads(loss_fn, shown, layout, check=False)

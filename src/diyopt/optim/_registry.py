@@ -4,11 +4,15 @@ The syntax::
 
     NAME[:KEY=VALUE,KEY=VALUE,...]            a built-in optimizer, e.g.  adam:lr=1e-2,betas=0.8/0.99
     FILE.py:ATTR[:KEY=VALUE,...]              a user's rule in a file,  e.g.  my_rules.py:signum:lr=0.1
+    WRAPPER+BASE[:KEY=VALUE,...]              sam, lookahead or ema around either, e.g.  sam+adam:lr=3e-2,rho=1e-3
 
 - ``NAME`` is one of ``diyopt.optim.names()``.
 - ``FILE.py`` is a path (relative to the working directory, or absolute) to a Python file; ``ATTR`` is a name
   in it: an ``Optimizer`` (settings then go through ``replace_hyperparams``), an ``@diyopt.elementwise`` rule
   or a factory returning an ``Optimizer`` (called with the settings as keyword arguments).
+- ``WRAPPER`` is one of :data:`WRAPPERS`; wrappers stack (``ema+sam+sgd``). A setting named in a wrapper's
+  signature (``rho``, ``adaptive``, ``k``, ``alpha``, ``decay``) goes to the outermost wrapper that takes it,
+  the rest to ``BASE``.
 - ``VALUE`` is an int (``10``), a float (``1e-2``, ``0.9``), ``true`` / ``false``, ``none``, or a tuple of
   those joined by ``/`` (``0.8/0.99``). Nothing else: a spec carries numbers and flags, not code.
 
@@ -34,11 +38,15 @@ from diyopt.errors import unknown_name
 from diyopt.optim._builtins import BUILTINS as TORCH_TWINS
 from diyopt.optim._recent import RECENT
 from diyopt.optim._schedule_free import schedule_free_adamw, schedule_free_sgd
+from diyopt.optim._wrappers import ema, lookahead, sam
 
 #: Every built-in optimizer by name: torch.optim's twins (optim/_builtins.py), the recent ones
 #: (optim/_recent.py), the schedule-free pair. Wrappers of another optimizer (sam, lookahead, ema) are not
 #: here: a spec names one optimizer.
 BUILTINS = {**TORCH_TWINS, **RECENT, "schedule_free_adamw": schedule_free_adamw, "schedule_free_sgd": schedule_free_sgd}
+
+#: The wrappers a spec may put around its optimizer: ``sam+adam:lr=3e-2,rho=1e-3``, ``ema+sam+sgd``.
+WRAPPERS = {"sam": sam, "lookahead": lookahead, "ema": ema}
 
 
 def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:
@@ -107,11 +115,39 @@ def _value(text: str, key: str, where: str) -> Any:
 def get(spec: str) -> Optimizer:
     """An optimizer from a spec: ``get("adam:lr=1e-2,betas=0.8/0.99")``, ``get("my_rules.py:signum:lr=0.1")``.
 
-    Syntax: ``NAME[:key=value,...]`` or ``FILE.py:NAME[:key=value,...]``; values are numbers, ``true`` /
-    ``false``, ``none``, or tuples joined by ``/`` (see the module docstring).
+    Syntax: ``NAME[:key=value,...]`` or ``FILE.py:NAME[:key=value,...]``, either behind wrappers
+    (``sam+adam:lr=3e-2,rho=1e-3``); values are numbers, ``true`` / ``false``, ``none``, or tuples joined by
+    ``/`` (see the module docstring).
     """
+    wrappers, spec = _split_wrappers(spec)
     target, attr, kwargs = parse(spec)
+    own = [{k: kwargs.pop(k) for k in _known_settings(WRAPPERS[w]) if k != "base" and k in kwargs} for w in wrappers]
+    opt = _base(target, attr, kwargs)
+    for w, settings in zip(reversed(wrappers), reversed(own)):
+        opt = WRAPPERS[w](opt, **settings)
+    return opt
+
+
+def _split_wrappers(spec: str) -> tuple[list[str], str]:
+    """``"ema+sam+adam:lr=1e-2"`` -> ``(["ema", "sam"], "adam:lr=1e-2")``; a spec without ``+`` as it is."""
+    if not isinstance(spec, str):
+        return [], spec
+    head, plus, rest = spec.strip().partition("+")
+    if not plus or ":" in head or ".py" in head:
+        return [], spec
+    if head not in WRAPPERS:
+        raise ValueError(unknown_name("wrapper", head, WRAPPERS) + f" (in spec {spec!r}: WRAPPER+BASE)")
+    inner, base = _split_wrappers(rest)
+    return [head, *inner], base
+
+
+def _base(target: str, attr: str | None, kwargs: dict) -> Optimizer:
     if attr is None:
+        if target in WRAPPERS:
+            raise ValueError(
+                f"{target} wraps another optimizer: write {target}+BASE[:settings], e.g. "
+                f"{target}+adam:lr=1e-2 (the settings go to {target} or to BASE by name)"
+            )
         if target not in BUILTINS:
             raise ValueError(unknown_name("optimizer", target, BUILTINS))
         return _build(BUILTINS[target], kwargs, target)

@@ -601,8 +601,20 @@ def orthogonalize(
     x = x / x.norm().clamp(min=eps)
     for _ in range(ns_steps):
         gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        x = _addmm(x, _addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
+
+
+def _addmm(c: Tensor, a: Tensor, b: Tensor, *, beta, alpha=1.0) -> Tensor:
+    """``torch.addmm(c, a, b, beta=beta, alpha=alpha)``. With tensor coefficients (the compiled engine makes
+    hyperparameters 0-dim tensors) it is written out as Inductor decomposes a bfloat16 ``addmm`` -- in
+    float32, rounded once -- because inside a compiled loop the decomposition's ``beta == 0`` test on a
+    tensor cannot be traced (a data-dependent guard); with ``emulate_precision_casts`` the compiled step
+    then rounds as the eager ``addmm`` does."""
+    if not isinstance(beta, Tensor) and not isinstance(alpha, Tensor):
+        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    wide = torch.float32 if c.dtype in (torch.bfloat16, torch.float16) else c.dtype
+    return (beta * c.to(wide) + alpha * (a.to(wide) @ b.to(wide))).to(c.dtype)
 
 
 def _muon_lr_ratio(adjust_lr_fn, shape) -> float:
