@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from optim_db import case_id, optim_db
+from to_torch_helpers import assert_rel, start_params, step_grads
 
 import diyopt
 import diyopt.schedules
@@ -33,38 +34,22 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-def _params(dtype, n=4):
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(7 + k, generator=g, dtype=dtype) for k in range(n)]
-
-
-def _grads(step, dtype, n=4):
-    g = torch.Generator().manual_seed(100 + step)
-    return [torch.randn(7 + k, generator=g, dtype=dtype) for k in range(n)]
-
-
-def assert_rel(actual, expected, tol, what):
-    scale = expected.abs() + expected.abs().max()
-    worst = float(((actual - expected).abs() / scale).max())
-    assert worst <= tol, f"{what}: relative error {worst:.3g} > {tol}"
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name,kwargs,cls", CASES, ids=[case_id(name, kw) for name, kw, _ in CASES])
 def test_kernel_equals_pure_rule_and_torch(name, kwargs, cls, dtype, kernel_calls):
     rule = getattr(diyopt.optim, name)(**kwargs)
     assert rule.kernel == name  # recognised by the field the factory sets
-    ours = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
-    theirs = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    ours = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
+    theirs = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     opt = diyopt.to_torch(rule, ours)
     ref = cls(theirs, foreach=True, **kwargs)
-    pure = dict(enumerate(p.clone() for p in _params(dtype)))
+    pure = dict(enumerate(p.clone() for p in start_params(dtype)))
     state = rule.init(pure)
     # torch.optim.ASGD computes eta from its float32 step count; diyopt's pure rule (and so the kernel, which
     # must equal it) from a step in the params' dtype: with float64 params they agree to float32 rounding
     torch_tol = max(TOL[dtype], 1e-6) if name == "asgd" else TOL[dtype]
     for step in range(6):
-        gs = _grads(step, dtype)
+        gs = step_grads(step, dtype)
         for p, q, g in zip(ours, theirs, gs):
             p.grad, q.grad = g.clone(), g.clone()
         opt.step()
@@ -83,12 +68,12 @@ def test_kernel_equals_pure_rule_and_torch(name, kwargs, cls, dtype, kernel_call
 @pytest.mark.parametrize("name,kwargs,cls", CASES, ids=[case_id(name, kw) for name, kw, _ in CASES])
 def test_every_kernel_keeps_the_pure_engines_state(name, kwargs, cls, dtype, kernel_calls):
     """Step by step, the kernel's state tensors equal the pure engine's: names, dtypes, shapes, values."""
-    fast_p = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
-    pure_p = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    fast_p = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
+    pure_p = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     fast = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs), fast_p)
     pure = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs)._replace(kernel=None), pure_p)
     for step in range(4):
-        for p, q, g in zip(fast_p, pure_p, _grads(step, dtype)):
+        for p, q, g in zip(fast_p, pure_p, step_grads(step, dtype)):
             p.grad, q.grad = g.clone(), g.clone()
         fast.step()
         pure.step()
@@ -105,13 +90,13 @@ def test_every_kernel_keeps_the_pure_engines_state(name, kwargs, cls, dtype, ker
 def test_state_names_and_tensors_match_the_pure_engine(kernel_calls):
     """Same names, dtypes and shapes as the pure path; a checkpoint moves across engines both ways."""
     for name, kwargs in (("adam", {"amsgrad": True}), ("sgd", {"momentum": 0.9})):
-        fast_p = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
-        pure_p = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+        fast_p = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
+        pure_p = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
         fast = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs), fast_p)
         # the same rule without its kernel field: the pure engine
         pure = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs)._replace(kernel=None), pure_p)
         for step in range(3):
-            for p, q, g in zip(fast_p, pure_p, _grads(step, torch.float64)):
+            for p, q, g in zip(fast_p, pure_p, step_grads(step, torch.float64)):
                 p.grad, q.grad = g.clone(), g.clone()
             fast.step()
             pure.step()
@@ -125,7 +110,7 @@ def test_state_names_and_tensors_match_the_pure_engine(kernel_calls):
         fresh_p = [torch.nn.Parameter(q.detach().clone()) for q in pure_p]
         resumed = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs), fresh_p)
         resumed.load_state_dict(pure.state_dict())
-        for p, q, g in zip(fresh_p, pure_p, _grads(9, torch.float64)):
+        for p, q, g in zip(fresh_p, pure_p, step_grads(9, torch.float64)):
             p.grad, q.grad = g.clone(), g.clone()
         resumed.step()
         pure.step()
@@ -135,14 +120,14 @@ def test_state_names_and_tensors_match_the_pure_engine(kernel_calls):
 
 
 def test_lr_scheduler_and_param_groups_keep_the_kernel(kernel_calls):
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
-    qs = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
+    qs = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
     opt = diyopt.to_torch(diyopt.optim.adamw(lr=1e-2), [{"params": ps[:2]}, {"params": ps[2:], "lr": 1e-3}])
     ref = torch.optim.AdamW([{"params": qs[:2]}, {"params": qs[2:], "lr": 1e-3}], lr=1e-2, foreach=True)
     s1 = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
     s2 = torch.optim.lr_scheduler.StepLR(ref, 2, gamma=0.5)
     for step in range(5):
-        for p, q, g in zip(ps, qs, _grads(step, torch.float64)):
+        for p, q, g in zip(ps, qs, step_grads(step, torch.float64)):
             p.grad, q.grad = g.clone(), g.clone()
         for stepper in (opt, ref, s1, s2):
             stepper.step()
@@ -168,18 +153,18 @@ def test_lr_scheduler_and_param_groups_keep_the_kernel(kernel_calls):
 def test_settings_the_kernel_cannot_do_fall_back(make, kernel_calls):
     rule = make()
     assert rule.kernel is None
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
     opt = diyopt.to_torch(rule, ps)
-    for p, g in zip(ps, _grads(0, torch.float64)):
+    for p, g in zip(ps, step_grads(0, torch.float64)):
         p.grad = g
     opt.step()
     assert kernel_calls == {}
 
 
 def test_a_group_with_a_tensor_lr_falls_back_per_group(kernel_calls):
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
     opt = diyopt.to_torch(diyopt.optim.adam(), [{"params": ps[:2]}, {"params": ps[2:], "lr": torch.tensor(1e-2)}])
-    for p, g in zip(ps, _grads(0, torch.float64)):
+    for p, g in zip(ps, step_grads(0, torch.float64)):
         p.grad = g
     opt.step()
     assert kernel_calls == {"adam": 1}
@@ -199,14 +184,14 @@ def test_a_group_with_a_tensor_lr_falls_back_per_group(kernel_calls):
     ],
 )
 def test_guard_raises_before_writing(name, kwargs, dtype, kernel_calls):
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     opt = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs), ps)
-    for p, g in zip(ps, _grads(0, dtype)):
+    for p, g in zip(ps, step_grads(0, dtype)):
         p.grad = g
     opt.step()
     before = [p.detach().clone() for p in ps]
     state = {k: v.clone() for k, v in opt.state[ps[2]].items()}
-    for p, g in zip(ps, _grads(1, dtype)):
+    for p, g in zip(ps, step_grads(1, dtype)):
         p.grad = g
     ps[2].grad[3] = float("nan")
     with pytest.raises(DivergedError, match="2"):
@@ -225,12 +210,12 @@ def test_guard_raises_before_writing(name, kwargs, dtype, kernel_calls):
 def test_sgd_with_a_param_joining_late_matches_torch(kernel_calls):
     """A param with no grad at first has step 0 while the others have 1: the fused SGD step's single
     ``is_first_step`` cannot say that, so that step runs the pure rule; the next one the kernel again."""
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
-    qs = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
+    qs = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
     opt = diyopt.to_torch(diyopt.optim.sgd(lr=1e-2, momentum=0.9), ps)
     ref = torch.optim.SGD(qs, lr=1e-2, momentum=0.9, foreach=True)
     for step in range(4):
-        for k, (p, q, g) in enumerate(zip(ps, qs, _grads(step, torch.float64))):
+        for k, (p, q, g) in enumerate(zip(ps, qs, step_grads(step, torch.float64))):
             p.grad, q.grad = (None, None) if (k == 0 and step == 0) else (g.clone(), g.clone())
         opt.step()
         ref.step()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from to_torch_helpers import assert_rel, start_params, step_grads
 
 import diyopt
 from diyopt.engines import _to_torch
@@ -43,33 +44,17 @@ def rule_steps(monkeypatch):
     return calls
 
 
-def _params(dtype, n=4):
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(7 + k, generator=g, dtype=dtype) for k in range(n)]
-
-
-def _grads(step, dtype, n=4):
-    g = torch.Generator().manual_seed(100 + step)
-    return [torch.randn(7 + k, generator=g, dtype=dtype) for k in range(n)]
-
-
-def assert_rel(actual, expected, tol, what):
-    scale = expected.abs() + expected.abs().max()
-    worst = float(((actual - expected).abs() / scale).max())
-    assert worst <= tol, f"{what}: relative error {worst:.3g} > {tol}"
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_a_users_adam_equals_its_pure_update_and_torch(my_adam, dtype, rule_steps):
     rule = my_adam(lr=1e-2)
-    ours = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
-    theirs = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    ours = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
+    theirs = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     opt = diyopt.to_torch(rule, ours)
     ref = torch.optim.Adam(theirs, lr=1e-2, foreach=True)
-    pure = dict(enumerate(p.clone() for p in _params(dtype)))
+    pure = dict(enumerate(p.clone() for p in start_params(dtype)))
     state = rule.init(pure)
     for step in range(6):
-        gs = _grads(step, dtype)
+        gs = step_grads(step, dtype)
         for p, q, g in zip(ours, theirs, gs):
             p.grad, q.grad = g.clone(), g.clone()
         opt.step()
@@ -85,17 +70,17 @@ def test_a_users_adam_equals_its_pure_update_and_torch(my_adam, dtype, rule_step
 
 
 def test_state_dict_moves_between_this_engine_and_the_pure_one(my_adam, rule_steps):
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(torch.float64)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
     opt = diyopt.to_torch(my_adam(lr=1e-2), ps)
     for step in range(2):
-        for p, g in zip(ps, _grads(step, torch.float64)):
+        for p, g in zip(ps, step_grads(step, torch.float64)):
             p.grad = g
         opt.step()
     qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
     pure = diyopt.to_torch(my_adam(lr=1e-2), qs)
     pure.load_state_dict(opt.state_dict())
     pure._rule_step = lambda *a: False  # this instance: the whole-group pure path
-    for p, q, g in zip(ps, qs, _grads(5, torch.float64)):
+    for p, q, g in zip(ps, qs, step_grads(5, torch.float64)):
         p.grad, q.grad = g.clone(), g.clone()
     opt.step()
     pure.step()
@@ -106,14 +91,14 @@ def test_state_dict_moves_between_this_engine_and_the_pure_one(my_adam, rule_ste
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_a_nonfinite_gradient_raises_before_anything_is_written(my_adam, dtype, rule_steps):
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     opt = diyopt.to_torch(my_adam(), ps)
-    for p, g in zip(ps, _grads(0, dtype)):
+    for p, g in zip(ps, step_grads(0, dtype)):
         p.grad = g
     opt.step()
     before = [p.detach().clone() for p in ps]
     states = [{k: v.clone() for k, v in opt.state[p].items()} for p in ps]
-    for p, g in zip(ps, _grads(1, dtype)):
+    for p, g in zip(ps, step_grads(1, dtype)):
         p.grad = g
     ps[2].grad[1] = float("inf")
     with pytest.raises(DivergedError, match="non-finite update of parameter '2'"):
@@ -154,12 +139,12 @@ def late_momentum(grad, state, param, *, lr=0.1, beta=0.5):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_a_rule_whose_state_changes_shape(dtype, rule_steps):
     rule = late_momentum()
-    ps = [torch.nn.Parameter(p.clone()) for p in _params(dtype)]
+    ps = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     opt = diyopt.to_torch(rule, ps)
-    pure = dict(enumerate(p.clone() for p in _params(dtype)))
+    pure = dict(enumerate(p.clone() for p in start_params(dtype)))
     state = rule.init(pure)
     for step in range(3):
-        gs = _grads(step, dtype)
+        gs = step_grads(step, dtype)
         for p, g in zip(ps, gs):
             p.grad = g.clone()
         opt.step()

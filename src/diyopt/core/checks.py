@@ -17,14 +17,17 @@ NONFINITE_POLICIES = ("stop", "raise", "skip", "ignore")
 
 
 def all_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
-    """The guard's per-step check, kept cheap: a sum is finite when every term is, so the loss and the sum
+    """The guard's per-step check, kept cheap: a sum is finite when every term is, so the loss plus the sums
     of all gradient and new-parameter elements being finite means all are -- unless the sum overflowed,
-    which the exact check in :func:`nonfinite_event` then clears. A few reductions and two reads of
-    finished values (both wait on the same queue on a GPU: one sync); ``isfinite(...).all()`` costs
-    several times more. Finite old and new params mean a finite update, so the update needs no check."""
-    tensors = list(grads.values()) + (list(new.values()) if new is not None else [])
-    total = tensors[0].sum() if len(tensors) == 1 else sum(t.sum() for t in tensors)
-    return math.isfinite(float(loss)) and math.isfinite(float(total))
+    which the exact check in :func:`nonfinite_event` then clears. A few reductions and one read of a
+    finished value (one sync, on a GPU too); ``isfinite(...).all()`` costs several times more. Finite old
+    and new params mean a finite update, so the update needs no check."""
+    total = loss.detach()
+    for t in grads.values():
+        total = total + t.sum()
+    for t in new.values() if new is not None else ():
+        total = total + t.sum()
+    return math.isfinite(float(total))
 
 
 def nonfinite_event(

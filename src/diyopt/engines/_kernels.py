@@ -16,7 +16,9 @@ by step in float64 and float32.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 
@@ -138,175 +140,148 @@ def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> boo
 # ---------------------------------------------------------------- torch.optim's multi-tensor (foreach) steps
 
 
+class ForeachStep(NamedTuple):
+    """One of torch.optim's functional multi-tensor steps, called as ``torch.optim.<function>.<function>(params,
+    grads, *state lists, step counts, foreach=True, **settings)`` -- the call the class makes with
+    ``foreach=True`` -- on diyopt's own state tensors."""
+
+    function: str  # "rmsprop": torch.optim.rmsprop.rmsprop
+    lists: tuple  # the state lists it takes, in order: a leaf name, or (name, when(hp)) -- an empty list otherwise
+    settings: dict  # torch's keyword -> (diyopt's hyperparameter, index into it or None, float or bool)
+    accepts: Callable[[list], bool] | None = None  # a further condition on the group's states
+
+
+def _foreach_kernel(spec: ForeachStep) -> Callable:
+    def run(hp: Mapping, params: list, grads: list, states: list) -> bool:
+        steps = _steps(states)
+        if steps is None or (spec.accepts is not None and not spec.accepts(states)):
+            return False
+        step = getattr(importlib.import_module(f"torch.optim.{spec.function}"), spec.function)
+        lists = []
+        for entry in spec.lists:
+            name, when = (entry, None) if isinstance(entry, str) else entry
+            lists.append([s[name] for s in states] if when is None or when(hp) else [])
+        settings = {k: kind(hp[key] if i is None else hp[key][i]) for k, (key, i, kind) in spec.settings.items()}
+        step(params, grads, *lists, steps, foreach=True, **settings)
+        return True
+
+    return run
+
+
 def _rmsprop_state(hp: Mapping) -> tuple:
     return ("step", "square_avg", "grad_avg") + (("momentum_buffer",) if hp["momentum"] != 0 else ())
 
 
-def _rmsprop(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    steps = _steps(states)
-    if steps is None:
-        return False
-    from torch.optim.rmsprop import rmsprop
-
-    centered, momentum = bool(hp["centered"]), float(hp["momentum"])
-    rmsprop(
-        params,
-        grads,
-        [s["square_avg"] for s in states],
-        [s["grad_avg"] for s in states] if centered else [],  # diyopt keeps an empty one uncentered
-        [s["momentum_buffer"] for s in states] if momentum != 0 else [],
-        steps,
-        foreach=True,
-        maximize=bool(hp["maximize"]),
-        lr=float(hp["lr"]),
-        alpha=float(hp["alpha"]),
-        eps=float(hp["eps"]),
-        weight_decay=float(hp["weight_decay"]),
-        momentum=momentum,
-        centered=centered,
-    )
-    return True
+def _names(*names: str) -> Callable[[Mapping], tuple]:
+    return lambda hp: ("step", *names)
 
 
-def _adadelta(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    steps = _steps(states)
-    if steps is None:
-        return False
-    from torch.optim.adadelta import adadelta
+_LR, _EPS, _WD, _MAX = (
+    ("lr", None, float),
+    ("eps", None, float),
+    ("weight_decay", None, float),
+    ("maximize", None, bool),
+)
+_BETAS = {"beta1": ("betas", 0, float), "beta2": ("betas", 1, float)}
 
-    adadelta(
-        params,
-        grads,
-        [s["square_avg"] for s in states],
-        [s["acc_delta"] for s in states],
-        steps,
-        foreach=True,
-        lr=float(hp["lr"]),
-        rho=float(hp["rho"]),
-        eps=float(hp["eps"]),
-        weight_decay=float(hp["weight_decay"]),
-        maximize=bool(hp["maximize"]),
-    )
-    return True
-
-
-def _adamax(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    steps = _steps(states)
-    if steps is None:
-        return False
-    from torch.optim.adamax import adamax
-
-    adamax(
-        params,
-        grads,
-        [s["exp_avg"] for s in states],
-        [s["exp_inf"] for s in states],
-        steps,
-        foreach=True,
-        maximize=bool(hp["maximize"]),
-        eps=float(hp["eps"]),
-        beta1=float(hp["betas"][0]),
-        beta2=float(hp["betas"][1]),
-        lr=float(hp["lr"]),
-        weight_decay=float(hp["weight_decay"]),
-    )
-    return True
-
-
-def _nadam(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    steps = _steps(states)
-    if steps is None:
-        return False
-    from torch.optim.nadam import nadam
-
-    nadam(
-        params,
-        grads,
-        [s["exp_avg"] for s in states],
-        [s["exp_avg_sq"] for s in states],
-        [s["mu_product"] for s in states],
-        steps,
-        decoupled_weight_decay=bool(hp["decoupled_weight_decay"]),
-        foreach=True,
-        maximize=bool(hp["maximize"]),
-        beta1=float(hp["betas"][0]),
-        beta2=float(hp["betas"][1]),
-        lr=float(hp["lr"]),
-        weight_decay=float(hp["weight_decay"]),
-        momentum_decay=float(hp["momentum_decay"]),
-        eps=float(hp["eps"]),
-    )
-    return True
-
-
-def _radam(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    steps = _steps(states)
-    if steps is None:
-        return False
-    from torch.optim.radam import radam
-
-    radam(
-        params,
-        grads,
-        [s["exp_avg"] for s in states],
-        [s["exp_avg_sq"] for s in states],
-        steps,
-        decoupled_weight_decay=bool(hp["decoupled_weight_decay"]),
-        foreach=True,
-        maximize=bool(hp["maximize"]),
-        beta1=float(hp["betas"][0]),
-        beta2=float(hp["betas"][1]),
-        lr=float(hp["lr"]),
-        weight_decay=float(hp["weight_decay"]),
-        eps=float(hp["eps"]),
-    )
-    return True
-
-
-def _rprop(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    steps = _steps(states)
-    if steps is None:
-        return False
-    from torch.optim.rprop import rprop
-
-    rprop(
-        params,
-        grads,
-        [s["prev"] for s in states],
-        [s["step_size"] for s in states],
-        steps,
-        foreach=True,
-        maximize=bool(hp["maximize"]),
-        step_size_min=float(hp["step_sizes"][0]),
-        step_size_max=float(hp["step_sizes"][1]),
-        etaminus=float(hp["etas"][0]),
-        etaplus=float(hp["etas"][1]),
-    )
-    return True
-
-
-def _asgd(hp: Mapping, params: list, grads: list, states: list) -> bool:
-    steps = _steps(states)
-    if steps is None or any(s["eta"].dim() != 0 or s["mu"].dim() != 0 for s in states):
-        return False
-    from torch.optim.asgd import asgd
-
-    asgd(
-        params,
-        grads,
-        [s["ax"] for s in states],
-        [s["mu"] for s in states],
-        [s["eta"] for s in states],
-        steps,
-        foreach=True,
-        maximize=bool(hp["maximize"]),
-        lambd=float(hp["lambd"]),
-        lr=float(hp["lr"]),
-        t0=float(hp["t0"]),
-        alpha=float(hp["alpha"]),
-        weight_decay=float(hp["weight_decay"]),
-    )
-    return True
+#: ``Optimizer.kernel`` -> (the state leaf names diyopt keeps, torch.optim's multi-tensor step for them)
+FOREACH = {
+    "rmsprop": (
+        _rmsprop_state,
+        ForeachStep(
+            "rmsprop",
+            (
+                "square_avg",
+                ("grad_avg", lambda hp: bool(hp["centered"])),
+                ("momentum_buffer", lambda hp: hp["momentum"] != 0),
+            ),
+            {
+                "maximize": _MAX,
+                "lr": _LR,
+                "alpha": ("alpha", None, float),
+                "eps": _EPS,
+                "weight_decay": _WD,
+                "momentum": ("momentum", None, float),
+                "centered": ("centered", None, bool),
+            },
+        ),
+    ),
+    "adadelta": (
+        _names("square_avg", "acc_delta"),
+        ForeachStep(
+            "adadelta",
+            ("square_avg", "acc_delta"),
+            {"lr": _LR, "rho": ("rho", None, float), "eps": _EPS, "weight_decay": _WD, "maximize": _MAX},
+        ),
+    ),
+    "adamax": (
+        _names("exp_avg", "exp_inf"),
+        ForeachStep(
+            "adamax", ("exp_avg", "exp_inf"), {"maximize": _MAX, "eps": _EPS, **_BETAS, "lr": _LR, "weight_decay": _WD}
+        ),
+    ),
+    "nadam": (
+        _names("exp_avg", "exp_avg_sq", "mu_product"),
+        ForeachStep(
+            "nadam",
+            ("exp_avg", "exp_avg_sq", "mu_product"),
+            {
+                "decoupled_weight_decay": ("decoupled_weight_decay", None, bool),
+                "maximize": _MAX,
+                **_BETAS,
+                "lr": _LR,
+                "weight_decay": _WD,
+                "momentum_decay": ("momentum_decay", None, float),
+                "eps": _EPS,
+            },
+        ),
+    ),
+    "radam": (
+        _names("exp_avg", "exp_avg_sq"),
+        ForeachStep(
+            "radam",
+            ("exp_avg", "exp_avg_sq"),
+            {
+                "decoupled_weight_decay": ("decoupled_weight_decay", None, bool),
+                "maximize": _MAX,
+                **_BETAS,
+                "lr": _LR,
+                "weight_decay": _WD,
+                "eps": _EPS,
+            },
+        ),
+    ),
+    "rprop": (
+        _names("prev", "step_size"),
+        ForeachStep(
+            "rprop",
+            ("prev", "step_size"),
+            {
+                "maximize": _MAX,
+                "step_size_min": ("step_sizes", 0, float),
+                "step_size_max": ("step_sizes", 1, float),
+                "etaminus": ("etas", 0, float),
+                "etaplus": ("etas", 1, float),
+            },
+        ),
+    ),
+    "asgd": (
+        _names("eta", "mu", "ax"),
+        ForeachStep(
+            "asgd",
+            ("ax", "mu", "eta"),
+            {
+                "maximize": _MAX,
+                "lambd": ("lambd", None, float),
+                "lr": _LR,
+                "t0": ("t0", None, float),
+                "alpha": ("alpha", None, float),
+                "weight_decay": _WD,
+            },
+            accepts=lambda states: all(s["eta"].dim() == 0 and s["mu"].dim() == 0 for s in states),
+        ),
+    ),
+}
 
 
 #: ``Optimizer.kernel`` -> (the state leaf names it keeps, the kernel): see ``TorchOptimizer._kernel_step``
@@ -315,13 +290,7 @@ KERNELS = {
     "adamw": (_adam_state, _adam_kernel(True)),
     "sgd": (_sgd_state, _sgd_kernel),
     "adagrad": (lambda hp: ("step", "sum"), _adagrad_kernel),
-    "rmsprop": (_rmsprop_state, _rmsprop),
-    "adadelta": (lambda hp: ("step", "square_avg", "acc_delta"), _adadelta),
-    "adamax": (lambda hp: ("step", "exp_avg", "exp_inf"), _adamax),
-    "nadam": (lambda hp: ("step", "exp_avg", "exp_avg_sq", "mu_product"), _nadam),
-    "radam": (lambda hp: ("step", "exp_avg", "exp_avg_sq"), _radam),
-    "rprop": (lambda hp: ("step", "prev", "step_size"), _rprop),
-    "asgd": (lambda hp: ("step", "eta", "mu", "ax"), _asgd),
+    **{name: (names, _foreach_kernel(spec)) for name, (names, spec) in FOREACH.items()},
 }
 
 #: Kernels whose 0-dim state (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``) may be in another floating

@@ -68,6 +68,7 @@ def call_compiled(compiled: Callable, *args: Any, may_compile: bool) -> Any:
     Should a later call's guards fail with the default limit already reached, Dynamo refuses
     (``fullgraph=True``) before tracing anything, and the call is simply repeated with room.
     """
+    _forget_float_specializations()
     if not may_compile:
         try:
             return compiled(*args)
@@ -82,6 +83,22 @@ def faithful_casts():
     narrower dtype rounds there as in eager, instead of the intermediates staying in float32 (without it,
     Muon's bfloat16 Newton-Schulz parted from eager by 3e-3 in 30 steps; with it, 1e-16 in float64)."""
     return torch._inductor.config.patch(emulate_precision_casts=True)
+
+
+def _forget_float_specializations() -> None:
+    """Clear Dynamo's process-wide list of float symbols to specialize, left over from earlier compiles.
+
+    Why: when Dynamo's tensorify pass restarts a trace, it records the float symbols to specialize by
+    *name* (``zf1``, ``zf6``, ...) in ``TensorifyState``, a class-level set that torch 2.13 clears only on a
+    failed trace or ``torch._dynamo.reset()``. Names restart from ``zf0`` in every new trace, so a later,
+    unrelated compile (another rule, another graph) specializes whichever of its floats happen to carry a
+    leftover name -- no guard covers it. After a compiled schedule-free fit, ``compiled_update`` of a user's
+    Adam baked a 0-dim parameter's value into its graph that way and left it ~5% off. Between two of our
+    calls no trace is in progress, so clearing here loses nothing a restart needs.
+    """
+    state = getattr(torch._dynamo.symbolic_convert, "TensorifyState", None)
+    if state is not None and not state.empty():
+        state.clear()
 
 
 def tensor_hyperparams(optimizer: Optimizer, like: Tensor) -> Optimizer:
@@ -385,12 +402,10 @@ def compiled_update(optimizer: Optimizer, *, mode: str | None = None, backend: s
     def step_(params: Params, grads: Params, state: Any) -> None:
         updates, new_state = update(grads, state, params)
         for k, p in params.items():
-            p.copy_(p + updates[k])
+            _write(p, p + updates[k])
         for old, new in zip(leaves(state), leaves(new_state)):
             if isinstance(old, Tensor) and new is not old and old.numel():
-                # torch 2.13 drops a copy_ into a 0-dim input under torch.compile (the step count would
-                # stay 0); the same write through a 1-element view is kept.
-                old.unsqueeze(0).copy_(new.unsqueeze(0)) if old.dim() == 0 else old.copy_(new)
+                _write(old, new)
 
     if backend == "inductor" and mode is None:
         backend = hoisting_backend()  # the scalar math once per step, not once per element
@@ -404,3 +419,16 @@ def compiled_update(optimizer: Optimizer, *, mode: str | None = None, backend: s
         calls += 1
 
     return step
+
+
+def _write(into: Tensor, value: Tensor) -> None:
+    """``into.copy_(value)`` inside a compiled step, also for a 0-dim ``into``.
+
+    torch 2.13 under ``torch.compile`` drops a ``copy_`` into a 0-dim input when Dynamo restarts the trace
+    for its float specializations (the step count, or a 0-dim parameter, would keep its old value); the same
+    write through a 1-element view is kept.
+    """
+    if into.dim() == 0:
+        into.unsqueeze(0).copy_(value.unsqueeze(0))
+    else:
+        into.copy_(value)
