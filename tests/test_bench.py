@@ -244,7 +244,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, wo
 
 def test_resume_skips_finished_pairs(tmp_path, monkeypatch):
     out = tmp_path / "b"
-    real = bench_run.run_task
+    real = bench_run.run_part
     calls = []
 
     def dies_on_second(task, *a, **k):
@@ -253,13 +253,13 @@ def test_resume_skips_finished_pairs(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(task, *a, **k)
 
-    monkeypatch.setattr(bench_run, "run_task", dies_on_second)
+    monkeypatch.setattr(bench_run, "run_part", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         diyopt.bench(["adam"], tasks=["saddle-1", "moving_target-1"], trials=2, seeds=1, out=out)
     partial = list(csv.DictReader((out / "results.csv").open()))
     assert [r["task"] for r in partial] == ["saddle-1"]
     assert _strict((out / "manifest.json").read_text())["complete"] is False
-    monkeypatch.setattr(bench_run, "run_task", real)
+    monkeypatch.setattr(bench_run, "run_part", real)
     r = diyopt.bench(["adam"], tasks=["saddle-1", "moving_target-1"], trials=2, seeds=1, out=out, resume=True)
     assert r.skipped == [("saddle-1", "adam")]
     assert [x["task"] for x in r.rows] == ["saddle-1", "moving_target-1"]

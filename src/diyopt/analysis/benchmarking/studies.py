@@ -91,19 +91,74 @@ def run_task(
     dtype: torch.dtype = torch.float32,
 ) -> dict:
     """One task x optimizer: ``len(seeds)`` studies of ``trials`` Sobol points each. Returns the row."""
+    part = run_part(task, label, optimizer, trials=trials, seeds=seeds, space_box=space_box, dtype=dtype)
+    return merge_parts(task, label, [part])
+
+
+def trial_slice(n: int, part: int, parts: int) -> range:
+    """Slice ``part`` of ``parts`` of the trials ``0..n-1``: contiguous, sizes differing by at most one."""
+    return range(part * n // parts, (part + 1) * n // parts)
+
+
+def run_part(
+    task: Task | Workload,
+    label: str,
+    optimizer: Optimizer | type,
+    *,
+    trials: int,
+    seeds: Sequence[int],
+    space_box: Mapping | None = None,
+    dtype: torch.dtype = torch.float32,
+    part: tuple[int, int] = (0, 1),
+) -> dict:
+    """Slice ``part = (i, n)`` of the trials of a task (or workload) x optimizer: every study's outcomes for
+    Sobol points ``trial_slice(trials, i, n)``, run as one computation (a rank's share under torchrun).
+
+    Returns ``{"studies": [per-study outcome lists], "engine", "seconds", "trials", "by_loss"}``; :func:`merge_parts`
+    joins the slices, in order, into the row one process would have written.
+    """
     box = space(label, optimizer, space_box)
     keys = list(box)
     trials = trials if keys else 1  # nothing left to tune: one trial, the spec as given
-    pts = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
+    every = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
+    pts = [every[k] for k in trial_slice(trials, *part)]
     t0 = time.perf_counter()
-    if is_torch_class(optimizer):
-        studies, engine = [_torch_study(task, optimizer, keys, pts, s, dtype) for s in seeds], LOOP_TORCH
+    if not pts:  # more ranks than trials: an empty share
+        studies, engine = [_empty(isinstance(task, Workload)) for _ in seeds], None
+    elif isinstance(task, Workload):
+        studies, engine = _workload_studies(task, optimizer, keys, pts, seeds, dtype)
+    elif is_torch_class(optimizer):
+        studies = [_torch_study(task, optimizer, keys, pts, s, dtype) for s in seeds]
+        engine = LOOP_TORCH
     else:
         studies, engine = _swept_studies(task, optimizer, keys, pts, seeds, dtype)
-    by_loss = task.problem(seeds[0], dtype).metric is None  # the criterion is the loss: its curve tells when
-    return summarize(
-        task, label, studies, by_loss=by_loss, seconds=time.perf_counter() - t0, trials=trials, engine=engine
-    )
+    # the criterion is the loss (its curve tells when it was reached) unless the task has its own metric
+    by_loss = isinstance(task, Workload) or task.problem(seeds[0], dtype).metric is None
+    return {
+        "studies": studies,
+        "engine": engine,
+        "seconds": time.perf_counter() - t0,
+        "trials": trials,
+        "by_loss": by_loss,
+    }
+
+
+def _empty(workload: bool) -> dict:
+    return {"values": [], "steps": [], **({"passed": [], "seconds": []} if workload else {})}
+
+
+def merge_parts(task: Task | Workload, label: str, parts: list[dict]) -> dict:
+    """The row of a task x optimizer from its trial slices (:func:`run_part`, in slice order): each study's
+    per-trial lists concatenated, so attempts count trials in Sobol order as in one process; ``seconds`` is
+    the slowest slice's (they run side by side)."""
+    studies = [
+        {k: [x for p in parts for x in p["studies"][i][k]] for k in parts[0]["studies"][i]}
+        for i in range(len(parts[0]["studies"]))
+    ]
+    engine = "; ".join(dict.fromkeys(p["engine"] for p in parts if p["engine"] is not None))
+    seconds = max(p["seconds"] for p in parts)
+    trials, by_loss = parts[0]["trials"], parts[0]["by_loss"]
+    return summarize(task, label, studies, by_loss=by_loss, seconds=seconds, trials=trials, engine=engine)
 
 
 def _swept_studies(task: Task, optimizer: Optimizer, keys: list, pts: list, seeds: Sequence[int], dtype):
@@ -243,13 +298,13 @@ def run_workload(
     space_box: Mapping | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """One workload x optimizer under the same rules; the trials run one by one (the score needs the metric
-    every ``eval_every`` steps). Per study: the fastest passing trial's steps and seconds to the target."""
-    box = space(label, optimizer, space_box)
-    keys = list(box)
-    trials = trials if keys else 1
-    pts = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
-    t0 = time.perf_counter()
+    """One workload x optimizer under the same rules. Per study: the fastest passing trial's steps and seconds
+    to the target."""
+    part = run_part(workload, label, optimizer, trials=trials, seeds=seeds, space_box=space_box, dtype=dtype)
+    return merge_parts(workload, label, [part])
+
+
+def _workload_studies(workload: Workload, optimizer, keys: list, pts: list, seeds: Sequence[int], dtype):
     studies = []
     for seed in seeds:
         problem = workload.problem(seed, dtype)
@@ -266,10 +321,7 @@ def run_workload(
                 "seconds": [r["seconds"] for r in results],
             }
         )
-    engine = f"loop (validation every {workload.eval_every} steps)"
-    return summarize(
-        workload, label, studies, by_loss=True, seconds=time.perf_counter() - t0, trials=trials, engine=engine
-    )
+    return studies, f"loop (validation every {workload.eval_every} steps)"
 
 
 def summarize(
