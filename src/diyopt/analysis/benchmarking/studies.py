@@ -37,7 +37,17 @@ from diyopt.core.contract import Optimizer
 
 from .intervals import median_interval
 from .tasks import Task, for_studies
-from .tuning import STUDY, points, space_for, torch_kwargs, tunable, tunable_studies
+from .tuning import (
+    SCHEDULE_KEYS,
+    STUDY,
+    points,
+    schedule_factor,
+    schedule_of,
+    space_for,
+    torch_kwargs,
+    tunable,
+    tunable_studies,
+)
 from .workloads import Workload, train, train_torch
 
 CI_OF = ("attempts", "best_metric", "steps_to_target", "seconds_to_target")
@@ -61,6 +71,8 @@ def space(label: str, optimizer: Optimizer | type, box: Mapping | None) -> dict:
         fixed = set(parse(label)[2])
     except (ValueError, TypeError):
         fixed = set()
+    if "lr" in fixed:  # a fixed lr is a fixed step: no schedule either
+        fixed |= set(SCHEDULE_KEYS)
     return {k: v for k, v in full.items() if ("betas" if k == "beta1" else k) not in fixed}
 
 
@@ -174,12 +186,14 @@ def _swept_studies(task: Task, optimizer: Optimizer, keys: list, pts: list, seed
     if not same_loss:
         out, engines = [], set()
         for p in problems:
-            r = _quiet_sweep(sweep, p.loss, p.params, tunable(optimizer, keys, p.effect), task.steps, grid=grid)
+            r = _quiet_sweep(
+                sweep, p.loss, p.params, tunable(optimizer, keys, p.effect, task.steps), task.steps, grid=grid
+            )
             engines.add(_engine(r))
             out.append(_outcomes(r, range(len(pts)), p.metric or p.loss, task.target, strip=False))
         return out, "; ".join(sorted(engines))
     effect = for_studies([p.effect for p in problems])
-    opt = tunable_studies(optimizer, keys, effect)
+    opt = tunable_studies(optimizer, keys, effect, task.steps)
 
     def loss(params):  # the study leaf enters with weight 0: a zero gradient, never "unused"
         return loss0(_own(params)) + 0 * params[STUDY]
@@ -233,20 +247,32 @@ def _first_below(curve: torch.Tensor, target: float) -> float:
     return float(below[0, 0]) if len(below) else float(len(curve))
 
 
-def effected(cls: type, names: list[str], effect) -> type:
-    """``cls`` whose ``step(closure)`` rewrites the gradients with the task's ``effect`` (at its own step
-    counter, from its own ``extra``) after the closure computed them and before torch's update reads them."""
-    if effect is None:
+def effected(cls: type, names: list[str], effect, schedule=None) -> type:
+    """``cls`` whose ``step`` rewrites the gradients with the task's ``effect`` (at its own step counter, from
+    its own ``extra``) after the closure computed them and before torch's update reads them, and sets each
+    group's ``lr`` to the trial's ``lr`` times :func:`~diyopt.analysis.benchmarking.tuning.schedule_factor`
+    (as ``torch.optim.lr_scheduler.LambdaLR`` would) when ``schedule`` is given."""
+    if effect is None and schedule is None:
         return cls
 
     class Effected(cls):
         def __init__(self, params, **kwargs):
             super().__init__(params, **kwargs)
             self._bench_step = torch.zeros((), dtype=torch.int64)
+            self._bench_lr = [g["lr"] for g in self.param_groups]
             leaves = self.param_groups[0]["params"]
-            self._bench_extra = effect.init(dict(zip(names, (p.detach() for p in leaves))))
+            if effect is not None:
+                self._bench_extra = effect.init(dict(zip(names, (p.detach() for p in leaves))))
 
-        def step(self, closure):
+        def step(self, closure=None):
+            if schedule is not None:
+                f = float(schedule_factor(self._bench_step, schedule))
+                for g, lr in zip(self.param_groups, self._bench_lr):
+                    g["lr"] = lr * f
+            if effect is None:
+                self._bench_step = self._bench_step + 1
+                return super().step(closure)
+
             def with_effect():
                 loss = closure()
                 leaves = self.param_groups[0]["params"]
@@ -276,7 +302,7 @@ def _torch_study(task: Task, cls: type, keys: list, pts: list, seed: int, dtype)
         r = fit(
             problem.loss,
             problem.params,
-            effected(cls, list(problem.params), problem.effect),
+            effected(cls, list(problem.params), problem.effect, schedule_of(keys, pt, task.steps)),
             task.steps,
             **torch_kwargs(cls, keys, pt),
         )
@@ -309,9 +335,17 @@ def _workload_studies(workload: Workload, optimizer, keys: list, pts: list, seed
     for seed in seeds:
         problem = workload.problem(seed, dtype)
         if is_torch_class(optimizer):
-            results = [train_torch(workload, problem, optimizer, torch_kwargs(optimizer, keys, pt)) for pt in pts]
+            results = [
+                train_torch(
+                    workload,
+                    problem,
+                    effected(optimizer, list(problem.params), None, schedule_of(keys, pt, workload.steps)),
+                    torch_kwargs(optimizer, keys, pt),
+                )
+                for pt in pts
+            ]
         else:
-            opt = tunable(optimizer, keys, None)
+            opt = tunable(optimizer, keys, None, workload.steps)
             results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
         studies.append(
             {
