@@ -48,7 +48,7 @@ from .tuning import (
     tunable,
     tunable_studies,
 )
-from .workloads import Workload, train, train_torch
+from .workloads import Workload, train, train_batched, train_torch
 
 CI_OF = ("attempts", "best_metric", "steps_to_target", "seconds_to_target")
 LOOP_TORCH = "loop (torch.optim class: one fit per trial)"
@@ -331,7 +331,10 @@ def run_workload(
 
 
 def _workload_studies(workload: Workload, optimizer, keys: list, pts: list, seeds: Sequence[int], dtype):
-    studies = []
+    """Every study's trials: one vmapped training per study for a diyopt optimizer (:func:`train_batched`),
+    a loop of trainings for a ``torch.optim`` class or where vmap refuses the rule or the model (the
+    engine says which)."""
+    studies, engine = [], None
     for seed in seeds:
         problem = workload.problem(seed, dtype)
         if is_torch_class(optimizer):
@@ -344,9 +347,18 @@ def _workload_studies(workload: Workload, optimizer, keys: list, pts: list, seed
                 )
                 for pt in pts
             ]
+            engine = f"loop (torch.optim class; validation every {workload.eval_every} steps)"
         else:
             opt = tunable(optimizer, keys, None, workload.steps)
-            results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
+            results = None
+            if not engine or engine.startswith("vmap"):
+                try:
+                    results = train_batched(workload, problem, opt.build, pts)
+                    engine = f"vmap ({len(pts)} trials at once; validation every {workload.eval_every} steps)"
+                except Exception as e:  # vmap refused the rule or the model: the loop, said in the row
+                    engine = f"loop (vmap refused: {type(e).__name__}; validation every {workload.eval_every} steps)"
+            if results is None:
+                results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
         studies.append(
             {
                 "values": [r["best"] for r in results],
@@ -355,7 +367,7 @@ def _workload_studies(workload: Workload, optimizer, keys: list, pts: list, seed
                 "seconds": [r["seconds"] for r in results],
             }
         )
-    return studies, f"loop (validation every {workload.eval_every} steps)"
+    return studies, engine
 
 
 def summarize(
