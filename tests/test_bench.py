@@ -68,10 +68,13 @@ def test_every_start_fails_its_criterion(dtype):
 def test_sobol_points_are_the_documented_mapping():
     space = SPACES["adam"]
     pts = points(space, 8)
-    u = torch.quasirandom.SobolEngine(2, scramble=True, seed=0).draw(8, dtype=torch.float64)
-    for (x, y), pt in zip(u.tolist(), pts):
+    u = torch.quasirandom.SobolEngine(4, scramble=True, seed=0).draw(8, dtype=torch.float64)
+    for (x, y, w, d), pt in zip(u.tolist(), pts):
         assert pt["lr"] == pytest.approx(10 ** (-4 + 4 * x), rel=1e-12)
         assert pt["beta1"] == pytest.approx(0.5 + 0.49 * y, rel=1e-12)
+        assert pt["warmup"] == pytest.approx(0.1 * w, rel=1e-12)
+        assert pt["decay"] == (0.0 if d < 0.5 else 1.0)  # a choice: constant or cosine
+    assert {pt["decay"] for pt in pts} == {0.0, 1.0}
     assert points(space, 8) == pts  # the same points every time
 
 
@@ -115,14 +118,15 @@ def test_delay_feeds_the_gradient_of_d_steps_ago():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_attempts_agree_with_one_fit_per_trial(dtype):
     # The vectorized study against the eager fit engine, one trial at a time, in Sobol order.
-    t = {x.name: x for x in suite()}["moving_target-3"]
+    t = {x.name: x for x in suite()}["moving_target-1"]  # first passes at trial 3: attempts are counted
     trials = 4
     row = bench_run.run_task(t, "adam", diyopt.optim.adam(), trials=trials, seeds=[1], dtype=dtype)
     p = t.problem(1, dtype)
     keys = list(SPACES["adam"])
     metrics = []
     for pt in points(SPACES["adam"], trials):
-        opt = tunable(diyopt.optim.adam(), keys, p.effect).replace_hyperparams(point=tuple(pt[k] for k in keys))
+        point = tuple(pt[k] for k in keys)  # with its schedule over the task's budget
+        opt = tunable(diyopt.optim.adam(), keys, p.effect, t.steps).replace_hyperparams(point=point)
         r = diyopt.fit(p.loss, p.params, opt, t.steps)
         metrics.append(float(p.metric(r.params)))
     passing = [k for k, m in enumerate(metrics) if m <= t.target]
@@ -161,7 +165,9 @@ def test_median_study_rule():
 
 
 def test_loop_fallback_says_so_and_agrees_with_vmap():
-    r = diyopt.bench([f"{RULES}:gd_item", "gradient_descent"], tasks=["saddle-1"], trials=3, seeds=1)
+    # the same space (with the schedule) for both: the loop applies the schedule as the sweep does
+    space = {f"{RULES}:gd_item": SPACES["gradient_descent"]}
+    r = diyopt.bench([f"{RULES}:gd_item", "gradient_descent"], tasks=["saddle-1"], trials=3, seeds=1, spaces=space)
     loop, vec = r.rows
     assert "loop" in loop["engine"] and vec["engine"] == "vmap"
     for k in ("solved", "attempts", "steps_to_target"):
@@ -244,7 +250,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, wo
 
 def test_resume_skips_finished_pairs(tmp_path, monkeypatch):
     out = tmp_path / "b"
-    real = bench_run.run_task
+    real = bench_run.run_part
     calls = []
 
     def dies_on_second(task, *a, **k):
@@ -253,13 +259,13 @@ def test_resume_skips_finished_pairs(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(task, *a, **k)
 
-    monkeypatch.setattr(bench_run, "run_task", dies_on_second)
+    monkeypatch.setattr(bench_run, "run_part", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         diyopt.bench(["adam"], tasks=["saddle-1", "moving_target-1"], trials=2, seeds=1, out=out)
     partial = list(csv.DictReader((out / "results.csv").open()))
     assert [r["task"] for r in partial] == ["saddle-1"]
     assert _strict((out / "manifest.json").read_text())["complete"] is False
-    monkeypatch.setattr(bench_run, "run_task", real)
+    monkeypatch.setattr(bench_run, "run_part", real)
     r = diyopt.bench(["adam"], tasks=["saddle-1", "moving_target-1"], trials=2, seeds=1, out=out, resume=True)
     assert r.skipped == [("saddle-1", "adam")]
     assert [x["task"] for x in r.rows] == ["saddle-1", "moving_target-1"]

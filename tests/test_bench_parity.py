@@ -96,3 +96,55 @@ def test_studies_in_one_sweep_equal_each_study_alone(name):
     firsts = sorted(a["attempts"] if a["solved"] else math.inf for a in alone)
     assert together["attempts"] == (firsts[1] if together["solved"] else math.inf)
     assert together["studies_solved"] == f"{sum(a['solved'] for a in alone)}/3"
+
+
+def test_schedule_factor_is_torchs_linear_warmup_and_cosine_annealing():
+    """The schedule dimension against torch.optim.lr_scheduler: warmup over W = 0.1 T = 5 updates is
+    LinearLR(start_factor=1/W, total_iters=W-1); the cosine decay is CosineAnnealingLR(T_max=T); the
+    factor is their product; under vmap (tensor warmup and decay, one per trial) it is the same."""
+    from diyopt.analysis.benchmarking.tuning import schedule_factor
+
+    T = 50
+
+    def torch_factors(make):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched, out = make(opt), []
+        for _ in range(T):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return torch.tensor(out, dtype=torch.float64)
+
+    ramp = torch_factors(lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=4))
+    cos = torch_factors(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T))
+    steps = torch.arange(T)
+    ours = lambda w, d: torch.stack([schedule_factor(t, (w, d, T)) for t in steps])  # noqa: E731
+    torch.testing.assert_close(ours(0.1, 0.0), ramp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours(0.0, 1.0), cos, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours(0.1, 1.0), ramp * cos, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours(0.001, 0.0), torch.ones(T, dtype=torch.float64))  # wT < 1: no warmup
+    w, d = torch.tensor([0.1, 0.0, 0.1], dtype=torch.float64), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    batched = torch.func.vmap(lambda w, d: torch.stack([schedule_factor(t, (w, d, T)) for t in steps]))(w, d)
+    torch.testing.assert_close(batched, torch.stack([ramp, cos, ramp * cos]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fixed_warmup_cosine_schedule_agrees_between_torch_adam_and_diyopt_adam(dtype):
+    """The schedule is applied to torch.optim.Adam's lr (per group, before each step) and to diyopt adam's
+    update (in the sweep): the same runs. And it is not a no-op: constant gives other numbers."""
+    # no beta1 in the space: a float64 Sobol lr alone once promoted float32 params to float64 (fixed)
+    sched = {"lr": (1e-2, 0.3, "log"), "warmup": (0.1, 0.1, "linear"), "decay": (1, 1, "choice")}
+    const = {**sched, "decay": (0, 0, "choice"), "warmup": (0.0, 0.0, "linear")}
+    tasks = ["saddle-1", "noise_white-1"]
+    kw = dict(tasks=tasks, trials=2, seeds=2, dtype=dtype)
+    r = diyopt.bench(["adam", torch.optim.Adam], spaces={"adam": sched, "torch.optim.Adam": sched}, **kw)
+    c = diyopt.bench(["adam"], spaces={"adam": const}, **kw)
+    rows = {(x["task"], x["optimizer"]): x for x in r.rows}
+    rel = 1e-4 if dtype == torch.float32 else 1e-9
+    for name in tasks:
+        ours, torchs = rows[(name, "adam")], rows[(name, "torch.optim.Adam")]
+        for k in EXACT:
+            assert ours[k] == torchs[k], (name, k, ours[k], torchs[k])
+        assert math.isclose(ours["best_metric"], torchs["best_metric"], rel_tol=rel, abs_tol=rel * ours["target"])
+    constant = {x["task"]: x["best_metric"] for x in c.rows}
+    assert not math.isclose(rows[("noise_white-1", "adam")]["best_metric"], constant["noise_white-1"], rel_tol=1e-2)

@@ -148,7 +148,66 @@ def test_torch_adam_class_on_a_workload_equals_diyopt_adam():
 
 
 def test_tuned_adamw_reaches_the_cnn_and_transformer_targets():
-    # The first Sobol point of AdamW's space (lr 8e-3, beta1 0.79) reaches both within the budget.
-    r = diyopt.bench(["adamw"], suite="workloads", tasks=["digits_cnn", "sort_transformer"], trials=1, seeds=1)
+    # The first Sobol point of AdamW's space without the schedule (lr 8e-3, beta1 0.79, constant) reaches both
+    # within the budget.
+    space = {"adamw": {"lr": (1e-4, 1.0, "log"), "beta1": (0.5, 0.99, "linear")}}
+    r = diyopt.bench(
+        ["adamw"], suite="workloads", tasks=["digits_cnn", "sort_transformer"], trials=1, seeds=1, spaces=space
+    )
     for row in r.rows:
         assert row["solved"] and row["steps_to_target"] <= _workload(row["task"]).steps, row
+
+
+@pytest.mark.parametrize(
+    "family,dtype,tol",
+    [
+        ("breast_cancer_logreg", torch.float64, 1e-10),
+        ("digits_autoencoder", torch.float64, 1e-10),
+        ("digits_mlp", torch.float64, 1e-10),
+        # float32: the batch's matrix products sum in another order; one validation sample of 143 at most
+        ("breast_cancer_logreg", torch.float32, 1 / 143 + 1e-9),
+    ],
+)
+def test_vectorized_trials_equal_the_loop_trial_by_trial(family, dtype, tol):
+    """train_batched (one vmap over the trials, with their schedules) against train (one trial at a time):
+    the same evaluations passed, the same steps to the target, the same best validation metric."""
+    import dataclasses
+
+    from diyopt.analysis.benchmarking.tuning import SPACES, points, tunable
+    from diyopt.analysis.benchmarking.workloads import train, train_batched
+
+    w = dataclasses.replace(_workload(f"{family}-1"), steps=80)  # short: the rules, not the targets
+    keys = list(SPACES["adamw"])
+    pts = [tuple(p[k] for k in keys) for p in points(SPACES["adamw"], 6)]
+    problem = w.problem(0, dtype)
+    opt = tunable(diyopt.optim.adamw(), keys, None, w.steps)
+    batched = train_batched(w, problem, opt.build, pts)
+    loop = [train(w, problem, opt.build(point=pt)) for pt in pts]
+    assert [b["steps"] for b in batched] == [x["steps"] for x in loop]
+    for b, x in zip(batched, loop):
+        assert b["best"] == pytest.approx(x["best"], abs=tol, rel=0)
+    if family == "breast_cancer_logreg":
+        assert any(math.isfinite(b["steps"]) for b in batched)  # some trial reaches the target
+
+
+def test_workload_rows_say_which_engine_ran():
+    r = diyopt.bench(["adamw", torch.optim.AdamW], suite="workloads", tasks=["breast_cancer_logreg"], trials=2, seeds=1)
+    ours, torchs = r.rows
+    assert ours["engine"].startswith("vmap (2 trials at once") and torchs["engine"].startswith("loop (torch.optim")
+
+
+def test_a_rule_vmap_refuses_runs_the_loop_and_says_so():
+    rules = str(Path(__file__).with_name("bench_rules.py"))
+    space = {f"{rules}:gd_item": {"lr": (0.1, 1.0, "log")}, "gradient_descent": {"lr": (0.1, 1.0, "log")}}
+    r = diyopt.bench(
+        [f"{rules}:gd_item", "gradient_descent"],
+        suite="workloads",
+        tasks=["breast_cancer_logreg"],
+        trials=2,
+        seeds=1,
+        spaces=space,
+    )
+    loop, vec = r.rows
+    assert loop["engine"].startswith("loop (vmap refused") and vec["engine"].startswith("vmap")
+    for k in ("solved", "attempts", "steps_to_target", "best_metric"):
+        assert loop[k] == vec[k], k

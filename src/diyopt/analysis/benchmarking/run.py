@@ -13,8 +13,10 @@ The output folder (written through :func:`diyopt._util.files.output_folder`, so 
 After each round of task x optimizer pairs (one pair per rank; one rank outside torchrun) the folder is
 republished with the rows so far (``manifest.json`` says ``"complete": false``), so ``resume=True``
 (``--resume``) after a kill skips the pairs already done. Under ``torchrun`` the pairs are dealt round-robin
-across the ranks and rank 0 gathers the rows (:mod:`diyopt.engines.distributed`); every pair is a
-deterministic function of its settings, so the rows equal one process's (wall times aside).
+across the ranks; the last pairs, fewer than the ranks, have their *trials* split across the ranks instead
+(:func:`_rounds`), and rank 0 gathers the outcomes (:mod:`diyopt.engines.distributed`) and joins the slices
+in Sobol order. Every trial is a deterministic function of its settings, so the rows equal one process's
+(wall times aside).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 from diyopt.core.contract import Optimizer
 
 from .charts import PROFILES, matrix_png, profiles_png
-from .studies import CI_OF, is_torch_class, run_task, run_workload, space
+from .studies import CI_OF, is_torch_class, merge_parts, run_part, run_task, run_workload, space  # noqa: F401
 from .tasks import Task
 from .tasks import suite as get_suite
 from .workloads import Workload, require_sklearn
@@ -200,23 +202,22 @@ def bench(
     bar = _bar(progress, len(pairs)) if main else None
     if bar is not None:
         bar.update(len(found))
-    # Rounds of one pair per rank (round-robin, as distributed.split_work deals them); rank 0 gathers each
-    # round's rows and republishes, so a killed run resumes from the last finished round.
-    for lo in range(0, len(todo), world):
-        this_round = todo[lo : lo + world]
+    for this_round in _rounds(todo, world):
         mine = []
-        if rank < len(this_round):
-            i = this_round[rank]
+        for i, part in (unit for unit, r in this_round if r == rank):
             task, label, opt = pairs[i]
-            runner = run_workload if isinstance(task, Workload) else run_task
-            mine = [(i, runner(task, label, opt, trials=trials, seeds=seeds, space_box=spaces.get(label), dtype=dtype))]
+            kwargs = dict(trials=trials, seeds=seeds, space_box=spaces.get(label), dtype=dtype, part=part)
+            mine.append((i, part, run_part(task, label, opt, **kwargs)))
         got = dd.gather(mine)  # None on ranks > 0
         if got is not None:
-            found.update(dict(got))
+            slices: dict[int, list] = {}
+            for i, _part, res in sorted(got, key=lambda x: (x[0], x[1][0])):
+                slices.setdefault(i, []).append(res)
+            found.update({i: merge_parts(pairs[i][0], pairs[i][1], parts) for i, parts in slices.items()})
             if out is not None:
                 _publish(Path(out), [found[i] for i in sorted(found)], manifest, complete=False)
         if bar is not None:
-            bar.update(len(this_round))
+            bar.update(len({i for (i, _), _ in this_round}))
     if bar is not None:
         bar.close()
     manifest["finished"] = _now()
@@ -227,6 +228,27 @@ def bench(
     if out is not None:
         _publish(Path(out), rows, manifest, complete=True)
     return result
+
+
+def _rounds(todo: list[int], world: int) -> list[list[tuple[tuple[int, tuple[int, int]], int]]]:
+    """The work of each round: ``((pair, (slice, slices)), rank)`` units, every rank one unit per round.
+
+    While at least ``world`` pairs are left, a round deals one whole pair to each rank (round-robin, as
+    :func:`diyopt.engines.distributed.split_work`). The last ``r < world`` pairs share one round: pair ``j``
+    gets the ranks ``j, j + r, j + 2r, ...``, each running its slice of the pair's trials
+    (:func:`~diyopt.analysis.benchmarking.studies.trial_slice`), so no rank idles while a task is left (one
+    task on ``N`` ranks: ``N`` slices of its Sobol points, each one vectorized computation).
+    """
+    rounds = []
+    full = len(todo) - len(todo) % world if world > 1 else len(todo)
+    for lo in range(0, full, world):
+        rounds.append([((i, (0, 1)), r) for r, i in enumerate(todo[lo : lo + world])])
+    tail = todo[full:]
+    if tail:
+        n = len(tail)
+        share = [len(range(j, world, n)) for j in range(n)]  # ranks per tail pair
+        rounds.append([((tail[r % n], (r // n, share[r % n])), r) for r in range(world)])
+    return rounds
 
 
 def _select(all_tasks: list[Task], names: Sequence[str] | None) -> list[Task]:

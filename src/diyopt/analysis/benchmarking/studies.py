@@ -37,8 +37,18 @@ from diyopt.core.contract import Optimizer
 
 from .intervals import median_interval
 from .tasks import Task, for_studies
-from .tuning import STUDY, points, space_for, torch_kwargs, tunable, tunable_studies
-from .workloads import Workload, train, train_torch
+from .tuning import (
+    SCHEDULE_KEYS,
+    STUDY,
+    points,
+    schedule_factor,
+    schedule_of,
+    space_for,
+    torch_kwargs,
+    tunable,
+    tunable_studies,
+)
+from .workloads import Workload, train, train_batched, train_torch
 
 CI_OF = ("attempts", "best_metric", "steps_to_target", "seconds_to_target")
 LOOP_TORCH = "loop (torch.optim class: one fit per trial)"
@@ -61,6 +71,8 @@ def space(label: str, optimizer: Optimizer | type, box: Mapping | None) -> dict:
         fixed = set(parse(label)[2])
     except (ValueError, TypeError):
         fixed = set()
+    if "lr" in fixed:  # a fixed lr is a fixed step: no schedule either
+        fixed |= set(SCHEDULE_KEYS)
     return {k: v for k, v in full.items() if ("betas" if k == "beta1" else k) not in fixed}
 
 
@@ -91,19 +103,74 @@ def run_task(
     dtype: torch.dtype = torch.float32,
 ) -> dict:
     """One task x optimizer: ``len(seeds)`` studies of ``trials`` Sobol points each. Returns the row."""
+    part = run_part(task, label, optimizer, trials=trials, seeds=seeds, space_box=space_box, dtype=dtype)
+    return merge_parts(task, label, [part])
+
+
+def trial_slice(n: int, part: int, parts: int) -> range:
+    """Slice ``part`` of ``parts`` of the trials ``0..n-1``: contiguous, sizes differing by at most one."""
+    return range(part * n // parts, (part + 1) * n // parts)
+
+
+def run_part(
+    task: Task | Workload,
+    label: str,
+    optimizer: Optimizer | type,
+    *,
+    trials: int,
+    seeds: Sequence[int],
+    space_box: Mapping | None = None,
+    dtype: torch.dtype = torch.float32,
+    part: tuple[int, int] = (0, 1),
+) -> dict:
+    """Slice ``part = (i, n)`` of the trials of a task (or workload) x optimizer: every study's outcomes for
+    Sobol points ``trial_slice(trials, i, n)``, run as one computation (a rank's share under torchrun).
+
+    Returns ``{"studies": [per-study outcome lists], "engine", "seconds", "trials", "by_loss"}``; :func:`merge_parts`
+    joins the slices, in order, into the row one process would have written.
+    """
     box = space(label, optimizer, space_box)
     keys = list(box)
     trials = trials if keys else 1  # nothing left to tune: one trial, the spec as given
-    pts = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
+    every = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
+    pts = [every[k] for k in trial_slice(trials, *part)]
     t0 = time.perf_counter()
-    if is_torch_class(optimizer):
-        studies, engine = [_torch_study(task, optimizer, keys, pts, s, dtype) for s in seeds], LOOP_TORCH
+    if not pts:  # more ranks than trials: an empty share
+        studies, engine = [_empty(isinstance(task, Workload)) for _ in seeds], None
+    elif isinstance(task, Workload):
+        studies, engine = _workload_studies(task, optimizer, keys, pts, seeds, dtype)
+    elif is_torch_class(optimizer):
+        studies = [_torch_study(task, optimizer, keys, pts, s, dtype) for s in seeds]
+        engine = LOOP_TORCH
     else:
         studies, engine = _swept_studies(task, optimizer, keys, pts, seeds, dtype)
-    by_loss = task.problem(seeds[0], dtype).metric is None  # the criterion is the loss: its curve tells when
-    return summarize(
-        task, label, studies, by_loss=by_loss, seconds=time.perf_counter() - t0, trials=trials, engine=engine
-    )
+    # the criterion is the loss (its curve tells when it was reached) unless the task has its own metric
+    by_loss = isinstance(task, Workload) or task.problem(seeds[0], dtype).metric is None
+    return {
+        "studies": studies,
+        "engine": engine,
+        "seconds": time.perf_counter() - t0,
+        "trials": trials,
+        "by_loss": by_loss,
+    }
+
+
+def _empty(workload: bool) -> dict:
+    return {"values": [], "steps": [], **({"passed": [], "seconds": []} if workload else {})}
+
+
+def merge_parts(task: Task | Workload, label: str, parts: list[dict]) -> dict:
+    """The row of a task x optimizer from its trial slices (:func:`run_part`, in slice order): each study's
+    per-trial lists concatenated, so attempts count trials in Sobol order as in one process; ``seconds`` is
+    the slowest slice's (they run side by side)."""
+    studies = [
+        {k: [x for p in parts for x in p["studies"][i][k]] for k in parts[0]["studies"][i]}
+        for i in range(len(parts[0]["studies"]))
+    ]
+    engine = "; ".join(dict.fromkeys(p["engine"] for p in parts if p["engine"] is not None))
+    seconds = max(p["seconds"] for p in parts)
+    trials, by_loss = parts[0]["trials"], parts[0]["by_loss"]
+    return summarize(task, label, studies, by_loss=by_loss, seconds=seconds, trials=trials, engine=engine)
 
 
 def _swept_studies(task: Task, optimizer: Optimizer, keys: list, pts: list, seeds: Sequence[int], dtype):
@@ -119,12 +186,14 @@ def _swept_studies(task: Task, optimizer: Optimizer, keys: list, pts: list, seed
     if not same_loss:
         out, engines = [], set()
         for p in problems:
-            r = _quiet_sweep(sweep, p.loss, p.params, tunable(optimizer, keys, p.effect), task.steps, grid=grid)
+            r = _quiet_sweep(
+                sweep, p.loss, p.params, tunable(optimizer, keys, p.effect, task.steps), task.steps, grid=grid
+            )
             engines.add(_engine(r))
             out.append(_outcomes(r, range(len(pts)), p.metric or p.loss, task.target, strip=False))
         return out, "; ".join(sorted(engines))
     effect = for_studies([p.effect for p in problems])
-    opt = tunable_studies(optimizer, keys, effect)
+    opt = tunable_studies(optimizer, keys, effect, task.steps)
 
     def loss(params):  # the study leaf enters with weight 0: a zero gradient, never "unused"
         return loss0(_own(params)) + 0 * params[STUDY]
@@ -178,20 +247,32 @@ def _first_below(curve: torch.Tensor, target: float) -> float:
     return float(below[0, 0]) if len(below) else float(len(curve))
 
 
-def effected(cls: type, names: list[str], effect) -> type:
-    """``cls`` whose ``step(closure)`` rewrites the gradients with the task's ``effect`` (at its own step
-    counter, from its own ``extra``) after the closure computed them and before torch's update reads them."""
-    if effect is None:
+def effected(cls: type, names: list[str], effect, schedule=None) -> type:
+    """``cls`` whose ``step`` rewrites the gradients with the task's ``effect`` (at its own step counter, from
+    its own ``extra``) after the closure computed them and before torch's update reads them, and sets each
+    group's ``lr`` to the trial's ``lr`` times :func:`~diyopt.analysis.benchmarking.tuning.schedule_factor`
+    (as ``torch.optim.lr_scheduler.LambdaLR`` would) when ``schedule`` is given."""
+    if effect is None and schedule is None:
         return cls
 
     class Effected(cls):
         def __init__(self, params, **kwargs):
             super().__init__(params, **kwargs)
             self._bench_step = torch.zeros((), dtype=torch.int64)
+            self._bench_lr = [g["lr"] for g in self.param_groups]
             leaves = self.param_groups[0]["params"]
-            self._bench_extra = effect.init(dict(zip(names, (p.detach() for p in leaves))))
+            if effect is not None:
+                self._bench_extra = effect.init(dict(zip(names, (p.detach() for p in leaves))))
 
-        def step(self, closure):
+        def step(self, closure=None):
+            if schedule is not None:
+                f = float(schedule_factor(self._bench_step, schedule))
+                for g, lr in zip(self.param_groups, self._bench_lr):
+                    g["lr"] = lr * f
+            if effect is None:
+                self._bench_step = self._bench_step + 1
+                return super().step(closure)
+
             def with_effect():
                 loss = closure()
                 leaves = self.param_groups[0]["params"]
@@ -221,7 +302,7 @@ def _torch_study(task: Task, cls: type, keys: list, pts: list, seed: int, dtype)
         r = fit(
             problem.loss,
             problem.params,
-            effected(cls, list(problem.params), problem.effect),
+            effected(cls, list(problem.params), problem.effect, schedule_of(keys, pt, task.steps)),
             task.steps,
             **torch_kwargs(cls, keys, pt),
         )
@@ -243,21 +324,41 @@ def run_workload(
     space_box: Mapping | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """One workload x optimizer under the same rules; the trials run one by one (the score needs the metric
-    every ``eval_every`` steps). Per study: the fastest passing trial's steps and seconds to the target."""
-    box = space(label, optimizer, space_box)
-    keys = list(box)
-    trials = trials if keys else 1
-    pts = [tuple(pt[k] for k in keys) for pt in points(box, trials)]
-    t0 = time.perf_counter()
-    studies = []
+    """One workload x optimizer under the same rules. Per study: the fastest passing trial's steps and seconds
+    to the target."""
+    part = run_part(workload, label, optimizer, trials=trials, seeds=seeds, space_box=space_box, dtype=dtype)
+    return merge_parts(workload, label, [part])
+
+
+def _workload_studies(workload: Workload, optimizer, keys: list, pts: list, seeds: Sequence[int], dtype):
+    """Every study's trials: one vmapped training per study for a diyopt optimizer (:func:`train_batched`),
+    a loop of trainings for a ``torch.optim`` class or where vmap refuses the rule or the model (the
+    engine says which)."""
+    studies, engine = [], None
     for seed in seeds:
         problem = workload.problem(seed, dtype)
         if is_torch_class(optimizer):
-            results = [train_torch(workload, problem, optimizer, torch_kwargs(optimizer, keys, pt)) for pt in pts]
+            results = [
+                train_torch(
+                    workload,
+                    problem,
+                    effected(optimizer, list(problem.params), None, schedule_of(keys, pt, workload.steps)),
+                    torch_kwargs(optimizer, keys, pt),
+                )
+                for pt in pts
+            ]
+            engine = f"loop (torch.optim class; validation every {workload.eval_every} steps)"
         else:
-            opt = tunable(optimizer, keys, None)
-            results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
+            opt = tunable(optimizer, keys, None, workload.steps)
+            results = None
+            if not engine or engine.startswith("vmap"):
+                try:
+                    results = train_batched(workload, problem, opt.build, pts)
+                    engine = f"vmap ({len(pts)} trials at once; validation every {workload.eval_every} steps)"
+                except Exception as e:  # vmap refused the rule or the model: the loop, said in the row
+                    engine = f"loop (vmap refused: {type(e).__name__}; validation every {workload.eval_every} steps)"
+            if results is None:
+                results = [train(workload, problem, opt.build(point=pt)) for pt in pts]
         studies.append(
             {
                 "values": [r["best"] for r in results],
@@ -266,10 +367,7 @@ def run_workload(
                 "seconds": [r["seconds"] for r in results],
             }
         )
-    engine = f"loop (validation every {workload.eval_every} steps)"
-    return summarize(
-        workload, label, studies, by_loss=True, seconds=time.perf_counter() - t0, trials=trials, engine=engine
-    )
+    return studies, engine
 
 
 def summarize(

@@ -382,3 +382,69 @@ def train_torch(workload: Workload, problem: WorkloadProblem, cls: type, kwargs:
             if m <= workload.target:
                 return {"steps": step, "seconds": time.perf_counter() - t0, "best": best}
     return {"steps": math.inf, "seconds": math.inf, "best": best}
+
+
+def train_batched(workload: Workload, problem: WorkloadProblem, build: Callable, points: list[tuple]) -> list[dict]:
+    """:func:`train` for all ``points`` at once: one ``torch.func.vmap`` over the trials of a study.
+
+    The params are stacked (one copy of the study's start per trial, ``(B, ...)``), and so are the points
+    (``(B, d)``, float64); one vmapped step takes ``torch.func.grad_and_value(problem.loss)`` and the update of
+    ``build(point)`` (a :func:`~diyopt.analysis.benchmarking.tuning.tunable` optimizer's ``build``, whose
+    hyperparameters are then batched tensors), and every ``eval_every`` updates one vmapped
+    ``problem.metric`` scores every trial. Each trial follows :func:`train`'s rules: it stops counting at its
+    first passing evaluation or when its loss turns non-finite (the others go on; the batch ends when none is
+    left or at the budget), so ``steps`` and ``best`` are the loop's, to rounding. ``seconds`` is the
+    trial's *share* of the batch's wall time to that evaluation (the batch's time / B): the trials ran
+    side by side. Raises whatever vmap raises on a rule or loss it refuses (the caller falls back to the loop).
+    """
+    from torch.func import vmap
+
+    from diyopt.core.contract import apply_updates
+
+    n = len(points)
+    pts = torch.tensor(points, dtype=torch.float64).reshape(n, -1)
+    d = pts.shape[1]
+    as_point = lambda pt: tuple(pt[i] for i in range(d))  # noqa: E731
+    params = {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in problem.params.items()}
+    state = vmap(lambda p, pt: build(as_point(pt)).init(p))(params, pts)
+
+    def one_update(p, g, s, pt):
+        updates, s = build(as_point(pt)).update(g, s, p)
+        return apply_updates(p, updates), s
+
+    losses_all, update_all = vmap(problem.loss), vmap(one_update)
+    metric_all = vmap(problem.metric)
+
+    def step_all(p, s, pt):
+        # the trials' losses are independent, so the gradient of their sum is every trial's own gradient:
+        # one vmapped forward and one autograd backward (cheaper per step here than vmap over grad)
+        leaves = {k: v.detach().requires_grad_(True) for k, v in p.items()}
+        with torch.enable_grad():
+            values = losses_all(leaves)
+            grads = dict(zip(leaves, torch.autograd.grad(values.sum(), list(leaves.values()))))
+        p, s = update_all(p, grads, s, pt)
+        return p, s, values.detach()
+
+    alive = [True] * n  # neither passed nor diverged: still counting
+    out = [{"steps": math.inf, "seconds": math.inf, "best": math.inf} for _ in range(n)]
+    t0 = time.perf_counter()
+    for step in range(1, workload.steps + 1):
+        with torch.no_grad():
+            params, state, values = step_all(params, state, pts)
+        for i, v in enumerate(values.tolist()):  # the loss before this update: the loop's divergence test
+            if alive[i] and not math.isfinite(v):
+                alive[i] = False
+        if step % workload.eval_every == 0 or step == workload.steps:
+            with torch.no_grad():
+                ms = metric_all(params).tolist()
+            share = (time.perf_counter() - t0) / n
+            for i, m in enumerate(ms):
+                if not alive[i]:
+                    continue
+                out[i]["best"] = min(out[i]["best"], m)
+                if m <= workload.target:
+                    out[i].update(steps=step, seconds=share)
+                    alive[i] = False
+        if not any(alive):
+            break
+    return out
