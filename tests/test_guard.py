@@ -165,3 +165,26 @@ def test_final_loss_after_a_divergence_is_the_loss_at_the_returned_params(dtype)
         assert r.stop_reason == "diverged" and torch.isfinite(r.params["x"]).all()
         assert r.final_loss == pytest.approx(float(loss(r.params)), rel=1e-6)
     assert len(r.losses) == 0 and r.final_loss == pytest.approx(8.0)  # lr=inf: nothing taken, loss at x0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_per_step_check_sees_every_nonfinite_element_of_one_flat_buffer(dtype):
+    # fit's flat buffer takes one dot product of the gradient and the new params: a nan or inf in either
+    # must still make it non-finite, also opposite an exact zero (inf * 0 is nan) -- against torch.isfinite.
+    from diyopt.core.checks import all_finite
+
+    gen = torch.Generator().manual_seed(3)
+    loss = torch.tensor(1.5, dtype=dtype)
+    for trial in range(60):
+        g, new = torch.randn(9, generator=gen, dtype=dtype), torch.randn(9, generator=gen, dtype=dtype)
+        if trial % 3:  # inject: a nan, +inf or -inf into g or new, with or without a zero opposite
+            bad = [float("nan"), float("inf"), -float("inf")][trial % 3]
+            at = int(torch.randint(9, (), generator=gen))
+            target, other = (g, new) if trial % 2 else (new, g)
+            target[at] = bad
+            if trial % 4 == 0:
+                other[at] = 0.0
+        want = bool(torch.isfinite(g).all() and torch.isfinite(new).all())
+        assert all_finite(loss, {"flat": g}, {"flat": new}) == want, (trial, g, new)
+    finite = {"flat": torch.ones(9, dtype=dtype)}
+    assert all_finite(loss, finite, finite) and not all_finite(torch.tensor(float("nan"), dtype=dtype), finite, finite)

@@ -58,11 +58,14 @@ class FlatLayout:
     def leaves(self, flat: Tensor) -> Params:
         """Named views of ``flat``, each a fresh autograd leaf (the buffer itself needs no grad)."""
         chunks = flat.detach().split(self.sizes)
-        return {n: c.view(s).requires_grad_() for n, c, s in zip(self.names, chunks, self.shapes)}
+        # a 1-D param's chunk already has its shape: no view op (a visible share of a tiny fit's step)
+        return {
+            n: (c if len(s) == 1 else c.view(s)).requires_grad_() for n, c, s in zip(self.names, chunks, self.shapes)
+        }
 
     def join(self, tensors) -> Tensor:
         """One flat tensor from per-name tensors in the layout's order."""
-        return torch.cat([t.reshape(-1) for t in tensors])
+        return torch.cat([t if t.dim() == 1 else t.reshape(-1) for t in tensors])
 
     def unflatten(self, flat: Tensor) -> Params:
         """Named views of one flat tensor, in the layout's order and shapes."""
