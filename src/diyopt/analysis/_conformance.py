@@ -29,6 +29,10 @@ flat buffer            a ``flattenable`` rule gives the same updates on all para
 =====================  ==================================================================================
 
 The gradients of the test problems are written in closed form: the kit checks the optimizer, not autograd.
+Every ``update`` goes through the engines' entry point (``diyopt.engines.engine_update``), so an optimizer
+of the extended contract (docs/contract.md) gets what it declares: ``grad_fn`` is the problem's closed-form
+gradient (SAM's second evaluation), ``loss`` its loss; the convergence checks judge the evaluation params
+(``eval_params``: schedule-free's x, lookahead's slow weights, an EMA), what ``fit`` reports.
 :func:`check_loss` checks a loss instead: scalar output, gradient equal to finite differences
 (``torch.autograd.gradcheck`` in float64), and what it does on a NaN input (stated, not judged).
 """
