@@ -310,7 +310,6 @@ def _fit_eager(
     if train is not None:  # the loss at the params reported, not at the last gradient point
         loss, grads = _loss_and_grads(loss_fn, shown, layout, check=False)
         info["final_loss"] = float(loss.detach() if reduce is None else reduce(loss, grads)[0])
-        evals += 1
     return Result(
         view(shown),
         history,

@@ -261,7 +261,6 @@ def fit_compiled(
     shown, train = reported(optimizer, state, current)
     if train is not None:  # the loss at the params reported, not at the last gradient point
         info["final_loss"] = float(loss_fn(view(shown)).detach())
-        evals += 1
     return Result(
         view(shown),
         losses[:done].clone(),
