@@ -451,7 +451,7 @@ def train_batched(workload: Workload, problem: WorkloadProblem, build: Callable,
             break
         if not all(alive):  # drop the finished rows, so the batch costs what the loop's remaining trials do
             keep = torch.tensor([r for r in range(len(rows)) if alive[r]])
-            pick = lambda x: x[keep] if isinstance(x, Tensor) else x  # noqa: E731
+            pick = lambda x, keep=keep: x[keep] if isinstance(x, Tensor) else x  # noqa: E731
             params, state, pts = (torch.utils._pytree.tree_map(pick, t) for t in (params, state, pts))
             rows = [rows[r] for r in keep.tolist()]
             alive = [True] * len(rows)
