@@ -12,9 +12,10 @@ The tuning rules are the diagnostic suite's (:mod:`diyopt.benchmarking.tuning`):
 the same search space, ``S`` studies (a study's seed sets the initial weights; the split is fixed so the
 target means the same thing in every study), solved when more than half of the studies reach the target.
 
-Engine: the trials run **one by one** (a loop of ``torch.func.grad`` steps with the pure ``update``), not as
-one ``diyopt.sweep``: a sweep returns only the final params, and the score needs the validation metric
-every ``eval_every`` steps and the time at which it first passes.
+Engine: the trials of a study run as **one vmapped training** (:func:`train_batched`; finished trials leave
+the batch), or one by one (:func:`train`, :func:`train_torch`) for a ``torch.optim`` class or a rule vmap
+refuses -- not as one ``diyopt.sweep``: a sweep returns only the final params, and the score needs the
+validation metric every ``eval_every`` steps and the time at which it first passes.
 
 The workloads (the problems after the classic scikit-learn examples; the metric and targets are ours):
 
