@@ -13,8 +13,12 @@ Three engines, one set of rules (:mod:`~diyopt.analysis.benchmarking.tuning`):
   per trial, the class subclassed so that its ``step`` hands the task's gradient effect's gradients to
   torch's own update (:func:`effected`). Same points, same seeds, same effects: the row must equal the
   diyopt optimizer's (``tests/test_bench_parity.py``).
-- **a loop of trainings** (the workloads): the metric every ``eval_every`` steps,
-  :func:`~diyopt.analysis.benchmarking.workloads.train`.
+- **the workloads**: the trials of a study as one vmapped training with the metric every ``eval_every``
+  steps (:func:`~diyopt.analysis.benchmarking.workloads.train_batched`), a loop of trainings
+  (:func:`~diyopt.analysis.benchmarking.workloads.train`) for a ``torch.optim`` class or where vmap refuses.
+
+Under torchrun a rank may run only a slice of a task's trials (:func:`run_part`); :func:`merge_parts` joins
+the slices into the row.
 
 Each study gives, per trial, the criterion's value after the budget (``inf`` when the run diverged) and,
 where the criterion is the loss, the first step whose loss is at or below the target. :func:`summarize`

@@ -12,9 +12,10 @@ The tuning rules are the diagnostic suite's (:mod:`diyopt.benchmarking.tuning`):
 the same search space, ``S`` studies (a study's seed sets the initial weights; the split is fixed so the
 target means the same thing in every study), solved when more than half of the studies reach the target.
 
-Engine: the trials run **one by one** (a loop of ``torch.func.grad`` steps with the pure ``update``), not as
-one ``diyopt.sweep``: a sweep returns only the final params, and the score needs the validation metric
-every ``eval_every`` steps and the time at which it first passes.
+Engine: the trials of a study run as **one vmapped training** (:func:`train_batched`; finished trials leave
+the batch), or one by one (:func:`train`, :func:`train_torch`) for a ``torch.optim`` class or a rule vmap
+refuses -- not as one ``diyopt.sweep``: a sweep returns only the final params, and the score needs the
+validation metric every ``eval_every`` steps and the time at which it first passes.
 
 The workloads (the problems after the classic scikit-learn examples; the metric and targets are ours):
 
@@ -425,26 +426,34 @@ def train_batched(workload: Workload, problem: WorkloadProblem, build: Callable,
         p, s = update_all(p, grads, s, pt)
         return p, s, values.detach()
 
-    alive = [True] * n  # neither passed nor diverged: still counting
     out = [{"steps": math.inf, "seconds": math.inf, "best": math.inf} for _ in range(n)]
+    rows = list(range(n))  # the trial in each row of the batch: finished trials leave it
+    alive = [True] * n  # per row: neither passed nor diverged
     t0 = time.perf_counter()
     for step in range(1, workload.steps + 1):
         with torch.no_grad():
             params, state, values = step_all(params, state, pts)
-        for i, v in enumerate(values.tolist()):  # the loss before this update: the loop's divergence test
-            if alive[i] and not math.isfinite(v):
-                alive[i] = False
+        for r, v in enumerate(values.tolist()):  # the loss before this update: the loop's divergence test
+            if alive[r] and not math.isfinite(v):
+                alive[r] = False
         if step % workload.eval_every == 0 or step == workload.steps:
             with torch.no_grad():
                 ms = metric_all(params).tolist()
             share = (time.perf_counter() - t0) / n
-            for i, m in enumerate(ms):
-                if not alive[i]:
+            for r, m in enumerate(ms):
+                if not alive[r]:
                     continue
+                i = rows[r]
                 out[i]["best"] = min(out[i]["best"], m)
                 if m <= workload.target:
                     out[i].update(steps=step, seconds=share)
-                    alive[i] = False
+                    alive[r] = False
         if not any(alive):
             break
+        if not all(alive):  # drop the finished rows, so the batch costs what the loop's remaining trials do
+            keep = torch.tensor([r for r in range(len(rows)) if alive[r]])
+            pick = lambda x, keep=keep: x[keep] if isinstance(x, Tensor) else x  # noqa: E731
+            params, state, pts = (torch.utils._pytree.tree_map(pick, t) for t in (params, state, pts))
+            rows = [rows[r] for r in keep.tolist()]
+            alive = [True] * len(rows)
     return out
