@@ -332,7 +332,7 @@ def test_compiled_fit_equals_eager(case):
     eager = diyopt.fit(loss_fn, p0(), opt, 24)
     compiled = diyopt.fit(loss_fn, p0(), opt, 24, engine="compiled", backend="aot_eager", chunk=4)
     assert compiled.params_are == eager.params_are
-    derived = 24 * (2 if case.startswith("sam") else 1) + (opt.eval_params is not None)
+    derived = 24 * (2 if case.startswith("sam") else 1)
     assert compiled.nfev == compiled.njev == eager.nfev == derived
     assert_close(compiled.params, eager.params, 1e-12, "params")
     torch.testing.assert_close(compiled.losses, eager.losses, rtol=1e-12, atol=0)
