@@ -27,13 +27,14 @@ def hidden(name: str, p: torch.Tensor) -> bool:
     return p.ndim == 2 and name != "0.weight"  # the input layer's matrix goes to AdamW, as an embedding would
 
 
-def muon_adamw(adamw_kernel: bool = True) -> diyopt.Optimizer:
-    adamw = diyopt.optim.adamw(lr=1e-2, weight_decay=0.05)
-    assert adamw.kernel == "adamw"
+def muon_adamw(kernels: bool = True) -> diyopt.Optimizer:
+    """``kernels=False``: the same rules without their kernel field, so to_torch runs the pure partition."""
+    adamw, muon = diyopt.optim.adamw(lr=1e-2, weight_decay=0.05), diyopt.optim.muon(lr=0.02, weight_decay=0.01)
+    assert (adamw.kernel, muon.kernel) == ("adamw", "muon")
     return diyopt.transforms.partition(
         {
-            "muon": diyopt.optim.muon(lr=0.02, weight_decay=0.01),
-            "adamw": adamw if adamw_kernel else adamw._replace(kernel=None),
+            "muon": muon if kernels else muon._replace(kernel=None),
+            "adamw": adamw if kernels else adamw._replace(kernel=None),
         },
         lambda n, p: "muon" if hidden(n, p) else "adamw",
     )
@@ -80,8 +81,10 @@ def test_partition_equals_torch_muon_plus_fused_adamw(dtype, kernel_calls):
     ]
     train(ours, [opt], 25, dtype)
     train(theirs, ref, 25, dtype)
-    assert kernel_calls == {"adamw": 25}  # the AdamW share ran torch's fused kernel every step
-    assert max_rel(ours, theirs) <= TOL[dtype]
+    # each share ran its kernel every step: torch's fused AdamW, torch.optim.Muon's own step
+    assert kernel_calls == {"adamw": 25, "muon": 25}
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p, q)  # to the last bit, as torch's own pair
     moved = mlp(dtype)
     assert max_rel(moved, theirs) > 1e-2  # the params did move
 
@@ -112,9 +115,9 @@ def test_partition_kernel_path_equals_pure_path_float64(kernel_calls):
     dtype = torch.float64
     fast, pure = mlp(dtype), mlp(dtype)
     train(fast, [diyopt.to_torch(muon_adamw(), fast)], 20, dtype)
-    assert kernel_calls == {"adamw": 20}
-    train(pure, [diyopt.to_torch(muon_adamw(adamw_kernel=False), pure)], 20, dtype)
-    assert kernel_calls == {"adamw": 20}  # the pure partition ran no kernel
+    assert kernel_calls == {"adamw": 20, "muon": 20}
+    train(pure, [diyopt.to_torch(muon_adamw(kernels=False), pure)], 20, dtype)
+    assert kernel_calls == {"adamw": 20, "muon": 20}  # the pure partition ran no kernel
     assert max_rel(fast, pure) <= 1e-12
     # and the pure rule by hand (diyopt's contract, no to_torch at all)
     rule, model = muon_adamw(), mlp(dtype)
@@ -146,7 +149,7 @@ def test_partition_state_dict_round_trip_halfway(dtype):
     )
     # the pure partition (no kernel) took the same steps and keeps the same state, under the same names
     other = mlp(dtype)
-    pure_opt = diyopt.to_torch(muon_adamw(adamw_kernel=False), other)
+    pure_opt = diyopt.to_torch(muon_adamw(kernels=False), other)
     train(other, [pure_opt], 10, dtype)
     pure_saved = pure_opt.state_dict()
     for k, entry in saved["state"].items():
@@ -173,7 +176,7 @@ def test_partition_state_dict_round_trip_halfway(dtype):
         assert torch.equal(p, q)
     # the loaded state moves on to the pure partition too: same numbers as the uninterrupted run
     to_pure = copy.deepcopy(half)
-    pure_again = diyopt.to_torch(muon_adamw(adamw_kernel=False), to_pure)
+    pure_again = diyopt.to_torch(muon_adamw(kernels=False), to_pure)
     pure_again.load_state_dict(saved)
     g_state = torch.Generator().manual_seed(0)
     for _ in range(20):
@@ -199,10 +202,53 @@ def test_partition_guard_writes_nothing(bad, kernel_calls):
     dict(model.named_parameters())[bad].grad[0] = float("nan")
     with pytest.raises(DivergedError, match=bad.replace(".", r"\.")):
         opt.step()
-    assert kernel_calls == {"adamw": 3}
+    assert kernel_calls == {"adamw": 3, "muon": 3}
     for p, q in zip(model.parameters(), params):
         assert torch.equal(p, q)
     after = opt.state_dict()
     for k, entry in before["state"].items():
         for name, v in entry.items():
             assert torch.equal(after["state"][k][name], v), (k, name)
+
+
+def test_a_partition_without_kernels_runs_the_pure_partition(kernel_calls):
+    """Neither rule has a kernel (a schedule as muon's lr, adamw's lr a tensor): the pure partition, as before."""
+    dtype = torch.float64
+    rule = diyopt.transforms.partition(
+        {
+            "muon": diyopt.optim.muon(lr=0.02, weight_decay=0.01)._replace(kernel=None),
+            "adamw": diyopt.optim.adamw(lr=torch.tensor(1e-2, dtype=dtype), weight_decay=0.05),
+        },
+        lambda n, p: "muon" if hidden(n, p) else "adamw",
+    )
+    assert rule.update.routing.rules["adamw"].kernel is None
+    model, ref = mlp(dtype), mlp(dtype)
+    train(model, [diyopt.to_torch(rule, model)], 5, dtype)
+    train(ref, [diyopt.to_torch(muon_adamw(kernels=False), ref)], 5, dtype)
+    assert kernel_calls == {}
+    assert max_rel(model, ref) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_muon_alone_is_torch_muon_bitwise_and_equals_its_pure_rule(dtype, kernel_calls):
+    torch.manual_seed(1)
+    start = [torch.randn(8, 5, dtype=dtype), torch.randn(3, 8, dtype=dtype)]
+    ours, theirs, pure = ([nn.Parameter(p.clone()) for p in start] for _ in range(3))
+    opt = diyopt.to_torch(diyopt.optim.muon(lr=0.05, weight_decay=0.1, nesterov=False), ours)
+    ref = torch.optim.Muon(theirs, lr=0.05, weight_decay=0.1, nesterov=False)
+    slow = diyopt.to_torch(diyopt.optim.muon(lr=0.05, weight_decay=0.1, nesterov=False)._replace(kernel=None), pure)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=g, dtype=dtype) for p in start]
+        for ps in (ours, theirs, pure):
+            for p, gr in zip(ps, grads):
+                p.grad = gr.clone()
+        for o in (opt, ref, slow):
+            o.step()
+    assert kernel_calls == {"muon": 20}
+    for p, q, r in zip(ours, theirs, pure):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"])
+        # the pure rule: the same math, its update (new minus old param) added back; bfloat16 Newton-Schulz
+        # lets a last-bit difference in the params grow a little over the steps
+        assert ((p - r).abs().max() / r.abs().max()).item() <= (1e-12 if dtype == torch.float64 else 1e-5)
