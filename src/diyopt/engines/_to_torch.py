@@ -23,9 +23,11 @@ hyperparameters, no schedule: the factory sets ``Optimizer.kernel``), that kerne
 (:mod:`diyopt.engines._kernels`): torch's fused step for ``adam``, ``adamw``, ``sgd``, ``adagrad`` without
 ``lr_decay`` (``torch._fused_adam_``, ..., what ``torch.optim.Adam(fused=True)`` runs), torch.optim's own
 multi-tensor step (what the class runs with ``foreach=True``) for ``rmsprop``, ``adadelta``, ``adamax``,
-``nadam``, ``radam``, ``rprop``, ``asgd`` -- on the very state tensors, under the very names, the pure rule
+``nadam``, ``radam``, ``rprop``, ``asgd``, torch.optim.Muon's own step for ``muon`` -- on the very state tensors, under the very names, the pure rule
 keeps, so checkpoints move between engines; each is tested against the pure rule in float64 and float32
-(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through them. A user's
+(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through them. A ``partition``
+runs each rule's own engine on the rule's params (``_partition_step``: ``adamw``'s share through its kernel),
+its state staying under the partition's names (``adamw.exp_avg``). A user's
 ``elementwise`` rule runs tensor by tensor (``_rule_step``: the pure rule's own results, one tensor's
 temporaries alive at a time). Anything else (a schedule or tensor as lr or betas, ``chain``/``masked``
 around a rule, a state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the
