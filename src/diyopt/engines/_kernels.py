@@ -8,6 +8,7 @@ by step in float64 and float32.
 
 - ``adam``, ``adamw``, ``sgd``, ``adagrad``: torch's fused single-pass steps (``torch._fused_adam_``, ...,
   what ``torch.optim.Adam(fused=True)`` runs).
+- ``muon``: torch.optim.Muon's own step (``torch.optim._muon.muon``; it has no multi-tensor form).
 - ``rmsprop``, ``adadelta``, ``adamax``, ``nadam``, ``radam``, ``rprop``, ``asgd``: torch has no fused
   kernel for these; they run torch.optim's own multi-tensor implementations (the functional
   ``torch.optim.rmsprop.rmsprop(..., foreach=True)``, what the class runs with ``foreach=True``): a
@@ -133,6 +134,34 @@ def _adagrad_kernel(hp: Mapping, params: list, grads: list, states: list) -> boo
         maximize=bool(hp["maximize"]),
         grad_scale=None,
         found_inf=None,
+    )
+    return True
+
+
+def _muon_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
+    """torch.optim.Muon's own step (the functional ``torch.optim._muon.muon``, what the class calls), in place
+    on diyopt's ``momentum_buffer``: ``buf.lerp_(g, 1 - mu)``, Newton-Schulz in bfloat16, then
+    ``p.mul_(1 - lr wd)`` and ``p.add_(O, alpha=-lr r)`` -- the param written as torch writes it, where the
+    pure rule's update (the new param minus the old) can land one rounding away when added back."""
+    if any(p.ndim != 2 for p in params):
+        return False
+    try:
+        step = importlib.import_module("torch.optim._muon").muon
+    except (ImportError, AttributeError):  # another torch: the pure rule
+        return False
+    step(
+        params,
+        grads,
+        [s["momentum_buffer"] for s in states],
+        lr=float(hp["lr"]),
+        weight_decay=float(hp["weight_decay"]),
+        momentum=float(hp["momentum"]),
+        nesterov=bool(hp["nesterov"]),
+        ns_coefficients=tuple(float(c) for c in hp["ns_coefficients"]),
+        ns_steps=int(hp["ns_steps"]),
+        eps=float(hp["eps"]),
+        adjust_lr_fn=hp["adjust_lr_fn"],
+        has_complex=False,
     )
     return True
 
@@ -290,6 +319,7 @@ KERNELS = {
     "adamw": (_adam_state, _adam_kernel(True)),
     "sgd": (_sgd_state, _sgd_kernel),
     "adagrad": (lambda hp: ("step", "sum"), _adagrad_kernel),
+    "muon": (lambda hp: ("momentum_buffer",), _muon_kernel),
     **{name: (names, _foreach_kernel(spec)) for name, (names, spec) in FOREACH.items()},
 }
 

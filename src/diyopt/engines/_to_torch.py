@@ -23,9 +23,11 @@ hyperparameters, no schedule: the factory sets ``Optimizer.kernel``), that kerne
 (:mod:`diyopt.engines._kernels`): torch's fused step for ``adam``, ``adamw``, ``sgd``, ``adagrad`` without
 ``lr_decay`` (``torch._fused_adam_``, ..., what ``torch.optim.Adam(fused=True)`` runs), torch.optim's own
 multi-tensor step (what the class runs with ``foreach=True``) for ``rmsprop``, ``adadelta``, ``adamax``,
-``nadam``, ``radam``, ``rprop``, ``asgd`` -- on the very state tensors, under the very names, the pure rule
+``nadam``, ``radam``, ``rprop``, ``asgd``, torch.optim.Muon's own step for ``muon`` -- on the very state tensors, under the very names, the pure rule
 keeps, so checkpoints move between engines; each is tested against the pure rule in float64 and float32
-(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through them. A user's
+(``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through them. A ``partition``
+runs each rule's own engine on the rule's params (``_partition_step``: ``adamw``'s share through its kernel),
+its state staying under the partition's names (``adamw.exp_avg``). A user's
 ``elementwise`` rule runs tensor by tensor (``_rule_step``: the pure rule's own results, one tensor's
 temporaries alive at a time). Anything else (a schedule or tensor as lr or betas, ``chain``/``masked``
 around a rule, a state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -53,6 +55,7 @@ from diyopt.core.contract import Optimizer, elementwise
 from diyopt.engines._extended import step_extended, swap_params
 from diyopt.engines._kernels import KERNELS, SCALARS_ANY_DTYPE
 from diyopt.engines.hoisting import hoisting_backend
+from diyopt.transforms import routing
 
 
 def to_torch(
@@ -224,6 +227,12 @@ class TorchOptimizer(torch.optim.Optimizer):
             return
         if (
             not extra
+            and routing(opt) is not None
+            and self._partition_step(i, opt, layout, structure, names, params, grads)
+        ):
+            return
+        if (
+            not extra
             and isinstance(opt.build, elementwise)
             and self._rule_step(i, opt, layout, structure, names, params, grads)
         ):
@@ -288,7 +297,9 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ the kernel engine
 
-    def _kernel_step(self, opt: Optimizer, layout: _Layout, params: list, grads: list) -> bool:
+    def _kernel_step(
+        self, opt: Optimizer, layout: _Layout, params: list, grads: list, states: list | None = None, checked=False
+    ) -> bool:
         """Run ``opt.kernel`` (torch's fused in-place step) on the group; False: not applicable, so the
         pure ``update`` runs instead (the reference engine, which this one is tested against).
 
@@ -300,6 +311,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         gradient always gives a non-finite update (Adagrad too); what this check does not see before
         writing is a finite gradient whose update still overflows, or a non-finite state loaded from a
         checkpoint.
+
+        ``states``: each param's state as the kernel names it (default ``self.state[p]``; a partition's rule
+        gets views of its own entries, see :meth:`_partition_step`); ``checked``: the gradients were found
+        finite already.
         """
         spec = _KERNELS.get(opt.kernel)
         if spec is None or torch.compiler.is_compiling():  # traced by torch.compile: the pure rule traces
@@ -313,7 +328,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         # dtypes every step (a plain loop: ~0.3 us a tensor); sparse grads never get here (_step_group)
         if not (all(p.dtype is dtype for p in params) and all(g.dtype is dtype for g in grads)):
             return False
-        states = [self.state[p] for p in params]
+        if states is None:
+            states = [self.state[p] for p in params]
         # devices and the state's dtypes are checked once per set of params and state tensors (ids: a
         # load, or a step of the pure path, puts new tensors in), not every step: with many params that
         # loop is a visible cost (BENCHMARKS.md, "Design measurements")
@@ -330,9 +346,76 @@ class TorchOptimizer(torch.optim.Optimizer):
             ):
                 return False
             layout.kernel_checked = ids
-        if self.on_nonfinite == "raise" and not _all_finite(grads, layout):
+        if not checked and self.on_nonfinite == "raise" and not _all_finite(grads, layout):
             return False  # the pure path raises, naming the parameter, before writing
         return spec[1](opt.hyperparams, params, grads, states)
+
+    # ------------------------------------------------------------ a partition, rule by rule
+
+    def _partition_step(self, i, opt, layout, structure, names, params, grads) -> bool:
+        """Run a :func:`~diyopt.transforms.partition` rule by rule, each on its own params: a rule with a
+        kernel (``adamw``'s ``torch._fused_adamw_``) through :meth:`_kernel_step`, any other (``muon``) through
+        its pure ``update``; False: not applicable (nothing written), the pure partition runs.
+
+        The state stays where the pure partition keeps it (``self.state[p]["adamw.exp_avg"]``: the label,
+        then the rule's own name): the kernel gets each param's entries renamed to the rule's own names
+        (views of the same tensors, which it updates in place), the pure rule reads and writes them through
+        a layout of its own subtree. So a checkpoint moves between this engine and the pure one.
+
+        The guard: every gradient of the group is checked first (one sum each); a non-finite one hands the
+        step to the pure partition, which raises with nothing written. Then the rules without a kernel
+        compute their updates, each checked before anything is written, and only then do the kernels run.
+        (A kernel that declines a state at run time -- a step counter not 0-dim -- has its rule's pure
+        update computed after the other kernels ran; a non-finite update there raises with those written.)
+        Applicable only when at least one rule with params has a kernel: otherwise the pure partition is
+        this very computation.
+        """
+        rt = routing(opt)
+        if torch.compiler.is_compiling() or layout.has_global or self.optimizer.sparse_grads:
+            return False
+        groups = rt.route(dict(zip(names, grads)))
+        if not any(rt.rules[label].kernel in _KERNELS for label, ns in groups.items() if ns):
+            return False
+        parts = _parts(layout, names, groups)
+        if parts is None:
+            return False
+        guard = self.on_nonfinite == "raise"
+        if guard and not _all_finite(grads, layout):
+            return False  # the pure partition raises, naming the parameter, before writing
+        kernels = [lab for lab, part in parts.items() if rt.rules[lab].kernel in _KERNELS and not part.store.has_global]
+        results = [
+            self._part_update(i, rt.rules[lab], parts[lab], params, grads, guard) for lab in parts if lab not in kernels
+        ]
+        for label in kernels:
+            part, rule = parts[label], rt.rules[label]
+            ps, gs = [params[j] for j in part.index], [grads[j] for j in part.index]
+            own, store = part.own.by_param(len(ps)), part.store.by_param(len(ps))
+            states = [{o: self.state[p][s] for (_, o), (_, s) in zip(own[j], store[j])} for j, p in enumerate(ps)]
+            if not self._kernel_step(rule, part.own, ps, gs, states=states, checked=True):
+                results.append(self._part_update(i, rule, part, params, grads, guard))
+        relayout = {}
+        for label, part, ps, updates, new_state in results:
+            new_leaves, spec = pytree.tree_flatten(new_state)
+            if spec == part.store.spec:
+                part.store.write(self.state, ps, i, new_leaves)
+            else:  # the rule changed its state's shape: the whole partition's layout is redone below
+                relayout[label] = new_state
+            torch._foreach_add_(ps, [updates[n].to(p.dtype) for n, p in zip(part.names, ps)])
+        if relayout:
+            state = pytree.tree_unflatten(layout.read(self.state, params, i), layout.spec)
+            state.update(relayout)
+            layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(state, names)
+            layout.write(self.state, params, i, pytree.tree_leaves(state))
+        return True
+
+    def _part_update(self, i, rule, part, params, grads, guard) -> tuple:
+        """One partition rule's pure ``update`` on its params, checked by the guard, nothing written."""
+        ps, gs = [params[j] for j in part.index], [grads[j] for j in part.index]
+        state = pytree.tree_unflatten(part.store.read(self.state, ps, i), part.store.spec)
+        updates, new_state = rule.update(dict(zip(part.names, gs)), state, dict(zip(part.names, ps)))
+        if guard:
+            _guard(updates, part.names, ps, self.state[ps[0]].get("step"))
+        return part.label, part, ps, updates, new_state
 
     # ------------------------------------------------------------ a user's elementwise rule, tensor by tensor
 
@@ -486,6 +569,45 @@ def _make_group_step(opt: Optimizer, names: list, spec, tensor_lr: bool, scalars
 # ---------------------------------------------------------------- the state tree <-> self.state
 
 
+class _Part(NamedTuple):
+    """One partition rule's share of a group: its label, param names and their indices in the group, its
+    subtree's layout under the rule's own leaf names (``own``: what its kernel calls them) and the same
+    leaves under the names the partition stores them by (``store``: ``"adamw.exp_avg"``)."""
+
+    label: str
+    names: list
+    index: list
+    own: _Layout
+    store: _Layout
+
+
+def _parts(layout: _Layout, names: list, groups: dict) -> dict | None:
+    """Each labelled rule's :class:`_Part` of a partition's layout (cached on it per routing), or None when
+    the state is not the partition's ``{label: rule's state}`` as routed."""
+    key = tuple((label, tuple(ns)) for label, ns in groups.items())
+    if layout.parts is not None and layout.parts[0] == key:
+        return layout.parts[1]
+    # the state tree with each leaf's position in the layout as its value: which leaves are whose
+    tree = pytree.tree_unflatten(list(range(len(layout.slots))), layout.spec)
+    if not isinstance(tree, dict) or list(tree) != list(groups):
+        return None
+    index = {n: j for j, n in enumerate(names)}
+    out = {}
+    for label, ns in groups.items():
+        if not ns:
+            continue
+        own = _Layout.of(tree[label], ns)
+        slots = []
+        for (j, _), k in zip(own.slots, pytree.tree_leaves(tree[label])):
+            owner, stored = layout.slots[k]
+            if (j is None) != (owner is None) or (j is not None and owner != index[ns[j]]):
+                return None
+            slots.append((j, stored))
+        out[label] = _Part(label, list(ns), [index[n] for n in ns], own, _Layout(own.spec, slots))
+    layout.parts = (key, out)
+    return out
+
+
 class _Layout:
     """The state tree's spec and, per leaf, ``(param index or None, readable name)``."""
 
@@ -495,6 +617,7 @@ class _Layout:
         self.kernel_checked: tuple | None = None  # TorchOptimizer._kernel_step's cache of checked state
         self.names = {name for _, name in slots}
         self.small_grads: list | None = None  # _all_finite's split of the group's tensors by size
+        self.parts: tuple | None = None  # _parts' cache: (the routing, {label: _Part})
         self._by_param: list | None = None
         self.has_global = any(j is None for j, _ in slots)
 

@@ -471,7 +471,7 @@ def muon(
     if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
         raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
     lr = _to_scalar(lr)
-    return chain(
+    rule = chain(
         T.scale_by_muon(
             lr=lr,
             momentum=momentum,
@@ -483,6 +483,8 @@ def muon(
             weight_decay=weight_decay,
         )
     )
+    # to_torch runs torch.optim.Muon's own step for Python-number settings (engines/_kernels.py)
+    return _with_kernel(rule, "muon", lr, weight_decay, momentum, eps, *ns_coefficients)
 
 
 @configurable

@@ -63,7 +63,9 @@ from ._momentum import (
     trace,
 )
 from ._partition import (
+    Routing,
     partition,
+    routing,
 )
 from ._prodigy import (
     ProdigyMoments,
@@ -127,6 +129,8 @@ __all__ = [
     "NadamState",
     "orthogonalize",
     "partition",
+    "Routing",
+    "routing",
     "ProdigyMoments",
     "ProdigyState",
     "RadamState",

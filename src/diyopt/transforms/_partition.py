@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -11,6 +11,19 @@ from diyopt.core.contract import Optimizer
 from diyopt.core.tree import Params
 
 Labels = Callable[[str, Tensor], str] | Mapping[str, str]
+
+
+class Routing(NamedTuple):
+    """How a :func:`partition` routes: its rules and ``route(tensors) -> {label: [names]}`` (every label, in
+    the rules' order). ``to_torch`` reads it to run each rule's own fast engine on its own params."""
+
+    rules: Mapping[str, Optimizer]
+    route: Callable[[Params], dict[str, list[str]]]
+
+
+def routing(optimizer: Optimizer) -> Routing | None:
+    """The :class:`Routing` of a :func:`partition` (also one rebuilt with other settings), else None."""
+    return getattr(optimizer.update, "routing", None)
 
 
 def partition(rules: Mapping[str, Optimizer], labels: Labels) -> Optimizer:
@@ -77,4 +90,5 @@ def partition(rules: Mapping[str, Optimizer], labels: Labels) -> Optimizer:
             updates.update(sub)
         return {k: updates[k] for k in grads}, new_state
 
+    update.routing = Routing(dict(rules), route)  # type: ignore[attr-defined] -- what to_torch reads
     return Optimizer(init, update, flattenable=False)
