@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -174,3 +175,73 @@ def test_user_file_errors(rule_file, tmp_path):
     )
     with pytest.raises(ImportError, match=r"cannot import .*raising.py, line 4: ZeroDivisionError: division by zero"):
         diyopt.optim.get(f"{raising}:y")
+
+
+@pytest.mark.parametrize(
+    "spec, base",
+    [("lookahead+rmsprop:alpha=0.5", "rmsprop"), ("lookahead+asgd:lr=0.1,alpha=0.5", "asgd")],
+)
+def test_a_setting_both_the_wrapper_and_the_base_take_is_an_error_naming_both(spec, base):
+    with pytest.raises(
+        ValueError, match=rf"setting 'alpha' in spec '{re.escape(spec)}' is taken by both lookahead and {base}"
+    ):
+        diyopt.optim.get(spec)
+
+
+def test_a_wrappers_own_settings_follow_its_name():
+    opt = diyopt.optim.get("lookahead:alpha=0.25,k=2+rmsprop:lr=0.1,alpha=0.9")
+    ref = diyopt.optim.lookahead(diyopt.optim.rmsprop(lr=0.1, alpha=0.9), k=2, alpha=0.25)
+    p = {"x": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    grad = lambda q: {"x": 2 * q["x"]}
+    a, b = dict(p), dict(p)
+    sa, sb = opt.init(a), ref.init(b)
+    for _ in range(4):  # across a slow-weights sync (k=2): lookahead's alpha acts there, rmsprop's each step
+        ua, sa = opt.update(grad(a), sa, a)
+        ub, sb = ref.update(grad(b), sb, b)
+        a, b = {"x": a["x"] + ua["x"]}, {"x": b["x"] + ub["x"]}
+    torch.testing.assert_close(a["x"], b["x"], rtol=0, atol=0)
+    other = diyopt.optim.lookahead(diyopt.optim.rmsprop(lr=0.1, alpha=0.9), k=2, alpha=0.5)
+    c, sc = dict(p), other.init(p)
+    for _ in range(4):
+        uc, sc = other.update(grad(c), sc, c)
+        c = {"x": c["x"] + uc["x"]}
+    assert not torch.equal(a["x"], c["x"])  # lookahead's alpha did reach lookahead
+    # the wrapper's settings after the base still go to it when only it takes them; a setting given twice is refused
+    assert diyopt.optim.get("sam+adam:lr=1e-2,rho=1e+2").hyperparams["rho"] == 100.0
+    with pytest.raises(ValueError, match=r"unknown setting for sam: 'rhoo'.*in spec 'sam:rhoo=1\+adam'"):
+        diyopt.optim.get("sam:rhoo=1+adam")
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("sam+adam:rho=abc", r"bad value 'abc' for 'rho' in spec 'sam\+adam:rho=abc'"),
+        ("sam+adam:rh0=1", r"unknown setting for adam: 'rh0'.*\(in spec 'sam\+adam:rh0=1'\)"),
+        ("ema+sam+adam:lr", r"bad setting 'lr' in spec 'ema\+sam\+adam:lr'"),
+    ],
+)
+def test_a_settings_error_quotes_the_whole_spec(spec, match):
+    with pytest.raises(ValueError, match=match):
+        diyopt.optim.get(spec)
+
+
+def test_a_path_with_a_plus_is_not_split_into_wrappers(tmp_path, monkeypatch):
+    folder = tmp_path / "c++"
+    folder.mkdir()
+    (folder / "my_rule.py").write_text(SEED_RULE)
+    monkeypatch.chdir(tmp_path)
+    p, g = {"x": torch.tensor([1.0])}, {"x": torch.tensor([2.0])}
+    for spec in (f"{folder}/my_rule.py:gradient_descent:lr=0.25", "c++/my_rule.py:gradient_descent:lr=0.25"):
+        opt = diyopt.optim.get(spec)
+        assert opt.update(g, opt.init(p), p)[0]["x"].item() == pytest.approx(-0.5)
+    wrapped = diyopt.optim.get("sam+c++/my_rule.py:gradient_descent:lr=0.25,rho=0.1")
+    assert wrapped.hyperparams["rho"] == 0.1 and wrapped.hyperparams["lr"] == 0.25
+    assert wrapped.extra_args == {"grad_fn"}
+
+
+def test_cli_exits_2_on_an_ambiguous_setting(capsys):
+    from diyopt.cli import main
+
+    assert main(["check", "lookahead+rmsprop:alpha=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "taken by both lookahead and rmsprop" in err and "Traceback" not in err

@@ -11,8 +11,10 @@ The syntax::
   in it: an ``Optimizer`` (settings then go through ``replace_hyperparams``), an ``@diyopt.elementwise`` rule
   or a factory returning an ``Optimizer`` (called with the settings as keyword arguments).
 - ``WRAPPER`` is one of :data:`WRAPPERS`; wrappers stack (``ema+sam+sgd``). A setting named in a wrapper's
-  signature (``rho``, ``adaptive``, ``k``, ``alpha``, ``decay``) goes to the outermost wrapper that takes it,
-  the rest to ``BASE``.
+  signature (``rho``, ``adaptive``, ``k``, ``alpha``, ``decay``) goes to the wrapper that takes it, the rest
+  to ``BASE``; a wrapper's settings may also follow its own name (``lookahead:alpha=0.5+rmsprop:alpha=0.9``),
+  which is how to give a setting both take (``alpha`` of lookahead and rmsprop/asgd): given only after the
+  base it is an error naming both. A ``+`` splits only after a wrapper name, never inside a ``.py`` path.
 - ``VALUE`` is an int (``10``), a float (``1e-2``, ``0.9``), ``true`` / ``false``, ``none``, or a tuple of
   those joined by ``/`` (``0.8/0.99``). Nothing else: a spec carries numbers and flags, not code.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -49,7 +52,7 @@ BUILTINS = {**TORCH_TWINS, **RECENT, "schedule_free_adamw": schedule_free_adamw,
 WRAPPERS = {"sam": sam, "lookahead": lookahead, "ema": ema}
 
 
-def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:
+def parse(spec: str, whole: str | None = None) -> tuple[str, str | None, dict[str, Any]]:
     """Split a spec into ``(target, attr, kwargs)``: ``target`` is a built-in name or a ``.py`` path,
     ``attr`` the name inside the file (None for built-ins).
 
@@ -61,22 +64,23 @@ def parse(spec: str) -> tuple[str, str | None, dict[str, Any]]:
     if not isinstance(spec, str):
         raise TypeError(f"an optimizer spec must be a string, got {type(spec).__name__}")
     text = spec.strip()
+    shown = spec if whole is None else whole  # errors quote the whole spec the user typed
     if not text:
         raise ValueError("empty optimizer spec; expected NAME[:key=value,...] or FILE.py:NAME[:key=value,...]")
     at = text.find(".py:")
     if at >= 0 or text.endswith(".py"):
         if at < 0:
-            raise ValueError(f"spec {spec!r} names a file but no object in it; write FILE.py:NAME")
+            raise ValueError(f"spec {shown!r} names a file but no object in it; write FILE.py:NAME")
         target, rest = text[: at + 3], text[at + 4 :]
         attr, _, settings = rest.partition(":")
         if not attr.isidentifier():
-            raise ValueError(f"bad object name {attr!r} in spec {spec!r}: expected a Python identifier after FILE.py:")
+            raise ValueError(f"bad object name {attr!r} in spec {shown!r}: expected a Python identifier after FILE.py:")
     else:
         target, _, settings = text.partition(":")
         attr = None
         if not target.isidentifier():
-            raise ValueError(f"bad optimizer name {target!r} in spec {spec!r}")
-    return target, attr, parse_settings(settings, spec)
+            raise ValueError(f"bad optimizer name {target!r} in spec {shown!r}")
+    return target, attr, parse_settings(settings, shown)
 
 
 def parse_settings(text: str, spec: str | None = None) -> dict[str, Any]:
@@ -116,32 +120,97 @@ def get(spec: str) -> Optimizer:
     """An optimizer from a spec: ``get("adam:lr=1e-2,betas=0.8/0.99")``, ``get("my_rules.py:signum:lr=0.1")``.
 
     Syntax: ``NAME[:key=value,...]`` or ``FILE.py:NAME[:key=value,...]``, either behind wrappers
-    (``sam+adam:lr=3e-2,rho=1e-3``); values are numbers, ``true`` / ``false``, ``none``, or tuples joined by
-    ``/`` (see the module docstring).
+    (``sam+adam:lr=3e-2,rho=1e-3``, or with each part's own settings ``lookahead:alpha=0.5+rmsprop:alpha=0.9``);
+    values are numbers, ``true`` / ``false``, ``none``, or tuples joined by ``/`` (see the module docstring).
+    A setting that both a wrapper and the part inside it take, given only after the base, is an error.
     """
-    wrappers, spec = _split_wrappers(spec)
-    target, attr, kwargs = parse(spec)
-    own = [{k: kwargs.pop(k) for k in _known_settings(WRAPPERS[w]) if k != "base" and k in kwargs} for w in wrappers]
-    opt = _base(target, attr, kwargs)
+    whole = spec
+    parts, spec = _split_wrappers(spec)
+    target, attr, kwargs = parse(spec, whole)
+    wrappers = [w for w, _ in parts]
+    own = [parse_settings(settings, whole) for _, settings in parts]
+    for w, settings in zip(wrappers, own):
+        known = _known_settings(WRAPPERS[w])
+        for k in settings:
+            if k == "base" or k not in known:
+                raise ValueError(
+                    unknown_name(f"setting for {w}:", k, [n for n in known if n != "base"]) + f" (in spec {whole!r})"
+                )
+    base_known = _base_settings(target, attr)
+    for k in list(kwargs):
+        owners = [
+            i for i, w in enumerate(wrappers) if k != "base" and k in _known_settings(WRAPPERS[w]) and k not in own[i]
+        ]
+        if not owners:
+            continue
+        base_label = target if attr is None else f"{target}:{attr}"
+        if len(owners) > 1 or k in base_known:
+            names = [wrappers[i] for i in owners] + ([base_label] if k in base_known else [])
+            first = wrappers[owners[0]]
+            raise ValueError(
+                f"setting {k!r} in spec {whole!r} is taken by both {' and '.join(names)}: put a wrapper's own "
+                f"settings after its name (e.g. {first}:{k}=...+...), the ones after the base go to the base"
+            )
+        own[owners[0]][k] = kwargs.pop(k)
+    opt = _base(target, attr, kwargs, whole)
     for w, settings in zip(reversed(wrappers), reversed(own)):
         opt = WRAPPERS[w](opt, **settings)
     return opt
 
 
-def _split_wrappers(spec: str) -> tuple[list[str], str]:
-    """``"ema+sam+adam:lr=1e-2"`` -> ``(["ema", "sam"], "adam:lr=1e-2")``; a spec without ``+`` as it is."""
+def _base_settings(target: str, attr: str | None) -> list[str]:
+    """The settings the base of a spec takes by name (none known for a factory taking ``**kwargs``)."""
+    if attr is None:
+        factory = BUILTINS.get(target)
+        return (_known_settings(factory) or []) if factory is not None else []
+    try:
+        obj = getattr_from_file(target, attr)
+    except Exception:  # reported with its own message when the base is built
+        return []
+    if isinstance(obj, Optimizer):
+        return list(obj.hyperparams or {})
+    return (_known_settings(obj) or []) if callable(obj) else []
+
+
+# A "+" that joins a wrapper to what it wraps; not the "+" of an exponent such as 1e+2.
+_JOIN = re.compile(r"(?<![0-9.][eE])\+")
+
+
+def _split_wrappers(spec: str) -> tuple[list[tuple[str, str]], str]:
+    """``"ema+sam:rho=0.1+adam:lr=1e-2"`` -> ``([("ema", ""), ("sam", "rho=0.1")], "adam:lr=1e-2")``.
+
+    A part is split off only when it is a known wrapper name (with its own settings after ``:``), and a
+    spec naming an existing ``.py`` file is never split: a folder called ``c++`` is a folder.
+    """
     if not isinstance(spec, str):
         return [], spec
-    head, plus, rest = spec.strip().partition("+")
-    if not plus or ":" in head or ".py" in head:
+    text = spec.strip()
+    at = text.find(".py:")
+    if (at >= 0 and os.path.isfile(text[: at + 3])) or os.path.isfile(text):
         return [], spec
-    if head not in WRAPPERS:
-        raise ValueError(unknown_name("wrapper", head, WRAPPERS) + f" (in spec {spec!r}: WRAPPER+BASE)")
-    inner, base = _split_wrappers(rest)
-    return [head, *inner], base
+    parts: list[tuple[str, str]] = []
+    while True:
+        m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*([:+])", text)
+        if m is None or m.group(1) not in WRAPPERS:
+            break
+        if m.group(2) == "+":
+            parts.append((m.group(1), ""))
+            text = text[m.end() :]
+            continue
+        join = _JOIN.search(text, m.end())
+        if join is None:  # "sam:rho=0.1" with no base: _base says what to write
+            break
+        parts.append((m.group(1), text[m.end() : join.start()]))
+        text = text[join.end() :]
+    if not parts:
+        head, plus, _ = text.partition("+")
+        if plus and head.strip().isidentifier() and ".py" not in text:
+            raise ValueError(unknown_name("wrapper", head.strip(), WRAPPERS) + f" (in spec {spec!r}: WRAPPER+BASE)")
+        return [], spec
+    return parts, text
 
 
-def _base(target: str, attr: str | None, kwargs: dict) -> Optimizer:
+def _base(target: str, attr: str | None, kwargs: dict, whole: str | None = None) -> Optimizer:
     if attr is None:
         if target in WRAPPERS:
             raise ValueError(
@@ -150,28 +219,30 @@ def _base(target: str, attr: str | None, kwargs: dict) -> Optimizer:
             )
         if target not in BUILTINS:
             raise ValueError(unknown_name("optimizer", target, BUILTINS))
-        return _build(BUILTINS[target], kwargs, target)
+        return _build(BUILTINS[target], kwargs, target, whole)
     obj = getattr_from_file(target, attr)
     if isinstance(obj, Optimizer):
         return obj.replace_hyperparams(**kwargs) if kwargs else obj
     if callable(obj):
-        return _build(obj, kwargs, f"{target}:{attr}")
+        return _build(obj, kwargs, f"{target}:{attr}", whole)
     raise TypeError(
         f"{target}:{attr} is a {type(obj).__name__}; expected an Optimizer, an elementwise rule "
         "or a function returning an Optimizer"
     )
 
 
-def _build(factory: Any, kwargs: dict, label: str) -> Optimizer:
+def _build(factory: Any, kwargs: dict, label: str, whole: str | None = None) -> Optimizer:
     known = _known_settings(factory)
     if known is not None:
         for k in kwargs:
             if k not in known:
-                raise ValueError(unknown_name(f"setting for {label}:", k, known))
+                where = f" (in spec {whole!r})" if whole is not None else ""
+                raise ValueError(unknown_name(f"setting for {label}:", k, known) + where)
     for k, v in kwargs.items():  # lr=true is not lr=1.0: a flag only where the default is a flag
         default = _default_of(factory, k)
         if isinstance(v, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
-            raise ValueError(f"bad value {str(v).lower()!r} for {k!r} in {label}: expected a number")
+            where = f"spec {whole!r}" if whole is not None else label
+            raise ValueError(f"bad value {str(v).lower()!r} for {k!r} in {where}: expected a number")
     opt = factory(**kwargs)
     if not isinstance(opt, Optimizer):
         raise TypeError(f"{label} returned a {type(opt).__name__}, not a diyopt Optimizer")
