@@ -317,10 +317,11 @@ def test_nfev_counts_the_updates_own_evaluations(case, tmp_path):
     r = diyopt.fit(loss_fn, p0(), opt, steps)
     derived = steps * (2 if case.startswith("sam") else 1)
     assert r.nfev == r.njev == derived == calls - (opt.eval_params is not None)
-    ck = str(tmp_path / "run.pt")
-    diyopt.fit(base, p0(), opt, steps // 2, checkpoint=ck)
-    resumed = diyopt.fit(base, p0(), opt, steps, checkpoint=ck, resume=True)
-    assert resumed.nfev == resumed.njev == derived
+    for done in (steps // 2, steps - 1, steps):  # 10, 1 and 0 steps left after the resume
+        ck = str(tmp_path / f"run{done}.pt")
+        diyopt.fit(base, p0(), opt, done, checkpoint=ck)
+        resumed = diyopt.fit(base, p0(), opt, steps, checkpoint=ck, resume=True)
+        assert resumed.nfev == resumed.njev == derived, done
 
 
 @pytest.mark.slow  # ~10-40 s each on a busy 2-core machine: Dynamo traces four steps of the whole fit

@@ -305,6 +305,8 @@ def _fit_eager(
     history = torch.stack(losses) if losses else torch.empty(0)
     evals = len(losses) + (stop_reason == DIVERGED)  # the step that diverged evaluated its loss too
     if counted is not None:  # the update's own evaluations (SAM's gradient at the ascent point)
+        if first and not checked:  # resumed with no step left: count one update's calls to know the earlier ones
+            per_update = _calls_per_update(update, counted, loss_fn, current, state, layout, reduce)
         evals += counted.calls + first * per_update
     shown, train = reported(optimizer, state, current)
     if train is not None:  # the loss at the params reported, not at the last gradient point
@@ -322,6 +324,18 @@ def _fit_eager(
         njev=evals,
         train_params=None if train is None else view(train),
     )
+
+
+def _calls_per_update(update, counted: CountedGradFn, loss_fn: LossFn, current, state, layout, reduce) -> int:
+    """The ``grad_fn`` calls of one update at ``current``, not counted as this run's: a resumed run with no
+    step left still reports the evaluations its earlier steps made. The update is pure, so nothing changes."""
+    loss, grads = _loss_and_grads(loss_fn, current, layout, check=False)
+    if reduce is not None:
+        loss, grads = reduce(loss, grads)
+    before = counted.calls
+    update(grads, state, current, loss.detach())
+    calls, counted.calls = counted.calls - before, before
+    return calls
 
 
 def _eager_grad_fn(loss_fn: LossFn, layout: FlatLayout | None, reduce):
