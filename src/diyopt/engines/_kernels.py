@@ -18,6 +18,7 @@ by step in float64 and float32.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -149,10 +150,8 @@ def _muon_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
         step = importlib.import_module("torch.optim._muon").muon
     except (ImportError, AttributeError):  # another torch: the pure rule
         return False
-    step(
-        params,
-        grads,
-        [s["momentum_buffer"] for s in states],
+    args = (params, grads, [s["momentum_buffer"] for s in states])
+    settings = dict(
         lr=float(hp["lr"]),
         weight_decay=float(hp["weight_decay"]),
         momentum=float(hp["momentum"]),
@@ -163,6 +162,13 @@ def _muon_kernel(hp: Mapping, params: list, grads: list, states: list) -> bool:
         adjust_lr_fn=hp["adjust_lr_fn"],
         has_complex=False,
     )
+    # A private function: another torch may take other arguments. Binding them first (not catching a
+    # TypeError from the call, which could come half way through an in-place step) falls back untouched.
+    try:
+        inspect.signature(step).bind(*args, **settings)
+    except (TypeError, ValueError):
+        return False
+    step(*args, **settings)
     return True
 
 

@@ -19,6 +19,7 @@ of the compilation; ``Result.compile_seconds`` reports what the first call cost.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from numbers import Real
@@ -82,7 +83,10 @@ def faithful_casts():
     """Inductor's config while a compiled fit compiles and runs: ``emulate_precision_casts``, so a cast to a
     narrower dtype rounds there as in eager, instead of the intermediates staying in float32 (without it,
     Muon's bfloat16 Newton-Schulz parted from eager by 3e-3 in 30 steps; with it, 1e-16 in float64)."""
-    return torch._inductor.config.patch(emulate_precision_casts=True)
+    config = torch._inductor.config
+    if not hasattr(config, "emulate_precision_casts"):  # an older torch (pyproject allows >=2.3): as it is
+        return contextlib.nullcontext()
+    return config.patch(emulate_precision_casts=True)
 
 
 def _forget_float_specializations() -> None:
@@ -97,8 +101,9 @@ def _forget_float_specializations() -> None:
     calls no trace is in progress, so clearing here loses nothing a restart needs.
     """
     state = getattr(torch._dynamo.symbolic_convert, "TensorifyState", None)
-    if state is not None and not state.empty():
-        state.clear()
+    empty, clear = getattr(state, "empty", None), getattr(state, "clear", None)
+    if callable(empty) and callable(clear) and not empty():  # another torch may hold it otherwise
+        clear()
 
 
 def tensor_hyperparams(optimizer: Optimizer, like: Tensor) -> Optimizer:
