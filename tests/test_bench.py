@@ -228,6 +228,7 @@ def test_cli_writes_results_matrix_manifest(tmp_path):
     [
         (["--tasks", "sadle"], "unknown task 'sadle' (did you mean 'saddle'?)"),
         (["--optimizers", "adamm"], "unknown optimizer 'adamm'"),
+        (["--optimizers", "adam", "sam+adam"], "bench cannot run sam+adam: its update asks for grad_fn"),
         (["--trials", "0"], "--trials"),
     ],
 )

@@ -167,6 +167,13 @@ def bench(
     if not optimizers:
         raise ValueError("no optimizers to bench")
     resolved = [_resolve(s) for s in optimizers]
+    for label, opt in resolved:  # before any work: sam's own message would name fit/sweep, not bench
+        if isinstance(opt, Optimizer) and "grad_fn" in opt.extra_args:
+            raise ValueError(
+                f"bench cannot run {label}: its update asks for grad_fn (the gradient at other params, as sam's "
+                "ascent point), and bench feeds each update the task's own noisy/delayed gradient only; "
+                "bench its base optimizer, or run it with fit or sweep"
+            )
     labels = [l for l, _ in resolved]
     if len(set(labels)) != len(labels):
         raise ValueError(f"optimizer given twice: {sorted(l for l in labels if labels.count(l) > 1)}")
