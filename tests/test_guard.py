@@ -8,6 +8,7 @@ and a_k. The expected step and the last finite params come from that closed form
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -175,16 +176,20 @@ def test_the_per_step_check_sees_every_nonfinite_element_of_one_flat_buffer(dtyp
 
     gen = torch.Generator().manual_seed(3)
     loss = torch.tensor(1.5, dtype=dtype)
-    for trial in range(60):
+    planted = itertools.product(
+        [float("nan"), float("inf"), -float("inf")], ["grad", "new"], [False, True], [0, 4, 8]
+    )  # every value x where x with/without an exact zero opposite x first/middle/last element
+    cases = [None] * 6 + list(planted)  # None: nothing planted, all finite
+    for case in cases:
         g, new = torch.randn(9, generator=gen, dtype=dtype), torch.randn(9, generator=gen, dtype=dtype)
-        if trial % 3:  # inject: a nan, +inf or -inf into g or new, with or without a zero opposite
-            bad = [float("nan"), float("inf"), -float("inf")][trial % 3]
-            at = int(torch.randint(9, (), generator=gen))
-            target, other = (g, new) if trial % 2 else (new, g)
+        if case is not None:
+            bad, where, zero_opposite, at = case
+            target, other = (g, new) if where == "grad" else (new, g)
             target[at] = bad
-            if trial % 4 == 0:
+            if zero_opposite:
                 other[at] = 0.0
         want = bool(torch.isfinite(g).all() and torch.isfinite(new).all())
-        assert all_finite(loss, {"flat": g}, {"flat": new}) == want, (trial, g, new)
+        assert want == (case is None)  # the enumeration planted what it says
+        assert all_finite(loss, {"flat": g}, {"flat": new}) == want, (case, g, new)
     finite = {"flat": torch.ones(9, dtype=dtype)}
     assert all_finite(loss, finite, finite) and not all_finite(torch.tensor(float("nan"), dtype=dtype), finite, finite)
