@@ -1,5 +1,5 @@
 """``to_torch`` of a ``partition``: each rule runs its own engine on its own params (``adamw``'s share through
-torch's ``_fused_adamw_`` kernel, ``muon``'s through its pure rule), against ``torch.optim.Muon`` +
+torch's ``_fused_adamw_`` kernel, ``muon``'s through ``torch.optim._muon.muon``), against ``torch.optim.Muon`` +
 ``torch.optim.AdamW(fused=True)`` on the same split, against the pure partition, with the state where the
 pure partition keeps it (checkpoints, moving between engines) and the guard writing nothing."""
 
@@ -200,8 +200,9 @@ def test_partition_guard_writes_nothing(bad, kernel_calls):
     opt.zero_grad()
     ((model(torch.randn(4, 6, dtype=dtype))) ** 2).mean().backward()
     dict(model.named_parameters())[bad].grad[0] = float("nan")
-    with pytest.raises(DivergedError, match=bad.replace(".", r"\.")):
+    with pytest.raises(DivergedError, match=bad.replace(".", r"\.") + "' at step 3") as raised:
         opt.step()
+    assert raised.value.event["step"] == 3  # the partition's prefixed step (adamw.step), not -1
     assert kernel_calls == {"adamw": 3, "muon": 3}
     for p, q in zip(model.parameters(), params):
         assert torch.equal(p, q)
@@ -211,8 +212,26 @@ def test_partition_guard_writes_nothing(bad, kernel_calls):
             assert torch.equal(after["state"][k][name], v), (k, name)
 
 
+def test_a_nonfinite_update_of_a_rule_without_a_step_names_the_partitions_step(kernel_calls):
+    """muon (its kernel field removed: its pure update) with lr=inf beside adamw's kernel: finite gradients,
+    a non-finite update in muon's share; the error names the step adamw keeps (muon keeps none), not -1."""
+    dtype = torch.float64
+    muon = diyopt.optim.muon(lr=float("inf"))._replace(kernel=None)
+    rule = diyopt.transforms.partition(
+        {"muon": muon, "adamw": diyopt.optim.adamw(lr=1e-2)}, lambda n, p: "muon" if hidden(n, p) else "adamw"
+    )
+    model = mlp(dtype)
+    opt = diyopt.to_torch(rule, model)
+    params = [p.detach().clone() for p in model.parameters()]
+    ((model(torch.randn(4, 6, dtype=dtype))) ** 2).mean().backward()
+    with pytest.raises(DivergedError, match=r"update of parameter '(2|4)\.weight' at step 0") as raised:
+        opt.step()
+    assert raised.value.event["step"] == 0
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+
+
 def test_a_partition_without_kernels_runs_the_pure_partition(kernel_calls):
-    """Neither rule has a kernel (a schedule as muon's lr, adamw's lr a tensor): the pure partition, as before."""
+    """Neither rule takes a kernel (muon's kernel field removed, adamw's lr a tensor): the pure partition."""
     dtype = torch.float64
     rule = diyopt.transforms.partition(
         {

@@ -241,7 +241,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         state = pytree.tree_unflatten(leaves, layout.spec)
         updates, new_state = opt.update(dict(zip(names, grads)), state, dict(zip(names, params)), **(extra or {}))
         if self.on_nonfinite == "raise":  # the guard: nothing non-finite is written (diyopt.fit's check)
-            _guard(updates, names, params, self.state[params[0]].get("step"))
+            _guard(updates, names, params, _step_of(self.state, params))
         new_leaves, spec = pytree.tree_flatten(new_state)
         if spec != layout.spec:  # the rule changed its state's shape (e.g. () at init, (m,) after)
             layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
@@ -354,8 +354,9 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _partition_step(self, i, opt, layout, structure, names, params, grads) -> bool:
         """Run a :func:`~diyopt.transforms.partition` rule by rule, each on its own params: a rule with a
-        kernel (``adamw``'s ``torch._fused_adamw_``) through :meth:`_kernel_step`, any other (``muon``) through
-        its pure ``update``; False: not applicable (nothing written), the pure partition runs.
+        kernel (``adamw``'s ``torch._fused_adamw_``, ``muon``'s ``torch.optim._muon.muon``) through
+        :meth:`_kernel_step`, any other (a user's rule, a kernel that declines) through its pure ``update``;
+        False: not applicable (nothing written), the pure partition runs.
 
         The state stays where the pure partition keeps it (``self.state[p]["adamw.exp_avg"]``: the label,
         then the rule's own name): the kernel gets each param's entries renamed to the rule's own names
@@ -414,7 +415,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         state = pytree.tree_unflatten(part.store.read(self.state, ps, i), part.store.spec)
         updates, new_state = rule.update(dict(zip(part.names, gs)), state, dict(zip(part.names, ps)))
         if guard:
-            _guard(updates, part.names, ps, self.state[ps[0]].get("step"))
+            _guard(updates, part.names, ps, _step_of(self.state, ps + params))  # muon keeps no step: adamw's
         return part.label, part, ps, updates, new_state
 
     # ------------------------------------------------------------ a user's elementwise rule, tensor by tensor
@@ -484,6 +485,19 @@ class TorchOptimizer(torch.optim.Optimizer):
             # hoisting_backend: Inductor, with the scalar math (bias corrections) done once per step
             fn = self._compiled_steps[key] = torch.compile(step, backend=hoisting_backend())
         fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
+
+
+def _step_of(state: Mapping, params: list) -> Any:
+    """The step count the guard reports: a param's ``step``, or under a partition its rule's prefixed one
+    (``adamw.step``; muon keeps none) -- the first param of the group that has either; None otherwise."""
+    for p in params:
+        entry = state.get(p, {})
+        if isinstance(entry.get("step"), Tensor):
+            return entry["step"]
+        for key, v in entry.items():
+            if isinstance(key, str) and key.endswith(".step") and isinstance(v, Tensor) and v.numel() == 1:
+                return v
+    return None
 
 
 def _guard(updates: Mapping[str, Tensor], names: list, params: list, step: Any, stepped: list | None = None) -> None:
