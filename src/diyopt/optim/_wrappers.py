@@ -18,7 +18,7 @@ from torch import Tensor
 
 from diyopt.core.contract import Optimizer
 from diyopt.core.tree import Params
-from diyopt.optim._builtins import _check, check_nonnegative
+from diyopt.optim._validate import _check, check_nonnegative
 
 
 def wrap(make: Callable[..., Optimizer], base: Optimizer, **own: Any) -> Optimizer:
