@@ -245,3 +245,12 @@ def test_cli_exits_2_on_an_ambiguous_setting(capsys):
     assert main(["check", "lookahead+rmsprop:alpha=0.5"]) == 2
     err = capsys.readouterr().err
     assert "taken by both lookahead and rmsprop" in err and "Traceback" not in err
+
+
+def test_a_wrapped_file_spec_runs_the_file_once(tmp_path):
+    runs = tmp_path / "runs.txt"
+    path = tmp_path / "counted.py"
+    path.write_text(f"open({str(runs)!r}, 'a').write('x')\n" + SEED_RULE)
+    opt = diyopt.optim.get(f"sam+{path}:gradient_descent:lr=0.25,rho=0.1")
+    assert runs.read_text() == "x"
+    assert opt.hyperparams["rho"] == 0.1 and opt.hyperparams["lr"] == 0.25

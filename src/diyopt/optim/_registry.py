@@ -136,13 +136,15 @@ def get(spec: str) -> Optimizer:
                 raise ValueError(
                     unknown_name(f"setting for {w}:", k, [n for n in known if n != "base"]) + f" (in spec {whole!r})"
                 )
-    base_known = _base_settings(target, attr)
+    base_known, loaded = None, None  # looked up only when a wrapper takes a setting given after the base
     for k in list(kwargs):
         owners = [
             i for i, w in enumerate(wrappers) if k != "base" and k in _known_settings(WRAPPERS[w]) and k not in own[i]
         ]
         if not owners:
             continue
+        if base_known is None:
+            base_known, loaded = _base_settings(target, attr)
         base_label = target if attr is None else f"{target}:{attr}"
         if len(owners) > 1 or k in base_known:
             names = [wrappers[i] for i in owners] + ([base_label] if k in base_known else [])
@@ -152,24 +154,22 @@ def get(spec: str) -> Optimizer:
                 f"settings after its name (e.g. {first}:{k}=...+...), the ones after the base go to the base"
             )
         own[owners[0]][k] = kwargs.pop(k)
-    opt = _base(target, attr, kwargs, whole)
+    opt = _base(target, attr, kwargs, whole, loaded)
     for w, settings in zip(reversed(wrappers), reversed(own)):
         opt = WRAPPERS[w](opt, **settings)
     return opt
 
 
-def _base_settings(target: str, attr: str | None) -> list[str]:
-    """The settings the base of a spec takes by name (none known for a factory taking ``**kwargs``)."""
+def _base_settings(target: str, attr: str | None) -> tuple[list[str], Any]:
+    """The settings the base of a spec takes by name (none known for a factory taking ``**kwargs``), and the
+    object loaded from a user's file (None for a built-in), so the file runs once."""
     if attr is None:
         factory = BUILTINS.get(target)
-        return (_known_settings(factory) or []) if factory is not None else []
-    try:
-        obj = getattr_from_file(target, attr)
-    except Exception:  # reported with its own message when the base is built
-        return []
+        return ((_known_settings(factory) or []) if factory is not None else []), None
+    obj = getattr_from_file(target, attr)
     if isinstance(obj, Optimizer):
-        return list(obj.hyperparams or {})
-    return (_known_settings(obj) or []) if callable(obj) else []
+        return list(obj.hyperparams or {}), obj
+    return ((_known_settings(obj) or []) if callable(obj) else []), obj
 
 
 # A "+" that joins a wrapper to what it wraps; not the "+" of an exponent such as 1e+2.
@@ -210,7 +210,7 @@ def _split_wrappers(spec: str) -> tuple[list[tuple[str, str]], str]:
     return parts, text
 
 
-def _base(target: str, attr: str | None, kwargs: dict, whole: str | None = None) -> Optimizer:
+def _base(target: str, attr: str | None, kwargs: dict, whole: str | None = None, obj: Any = None) -> Optimizer:
     if attr is None:
         if target in WRAPPERS:
             raise ValueError(
@@ -220,7 +220,8 @@ def _base(target: str, attr: str | None, kwargs: dict, whole: str | None = None)
         if target not in BUILTINS:
             raise ValueError(unknown_name("optimizer", target, BUILTINS))
         return _build(BUILTINS[target], kwargs, target, whole)
-    obj = getattr_from_file(target, attr)
+    if obj is None:
+        obj = getattr_from_file(target, attr)
     if isinstance(obj, Optimizer):
         return obj.replace_hyperparams(**kwargs) if kwargs else obj
     if callable(obj):
