@@ -134,7 +134,7 @@ def test_cli_fit_rosenbrock_dim4(tmp_path):
     "optimizer, steps, code",
     [
         ("adam", 30, 0),  # one loss and gradient per update
-        ("schedule_free_adamw:lr=0.01", 30, 0),  # and one more at the evaluation params it reports
+        ("schedule_free_adamw:lr=0.01", 30, 0),  # the loss at the evaluation params it reports is not counted
         ("sgd:lr=1", 20, 3),  # diverges at step 4: the step that diverged evaluated its loss too
     ],
 )

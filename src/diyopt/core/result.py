@@ -26,8 +26,9 @@ The counts, one meaning each (a count a method has no use for is 0):
   solver its iterations, each of which evaluates one gradient, Jacobian or Hessian at a new point
   (``torch.optim.LBFGS``'s ``n_iter``);
 - ``nfev``: evaluations of the loss (least squares: of the residuals), with or without a derivative
-  (fit: ``steps``, plus the step that diverged; a torch.optim class such as LBFGS may evaluate its
-  closure several times per step);
+  (fit: ``steps``, plus the step that diverged, plus the update's own evaluations -- SAM's gradient at
+  the ascent point, 2 per step; a torch.optim class such as LBFGS may evaluate its closure several
+  times per step);
 - ``njev``: evaluations of the loss's gradient (least squares: of the Jacobian);
 - ``nhev``: evaluations of the loss's Hessian.
 
