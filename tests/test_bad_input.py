@@ -335,7 +335,7 @@ CATALOG = [
         "spec-bool-for-a-number",
         {"--optimizer": "adam:lr=true"},
         {},
-        r"bad value 'true' for 'lr' in adam: expected a number",
+        r"bad value 'true' for 'lr' in spec 'adam:lr=true': expected a number",
     ),
     (
         "data-duplicate-columns",
