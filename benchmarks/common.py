@@ -110,7 +110,8 @@ def target_row(target: int, what: str, value: float, goal: float, unit: str = "x
     import math
 
     met = value <= goal
-    shown = "n/a" if math.isnan(value) else f"{value:.3g}{unit}"
+    # ratios with three decimals: a 1.0004x median must not print as "1x ... missed"
+    shown = "n/a" if math.isnan(value) else (f"{value:.3f}x" if unit == "x" else f"{value:.3g}{unit}")
     verdict = "not measured" if math.isnan(value) else ("met" if met else "missed")
     print(f"TARGET {target} | {what} | {shown} | <= {goal:g}{unit} | {verdict}", flush=True)
     return met

@@ -57,6 +57,26 @@ def test_compiled_fit_says_it_compiles(capsys):
     assert torch.equal(r.losses, r2.losses)
 
 
+def test_a_compiled_fit_that_costs_more_than_it_saves_says_so(capsys):
+    """16 steps of a 7-parameter quadratic (a shape no other test compiles, so this is a real compile):
+    compiling takes seconds, the eager fit milliseconds (issue 15, target 3). The estimate is the eager
+    step timed, times the steps: checked against a real eager fit; said exactly when it is the smaller."""
+    target = torch.arange(7, dtype=torch.float64)
+
+    def loss(p):
+        return ((p["x"] - target) ** 2).sum()
+
+    p0 = {"x": torch.zeros(7, dtype=torch.float64)}
+    opt = diyopt.optim.sgd(lr=1e-2)
+    diyopt.fit(loss, p0, opt, 16, engine="compiled", chunk=8, backend="aot_eager", progress=True)
+    err = capsys.readouterr().err
+    compiled_s = float(err.split("diyopt: compiled in ", 1)[1].split(" s", 1)[0])
+    assert "compiling cost more than it saves" in err, err
+    said = float(err.split("this run takes about ", 1)[1].split(" s", 1)[0])
+    eager = diyopt.fit(loss, p0, opt, 16)
+    assert said < compiled_s and said < 100 * max(eager.seconds, 1e-3)
+
+
 def test_sweep_progress(capsys):
     loss, p0 = line_problem()
     result = diyopt.sweep(loss, p0, diyopt.optim.adam(), 40, grid={"lr": [1e-3, 1e-2]}, progress=True)

@@ -84,9 +84,15 @@ class CompileNotice:
         if self.show:
             _write("diyopt: compiling (first call; cached for next time)...")
 
-    def done(self, seconds: float) -> None:
+    def done(self, seconds: float, eager_seconds: float | None = None) -> None:
+        """``eager_seconds``: what the whole run would take uncompiled (an estimate); said when it is less."""
         if self.show:
             _write(f"diyopt: compiled in {seconds:.1f} s")
+            if eager_seconds is not None and eager_seconds < seconds:
+                _write(
+                    f"diyopt: compiling cost more than it saves: this run takes about {eager_seconds:.2g} s "
+                    "with engine='eager'"
+                )
 
 
 def _write(line: str) -> None:

@@ -214,6 +214,7 @@ def fit_compiled(
     first_call = None
     bar = StepBar.maybe(progress, steps)
     notice = CompileNotice(progress)
+    eager_seconds = _eager_estimate(eager_step, current, state, steps) if notice.show else None
     notice.start()
     start = time.perf_counter()
     while steps - done >= per_turn:
@@ -232,7 +233,7 @@ def fit_compiled(
             ) from e
         if first_call is None:
             first_call = time.perf_counter() - t0
-            notice.done(first_call)
+            notice.done(first_call, eager_seconds)
         if guard and not bool(finite[:n].all()):
             # Replay the chunk in the eager step to stop exactly where the eager loop would.
             done, current, state, event = _replay(eager_step, current, state, losses, done, n, view)
@@ -279,6 +280,18 @@ def fit_compiled(
         njev=evals,
         train_params=None if train is None else view(train),
     )
+
+
+def _eager_estimate(step: Callable, current: Params, state: Any, steps: int, probes: int = 3) -> float:
+    """Seconds the whole fit would take in the eager step: ``probes`` timed steps (after an untimed one),
+    times ``steps`` -- so the compile notice can say when compiling costs more than it saves (a short fit
+    of a small model). The steps are pure and run under a forked RNG, so the fit itself is unchanged."""
+    with torch.random.fork_rng(devices=[]):
+        c, s, *_ = step(current, state)
+        t0 = time.perf_counter()
+        for _ in range(probes):
+            c, s, *_ = step(c, s)
+        return (time.perf_counter() - t0) / probes * steps
 
 
 def _make_step(loss_fn: Callable, view: Callable, update: Callable) -> Callable:
