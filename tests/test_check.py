@@ -301,3 +301,41 @@ def test_cli_list():
     assert losses.stdout.split() == diyopt.losses.names()
     bad = run_cli("list", "optimisers")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_a_matrix_only_rule_runs_every_check_on_matrices():
+    """Muon refuses vectors (as torch.optim.Muon does), so the kit gives it the problems' vectors as n x 1
+    matrices and says so; every row then runs. The parabola's step count is checked against torch.optim.Muon
+    itself on the same n x 1 matrices, stepped until every coordinate is within the kit's tolerance."""
+    report = diyopt.check(diyopt.optim.muon())
+    assert report.passed, report.table()
+    assert report["matrices only"].status == INFO and "Muon only supports 2D" in report["matrices only"].detail
+    assert {r.name for r in report.results if r.status == PASS} >= {"downhill", "parabola", "rosenbrock"}
+    ours = int(report["parabola"].detail.split(" after ")[1].split()[0])
+
+    c = {
+        "a": torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64),
+        "b": torch.tensor([[3.0]], dtype=torch.float64),
+    }
+    p = {k: torch.zeros_like(v, requires_grad=True) for k, v in c.items()}
+    ref = torch.optim.Muon(list(p.values()), lr=1e-3)
+    steps, err = 0, float("inf")
+    while err > 3e-2 and steps < 20_000:
+        for k in p:
+            p[k].grad = 2 * (p[k].detach() - c[k])
+        ref.step()
+        steps += 1
+        err = max(float((p[k].detach() - c[k]).abs().max()) for k in p)
+    assert ours == steps
+
+
+def test_a_broken_matrix_only_rule_still_fails():
+    wrong_sign = diyopt.core.chain(diyopt.optim.muon(), diyopt.transforms.scale(-1.0))
+    report = diyopt.check(wrong_sign)
+    assert report["matrices only"].status == INFO
+    assert report["downhill"].status == FAIL and not report.passed
+
+
+def test_a_rule_that_takes_vectors_gets_no_matrices_row():
+    report = diyopt.check(diyopt.optim.adam(lr=1e-2))
+    assert "matrices only" not in {r.name for r in report.results}

@@ -28,6 +28,10 @@ flat buffer            a ``flattenable`` rule gives the same updates on all para
                        must be declared ``@elementwise(whole_tensor=True)``
 =====================  ==================================================================================
 
+A rule that takes matrices only (``muon``, as ``torch.optim.Muon``: a ``ValueError`` for a vector at ``init``,
+none for a matrix) gets every problem's vectors as ``n x 1`` matrices -- the same function of the same
+numbers -- and an INFO row saying so; every check then runs on it as on any other rule.
+
 The gradients of the test problems are written in closed form: the kit checks the optimizer, not autograd.
 Every ``update`` goes through the engines' entry point (``diyopt.engines.engine_update``), so an optimizer
 of the extended contract (docs/contract.md) gets what it declares: ``grad_fn`` is the problem's closed-form
@@ -39,6 +43,7 @@ gradient (SAM's second evaluation), ``loss`` its loss; the convergence checks ju
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import gc
 import warnings
@@ -140,6 +145,20 @@ def check(
         tuned = optimizer
     label = name or _describe(optimizer)
     report = CheckReport(label)
+    refusal = _refuses_vectors(optimizer)
+    if refusal is not None:  # Muon: the problems' vectors become n x 1 matrices, so every check still runs
+        report.results.append(
+            CheckResult("matrices only", INFO, f"refuses 1-D params ({refusal}): vectors given as n x 1 matrices")
+        )
+    token = _MATRICES.set(refusal is not None)
+    try:
+        _run_checks(report, optimizer, tuned, budget, tol, lr)
+    finally:
+        _MATRICES.reset(token)
+    return report
+
+
+def _run_checks(report: CheckReport, optimizer: Optimizer, tuned: Optimizer, budget: int, tol: float, lr) -> None:
     checks: list[tuple[str, Callable[[], tuple[str, str]]]] = [
         ("downhill", lambda: _downhill(optimizer)),
         ("uphill (maximize)", lambda: _uphill(optimizer)),
@@ -159,7 +178,6 @@ def check(
         except Exception as e:  # a crash is a failure of that check, with its message as the reason
             status, detail = FAIL, f"raised {type(e).__name__}: {' '.join(str(e).split())}"
         report.results.append(CheckResult(check_name, status, detail))
-    return report
 
 
 def _describe(opt: Optimizer) -> str:
@@ -167,6 +185,48 @@ def _describe(opt: Optimizer) -> str:
     if build and opt.hyperparams is not None:
         return f"{build}({', '.join(f'{k}={v!r}' for k, v in opt.hyperparams.items())})"
     return "optimizer"
+
+
+#: True while :func:`check` runs a rule that takes matrices only: the problems give their vectors as n x 1.
+_MATRICES = contextvars.ContextVar("diyopt_check_matrices", default=False)
+
+
+def _refuses_vectors(opt: Optimizer) -> str | None:
+    """The refusal's message when ``opt`` takes 2-D params but refuses a vector (Muon, as torch.optim.Muon),
+    else None. Only a ValueError at ``init`` counts, and only when a matrix is taken: any other failure is
+    left for the checks themselves to report."""
+    try:
+        opt.init({"w": torch.zeros(3, 2, dtype=torch.float64)})
+    except Exception:
+        return None
+    try:
+        opt.init({"v": torch.zeros(3, dtype=torch.float64)})
+    except ValueError as e:
+        return " ".join(str(e).split()).split(";")[0]  # its first clause: the rest is advice for fit
+    except Exception:
+        return None
+    return None
+
+
+def _shaped(problem: _Problem) -> _Problem:
+    """``problem`` as it is, or (for a matrix-only rule) with each 0-D or 1-D param as an n x 1 matrix:
+    the same function of the same numbers, its loss and gradient computed on the original shapes."""
+    if not _MATRICES.get():
+        return problem
+    shapes = {k: v.shape for k, v in problem.params0.items()}
+
+    def column(t: Tensor) -> Tensor:
+        return t if t.dim() >= 2 else t.reshape(-1, 1)
+
+    def back(p: Params) -> Params:
+        return {k: p[k].reshape(shapes[k]) for k in p}
+
+    return _Problem(
+        {k: column(v) for k, v in problem.params0.items()},
+        lambda p: problem.loss(back(p)),
+        lambda p: {k: column(g) for k, g in problem.grad(back(p)).items()},
+        None if problem.solution is None else {k: column(v) for k, v in problem.solution.items()},
+    )
 
 
 class _Problem:
@@ -193,17 +253,19 @@ def _quadratic() -> _Problem:
     def grad(p):
         return {k: (h[k] * (p[k].double() - c[k])).to(p[k].dtype) for k in p}
 
-    return _Problem(p0, loss, grad, c)
+    return _shaped(_Problem(p0, loss, grad, c))
 
 
 def _parabola() -> _Problem:
     c = {"a": torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), "b": torch.tensor([3.0], dtype=torch.float64)}
     p0 = {"a": torch.zeros(3, dtype=torch.float64), "b": torch.zeros(1, dtype=torch.float64)}
-    return _Problem(
-        p0,
-        lambda p: sum(((p[k].detach() - c[k]) ** 2).sum() for k in p),
-        lambda p: {k: 2 * (p[k] - c[k]) for k in p},
-        c,
+    return _shaped(
+        _Problem(
+            p0,
+            lambda p: sum(((p[k].detach() - c[k]) ** 2).sum() for k in p),
+            lambda p: {k: 2 * (p[k] - c[k]) for k in p},
+            c,
+        )
     )
 
 
@@ -218,11 +280,13 @@ def _rosenbrock() -> _Problem:
         x, y = p["xy"][0], p["xy"][1]
         return {"xy": torch.stack([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])}
 
-    return _Problem(
-        {"xy": torch.tensor([-1.2, 1.0], dtype=torch.float64)},
-        loss,
-        grad,
-        {"xy": torch.tensor([1.0, 1.0], dtype=torch.float64)},
+    return _shaped(
+        _Problem(
+            {"xy": torch.tensor([-1.2, 1.0], dtype=torch.float64)},
+            loss,
+            grad,
+            {"xy": torch.tensor([1.0, 1.0], dtype=torch.float64)},
+        )
     )
 
 
