@@ -23,3 +23,21 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Count the ``to_torch`` kernel engine's successful calls per kernel name (the kernels run unchanged);
+    used by the kernel and partition tests to show which path ran."""
+    from diyopt.engines import _to_torch as torch_optim
+
+    calls = {}
+    for name, (state, run) in list(torch_optim._KERNELS.items()):
+
+        def counted(*a, _run=run, _name=name):
+            out = _run(*a)
+            calls[_name] = calls.get(_name, 0) + int(bool(out))
+            return out
+
+        monkeypatch.setitem(torch_optim._KERNELS, name, (state, counted))
+    return calls

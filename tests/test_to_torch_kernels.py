@@ -11,27 +11,11 @@ from to_torch_helpers import assert_rel, start_params, step_grads
 
 import diyopt
 import diyopt.schedules
-from diyopt.engines import _to_torch as torch_optim
 from diyopt.errors import DivergedError
 
 # Each record's kernel_settings (tests/optim_db.py)
 CASES = [(info.name, kw, info.torch_cls) for info in optim_db for kw in info.kernel_settings]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
-
-
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Count the kernel engine's calls per kernel name (the kernels themselves run unchanged)."""
-    calls = {}
-    for name, (state, run) in list(torch_optim._KERNELS.items()):
-
-        def counted(*a, _run=run, _name=name):
-            out = _run(*a)
-            calls[_name] = calls.get(_name, 0) + int(bool(out))
-            return out
-
-        monkeypatch.setitem(torch_optim._KERNELS, name, (state, counted))
-    return calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import diyopt
-from diyopt.engines import _to_torch as torch_optim
 from diyopt.errors import DivergedError
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -53,21 +52,6 @@ def train(model: nn.Module, opts: list, steps: int, dtype, seed: int = 0) -> Non
 
 def max_rel(a: nn.Module, b: nn.Module) -> float:
     return max(((p - q).abs().max() / q.abs().max()).item() for p, q in zip(a.parameters(), b.parameters()))
-
-
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Count the kernel engine's successful calls per kernel name (the kernels run unchanged)."""
-    calls = {}
-    for name, (state, run) in list(torch_optim._KERNELS.items()):
-
-        def counted(*a, _run=run, _name=name):
-            out = _run(*a)
-            calls[_name] = calls.get(_name, 0) + int(bool(out))
-            return out
-
-        monkeypatch.setitem(torch_optim._KERNELS, name, (state, counted))
-    return calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
