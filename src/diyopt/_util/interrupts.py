@@ -28,6 +28,25 @@ def interrupted(signum: int) -> KeyboardInterrupt:
     return Terminated(signum)
 
 
+def interrupt_in(error: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM's :class:`Terminated`) that ``error`` came from, if any.
+
+    A signal that lands while a C extension initializes is re-raised by it as another exception: pybind11
+    modules (matplotlib's ``ft2font``, ``_path``, ...) raise ``ImportError("initialization failed")`` from
+    the ``KeyboardInterrupt``. That is still the user's Ctrl-C, not an error, and must end the run as one
+    (exit 130, not 1; and with ``os._exit``: the half-initialized module can crash the interpreter's
+    teardown). Walks ``__cause__`` and ``__context__``.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
 class _Pending:
     signum = 0
 

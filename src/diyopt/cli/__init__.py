@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    from diyopt._util.interrupts import raise_on_sigterm
+    from diyopt._util.interrupts import interrupt_in, raise_on_sigterm
 
     raise_on_sigterm()  # SIGTERM ends a run like Ctrl-C: checkpoint saved, temps removed, exit 143
     try:
@@ -65,22 +65,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as e:
-        signum = getattr(e, "signum", 2)
-        print(f"diyopt: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
-        if from_command_line:
-            # Every cleanup ran on the way here; skip the interpreter's teardown, which can take seconds
-            # (freeing a long run's history), so a signal ends the process at once.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(128 + signum)
-        return 128 + signum
+        return _interrupted(e, from_command_line)
     except Exception as e:
+        interrupt = interrupt_in(e)  # e.g. Ctrl-C during matplotlib's import, re-raised as an ImportError
+        if interrupt is not None:
+            return _interrupted(interrupt, from_command_line)
         where = user_code_line(e)
         if where is not None:  # raised inside the user's rule or loss: their file and line, not ours
             return _fail(f"diyopt: error in {where}: {type(e).__name__}: {_one_line(e)}", debug)
         if isinstance(e, (ValueError, TypeError, OSError, ImportError, SyntaxError, KeyError)):
             return _fail(f"diyopt: error: {_one_line(e)}", debug)
         raise
+
+
+def _interrupted(e: KeyboardInterrupt, from_command_line: bool) -> int:
+    signum = getattr(e, "signum", 2)
+    print(f"diyopt: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+    if from_command_line:
+        # Every cleanup ran on the way here; skip the interpreter's teardown, which can take seconds
+        # (freeing a long run's history), so a signal ends the process at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+    return 128 + signum
 
 
 def user_code_line(e: BaseException) -> str | None:

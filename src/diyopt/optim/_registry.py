@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diyopt._util.interrupts import interrupt_in
 from diyopt.core.contract import Optimizer
 from diyopt.errors import unknown_name
 from diyopt.optim._builtins import BUILTINS as TORCH_TWINS
@@ -294,6 +295,8 @@ def load_file(path: str):
         raise ImportError(f"cannot import {path}, line {e.lineno}: SyntaxError: {e.msg}") from None
     except (Exception, SystemExit) as e:  # SystemExit: sys.exit() at import must not end diyopt with 0
         sys.modules.pop(name, None)
+        if interrupt_in(e) is not None:  # Ctrl-C inside an extension the file imports (pybind11's wrap)
+            raise KeyboardInterrupt(f"interrupted while importing {path}") from None
         frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == full]
         line = f", line {frames[-1].lineno}" if frames else ""
         if isinstance(e, SystemExit):
