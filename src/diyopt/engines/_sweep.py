@@ -434,7 +434,13 @@ def _packing(layout: FlatLayout | None) -> tuple[Callable, Callable]:
     dict itself) and back: ``view(pack(p)) == p``."""
     if layout is None:
         return (lambda p: p), (lambda p: dict(p))
-    return (lambda p: layout.unflatten(p["flat"])), (lambda p: {"flat": layout.flatten(p)})
+    plain = [len(s) == 1 for s in layout.shapes]  # a 1-D param's chunk has its shape already: no view op
+
+    def view(p: Params) -> Params:
+        chunks = p["flat"].split(layout.sizes)
+        return {n: c if keep else c.view(s) for n, c, s, keep in zip(layout.names, chunks, layout.shapes, plain)}
+
+    return view, (lambda p: {"flat": layout.flatten(p)})
 
 
 def _rebuild(optimizer: Optimizer, hyper: Mapping[str, Any]) -> Optimizer:
@@ -501,40 +507,49 @@ def _broadcast_steps(loss_fn: Callable, view: Callable, optimizer: Optimizer) ->
     ``n`` values per run (an elementwise rule cannot tell: ``Optimizer.flattenable``), and a per-run scalar
     (a swept hyperparameter, the step count, a bias correction) as ``[K, 1]``, so ``lr * m`` is run ``k``'s
     ``lr_k m_k`` with torch's own broadcasting -- no batching rule per op. The gradient: the loss of every
-    run from one vmapped forward, then one backward of their sum; runs share no params, so
+    run from one vmapped forward, then one backward of their sum (seeded with ones); runs share no params, so
     ``d(sum_j f_j)/d(x_k) = grad f_k(x_k)``, exactly run ``k``'s gradient. The guard is the vmapped step's:
     a run whose loss, gradients or new params are not finite keeps its params and state, and records nan.
     """
-    forward = torch.func.vmap(lambda current: loss_fn(view(current)))
+    built: dict = {}  # the rule for all runs, built once per batch (the hyper dict of that batch)
 
     def steps(hyper: dict, current: Params, state: Any, count: int):
-        runs = next(iter(current.values())).shape[0]
-        cpu = next(iter(current.values())).device.type == "cpu"  # a GPU would sync on the fast check
-        update = engine_update(_per_run(optimizer, hyper, runs), None)
+        ref = next(iter(current.values()))
+        runs, cpu = ref.shape[0], ref.device.type == "cpu"  # a GPU would sync on the fast check
+        if built.get("hyper") is not hyper:
+            built.update(hyper=hyper, update=engine_update(_per_run(optimizer, hyper, runs), None))
+        update = built["update"]
         state, spec = _to_broadcast(state, runs), _shapes(state)
         shapes = {k: v.shape for k, v in current.items()}
         flat = {k: v.reshape(runs, -1) for k, v in current.items()}
+        named = {k for k, v in flat.items() if v.shape != shapes[k]}  # those the loss sees in another shape
+        seed = torch.ones(runs, dtype=ref.dtype, device=ref.device)  # d(sum_k f_k)/d f_k, made once
+        names = list(current)
+        # the tensors as positional arguments: vmap flattens a tuple of tensors faster than a dict
+        forward = torch.func.vmap(lambda *ts: loss_fn(view(dict(zip(names, ts)))))
         losses = []
         for _ in range(count):
-            leaves = {k: v.detach().requires_grad_() for k, v in flat.items()}
+            # flat's tensors are autograd leaves (fresh from the update, which runs under no_grad)
+            leaves = [v.requires_grad_() for v in flat.values()]
             with torch.enable_grad():
-                loss = forward({k: v.view(shapes[k]) for k, v in leaves.items()})
-                grads = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values()))))
+                loss = forward(*(v.view(shapes[k]) if k in named else v for k, v in flat.items()))
+                grads = dict(zip(flat, torch.autograd.grad(loss, leaves, seed)))
             loss = loss.detach()
-            updates, new_state = update(grads, state, flat)
-            new = {k: v + updates[k] for k, v in flat.items()}
-            if cpu and _all_finite(loss, grads, new):  # the common step: the guard would keep every run's step
-                flat, state = new, new_state
-                losses.append(loss)
-                continue
-            ok = torch.isfinite(loss)
-            for t in (*grads.values(), *new.values()):
-                ok = ok & torch.isfinite(t).all(1)
-            keep = ok.unsqueeze(1)
-            flat = {k: torch.where(keep, new[k], v) for k, v in flat.items()}
-            state = _keep_finite(keep, new_state, state)
-            losses.append(torch.where(ok, loss, torch.full_like(loss, math.nan)))
-        current = {k: v.view(shapes[k]) for k, v in flat.items()}
+            with torch.no_grad():
+                updates, new_state = update(grads, state, flat)
+                new = {k: v + updates[k] for k, v in flat.items()}
+                if cpu and _all_finite(loss, grads, new):  # the common step: the guard keeps every run's step
+                    flat, state = new, new_state
+                    losses.append(loss)
+                    continue
+                ok = torch.isfinite(loss)
+                for t in (*grads.values(), *new.values()):
+                    ok = ok & torch.isfinite(t).all(1)
+                keep = ok.unsqueeze(1)
+                flat = {k: torch.where(keep, new[k], v.detach()) for k, v in flat.items()}
+                state = _keep_finite(keep, new_state, state)
+                losses.append(torch.where(ok, loss, torch.full_like(loss, math.nan)))
+        current = {k: v.detach().view(shapes[k]) for k, v in flat.items()}
         return current, _from_broadcast(state, spec), torch.stack(losses, 1)
 
     return steps
