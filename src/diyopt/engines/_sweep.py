@@ -5,6 +5,14 @@ leading *run* axis, so params, optimizer state and the swept hyperparameters (pe
 the map) all carry that axis and 1,000 runs cost a handful of large tensor ops per step instead of 1,000
 small ones. Run ``k`` equals ``fit`` with run ``k``'s settings, up to rounding.
 
+How the eager engine steps: a rule that treats every element on its own (the built-ins but Adafactor,
+Prodigy, Muon, SOAP; a user's ``elementwise`` rule) runs its update on all runs at once by plain
+broadcasting -- params and state ``[runs, n]``, per-run scalars (swept settings, step counts) ``[runs,
+1]`` -- and only the loss goes through vmap (:func:`_broadcast_steps`); any other rule (a global norm,
+extra inputs, one that fails the first-step comparison with the vmapped update) runs wholly under vmap.
+``SweepResult.info["update"]`` says which (``"broadcast"`` or ``"vmap"``), ``info["update_why"]`` why not
+broadcast. The numbers are the same either way: the broadcast update is checked against the vmapped one.
+
 What a seed means: the same as in :func:`diyopt.compare` (:mod:`diyopt.starts`): seed 0 starts at
 ``params``, seed ``s > 0`` at ``params + 0.1 (1 + |params|) z``, ``z ~ N(0, 1)`` drawn with
 ``torch.Generator().manual_seed(s)``; ``init(s)`` replaces that rule when given. Without ``seeds`` every
@@ -60,7 +68,9 @@ class SweepResult:
       losses: ``(runs, steps)`` tensor, every run's loss curve (``losses[k, i]`` before update ``i``).
       params: the final params, ``dict[str, Tensor]`` with a leading run axis.
       seconds: wall time of the runs (compilation excluded); compile_seconds: the first call's extra time.
-      info: engine, batch size, number of batches, ``tol``, ``f_star`` and where it came from.
+      info: engine, batch size, number of batches, ``tol``, ``f_star`` and where it came from, ``update``
+        (how the eager step ran the rule: ``"broadcast"`` or ``"vmap"``, see the module docstring) and, when
+        not broadcast, ``update_why``.
     """
 
     rows: list[dict]
