@@ -190,6 +190,26 @@ def checked_for(form: str):
         _FORM.reset(token)
 
 
+_PER_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("diyopt_per_run", default=False)
+
+
+def per_run_hyperparams() -> bool:
+    """True while an engine builds one rule for many runs at once (``diyopt.sweep``'s broadcast step): a
+    tensor hyperparameter then holds one value per run, shaped ``[runs, 1]``, so a factory's check that a
+    tensor setting has one element (torch's, for a user's own tensor) does not apply."""
+    return _PER_RUN.get()
+
+
+@contextlib.contextmanager
+def building_per_run():
+    """Build optimizers under :func:`per_run_hyperparams` ``== True``."""
+    token = _PER_RUN.set(True)
+    try:
+        yield
+    finally:
+        _PER_RUN.reset(token)
+
+
 def eval_params(optimizer: Optimizer, state: State, params: Params) -> Params:
     """The params to evaluate and report: ``optimizer.eval_params(state, params)``, or ``params`` itself
     for an optimizer whose evaluation params are its training params (the common case)."""

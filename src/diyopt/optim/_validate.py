@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
+from diyopt.core.contract import per_run_hyperparams
+
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool)
@@ -29,7 +31,7 @@ def _check(value: Any, ok: Callable[[float], bool], message: str) -> None:
 def check_lr(lr: Any, *, positive: bool = False, message: str = "Invalid learning rate: {}") -> None:
     """A tensor lr has one element; a number lr is ``>= 0`` (``> 0`` with ``positive``: SparseAdam,
     Prodigy). ``message``: the reference's wording where it has its own (Muon, Adafactor)."""
-    if isinstance(lr, Tensor) and lr.numel() != 1:
+    if isinstance(lr, Tensor) and lr.numel() != 1 and not per_run_hyperparams():
         raise ValueError("Tensor lr must be 1-element")
     _check(lr, (lambda v: v > 0.0) if positive else (lambda v: v >= 0.0), message)
 
@@ -53,7 +55,7 @@ def check_betas(betas: Any, n: int = 2) -> None:
     if sum(isinstance(b, Tensor) for b in betas) == 1:
         raise ValueError("betas must be either both floats or both Tensors")
     for i, b in enumerate(betas):
-        if isinstance(b, Tensor) and b.numel() != 1:
+        if isinstance(b, Tensor) and b.numel() != 1 and not per_run_hyperparams():
             raise ValueError(f"Tensor betas[{i}] must be 1-element")
 
 
