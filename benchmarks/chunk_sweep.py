@@ -4,7 +4,8 @@ On ``to_torch_step.py``'s model (10M float32 params in 80 tensors, fixed gradien
 torch.optim class with ``foreach=True`` and diyopt's default ``to_torch`` with the group run in chunks of
 each ``--sizes`` (MiB of params; 0: the whole group at once, no chunking), all timed round-robin in one
 process, and prints each one's median step time and its ratio to the torch class. Pick the chunk size
-(``diyopt.engines._kernels.CHUNK_BYTES``) from the table; ``to_torch_step.py`` checks the target.
+(``diyopt.engines._kernels.CHUNK_BYTES``; ``RULE_CHUNK_BYTES`` for ``my_adam``, a user's rule from
+``examples/my_adam.py``, against ``Adam(foreach=True)``) from the table; ``to_torch_step.py`` checks the target.
 
     python benchmarks/chunk_sweep.py [--only rmsprop,nadam] [--sizes 0,1,2,4,8] [--steps 10] [--threads 1]
 """
@@ -24,15 +25,16 @@ import diyopt
 from diyopt.engines import _kernels
 
 
-def chunked(make_opt, size: int | None):
-    """A step of ``make_opt``'s optimizer run with ``CHUNK_BYTES = size``."""
+def chunked(make_opt, size: int | None, knob: str):
+    """A step of ``make_opt``'s optimizer run with ``_kernels.<knob> = size``."""
 
     def step(opt):
-        old, _kernels.CHUNK_BYTES = _kernels.CHUNK_BYTES, size
+        old = getattr(_kernels, knob)
+        setattr(_kernels, knob, size)
         try:
             opt.step()
         finally:
-            _kernels.CHUNK_BYTES = old
+            setattr(_kernels, knob, old)
 
     return make_opt, step
 
@@ -53,9 +55,12 @@ def main() -> None:
     if "my_adam" in args.only.split(","):
         pairs.append(("my_adam", torch.optim.Adam, load_my_adam(), {}))
     for label, cls, factory, kw in pairs:
-        engines = {f"torch.optim.{cls.__name__}(foreach=True)": (lambda p: cls(p, foreach=True, **kw), None)}
+        engines = {f"torch.optim.{cls.__name__}(foreach=True)": (lambda p, c=cls, k=kw: c(p, foreach=True, **k), None)}
         for mb in sizes:
-            engines[f"{label} chunk {mb:g} MiB"] = chunked(lambda p: diyopt.to_torch(factory(**kw), p), int(mb * 2**20) or None)
+            knob = "RULE_CHUNK_BYTES" if label == "my_adam" else "CHUNK_BYTES"
+            engines[f"{label} chunk {mb:g} MiB"] = chunked(
+                lambda p, f=factory, k=kw: diyopt.to_torch(f(**k), p), int(mb * 2**20) or None, knob
+            )
         runs = []
         for name, (make, step) in engines.items():
             opt = make(make_params())
@@ -63,7 +68,7 @@ def main() -> None:
                 (step or type(opt).step)(opt)
             runs.append((name, opt, step or type(opt).step, []))
         for _ in range(args.steps):
-            for name, opt, step, times in runs:
+            for _, opt, step, times in runs:
                 t = time.perf_counter()
                 step(opt)
                 times.append(time.perf_counter() - t)

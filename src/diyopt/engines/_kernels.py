@@ -48,6 +48,15 @@ def _steps(states: list) -> list | None:
 #: Bytes of params per chunk for the multi-tensor steps (``chunks``); None: the whole group at once.
 #: Measured by ``benchmarks/chunk_sweep.py`` (2-core EPYC, L2 1 MiB a core, L3 32 MiB): see BENCHMARKS.md.
 CHUNK_BYTES: int | None = 4 << 20
+#: The same for a user's ``elementwise`` rule run by ``to_torch`` (``TorchOptimizer._rule_step``): a tensor
+#: larger than this runs piece by piece, so the rule's out-of-place temporaries are small and cached.
+RULE_CHUNK_BYTES: int | None = 1 << 20
+
+
+def cuts(n: int, per: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into the fewest near-equal contiguous ``(start, stop)`` pieces of at most ``per``."""
+    k = -(-n // max(per, 1))
+    return [(n * i // k, n * (i + 1) // k) for i in range(k)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,8 +73,7 @@ def _plan(numels: tuple, itemsize: int, limit: int) -> tuple:
             if current:
                 chunks.append(current)
                 current, room = [], per
-            cuts = -(-n // per)
-            chunks += [[(j, n * k // cuts, n * (k + 1) // cuts)] for k in range(cuts)]
+            chunks += [[(j, a, b)] for a, b in cuts(n, per)]
             continue
         if n > room and current:
             chunks.append(current)

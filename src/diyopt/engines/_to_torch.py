@@ -52,6 +52,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from diyopt.core.contract import Optimizer, elementwise
+from diyopt.engines import _kernels
 from diyopt.engines._extended import step_extended, swap_params
 from diyopt.engines._kernels import KERNELS, SCALARS_ANY_DTYPE
 from diyopt.engines.hoisting import hoisting_backend
@@ -431,6 +432,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         little beyond params, grads and state, where the whole-group update holds every new state and
         update at once (3.2x ``Adam(foreach=True)``'s peak for ``examples/my_adam.py``, 10M params).
 
+        A tensor larger than ``_kernels.RULE_CHUNK_BYTES`` runs piece by piece (:meth:`_rule_pieces`), its
+        state written in place, so the rule's temporaries are a piece's size and stay in cache.
+
         The guard: the gradients are checked first (one sum each; a non-finite one hands the step to the
         pure path, which raises with nothing written), then each tensor's update before it is written. A
         non-finite update from finite gradients (the rule divides by zero) raises ``DivergedError`` naming
@@ -446,7 +450,12 @@ class TorchOptimizer(torch.optim.Optimizer):
         state = pytree.tree_unflatten(layout.read(self.state, params, i), layout.spec)
         owned = layout.by_param(len(params))
         new_state, relayout = {}, False
+        per = (_kernels.RULE_CHUNK_BYTES or 0) // params[0].element_size() if opt.flattenable else 0
         for j, (n, p, g) in enumerate(zip(names, params, grads)):
+            done = self._rule_pieces(opt, n, p, g, state[n], owned[j], per, guard, names[:j]) if per else None
+            if done is not None:
+                new_state[n] = done
+                continue
             updates, one = opt.update({n: g}, {n: state[n]}, {n: p})
             u, s = updates[n], one[n]
             if guard and not math.isfinite(float(u.sum())):
@@ -464,6 +473,49 @@ class TorchOptimizer(torch.optim.Optimizer):
             layout = self._layouts[(i, tuple(names), structure)] = _Layout.of(new_state, names)
             layout.write(self.state, params, i, pytree.tree_leaves(new_state))
         return True
+
+    def _rule_pieces(self, opt, n, p, g, old, owned, per, guard, before) -> Any:
+        """One tensor of :meth:`_rule_step` larger than a chunk (``per`` elements), run piece by piece over
+        contiguous flat slices (``_kernels.cuts``): the rule, elementwise (``flattenable``), gives each
+        slice what it gives the whole tensor, and its temporaries stay the size of a piece, in cache. Each
+        piece's new state is copied into the state tensors' slice (in place) and its update added to the
+        param's slice; a 0-dim state leaf (a step count) is per tensor: every piece computes from the old
+        one and the last piece's value is bound in. Returns the tensor's new state; None (nothing written):
+        the tensor fits one chunk, a state leaf is neither 0-dim nor the param's shape, a tensor is not
+        contiguous, or the rule's state for the first piece is not the old state's structure, shapes and
+        dtypes (its state changes shape): the tensor then runs whole.
+
+        The guard checks each piece's update before that piece is written: a non-finite one raises with
+        the pieces before it written, and the message names them (``'w[:500000]'``)."""
+        if p.numel() <= per:
+            return None
+        leaves, spec = pytree.tree_flatten(old)
+        flat = [p, g, *leaves]
+        if not all(
+            isinstance(x, Tensor) and (x.dim() == 0 or (x.shape == p.shape and x.is_contiguous())) for x in flat
+        ):
+            return None
+        for k, (a, b) in enumerate(_kernels.cuts(p.numel(), per)):
+            views = [x.view(-1)[a:b] if x.dim() else x for x in flat]
+            updates, one = opt.update({n: views[1]}, {n: pytree.tree_unflatten(views[2:], spec)}, {n: views[0]})
+            u, (new, new_spec) = updates[n], pytree.tree_flatten(one[n])
+            if k == 0 and (
+                new_spec != spec
+                or u.shape != views[0].shape
+                or any(x.shape != v.shape or x.dtype != v.dtype for x, v in zip(new, views[2:]))
+            ):
+                return None
+            if guard and not math.isfinite(float(u.sum())):
+                stepped = [*before, f"{n}[:{a}]"] if a else before
+                _guard({n: u}, [n], [views[0]], self.state[p].get("step"), stepped=stepped)
+            for x, v in zip(new, views[2:]):
+                if v.dim():
+                    v.copy_(x)
+            views[0].add_(u.to(p.dtype))
+        leaves = [x if not leaf.dim() else leaf for leaf, x in zip(leaves, new)]  # the last piece's 0-dim ones
+        for (_, key), leaf in zip(owned, leaves):
+            self.state[p][key] = leaf
+        return pytree.tree_unflatten(leaves, spec)
 
     # ------------------------------------------------------------ the compiled engine
 
