@@ -241,9 +241,9 @@ MIXED = [3, 2, 50, 1, 4, 13]  # packed whole, cut into pieces, packed whole agai
 FOREACH_CASES = [c for c in CASES if c[0] in _kernels.FOREACH]  # torch.optim's multi-tensor steps
 
 
-def test_the_chunk_plan_covers_every_element_once_and_runs_last_to_first():
+def test_the_chunk_plan_covers_every_element_once():
     plan = _kernels._plan(tuple(MIXED), 8, 12 * 8)  # 12 float64 elements a chunk
-    assert plan[0] == ((5, 6, 13, True),)  # the last tensor's last piece first
+    assert plan[0] == ((0, 0, 3, True), (1, 0, 2, True))  # packed whole
     covered = {j: [] for j in range(len(MIXED))}
     for chunk in plan:
         assert sum(b - a for _, a, b, _ in chunk) <= 12
@@ -254,7 +254,7 @@ def test_the_chunk_plan_covers_every_element_once_and_runs_last_to_first():
         assert pieces[0][0] == 0 and pieces[-1][1] == n
         assert all(x[1] == y[0] for x, y in zip(pieces, pieces[1:]))  # contiguous, no overlap
         assert sum(f for _, _, f in pieces) == 1  # one piece steps the 0-dim state
-    assert [len(c) for c in reversed(plan)][:2] == [2, 1]  # [3, 2] packed; 50 cut
+    assert [len(c) for c in plan] == [2, 1, 1, 1, 1, 1, 2, 1, 1]  # 50 cut in 5, [1, 4] packed, 13 in 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -293,8 +293,9 @@ def test_a_chunked_group_of_mixed_sizes_equals_the_pure_rule(name, kwargs, cls, 
 @pytest.mark.parametrize("where", [0, -1], ids=["last-chunk", "first-chunk"])
 @pytest.mark.parametrize("name,kwargs", [("rmsprop", {}), ("nadam", {}), ("asgd", {}), ("radam", {})])
 def test_a_nonfinite_gradient_in_any_chunk_writes_nothing(name, kwargs, where, monkeypatch):
-    """The guard checks every gradient before the first chunk runs: a nan in the chunk that runs last (the
-    first tensor's first piece) or first raises with every param and state as it was."""
+    """The guard checks every gradient before the first chunk runs (the kernels run the group last tensor
+    first): a nan in the chunk that runs last (the first tensor's) or in the one that runs first raises with every
+    param and state as it was."""
     monkeypatch.setattr(_kernels, "CHUNK_BYTES", 24)  # 3 float64 elements: every tensor cut
     ps = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
     opt = diyopt.to_torch(getattr(diyopt.optim, name)(**kwargs), ps)

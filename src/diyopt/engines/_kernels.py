@@ -61,11 +61,10 @@ def cuts(n: int, per: int) -> list[tuple[int, int]]:
 
 @functools.lru_cache(maxsize=64)
 def _plan(numels: tuple, itemsize: int, limit: int) -> tuple:
-    """The group cut into chunks of at most ``limit`` bytes of params, in the order they run: each chunk a
+    """The group cut into chunks of at most ``limit`` bytes of params, in order: each chunk a
     tuple of ``(tensor index, start, stop, first)`` over the flattened tensors, ``first`` marking the piece of
     a tensor that runs first. Whole tensors are packed together while they fit; one larger than a chunk is
-    cut into near-equal contiguous pieces, each a chunk of its own. The chunks run last to first: the
-    guard's check has just read the last gradients, which are still in cache."""
+    cut into near-equal contiguous pieces, each a chunk of its own."""
     per = max(limit // itemsize, 1)
     chunks, current, room = [], [], per
     for j, n in enumerate(numels):
@@ -82,10 +81,7 @@ def _plan(numels: tuple, itemsize: int, limit: int) -> tuple:
         room -= n
     if current:
         chunks.append(current)
-    seen, out = set(), []
-    for chunk in reversed(chunks):
-        out.append(tuple((j, a, b, j not in seen and not seen.add(j)) for j, a, b in chunk))
-    return tuple(out)
+    return tuple(tuple((j, a, b, a == 0) for j, a, b in chunk) for chunk in chunks)
 
 
 def chunks(lists: list, limit: int | None = None) -> list | None:

@@ -349,7 +349,9 @@ class TorchOptimizer(torch.optim.Optimizer):
             layout.kernel_checked = ids
         if not checked and self.on_nonfinite == "raise" and not _all_finite(grads, layout):
             return False  # the pure path raises, naming the parameter, before writing
-        return spec[1](opt.hyperparams, params, grads, states)
+        # last tensor first: the guard's check has just read the gradients in order, and the last ones are
+        # still in cache (the order of an elementwise step's tensors changes no number)
+        return spec[1](opt.hyperparams, params[::-1], grads[::-1], states[::-1])
 
     # ------------------------------------------------------------ a partition, rule by rule
 
