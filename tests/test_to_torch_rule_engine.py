@@ -221,3 +221,30 @@ def test_a_tensor_cut_into_pieces_steps_its_count_once(my_adam, dtype, monkeypat
         assert float(opt.state[p]["t"]) == step + 1
         assert torch.equal(opt.state[p]["m"], state["0"].m) and torch.equal(opt.state[p]["v"], state["0"].v)
     assert calls == [2, 3, 3, 3] * 3 and rule_steps == [True] * 3
+
+
+def test_small_tensors_run_as_one_pack_and_a_late_joiner_one_by_one(my_adam, rule_steps):
+    """The four small tensors run through the rule in one call on their concatenation (the default chunk
+    packs them), equal to the pure rule tensor by tensor to the bit. A param whose step count differs (it had
+    no gradient at first) cannot share the pack's ``t``: that step runs them one by one, still exact."""
+    rule, calls = my_adam(lr=1e-2), []
+    counted = rule._replace(update=lambda g, s, p=None: calls.append(len(g)) or rule.update(g, s, p))
+    ours = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float32)]
+    opt = diyopt.to_torch(counted, ours)
+    pure = dict(enumerate(p.clone() for p in start_params(torch.float32)))
+    state = rule.init(pure)
+    for step in range(4):
+        gs = step_grads(step, torch.float32)
+        live = range(4) if step != 1 else range(3)  # param 3 has no gradient at step 1
+        for k, p in enumerate(ours):
+            p.grad = gs[k].clone() if k in live else None
+        calls.clear()
+        opt.step()
+        updates, new = rule.update({k: gs[k] for k in live}, {k: state[k] for k in live}, pure)
+        state.update(new)
+        pure = diyopt.apply_updates(pure, {k: updates.get(k, torch.zeros_like(pure[k])) for k in pure})
+        for k, p in enumerate(ours):
+            assert torch.equal(p.detach(), pure[k]), f"step {step} param {k}"
+            assert torch.equal(opt.state[p]["m"], state[k].m) and torch.equal(opt.state[p]["t"], state[k].t)
+        assert len(calls) == (1 if step in (0, 1) else 4), step  # step 1: three params packed, all equal
+    assert rule_steps == [True] * 4
