@@ -12,7 +12,8 @@ by step in float64 and float32.
 - ``rmsprop``, ``adadelta``, ``adamax``, ``nadam``, ``radam``, ``rprop``, ``asgd``: torch has no fused
   kernel for these; they run torch.optim's own multi-tensor implementations (the functional
   ``torch.optim.rmsprop.rmsprop(..., foreach=True)``, what the class runs with ``foreach=True``): a
-  handful of ``torch._foreach_*`` ops over the whole group, in place.
+  handful of ``torch._foreach_*`` ops, in place, run over cache-sized chunks of the group (``chunks``), so
+  only the first of the 6-10 passes over each chunk reads memory; the rest read the cache.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _steps(states: list) -> list | None:
 
 #: Bytes of params per chunk for the multi-tensor steps (``chunks``); None: the whole group at once.
 #: Measured by ``benchmarks/chunk_sweep.py`` (2-core EPYC, L2 1 MiB a core, L3 32 MiB): see BENCHMARKS.md.
-CHUNK_BYTES: int | None = 4 << 20
+CHUNK_BYTES: int | None = 2 << 20
 #: The same for a user's ``elementwise`` rule run by ``to_torch`` (``TorchOptimizer._rule_step``): a tensor
 #: larger than this runs piece by piece, so the rule's out-of-place temporaries are small and cached.
 RULE_CHUNK_BYTES: int | None = 1 << 20

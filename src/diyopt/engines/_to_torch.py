@@ -23,13 +23,14 @@ hyperparameters, no schedule: the factory sets ``Optimizer.kernel``), that kerne
 (:mod:`diyopt.engines._kernels`): torch's fused step for ``adam``, ``adamw``, ``sgd``, ``adagrad`` without
 ``lr_decay`` (``torch._fused_adam_``, ..., what ``torch.optim.Adam(fused=True)`` runs), torch.optim's own
 multi-tensor step (what the class runs with ``foreach=True``) for ``rmsprop``, ``adadelta``, ``adamax``,
-``nadam``, ``radam``, ``rprop``, ``asgd``, torch.optim.Muon's own step for ``muon`` -- on the very state tensors, under the very names, the pure rule
+``nadam``, ``radam``, ``rprop``, ``asgd`` over cache-sized chunks of the group (``_kernels.chunks``: each of
+its passes then reads the cache, not memory), torch.optim.Muon's own step for ``muon`` -- on the very state tensors, under the very names, the pure rule
 keeps, so checkpoints move between engines; each is tested against the pure rule in float64 and float32
 (``tests/test_to_torch_kernels.py``) and torch's optimizer database runs through them. A ``partition``
 runs each rule's own engine on the rule's params (``_partition_step``: ``adamw``'s share through its kernel),
 its state staying under the partition's names (``adamw.exp_avg``). A user's
 ``elementwise`` rule runs tensor by tensor (``_rule_step``: the pure rule's own results, one tensor's
-temporaries alive at a time). Anything else (a schedule or tensor as lr or betas, ``chain``/``masked``
+temporaries alive at a time), small tensors packed into one call and large ones cut into cached pieces. Anything else (a schedule or tensor as lr or betas, ``chain``/``masked``
 around a rule, a state in another dtype, sparse grads, a step traced by ``torch.compile``) runs the
 optimizer's pure ``update`` eagerly (the reference), group by group. The kernels update state in place as
 torch.optim does: a ``state_dict()`` taken earlier sees later steps (``copy.deepcopy`` it to keep a
@@ -83,7 +84,8 @@ def to_torch(
         or a non-finite state loaded from a checkpoint, is not caught there before writing; a user's
         ``elementwise`` rule is checked on the gradients first, then on each tensor's update before that
         tensor is written: a non-finite update from finite gradients raises with the tensors before it in
-        the group already stepped, and the message names them); ``"ignore"``: no
+        the group already stepped, and the message names them -- for a tensor larger than a chunk, its
+        pieces before the one that failed too); ``"ignore"``: no
         check (torch.optim's behaviour). Neither ``compiled=True`` nor a step traced by ``torch.compile``
         checks.
 
