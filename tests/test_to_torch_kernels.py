@@ -312,3 +312,28 @@ def test_a_nonfinite_gradient_in_any_chunk_writes_nothing(name, kwargs, where, m
     for p, b, s in zip(ps, before, state):
         assert torch.equal(p.detach(), b)
         assert all(torch.equal(opt.state[p][k], v) for k, v in s.items())
+
+
+def test_a_non_contiguous_tensor_larger_than_a_chunk_runs_the_group_whole(monkeypatch):
+    """A transposed param has no flat view to cut: the group runs unchunked (one call), equal to the pure
+    engine."""
+    monkeypatch.setattr(_kernels, "CHUNK_BYTES", 24)
+    module = __import__("torch.optim.nadam", fromlist=["nadam"])
+    calls, step = [], module.nadam
+    monkeypatch.setattr(module, "nadam", lambda *a, **k: calls.append(1) or step(*a, **k))
+    g = torch.Generator().manual_seed(2)
+    start = [torch.randn(6, 5, generator=g, dtype=torch.float64).t(), torch.randn(9, generator=g, dtype=torch.float64)]
+    ours = [torch.nn.Parameter(p.clone()) for p in start]  # clone keeps the transposed strides
+    theirs = [torch.nn.Parameter(p.clone()) for p in start]
+    assert not ours[0].is_contiguous()
+    opt = diyopt.to_torch(diyopt.optim.nadam(), ours)
+    pure = diyopt.to_torch(diyopt.optim.nadam()._replace(kernel=None), theirs)
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            q.grad = p.grad.clone()
+        opt.step()
+        pure.step()
+        for p, q in zip(ours, theirs):
+            assert_rel(p.detach(), q.detach(), TOL[torch.float64], "param")
+    assert len(calls) == 3
