@@ -8,6 +8,8 @@ shared machine's load hits all alike), relative to torch.optim.SGD(foreach=True)
 - ``fused``: ``torch._fused_sgd_``, to_torch's kernel; ``foreach``: torch's own multi-tensor step
 - ``sum + fused``: to_torch's default (the guard's sums over every gradient, then the step)
 - ``dot + fused``, ``norm + fused``: other one-pass reductions for the same check
+- ``sum + fused reversed``: the same check, then the step over the tensors last to first, so the gradients
+  the check read last are still in cache when the step reads them (exact: the check is done before any write)
 - ``interleaved``: each gradient's sum right before that tensor's step (the gradient still in cache). Not
   the guard's contract (a later non-finite gradient finds earlier tensors stepped); measured as a floor.
 
@@ -44,6 +46,10 @@ def variants(params: list, grads: list) -> dict:
 
         return run
 
+    def reversed_step():  # the check in order, then the step last tensor first: its gradients are in cache
+        float(torch.stack([g.sum() for g in big] + list(torch._foreach_norm(tiny, 2))).sum())
+        fused(params[::-1], grads[::-1])
+
     def interleaved():
         for p, g in zip(params, grads):
             float(g.sum())
@@ -55,6 +61,7 @@ def variants(params: list, grads: list) -> dict:
         "sum + fused": checked(torch.sum),
         "dot + fused": checked(lambda g: torch.dot(g, g)),
         "norm + fused": lambda: (float(torch.stack(torch._foreach_norm(grads, 2)).sum()), fused()),
+        "sum + fused reversed": reversed_step,
         "interleaved (not exact)": interleaved,
     }
 

@@ -13,7 +13,7 @@ import torch
 from to_torch_helpers import assert_rel, start_params, step_grads
 
 import diyopt
-from diyopt.engines import _to_torch
+from diyopt.engines import _kernels, _to_torch
 from diyopt.errors import DivergedError
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -27,6 +27,15 @@ def my_adam():
     sys.modules["my_adam_example"] = mod
     spec.loader.exec_module(mod)
     return mod.my_adam
+
+
+@pytest.fixture(params=[None, 24], ids=["whole", "pieces24B"])
+def chunk(request, monkeypatch):
+    """``_kernels.RULE_CHUNK_BYTES``: the default (these small tensors run whole) and 24 bytes, which cuts
+    every tensor of :func:`start_params` into pieces of 3 float64 or 6 float32 elements."""
+    if request.param is not None:
+        monkeypatch.setattr(_kernels, "RULE_CHUNK_BYTES", request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -45,7 +54,7 @@ def rule_steps(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_a_users_adam_equals_its_pure_update_and_torch(my_adam, dtype, rule_steps):
+def test_a_users_adam_equals_its_pure_update_and_torch(my_adam, dtype, rule_steps, chunk):
     rule = my_adam(lr=1e-2)
     ours = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     theirs = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
@@ -69,7 +78,7 @@ def test_a_users_adam_equals_its_pure_update_and_torch(my_adam, dtype, rule_step
     assert rule_steps == [True] * 6
 
 
-def test_state_dict_moves_between_this_engine_and_the_pure_one(my_adam, rule_steps):
+def test_state_dict_moves_between_this_engine_and_the_pure_one(my_adam, rule_steps, chunk):
     ps = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float64)]
     opt = diyopt.to_torch(my_adam(lr=1e-2), ps)
     for step in range(2):
@@ -90,7 +99,7 @@ def test_state_dict_moves_between_this_engine_and_the_pure_one(my_adam, rule_ste
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_a_nonfinite_gradient_raises_before_anything_is_written(my_adam, dtype, rule_steps):
+def test_a_nonfinite_gradient_raises_before_anything_is_written(my_adam, dtype, rule_steps, chunk):
     ps = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     opt = diyopt.to_torch(my_adam(), ps)
     for p, g in zip(ps, step_grads(0, dtype)):
@@ -137,7 +146,7 @@ def late_momentum(grad, state, param, *, lr=0.1, beta=0.5):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_a_rule_whose_state_changes_shape(dtype, rule_steps):
+def test_a_rule_whose_state_changes_shape(dtype, rule_steps, chunk):
     rule = late_momentum()
     ps = [torch.nn.Parameter(p.clone()) for p in start_params(dtype)]
     opt = diyopt.to_torch(rule, ps)
@@ -162,7 +171,7 @@ def uses_undeclared_state(grad, state, param, *, lr=0.1):
     return -lr * m, m
 
 
-def test_a_rule_using_undeclared_state_fails_on_the_first_tensor_with_nothing_written(rule_steps):
+def test_a_rule_using_undeclared_state_fails_on_the_first_tensor_with_nothing_written(rule_steps, chunk):
     ps = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64)) for _ in range(3)]
     opt = diyopt.to_torch(uses_undeclared_state(), ps)
     for p in ps:
@@ -171,3 +180,71 @@ def test_a_rule_using_undeclared_state_fails_on_the_first_tensor_with_nothing_wr
         opt.step()
     for p in ps:
         assert torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))
+
+
+def test_a_nonfinite_update_in_a_later_piece_names_the_pieces_already_stepped(monkeypatch, rule_steps):
+    """A tensor cut into pieces of 3 (24 bytes of float64): a zero param in its second piece raises with the
+    first piece stepped (and the tensor before it), the rest of it and the tensors after it not written."""
+    monkeypatch.setattr(_kernels, "RULE_CHUNK_BYTES", 24)
+    ps = [torch.nn.Parameter(torch.ones(n, dtype=torch.float64)) for n in (2, 9, 4)]
+    with torch.no_grad():
+        ps[1][4] = 0.0
+    opt = diyopt.to_torch(divide_by_param(), ps)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(DivergedError, match=r"update of parameter '1'.*2 tensor\(s\) before it.*'0', '1\[:3\]'"):
+        opt.step()
+    assert torch.allclose(ps[0].detach(), torch.full((2,), 0.9, dtype=torch.float64))
+    assert torch.allclose(ps[1].detach()[:3], torch.full((3,), 0.9, dtype=torch.float64))  # the first piece
+    assert torch.equal(ps[1].detach()[3:], torch.tensor([1.0, 0, 1, 1, 1, 1], dtype=torch.float64))
+    assert torch.equal(ps[2].detach(), torch.ones(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_tensor_cut_into_pieces_steps_its_count_once(my_adam, dtype, monkeypatch, rule_steps):
+    """my_adam's 0-dim ``t`` is per tensor: cut into 4 pieces, the tensor takes one step a step, and equals
+    the pure rule on the whole tensor to the bit (the same elementwise ops on each slice)."""
+    monkeypatch.setattr(_kernels, "RULE_CHUNK_BYTES", 3 * dtype.itemsize)
+    rule, calls = my_adam(lr=1e-2), []
+    counted = rule._replace(update=lambda g, s, p=None: calls.append(g["0"].numel()) or rule.update(g, s, p))
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 11, dtype=dtype))
+    opt = diyopt.to_torch(counted, [p])
+    pure = {"0": p.detach().clone()}
+    state = rule.init(pure)
+    for step in range(3):
+        g = torch.sin(torch.arange(11, dtype=dtype) + step)
+        p.grad = g.clone()
+        opt.step()
+        updates, state = rule.update({"0": g}, state, pure)
+        pure = diyopt.apply_updates(pure, updates)
+        assert torch.equal(p.detach(), pure["0"])
+        assert float(opt.state[p]["t"]) == step + 1
+        assert torch.equal(opt.state[p]["m"], state["0"].m) and torch.equal(opt.state[p]["v"], state["0"].v)
+    assert calls == [2, 3, 3, 3] * 3 and rule_steps == [True] * 3
+
+
+def test_small_tensors_run_as_one_pack_and_a_late_joiner_one_by_one(my_adam, rule_steps):
+    """The four small tensors run through the rule in one call on their concatenation (the default chunk
+    packs them), equal to the pure rule tensor by tensor to the bit. A param whose step count differs (it had
+    no gradient at first) cannot share the pack's ``t``: that step runs them one by one, still exact."""
+    rule, calls = my_adam(lr=1e-2), []
+    counted = rule._replace(update=lambda g, s, p=None: calls.append(len(g)) or rule.update(g, s, p))
+    ours = [torch.nn.Parameter(p.clone()) for p in start_params(torch.float32)]
+    opt = diyopt.to_torch(counted, ours)
+    pure = dict(enumerate(p.clone() for p in start_params(torch.float32)))
+    state = rule.init(pure)
+    for step in range(4):
+        gs = step_grads(step, torch.float32)
+        live = range(4) if step != 1 else range(3)  # param 3 has no gradient at step 1
+        for k, p in enumerate(ours):
+            p.grad = gs[k].clone() if k in live else None
+        calls.clear()
+        opt.step()
+        updates, new = rule.update({k: gs[k] for k in live}, {k: state[k] for k in live}, pure)
+        state.update(new)
+        pure = diyopt.apply_updates(pure, {k: updates.get(k, torch.zeros_like(pure[k])) for k in pure})
+        for k, p in enumerate(ours):
+            assert torch.equal(p.detach(), pure[k]), f"step {step} param {k}"
+            assert torch.equal(opt.state[p]["m"], state[k].m) and torch.equal(opt.state[p]["t"], state[k].t)
+        assert len(calls) == (1 if step in (0, 1) else 4), step  # step 1: three params packed, all equal
+    assert rule_steps == [True] * 4

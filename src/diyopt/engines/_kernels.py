@@ -12,11 +12,13 @@ by step in float64 and float32.
 - ``rmsprop``, ``adadelta``, ``adamax``, ``nadam``, ``radam``, ``rprop``, ``asgd``: torch has no fused
   kernel for these; they run torch.optim's own multi-tensor implementations (the functional
   ``torch.optim.rmsprop.rmsprop(..., foreach=True)``, what the class runs with ``foreach=True``): a
-  handful of ``torch._foreach_*`` ops over the whole group, in place.
+  handful of ``torch._foreach_*`` ops, in place, run over cache-sized chunks of the group (``chunks``), so
+  only the first of the 6-10 passes over each chunk reads memory; the rest read the cache.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -40,6 +42,84 @@ def _steps(states: list) -> list | None:
     """The group's step counters, or None when one is not a 0-dim tensor (a state the kernels cannot do)."""
     steps = [s["step"] for s in states]
     return steps if all(s.dim() == 0 for s in steps) else None
+
+
+# ---------------------------------------------------------------- cache blocking
+
+#: Bytes of params per chunk for the multi-tensor steps (``chunks``); None: the whole group at once.
+#: Measured by ``benchmarks/chunk_sweep.py`` (2-core EPYC, L2 1 MiB a core, L3 32 MiB): see BENCHMARKS.md.
+CHUNK_BYTES: int | None = 2 << 20
+#: The same for a user's ``elementwise`` rule run by ``to_torch`` (``TorchOptimizer._rule_step``): a tensor
+#: larger than this runs piece by piece, so the rule's out-of-place temporaries are small and cached.
+RULE_CHUNK_BYTES: int | None = 1 << 20
+
+
+def cuts(n: int, per: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into the fewest near-equal contiguous ``(start, stop)`` pieces of at most ``per``."""
+    k = -(-n // max(per, 1))
+    return [(n * i // k, n * (i + 1) // k) for i in range(k)]
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(numels: tuple, itemsize: int, limit: int) -> tuple:
+    """The group cut into chunks of at most ``limit`` bytes of params, in order: each chunk a
+    tuple of ``(tensor index, start, stop, first)`` over the flattened tensors, ``first`` marking the piece of
+    a tensor that runs first. Whole tensors are packed together while they fit; one larger than a chunk is
+    cut into near-equal contiguous pieces, each a chunk of its own."""
+    per = max(limit // itemsize, 1)
+    chunks, current, room = [], [], per
+    for j, n in enumerate(numels):
+        if n > per:
+            if current:
+                chunks.append(current)
+                current, room = [], per
+            chunks += [[(j, a, b)] for a, b in cuts(n, per)]
+            continue
+        if n > room and current:
+            chunks.append(current)
+            current, room = [], per
+        current.append((j, 0, n))
+        room -= n
+    if current:
+        chunks.append(current)
+    return tuple(tuple((j, a, b, a == 0) for j, a, b in chunk) for chunk in chunks)
+
+
+def chunks(lists: list, limit: int | None = None) -> list | None:
+    """``lists`` (the params, then lists of tensors of one per param: grads, state; or empty) cut into
+    cache-sized chunks (see ``_plan``): per chunk, the same lists of the pieces -- views of a flat slice of
+    each tensor, which an elementwise step updates in place. A 0-dim entry (a step count, NAdam's
+    ``mu_product``) is per tensor, not per element: the piece of a tensor that runs first gets the tensor
+    itself, the others a copy of its value taken before any chunk runs, so every piece computes from the
+    same old value and the tensor is stepped once. None: a cut tensor is not contiguous (no flat view).
+
+    Why: torch's multi-tensor steps make 6-10 passes over memory, one per ``_foreach_*`` op, and a group far
+    larger than the cache streams every pass from DRAM; over a chunk that fits the cache only the first
+    pass does (``benchmarks/chunk_sweep.py``)."""
+    limit = CHUNK_BYTES if limit is None else limit
+    params = lists[0]
+    if not limit or sum(p.numel() for p in params) * params[0].element_size() <= limit:
+        return [lists]
+    plan = _plan(tuple(p.numel() for p in params), params[0].element_size(), limit)
+    out = []
+    for chunk in plan:
+        pieces = [[] for _ in lists]
+        for j, a, b, first in chunk:
+            whole = a == 0 and b == params[j].numel()
+            for lst, mine in zip(lists, pieces):
+                if not lst:
+                    continue
+                t = lst[j]
+                if whole:
+                    mine.append(t)
+                elif t.dim() == 0 and params[j].dim() != 0:
+                    mine.append(t if first else t.clone())
+                elif t.numel() == params[j].numel() and t.is_contiguous():
+                    mine.append(t.view(-1)[a:b])
+                else:
+                    return None
+        out.append(pieces)
+    return out
 
 
 # ---------------------------------------------------------------- torch's fused kernels
@@ -197,7 +277,8 @@ def _foreach_kernel(spec: ForeachStep) -> Callable:
             name, when = (entry, None) if isinstance(entry, str) else entry
             lists.append([s[name] for s in states] if when is None or when(hp) else [])
         settings = {k: kind(hp[key] if i is None else hp[key][i]) for k, (key, i, kind) in spec.settings.items()}
-        step(params, grads, *lists, steps, foreach=True, **settings)
+        for ps, gs, *ls, ss in chunks([params, grads, *lists, steps]) or [[params, grads, *lists, steps]]:
+            step(ps, gs, *ls, ss, foreach=True, **settings)
         return True
 
     return run
