@@ -1,6 +1,6 @@
 """The eager fit's fast paths against their references.
 
-- A built-in with one of torch's fused kernels (``adam``, ``adamw``, ``sgd``, ``adagrad``) runs it in place on
+- A built-in with one of torch's fused kernels (``adam``, ``adamw``, ``adagrad``) runs it in place on
   the fit's flat buffer (``engines._fit_step.KernelStep``): every step's params (through the callback), the
   loss history, the state and every count equal the pure rule's fit (the reference: the same rule without
   its kernel field), in float64 and float32, and the guard's events and last finite params are the pure
@@ -174,9 +174,11 @@ def test_a_resumed_kernel_fit_equals_an_uninterrupted_one(tmp_path, fit_kernel_c
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("optimizer", ["gradient_descent", "sgd"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gradient_descent_fit_is_the_seeds_hand_loop_bit_for_bit(dtype):
-    """The seed's own loop (``a = a - eta * a.grad`` after ``loss.backward()``): same losses, same params."""
+def test_gradient_descent_fit_is_the_seeds_hand_loop_bit_for_bit(dtype, optimizer):
+    """The seed's own loop (``a = a - eta * a.grad`` after ``loss.backward()``): same losses, same params;
+    ``sgd(lr)`` too (the fit does not run torch's fused SGD, whose one-rounding ``p - lr g`` differs)."""
     g = torch.Generator().manual_seed(1)
     x = 2 * torch.rand(100, generator=g, dtype=torch.float64)
     y = -x + 1 + 0.1 * torch.randn(100, generator=g, dtype=torch.float64)
@@ -191,9 +193,8 @@ def test_gradient_descent_fit_is_the_seeds_hand_loop_bit_for_bit(dtype):
         a.requires_grad_(False)
         b.requires_grad_(False)
         a, b = a - 1e-3 * a.grad, b - 1e-3 * b.grad
-    r = diyopt.fit(
-        lambda p: (y - (p["a"] * x + p["b"])).norm(), {"a": a0, "b": b0}, diyopt.optim.gradient_descent(lr=1e-3), 200
-    )
+    rule = getattr(diyopt.optim, optimizer)(lr=1e-3)
+    r = diyopt.fit(lambda p: (y - (p["a"] * x + p["b"])).norm(), {"a": a0, "b": b0}, rule, 200)
     assert r.losses.tolist() == losses
     assert torch.equal(r.params["a"], a) and torch.equal(r.params["b"], b)
 

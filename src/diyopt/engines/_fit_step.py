@@ -8,7 +8,7 @@ the params or the state, and on divergence the params and state are the last fin
 - :class:`PureStep`: ``updates, state' = rule.update(grads, state, params)``, ``params' = params + updates``,
   new tensors each step; taking the step rebinds them.
 - :class:`KernelStep`: for a built-in whose ``Optimizer.kernel`` computes the same math in place with one of
-  torch's fused steps (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``, ``_fused_adagrad_``: the
+  torch's fused steps (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_adagrad_``: the
   kernels of :mod:`diyopt.engines._kernels`, which ``to_torch`` runs too) on the fit's one flat buffer and the pure rule's own state tensors. One C++ call replaces
   the rule's ~14 small ops (step count, bias corrections, moments, the update and the add). With the
   guard on, the buffer and state are copied aside first (one ``_foreach_copy_``) and put back when the
@@ -36,8 +36,10 @@ from diyopt.engines._kernels import KERNELS, SCALARS_ANY_DTYPE
 #: The kernels a fit runs: torch's fused steps, one C++ call each. torch.optim's multi-tensor (foreach) steps
 #: are slower than the pure rule on a small fit (the seed line, thread time per step: rmsprop 1.35x,
 #: adadelta 1.47x, rprop 1.44x, asgd 1.05x, adamax 1.06x; Python that groups tensors around ~10 ops),
-#: where the fused ones are faster (adam 0.65x, adamw 0.63x, adagrad 0.88x, sgd 0.92x).
-FUSED = frozenset({"adam", "adamw", "sgd", "adagrad"})
+#: where the fused ones are faster (adam 0.65x, adamw 0.63x, adagrad 0.88x). Not ``sgd``: its fused step
+#: (0.92x without momentum, 0.95x with) writes ``p + alpha g`` in one rounding (an FMA), so ``sgd(lr)``
+#: would no longer be the seed's ``a - lr * a.grad`` (``gradient_descent``) bit for bit.
+FUSED = frozenset({"adam", "adamw", "adagrad"})
 
 # ---------------------------------------------------------------- gradients
 
