@@ -218,8 +218,15 @@ def test_adam_fit_follows_torch_optim_adam_fused(dtype, fit_kernel_calls):
         assert_rel(r.params[k], params[k].detach(), TOL[dtype], k)
 
 
+@pytest.mark.parametrize("debug_log", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_the_direct_engine_call_equals_torch_autograd_grad(dtype):
+def test_the_direct_engine_call_equals_torch_autograd_grad(dtype, debug_log, monkeypatch):
+    # with torch's autograd debug log on, grad takes torch's own engine call (which adds its logging hooks)
+    import logging
+
+    from torch.autograd import graph
+
+    monkeypatch.setattr(graph.log, "level", logging.DEBUG if debug_log else graph.log.level)
     a, b, unused = (torch.randn(3, dtype=dtype, requires_grad=True) for _ in range(3))
     for seed in (None, torch.ones((), dtype=dtype)):
         loss = (a.sin() * b).sum() + a.norm()
