@@ -29,21 +29,6 @@ CASES = [(i.name, kw) for i in optim_db if i.name in _fit_step.FUSED for kw in i
 STEPS = 8
 
 
-@pytest.fixture
-def fit_kernel_calls(monkeypatch):
-    """The fit's successful kernel calls per kernel name (the kernels run unchanged)."""
-    calls = {}
-    for name, (state, run) in list(_fit_step.KERNELS.items()):
-
-        def counted(*a, _run=run, _name=name):
-            out = _run(*a)
-            calls[_name] = calls.get(_name, 0) + int(bool(out))
-            return out
-
-        monkeypatch.setitem(_fit_step.KERNELS, name, (state, counted))
-    return calls
-
-
 def problem(dtype):
     """Least squares with params of three shapes (a matrix, a vector, a 1-element tensor)."""
     g = torch.Generator().manual_seed(0)
