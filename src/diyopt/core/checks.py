@@ -24,7 +24,7 @@ def all_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
     of all gradient and new-parameter elements being finite means all are -- unless the sum overflowed,
     which the exact check in :func:`nonfinite_event` then clears (likewise one dot product of the gradient and
     the new params, for one flat buffer each). A few reductions and one read of a
-    finished value (one sync, on a GPU too); ``isfinite(...).all()`` costs several times more. Finite old
+    finished value (one sync, on a GPU too; two cheap reads on a CPU, for the one buffer); ``isfinite(...).all()`` costs several times more. Finite old
     and new params mean a finite update, so the update needs no check."""
     total = loss.detach()
     g, n = list(grads.values()), list(new.values()) if new is not None else []

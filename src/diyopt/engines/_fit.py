@@ -5,7 +5,9 @@ The loss recorded at step ``i`` is the loss *before* update ``i``, as the seed r
 
 Speed: no ``.item()`` per step (losses are kept as tensors and stacked once), and when the optimizer is
 ``flattenable`` and all params share a dtype and device, the params live in one flat buffer with named
-views, so the optimizer runs a handful of ops per step instead of a handful per tensor.
+views, so the optimizer runs a handful of ops per step instead of a handful per tensor; a built-in with one of
+torch's fused steps (``adam``, ``adamw``, ``adagrad``) runs that one in-place call on the buffer instead of its
+pure rule (:mod:`diyopt.engines._fit_step`, tested against the pure rule step by step).
 
 Reliability (see ``fit``'s arguments): a divergence guard (one reduction and one sync per step, off with
 ``on_nonfinite="ignore"``), atomic checkpoints with exact resume (:mod:`diyopt.checkpoint`), a first-step
