@@ -25,19 +25,33 @@ def float64_default():
     torch.set_default_dtype(old)
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Count the ``to_torch`` kernel engine's successful calls per kernel name (the kernels run unchanged);
-    used by the kernel and partition tests to show which path ran."""
-    from diyopt.engines import _to_torch as torch_optim
-
+def count_kernel_calls(monkeypatch, kernels: dict) -> dict:
+    """Wrap each kernel of a ``{name: (state names, run)}`` table so its successful calls are counted per
+    name (the kernels run unchanged); returns the counts."""
     calls = {}
-    for name, (state, run) in list(torch_optim._KERNELS.items()):
+    for name, (state, run) in list(kernels.items()):
 
         def counted(*a, _run=run, _name=name):
             out = _run(*a)
             calls[_name] = calls.get(_name, 0) + int(bool(out))
             return out
 
-        monkeypatch.setitem(torch_optim._KERNELS, name, (state, counted))
+        monkeypatch.setitem(kernels, name, (state, counted))
     return calls
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The ``to_torch`` kernel engine's successful calls per kernel name; used by the kernel and partition
+    tests to show which path ran."""
+    from diyopt.engines import _to_torch as torch_optim
+
+    return count_kernel_calls(monkeypatch, torch_optim._KERNELS)
+
+
+@pytest.fixture
+def fit_kernel_calls(monkeypatch):
+    """The eager fit's successful kernel calls per kernel name (``engines._fit_step``)."""
+    from diyopt.engines import _fit_step
+
+    return count_kernel_calls(monkeypatch, _fit_step.KERNELS)

@@ -24,7 +24,7 @@ def all_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
     of all gradient and new-parameter elements being finite means all are -- unless the sum overflowed,
     which the exact check in :func:`nonfinite_event` then clears (likewise one dot product of the gradient and
     the new params, for one flat buffer each). A few reductions and one read of a
-    finished value (one sync, on a GPU too); ``isfinite(...).all()`` costs several times more. Finite old
+    finished value (one sync, on a GPU too; two cheap reads on a CPU, for the one buffer); ``isfinite(...).all()`` costs several times more. Finite old
     and new params mean a finite update, so the update needs no check."""
     total = loss.detach()
     g, n = list(grads.values()), list(new.values()) if new is not None else []
@@ -32,7 +32,10 @@ def all_finite(loss: Tensor, grads: Params, new: Params | None = None) -> bool:
     if one_buffer and g[0].dtype in _DOT_DTYPES:
         # fit's flat buffer: one product-sum covers both, as a non-finite element of either makes its term
         # inf or nan (inf * 0 is nan) -- two reductions and an add fewer per step
-        return math.isfinite(float(total + torch.dot(g[0], n[0])))
+        dot = torch.dot(g[0], n[0])
+        if dot.is_cpu:  # two reads cost less than adding a float64 loss to a float32 dot (type promotion)
+            return math.isfinite(total.item()) and math.isfinite(dot.item())
+        return math.isfinite(float(total + dot))  # one sync on a device
     for t in grads.values():
         total = total + t.sum()
     for t in new.values() if new is not None else ():

@@ -57,7 +57,7 @@ class FlatLayout:
 
     def leaves(self, flat: Tensor) -> Params:
         """Named views of ``flat``, each a fresh autograd leaf (the buffer itself needs no grad)."""
-        chunks = flat.detach().split(self.sizes)
+        chunks = flat.detach().split_with_sizes(self.sizes)  # not Tensor.split: a Python wrapper around it
         # a 1-D param's chunk already has its shape: no view op (a visible share of a tiny fit's step)
         return {
             n: (c if len(s) == 1 else c.view(s)).requires_grad_() for n, c, s in zip(self.names, chunks, self.shapes)

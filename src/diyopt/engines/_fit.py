@@ -5,7 +5,9 @@ The loss recorded at step ``i`` is the loss *before* update ``i``, as the seed r
 
 Speed: no ``.item()`` per step (losses are kept as tensors and stacked once), and when the optimizer is
 ``flattenable`` and all params share a dtype and device, the params live in one flat buffer with named
-views, so the optimizer runs a handful of ops per step instead of a handful per tensor.
+views, so the optimizer runs a handful of ops per step instead of a handful per tensor; a built-in with one of
+torch's fused steps (``adam``, ``adamw``, ``adagrad``) runs that one in-place call on the buffer instead of its
+pure rule (:mod:`diyopt.engines._fit_step`, tested against the pure rule step by step).
 
 Reliability (see ``fit``'s arguments): a divergence guard (one reduction and one sync per step, off with
 ``on_nonfinite="ignore"``), atomic checkpoints with exact resume (:mod:`diyopt.checkpoint`), a first-step
@@ -27,19 +29,13 @@ from torch import Tensor
 from diyopt._util.interrupts import PENDING, interrupted
 from diyopt._util.progress import StepBar
 from diyopt._util.validate import check_steps, positive_integer
-from diyopt.core.checks import (
-    NONFINITE_POLICIES,
-    all_finite,
-    check_gradients,
-    check_loss_value,
-    check_updates,
-    nonfinite_event,
-)
+from diyopt.core.checks import NONFINITE_POLICIES, check_gradients, check_loss_value, check_updates
 from diyopt.core.contract import Optimizer
 from diyopt.core.modules import bind_module, load_into
 from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, LossFn, Params, as_params
 from diyopt.engines._extended import CountedGradFn, checkpoint_report, engine_update, reported
+from diyopt.engines._fit_step import KernelStep, Leaves, PureStep, grad
 from diyopt.engines._torch_class import fit_torch_class
 from diyopt.errors import DivergedError
 
@@ -254,47 +250,47 @@ def _fit_eager(
     checked = False
     stop_reason, info, skipped = MAX_STEPS, {}, []
     pending = PENDING if saver is not None else None  # a signal is deferred to a step boundary (save, exit)
+    stepper = _stepper(optimizer, update, layout, current, state, guard, view)
+    leaves = Leaves(layout) if layout else None
+    check = lambda updates, params: check_updates(updates, params, optimizer, layout)  # noqa: E731
     start = time.perf_counter()
     for step in range(first, steps):
-        loss, grads = _loss_and_grads(loss_fn, current, layout, check=step == first)
+        loss, grads = _loss_and_grads(loss_fn, stepper.current, layout, check=step == first, leaves=leaves)
         if reduce is not None:
             loss, grads = reduce(loss, grads)
         value = loss.detach()
-        updates, new_state = update(grads, state, current, value)
+        if not stepper.propose(grads, value, None if checked else check):  # a kernel declined: the pure rule
+            stepper = PureStep(update, stepper.current, stepper.state, view)
+            stepper.propose(grads, value)
         if not checked:
-            check_updates(updates, current, optimizer, layout)
             checked = True
             per_update = counted.calls if counted is not None else 0
-        new = {k: v + updates[k] for k, v in current.items()}
-        # The guard looks at what is about to be written (the new params) as well as the loss and the
-        # gradients, in one check: nothing non-finite ever becomes the params or the state.
-        if (
-            guard
-            and not all_finite(value, grads, new)
-            and (event := nonfinite_event(step, value, view(grads), view(updates), view(new)))
-        ):
+        # nothing non-finite ever becomes the params or the state (see _fit_step)
+        if guard and not stepper.finite(value, grads) and (event := stepper.event(step, value, grads)):
+            stepper.reject()
             if on_nonfinite == "skip":
                 losses.append(value)
                 skipped.append(step)
                 continue
             stop_reason, info["diverged"] = DIVERGED, event
             if saver is not None:
-                saver.save(view(current), state, losses)
+                saver.save(view(stepper.current), stepper.state, losses)
             if on_nonfinite == "raise":
                 raise DivergedError(event)
             break
+        stepper.take()
         losses.append(value)
-        current, state = new, new_state
         if bar is not None:
             bar.update(len(losses), value)
-        if callback is not None and callback(step, losses[-1], view(reported(optimizer, state, current)[0])):
+        if callback is not None and callback(step, value, view(reported(optimizer, *_copy(stepper))[0])):
             stop_reason = CALLBACK
             break
         if saver is not None and ((step + 1) % saver.every == 0 or pending.signum):
-            saver.save(view(current), state, losses)
+            saver.save(view(stepper.current), stepper.state, losses)
             if pending.signum:  # SIGINT/SIGTERM: saved at this step boundary, now stop
                 signum, pending.signum = pending.signum, 0
                 raise interrupted(signum)
+    current, state = stepper.current, stepper.state
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close(len(losses), losses[-1] if losses else None)
@@ -324,6 +320,19 @@ def _fit_eager(
         njev=evals,
         train_params=None if train is None else view(train),
     )
+
+
+def _stepper(optimizer: Optimizer, update, layout, current: Params, state, guard: bool, view):
+    """The rule's in-place kernel where it has one for this state (``Optimizer.kernel``), else its pure update."""
+    kernel = KernelStep.maybe(optimizer, layout, current, state, guard, view)
+    return kernel if kernel is not None else PureStep(update, current, state, view)
+
+
+def _copy(stepper) -> tuple:
+    """The state and params a callback sees: copies where the kernel writes them in place next step."""
+    if isinstance(stepper, KernelStep):
+        return stepper.state, {"flat": stepper.current["flat"].clone()}
+    return stepper.state, stepper.current
 
 
 def _calls_per_update(update, counted: CountedGradFn, loss_fn: LossFn, current, state, layout, reduce) -> int:
@@ -429,24 +438,33 @@ class _Saver:
         self.saved_at = len(losses)
 
 
-def _loss_and_grads(loss_fn: LossFn, current: Params, layout: FlatLayout | None, check: bool):
+def _loss_and_grads(
+    loss_fn: LossFn, current: Params, layout: FlatLayout | None, check: bool, leaves: Leaves | None = None
+):
     """The loss at ``current`` and its gradients, in the optimizer's layout (named, or one flat tensor).
 
     With a flat layout the loss sees named views of the buffer, each its own autograd leaf, and the
     gradients are joined afterwards: cheaper than differentiating through the split into views.
+    ``leaves``: the loop's, kept while the buffer is written in place (see ``_fit_step.Leaves``).
     """
-    leaves = layout.leaves(current["flat"]) if layout else {k: v.detach().requires_grad_() for k, v in current.items()}
-    loss = loss_fn(leaves)
+    if leaves is not None:
+        named = leaves.of(current["flat"])
+    elif layout:
+        named = layout.leaves(current["flat"])
+    else:
+        named = {k: v.detach().requires_grad_() for k, v in current.items()}
+    loss = loss_fn(named)
     if check:
-        check_loss_value(loss, leaves)
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        check_loss_value(loss, named)
+    inputs = tuple(named.values())
+    grads = leaves.grad(loss, inputs) if leaves is not None else grad(loss, inputs)
     if check:
-        check_gradients(dict(zip(leaves, grads)))
+        check_gradients(dict(zip(named, grads)))
     if any(g is None for g in grads):  # a param the loss does not use (warned above): a zero gradient
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
     if layout:
         return loss, {"flat": layout.join(grads)}
-    return loss, dict(zip(leaves, grads))
+    return loss, dict(zip(named, grads))
 
 
 # ---------------------------------------------------------------- torch.optim classes, used as they are
