@@ -1,7 +1,8 @@
 """The seed fit, per step: the seed's own two loops vs diyopt's eager `fit` doing the same work.
 
 Run:  python benchmarks/seed_fit.py [--steps 4000] [--repeats 5]
-Prints microseconds per step (best of --repeats) and the median of paired ratios diyopt / seed (lower is\nbetter; each pair is timed back to back).
+Prints microseconds per step (best of --repeats) and the median of paired ratios diyopt / seed (lower is
+better; each pair is timed back to back).
 Targets (issue 2): diyopt adam <= 0.7x the seed's torch.optim.Adam loop; gradient_descent <= 1.1x the
 seed's hand-written loop; torch.optim.Adam through fit <= 1.1x the seed loop.
 """

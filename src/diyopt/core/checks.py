@@ -1,4 +1,12 @@
-"""TODO docstring."""
+"""The checks every engine runs on what a step computes, so a bad loss or rule fails at its first step.
+
+- :func:`first_step_check` and :func:`check_loss_value`, :func:`check_gradients`: the user's loss returns
+  one finite-typed scalar tensor and every param gets a gradient (a name in the message, not a shape error
+  ten frames deep).
+- :func:`check_updates`: the rule's first updates have the params' names, shapes and dtypes.
+- The divergence guard: :func:`all_finite` (is the loss, every gradient and every new param finite) and
+  :func:`nonfinite_event` (what is reported when not: the step, and which tensors went nan or inf first).
+"""
 
 from __future__ import annotations
 
