@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch._higher_order_ops.while_loop import while_loop, while_loop_op
+from torch._higher_order_ops.while_loop import while_loop
 
 from diyopt._util.progress import CompileNotice, StepBar
 from diyopt._util.validate import positive_integer
@@ -36,6 +36,7 @@ from diyopt.core.contract import Optimizer, checked_for
 from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, Params
 from diyopt.engines._extended import CountedGradFn, engine_update, functional_grad_fn, reported
+from diyopt.engines._inductor import inductor_settings
 from diyopt.engines.hoisting import hoisting_backend
 from diyopt.errors import DivergedError
 
@@ -56,36 +57,15 @@ RECOMPILE_LIMIT = 64
 
 def more_graphs():
     """Context for calling the engines' compiled functions: room for RECOMPILE_LIMIT cached graphs, and
-    graphs with a compiled loop kept in Inductor's on-disk caches (:func:`cacheable_loops`)."""
+    Inductor's settings for compiling fast and into its on-disk caches (:func:`inductor_settings`)."""
     stack = contextlib.ExitStack()
     stack.enter_context(
         torch._dynamo.config.patch(
             recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=max(RECOMPILE_LIMIT * 4, 256)
         )
     )
-    stack.enter_context(cacheable_loops())
+    stack.enter_context(inductor_settings())
     return stack
-
-
-def cacheable_loops():
-    """Inductor's config while compiling: ``while_loop`` graphs go to the FX graph and AOTAutograd caches.
-
-    Why: both caches refuse a graph holding a higher-order op not marked cacheable, and torch 2.13 marks
-    ``while_loop`` so only through ``unsafe_marked_cacheable_functions``. Without it the compiled fit's
-    chunk loop (:func:`_make_loop`) was traced, lowered and code-generated again in every process: 10.7 s
-    of a 13.8 s second process (BENCHMARKS.md); only the C++ compile was cached. The mark is safe here:
-    ``while_loop`` is pure, and the cache key already holds the loop's condition and body graphs (they
-    are submodules of the graph it hashes), with torch's version as the mark's value.
-    """
-    config = torch._inductor.config
-    marked = getattr(config, "unsafe_marked_cacheable_functions", None)
-    if not isinstance(marked, dict) or _WHILE_LOOP in marked:  # another torch, or already marked
-        return contextlib.nullcontext()
-    return config.patch(unsafe_marked_cacheable_functions={**marked, _WHILE_LOOP: torch.__version__})
-
-
-#: The name ``HigherOrderOperator.cacheable()`` looks up: ``torch.ops.higher_order.while_loop``.
-_WHILE_LOOP = f"{while_loop_op.__module__}.{while_loop_op.__name__}"
 
 
 def call_compiled(compiled: Callable, *args: Any, may_compile: bool) -> Any:

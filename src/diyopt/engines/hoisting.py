@@ -28,6 +28,8 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.passes.split_module import split_module
 
+from diyopt.engines._inductor import inductor_settings
+
 _IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
 
 
@@ -46,7 +48,8 @@ def hoisting_backend(options: dict | None = None) -> Callable:
 
         prelude = scalar_prelude(gm)
         if not prelude:
-            return inductor_compile(gm, example_inputs, options=options)
+            with inductor_settings():
+                return inductor_compile(gm, example_inputs, options=options)
         prelude |= _pack_boundary(gm, prelude)
         split = split_module(gm, None, lambda node: 0 if node in prelude else 1)
         for name, part in list(split.named_children()):
@@ -135,7 +138,7 @@ class _CompileOnFirstCall:
         if self.compiled is None:
             from torch._inductor import compile as inductor_compile
 
-            with _tracing_for_the_caches():
+            with _tracing_for_the_caches(), inductor_settings():
                 self.compiled = inductor_compile(self.part, list(args), options=self.options)
         return self.compiled(*args)
 
