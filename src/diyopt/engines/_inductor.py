@@ -5,7 +5,8 @@ on 2 shared cores; ``torch._dynamo.utils.compile_times()`` and a timer on each `
 
 - checking the CPU's vector ISAs: with an empty cache directory Inductor builds a small probe per ISA
   with ``g++ -O3`` (0.7-3.4 s each, six of them) and, in *every* process, ``dlopen``s each in a child
-  Python. A cold process took 71.8 and 83.8 s with the checks, 33.0 and 41.9 s without (same minutes);
+  Python. A cold process took 71.8 and 83.8 s with the checks, 33.0 and 41.9 s without (same minutes,
+  load 4-6); at load ~2.5, 26.8 s before these settings and 19.9 s with them;
 - Dynamo's trace, done twice: the first attempt is thrown away when the tensorify pass restarts it for
   the float64 0-dim hyperparameters (4-9 s);
 - Inductor's lowering and code generation of the loop (6-20 s) and ``g++`` of its C++ wrapper (one
