@@ -144,6 +144,48 @@ def test_compiled_update_in_place_equals_eager_update():
             assert_close(got, want, "state")
 
 
+@pytest.mark.slow  # two compiles per dtype
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_second_process_loads_the_compiled_fit_from_the_cache_and_still_equals_eager(tmp_path, dtype):
+    # What a second process does: Dynamo traces again (reset() forgets this process's graphs), then finds
+    # the loop's graph in Inductor's on-disk FX graph and AOTAutograd caches instead of compiling it. The
+    # data and lr are new values of the same graph's inputs, so the cached code must use them, not the
+    # first fit's: it is checked against the eager engine run on the new values.
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    tol = RTOL if dtype == torch.float64 else 1e-5
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(12, 3, generator=gen, dtype=dtype)
+
+    def fit_once(shift, lr, engine):
+        target = torch.linspace(-1, 1, 12, dtype=dtype) + shift
+
+        def loss(p):
+            return ((torch.tanh(a @ p["w"]) + p["b"] - target) ** 2).mean()
+
+        params = {"w": torch.full((3,), 0.5, dtype=dtype), "b": torch.zeros(1, dtype=dtype)}
+        extra = {"chunk": 2} if engine == "compiled" else {}
+        return diyopt.fit(loss, params, diyopt.optim.adam(lr=lr), 5, engine=engine, **extra)
+
+    with temporary_cache_dir(str(tmp_path)):
+        torch._dynamo.reset()
+        first = fit_once(0.0, 1e-2, "compiled")
+        hits = counters["inductor"]["fxgraph_cache_hit"], counters["aot_autograd"]["autograd_cache_hit"]
+        torch._dynamo.reset()
+        second = fit_once(0.7, 3e-2, "compiled")
+        hits_after = counters["inductor"]["fxgraph_cache_hit"], counters["aot_autograd"]["autograd_cache_hit"]
+    assert hits_after[0] - hits[0] >= 1 and hits_after[1] - hits[1] >= 1, (hits, hits_after)
+    for got, want in ((first, fit_once(0.0, 1e-2, "eager")), (second, fit_once(0.7, 3e-2, "eager"))):
+        assert got.steps == want.steps
+        for name, x, y in (
+            ("losses", got.losses, want.losses),
+            *((k, got.params[k], want.params[k]) for k in want.params),
+        ):
+            err = float(((x - y).abs() / y.abs().clamp_min(1e-30)).max())
+            assert err <= tol, f"{name}: relative difference {err:.3g}"
+    assert not torch.allclose(first.losses, second.losses)  # the second fit really ran on its own values
+
+
 def test_compiled_engine_rejects_unsupported_options():
     loss, params = problem()
     with pytest.raises(ValueError, match="on_nonfinite"):
@@ -313,20 +355,22 @@ def example_adams():
     return mod.my_adam, mod.adam_as_in_the_paper
 
 
-def run_user_adam_against_torch(which: int, backend: str = "inductor", dtype=torch.float64) -> dict:
+def run_user_adam_against_torch(
+    which: int, backend: str = "inductor", dtype=torch.float64, lr: float = 1e-2, seed: int = 2
+) -> dict:
     """The examples' Adam ``which`` through ``compiled_update`` for 4 steps, and torch.optim.Adam on the same
     gradients; params with a matrix, a vector and a 0-dim tensor. Returns (ours, torch's) per param."""
     user_adam = example_adams()[which]
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator().manual_seed(seed)
     shapes = {"w": (40, 3), "b": (3,), "s": ()}
     params = {k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()}
     grads = [{k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()} for _ in range(4)]
-    opt = tensor_hyperparams(user_adam(lr=1e-2), params["w"])
+    opt = tensor_hyperparams(user_adam(lr=lr), params["w"])
     live = {k: v.clone() for k, v in params.items()}
     state = opt.init(live)
     step_ = compiled_update(opt, backend=backend)
     ref = {k: v.clone().requires_grad_() for k, v in params.items()}
-    torch_adam = torch.optim.Adam(ref.values(), lr=1e-2)
+    torch_adam = torch.optim.Adam(ref.values(), lr=lr)
     for g in grads:
         step_(live, g, state)
         for k, p in ref.items():
@@ -342,6 +386,31 @@ def test_compiled_update_with_hoisted_scalars_equals_torch_adam(which):
     # backend), against torch.optim.Adam itself.
     for k, (ours, torch_s) in run_user_adam_against_torch(which).items():
         assert_close(ours, torch_s, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_hoisted_compiled_update_is_loaded_from_the_caches_and_still_equals_torch_adam(tmp_path, dtype):
+    # Both parts of the split step (scalar prelude, element math) go to Inductor's FX graph and AOTAutograd
+    # caches, so a second process does not lower and code-generate them again; the loaded code must use
+    # the new run's lr, params and gradients (other seed), checked against torch.optim.Adam.
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    tol = RTOL if dtype == torch.float64 else 1e-5
+
+    def hits():
+        return counters["inductor"]["fxgraph_cache_hit"], counters["aot_autograd"]["autograd_cache_hit"]
+
+    with temporary_cache_dir(str(tmp_path)):
+        torch._dynamo.reset()
+        run_user_adam_against_torch(0, dtype=dtype)
+        before = hits()
+        torch._dynamo.reset()
+        second = run_user_adam_against_torch(0, dtype=dtype, lr=3e-2, seed=5)
+        after = hits()
+    assert after[0] - before[0] == 2 and after[1] - before[1] == 2, (before, after)  # prelude and rest
+    for k, (ours, torch_s) in second.items():
+        err = float(((ours - torch_s).abs() / torch_s.abs()).max())
+        assert err <= tol, f"{k}: relative difference {err:.3g}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

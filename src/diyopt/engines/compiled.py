@@ -36,6 +36,7 @@ from diyopt.core.contract import Optimizer, checked_for
 from diyopt.core.result import CALLBACK, DIVERGED, MAX_STEPS, Result
 from diyopt.core.tree import FlatLayout, Params
 from diyopt.engines._extended import CountedGradFn, engine_update, functional_grad_fn, reported
+from diyopt.engines._inductor import inductor_settings
 from diyopt.engines.hoisting import hoisting_backend
 from diyopt.errors import DivergedError
 
@@ -55,10 +56,16 @@ RECOMPILE_LIMIT = 64
 
 
 def more_graphs():
-    """Context for calling the engines' compiled functions: room for RECOMPILE_LIMIT cached graphs."""
-    return torch._dynamo.config.patch(
-        recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=max(RECOMPILE_LIMIT * 4, 256)
+    """Context for calling the engines' compiled functions: room for RECOMPILE_LIMIT cached graphs, and
+    Inductor's settings for compiling fast and into its on-disk caches (:func:`inductor_settings`)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(
+        torch._dynamo.config.patch(
+            recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=max(RECOMPILE_LIMIT * 4, 256)
+        )
     )
+    stack.enter_context(inductor_settings())
+    return stack
 
 
 def call_compiled(compiled: Callable, *args: Any, may_compile: bool) -> Any:

@@ -28,6 +28,8 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.passes.split_module import split_module
 
+from diyopt.engines._inductor import inductor_settings
+
 _IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
 
 
@@ -46,7 +48,8 @@ def hoisting_backend(options: dict | None = None) -> Callable:
 
         prelude = scalar_prelude(gm)
         if not prelude:
-            return inductor_compile(gm, example_inputs, options=options)
+            with inductor_settings():
+                return inductor_compile(gm, example_inputs, options=options)
         prelude |= _pack_boundary(gm, prelude)
         split = split_module(gm, None, lambda node: 0 if node in prelude else 1)
         for name, part in list(split.named_children()):
@@ -99,18 +102,30 @@ def _pack_boundary(gm: GraphModule, prelude: set[Node]) -> set[Node]:
         for members in groups.values():
             if len(members) < 2:
                 continue
-            flat = [graph.call_method("reshape", (m, 1)) for m in members]
-            packed = graph.call_function(torch.cat, (flat,))
+            examples = [m.meta["example_value"] for m in members]
+            flat = [_node(graph, torch.reshape, (m, (1,)), e.reshape(1)) for m, e in zip(members, examples)]
+            packed = _node(graph, torch.cat, (flat,), torch.cat([f.meta["example_value"] for f in flat]))
             added |= {*flat, packed}
-            for j, m in enumerate(members):
+            for j, (m, e) in enumerate(zip(members, examples)):
                 outside = [u for u in m.users if u not in prelude and u not in added]
-                value = graph.call_function(operator.getitem, (packed, j))
-                value = graph.call_method("reshape", (value, tuple(m.meta["example_value"].shape)))
+                value = _node(graph, operator.getitem, (packed, j), packed.meta["example_value"][j])
+                value = _node(graph, torch.reshape, (value, tuple(e.shape)), e)
                 for user in outside:
                     user.replace_input_with(m, value)
     graph.lint()
     gm.recompile()
     return added
+
+
+def _node(graph: torch.fx.Graph, fn: Callable, args: tuple, example: Any) -> Node:
+    """``graph.call_function(fn, args)`` with Dynamo's ``example_value`` meta, as the graph's own nodes have.
+
+    The AOTAutograd cache refuses a graph with a method call on a node that has no example value (it
+    cannot tell it is a tensor), and a public torch function (not ``Tensor.reshape``) is one it accepts.
+    """
+    node = graph.call_function(fn, args)
+    node.meta["example_value"] = example
+    return node
 
 
 class _CompileOnFirstCall:
@@ -123,8 +138,25 @@ class _CompileOnFirstCall:
         if self.compiled is None:
             from torch._inductor import compile as inductor_compile
 
-            self.compiled = inductor_compile(self.part, list(args), options=self.options)
+            with _tracing_for_the_caches(), inductor_settings():
+                self.compiled = inductor_compile(self.part, list(args), options=self.options)
         return self.compiled(*args)
+
+
+def _tracing_for_the_caches():
+    """A tracing context with a shape environment, for compiling a part outside Dynamo's own.
+
+    Why: Inductor's FX graph cache and the AOTAutograd cache keep a graph only with the guards of its
+    shape environment, which they take from the tracing context; a part compiled at its first call (after
+    Dynamo's compile returned) had none, so every process lowered and code-generated the 80-tensor step
+    again (the second process's first step took 103 s of the first's 130 s, load ~7). The parts' shapes
+    are static (Dynamo's guards already fixed them), so the environment holds no symbols.
+    """
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    return tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv())))
 
 
 def _is_scalar(value: Any) -> bool:
