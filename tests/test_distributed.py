@@ -124,3 +124,34 @@ def test_shard_and_reduction_errors():
         dd.shard(x, torch.arange(4.0))
     with pytest.raises(ValueError, match="needs a torch.distributed process group"):
         diyopt.fit(lambda p: (p["w"] ** 2).sum(), {"w": torch.ones(1)}, diyopt.optim.adam(), 2, distributed="sum")
+
+
+TEARDOWN_WORKER = """
+import atexit, json, os, sys
+import torch.distributed as dist
+from diyopt.engines import distributed as dd
+
+out = sys.argv[1]
+# Registered before diyopt's own handler, so it runs after it (atexit is last in, first out).
+atexit.register(lambda: open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w").write(
+    json.dumps({"alive_at_exit": dist.is_initialized()})))
+rank, world = dd.init()
+assert world == 2
+"""  # exits with the group alive, as `diyopt fit`/`bench` under torchrun do
+
+
+@pytest.mark.slow
+def test_the_process_group_diyopt_starts_is_destroyed_before_the_interpreters_teardown(tmp_path):
+    """Exiting with a gloo group alive can abort a rank (SIGABRT, "terminate called without an active
+    exception"; seen once on a `diyopt bench` rank in CI): the group diyopt's init started is destroyed by an
+    exit handler, while the interpreter is still whole."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(TEARDOWN_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo"}
+    env["PYTHONPATH"] = str(Path(diyopt.__file__).parents[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={free_port()}", str(worker), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"alive_at_exit": False}

@@ -36,6 +36,7 @@ rank 0 collects the rows with :func:`gather` (``torch.distributed.all_gather_obj
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -60,9 +61,19 @@ def init(backend: str | None = None) -> tuple[int, int]:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return 0, 1
         dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+        # Ended before the interpreter's teardown, not during it: gloo's worker threads still holding work
+        # abort a process that exits with the group alive ("terminate called without an active exception",
+        # SIGABRT; pytorch/pytorch#190489) -- seen once on a `diyopt bench` rank under torchrun.
+        atexit.register(_end_process_group)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _end_process_group() -> None:
+    """The group :func:`init` started, destroyed at exit (a no-op when the user already did)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
