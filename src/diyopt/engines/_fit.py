@@ -282,7 +282,7 @@ def _fit_eager(
         losses.append(value)
         if bar is not None:
             bar.update(len(losses), value)
-        if callback is not None and callback(step, value, view(reported(optimizer, *_copy(stepper))[0])):
+        if callback is not None and callback(step, value, view(reported(optimizer, *stepper.shown())[0])):
             stop_reason = CALLBACK
             break
         if saver is not None and ((step + 1) % saver.every == 0 or pending.signum):
@@ -326,13 +326,6 @@ def _stepper(optimizer: Optimizer, update, layout, current: Params, state, guard
     """The rule's in-place kernel where it has one for this state (``Optimizer.kernel``), else its pure update."""
     kernel = KernelStep.maybe(optimizer, layout, current, state, guard, view)
     return kernel if kernel is not None else PureStep(update, current, state, view)
-
-
-def _copy(stepper) -> tuple:
-    """The state and params a callback sees: copies where the kernel writes them in place next step."""
-    if isinstance(stepper, KernelStep):
-        return stepper.state, {"flat": stepper.current["flat"].clone()}
-    return stepper.state, stepper.current
 
 
 def _calls_per_update(update, counted: CountedGradFn, loss_fn: LossFn, current, state, layout, reduce) -> int:

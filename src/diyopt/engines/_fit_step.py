@@ -127,6 +127,10 @@ class PureStep:
     def take(self) -> None:
         self.current, self.state = self.new, self.new_state
 
+    def shown(self) -> tuple:
+        """The state and params a callback sees (new tensors each step: these themselves)."""
+        return self.state, self.current
+
 
 class KernelStep:
     """The rule's in-place kernel on the flat buffer and the pure rule's state tensors (see the module)."""
@@ -192,6 +196,10 @@ class KernelStep:
 
     def take(self) -> None:
         """The kernel wrote the step in place."""
+
+    def shown(self) -> tuple:
+        """The state and params a callback sees: the params copied, as the next step writes the buffer."""
+        return self.state, {"flat": self.current["flat"].clone()}
 
 
 def _leaf_name(path: tuple) -> str | None:

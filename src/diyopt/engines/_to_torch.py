@@ -541,12 +541,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         n = names[js[0]]
         g, p = torch.cat([_flat(x) for x in gs]), torch.cat([_flat(x) for x in ps])
         updates, one = opt.update({n: g}, {n: pytree.tree_unflatten(flat, spec)}, {n: p})
-        u, (new, new_spec) = updates[n], pytree.tree_flatten(one[n])
-        if (
-            new_spec != spec
-            or u.shape != p.shape
-            or any(x.shape != v.shape or x.dtype != v.dtype for x, v in zip(new, flat))
-        ):
+        u, new = updates[n], _same_form(one[n], spec, flat, updates[n], p)
+        if new is None:
             return False
         if self.on_nonfinite == "raise" and not math.isfinite(float(u.sum())):
             return False  # one by one: the guard names the tensor
@@ -582,12 +578,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         for k, (a, b) in enumerate(_kernels.cuts(p.numel(), per)):
             views = [x.view(-1)[a:b] if x.dim() else x for x in flat]
             updates, one = opt.update({n: views[1]}, {n: pytree.tree_unflatten(views[2:], spec)}, {n: views[0]})
-            u, (new, new_spec) = updates[n], pytree.tree_flatten(one[n])
-            if k == 0 and (
-                new_spec != spec
-                or u.shape != views[0].shape
-                or any(x.shape != v.shape or x.dtype != v.dtype for x, v in zip(new, views[2:]))
-            ):
+            u = updates[n]
+            new = _same_form(one[n], spec, views[2:], u, views[0]) if k == 0 else pytree.tree_leaves(one[n])
+            if new is None:
                 return None
             if guard and not math.isfinite(float(u.sum())):
                 stepped = [*before, f"{n}[:{a}]"] if a else before
@@ -621,6 +614,17 @@ class TorchOptimizer(torch.optim.Optimizer):
             # hoisting_backend: Inductor, with the scalar math (bias corrections) done once per step
             fn = self._compiled_steps[key] = torch.compile(step, backend=hoisting_backend())
         fn(params, grads, [x.view(1) if s else x for x, s in zip(leaves, scalars)], self._lr_tensors.get(i))
+
+
+def _same_form(new_state: Any, spec, old_leaves: list, update: Tensor, param: Tensor) -> list | None:
+    """``new_state``'s leaves when it has the old state's structure, leaf shapes and dtypes and ``update`` the
+    param's shape -- what lets a pack or a piece be written in place; None: the rule changed its state's form."""
+    leaves, new_spec = pytree.tree_flatten(new_state)
+    if new_spec != spec or update.shape != param.shape:
+        return None
+    if any(x.shape != v.shape or x.dtype != v.dtype for x, v in zip(leaves, old_leaves)):
+        return None
+    return leaves
 
 
 def _flat(x: Tensor) -> Tensor:
